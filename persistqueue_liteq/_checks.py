@@ -1,0 +1,69 @@
+"""Argument checks shared by the front ends.
+
+Every check runs before anything is stored, and its message names the argument
+and the value that was wrong.
+"""
+
+import math
+import numbers
+import os
+
+DB_ENV = "PERSISTQUEUE_LITEQ_DB"
+
+
+def db_path(path):
+    """The path given, or else the one in $PERSISTQUEUE_LITEQ_DB."""
+    if path is None:
+        path = os.environ.get(DB_ENV)
+        if not path:
+            raise TypeError(
+                "no database path given and $%s is not set; pass a path such as "
+                "'queue.db'" % DB_ENV
+            )
+    elif not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError("database path must be a str or path-like, not %s" % type(path).__name__)
+    return path
+
+
+def queue_name(name, argument="qname"):
+    if not isinstance(name, str):
+        raise TypeError("%s must be a str, not %s" % (argument, type(name).__name__))
+    if not name:
+        raise ValueError("%s must not be empty" % argument)
+    return name
+
+
+def payload(data):
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    hint = "; encode it first, e.g. data.encode()" if isinstance(data, str) else ""
+    raise TypeError(
+        "message data must be bytes, not %s%s (PersistentQueue stores any picklable "
+        "object)" % (type(data).__name__, hint)
+    )
+
+
+def seconds(value, argument, allow_none=False, positive=False):
+    """A finite, non-negative number of seconds (or None where allowed)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError("%s must be a number of seconds, not %r" % (argument, value))
+    value = float(value)
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError("%s must be a finite number of seconds, not %r" % (argument, value))
+    if value < 0 or (positive and value == 0):
+        raise ValueError(
+            "%s must be %s, not %r" % (argument, "positive" if positive else "non-negative", value)
+        )
+    return value
+
+
+def count(value, argument, minimum=0):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError("%s must be an int, not %r" % (argument, value))
+    if value < minimum:
+        raise ValueError("%s must be at least %d, not %r" % (argument, minimum, value))
+    return int(value)

@@ -1,0 +1,266 @@
+"""The engine interface: what every storage backend provides.
+
+Front ends (:class:`~persistqueue_liteq.LiteQueue`, the queue.Queue family and
+the pools) check their arguments, serialize, and call these methods; they
+never see SQL or connections.  :class:`~persistqueue_liteq.sqlite_engine.
+SQLiteEngine` is the implementation on one SQLite file; a PostgreSQL engine
+implements the same methods.
+
+Vocabulary.  A *message* belongs to a named *queue* and is, at any moment,
+ready, delayed, in flight (leased) or dead (in the dead-letter queue).  A
+*lease* hides a message from other consumers until it runs out; it carries a
+token, so only its holder can acknowledge, extend or release it.  Every lease
+counts as one *attempt* (delivery).  Times are seconds since the epoch
+(wall clock, as they must agree between processes and across restarts).
+"""
+
+import abc
+import dataclasses
+import threading
+import time
+from typing import Optional
+
+__all__ = ["Engine", "Message", "QueueStats", "clock", "lease_waiting", "wait_drained"]
+
+_last_time = 0.0
+_clock_lock = threading.Lock()
+
+
+def clock():
+    """``time.time()``, but never going backwards within this process.
+
+    A message put with no delay must be visible to the next ``pop`` of the
+    same process even if the system clock was stepped back in between.
+    """
+    global _last_time
+    now = time.time()
+    if now < _last_time:
+        with _clock_lock:
+            return max(now, _last_time)
+    _last_time = now
+    return now
+
+
+@dataclasses.dataclass
+class Message:
+    """A message as stored, with what a consumer needs to settle it.
+
+    ``id``, ``data``, ``queue_name``, ``retry_count`` and ``created_at`` are
+    Liteq's fields; ``retry_count`` is the number of deliveries before this
+    one.  The rest is ours.
+    """
+
+    id: int
+    data: bytes
+    queue_name: str
+    retry_count: int
+    created_at: float
+    #: Deliveries including this one.
+    attempts: int = 0
+    #: Token of the lease this message was delivered under (None if not leased).
+    lease: Optional[int] = None
+    #: For a leased message: when its lease runs out.
+    visible_at: Optional[float] = None
+    expires_at: Optional[float] = None
+    last_error: Optional[str] = None
+    priority: Optional[bytes] = None
+    #: For a dead letter: when and why it was dead-lettered.
+    dead_at: Optional[float] = None
+    dead_reason: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueStats:
+    """One queue's counts at one moment."""
+
+    name: str
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+    #: created_at of its oldest live (not dead) message, or None.
+    oldest_created_at: Optional[float]
+
+    @property
+    def live(self):
+        """Messages not yet acknowledged and not dead."""
+        return self.ready + self.delayed + self.in_flight
+
+
+class Engine(abc.ABC):
+    """Storage of messages for many named queues in one database.
+
+    Every method is atomic: it happens entirely or not at all, whatever
+    crashes.  Methods that take a ``lease`` token change nothing (and return
+    False) when the lease is no longer the message's current one.
+    """
+
+    #: Where the data lives, for messages (a path or a URL).
+    location: str
+
+    # -- producing ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def put(self, queue, data, delay=0.0, ttl=None, priority=None):
+        """Store one message; return its id.
+
+        ``delay``: seconds before it may be delivered.  ``ttl``: seconds after
+        which it is dropped undelivered (and counted as expired).
+        ``priority``: an order key (bytes); messages with one are delivered by
+        ``lease(order="priority")`` in key order.
+        """
+
+    @abc.abstractmethod
+    def put_many(self, queue, payloads, delay=0.0, ttl=None):
+        """Store every payload of an iterable in one transaction; return the
+        ids in order.  If the iterable raises, nothing is stored."""
+
+    @abc.abstractmethod
+    def transaction(self):
+        """A context manager yielding an object with ``put`` and ``put_many``
+        (as above) whose messages, to any queues, are committed together when
+        the block ends, or not at all if it raises."""
+
+    # -- consuming ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def lease(self, queue, n, seconds, order="fifo", max_attempts=None):
+        """Lease up to ``n`` ready messages for ``seconds``; return them.
+
+        ``order``: "fifo" (earliest ready first), "lifo" or "priority".
+        Messages past their TTL are dropped instead of delivered; a message
+        that would exceed ``max_attempts`` deliveries goes to the dead-letter
+        queue instead.  Returns [] when nothing is ready: it never blocks.
+        """
+
+    @abc.abstractmethod
+    def next_visible_at(self, queue):
+        """When the earliest delayed or leased message of ``queue`` becomes
+        ready, or None if there is none."""
+
+    @abc.abstractmethod
+    def ack(self, msg_id, lease):
+        """Delete a leased message: its processing is done."""
+
+    @abc.abstractmethod
+    def delete(self, msg_id):
+        """Delete a message whatever its state; True if it existed."""
+
+    @abc.abstractmethod
+    def set_visibility(self, msg_id, lease, seconds):
+        """Make the lease run out ``seconds`` from now (longer or shorter)."""
+
+    @abc.abstractmethod
+    def release(self, msg_id, lease, delay=0.0, error=None):
+        """End the lease: ready again after ``delay`` seconds; ``error`` (if
+        given) is recorded as the message's last error."""
+
+    @abc.abstractmethod
+    def dead_letter(self, msg_id, lease, reason, error=None):
+        """Move a leased message to the dead-letter queue with ``reason``."""
+
+    # -- inspecting -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def peek(self, queue):
+        """The message ``lease(queue, 1)`` would deliver next, without
+        leasing it, or None."""
+
+    @abc.abstractmethod
+    def get(self, msg_id):
+        """The message with this id in whatever state, or None."""
+
+    @abc.abstractmethod
+    def count(self, queue, what="live"):
+        """How many messages: "live" (not dead: ready, delayed or in flight),
+        "waiting" (live and not leased), "ready" or "dead"."""
+
+    @abc.abstractmethod
+    def has_live(self, queue):
+        """Whether ``queue`` has a live message (cheaper than counting)."""
+
+    @abc.abstractmethod
+    def queues(self):
+        """A :class:`QueueStats` for every queue that has messages."""
+
+    @abc.abstractmethod
+    def counters(self):
+        """{queue: {name: value}} of the lasting counters ("expired",
+        "dead_lettered")."""
+
+    @abc.abstractmethod
+    def dead_letters(self, queue, limit=None):
+        """The dead letters of ``queue``, oldest first, with reasons."""
+
+    # -- operating ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def redrive(self, queue, ids=None):
+        """Make dead letters (all, or those ids) ready again, with their
+        original ids and attempts reset; return how many."""
+
+    @abc.abstractmethod
+    def purge(self, queue, dead=False):
+        """Delete the live messages (or, with ``dead``, the dead letters) of
+        ``queue``; return how many."""
+
+    @abc.abstractmethod
+    def delete_queue(self, queue):
+        """Delete every message of ``queue``, dead ones included; return how
+        many."""
+
+    @abc.abstractmethod
+    def waiter(self, kind, queue):
+        """A context manager whose ``wait(timeout)`` returns when ``queue``
+        may have changed ("put": a message may have become ready; "done": a
+        message was acknowledged or removed) or after ``timeout`` seconds.
+
+        Enter it before the last look at the queue, so that nothing that
+        happens after that look can be missed."""
+
+    @abc.abstractmethod
+    def close(self):
+        """Release this process's connections; the data stays."""
+
+
+def lease_waiting(engine, queue, n, seconds, order, max_attempts, timeout):
+    """``engine.lease`` that waits up to ``timeout`` seconds (None: forever)
+    for something to lease.  Returns [] if nothing came in time.
+
+    Sleeps until a producer's wake-up, or until the earliest delayed or leased
+    message becomes ready, whichever comes first.
+    """
+    messages = engine.lease(queue, n, seconds, order, max_attempts)
+    if messages or (timeout is not None and timeout <= 0):
+        return messages
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with engine.waiter("put", queue) as waiter:
+        while True:
+            messages = engine.lease(queue, n, seconds, order, max_attempts)
+            if messages:
+                return messages
+            remaining = _remaining(deadline)
+            if remaining <= 0:
+                return []
+            due = engine.next_visible_at(queue)
+            if due is not None:
+                # 1 ms at least: a message due now is leased by the next look.
+                remaining = min(remaining, max(due - clock(), 0.001))
+            waiter.wait(remaining)
+
+
+def wait_drained(engine, queue, timeout):
+    """Wait until ``queue`` has no live message (none ready, delayed or in
+    flight); True if it did within ``timeout`` seconds (None: forever)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with engine.waiter("done", queue) as waiter:
+        while engine.has_live(queue):
+            remaining = _remaining(deadline)
+            if remaining <= 0:
+                return False
+            waiter.wait(remaining)
+    return True
+
+
+def _remaining(deadline):
+    return float("inf") if deadline is None else deadline - time.monotonic()

@@ -1,0 +1,35 @@
+"""The exceptions of persistqueue_liteq.
+
+Where the standard library already has the meaning (``queue.Empty``,
+``queue.Full``, ``concurrent.futures.BrokenExecutor``) it is reused; what is
+here is what is new: a database that stayed busy, a file that is not a queue
+database of ours, a lease that no longer holds.  Every message names the file
+and the numbers involved.
+"""
+
+__all__ = [
+    "LiteQueueError",
+    "DatabaseBusy",
+    "IncompatibleDatabase",
+    "ReadOnlyDatabase",
+]
+
+
+class LiteQueueError(Exception):
+    """Base class of every error raised by persistqueue_liteq itself."""
+
+
+class DatabaseBusy(LiteQueueError, TimeoutError):
+    """Another connection held the database lock for longer than the timeout.
+
+    Raised instead of answering "empty": a busy queue is not an empty one.
+    """
+
+
+class IncompatibleDatabase(LiteQueueError):
+    """The file is not SQLite, is SQLite but not a queue database of ours, or
+    was written by a newer schema version than this library reads."""
+
+
+class ReadOnlyDatabase(LiteQueueError, PermissionError):
+    """The database file (or its directory) cannot be written."""

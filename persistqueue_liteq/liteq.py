@@ -1,0 +1,327 @@
+"""LiteQueue: Liteq's API on the SQLite engine, working as Liteq's README says.
+
+A Liteq user switches by changing one import; the names and defaults are
+Liteq's.  What differs is that every promise holds: ``process_failed`` records
+the failure and retries or dead-letters, a busy database raises
+:class:`~persistqueue_liteq.exceptions.DatabaseBusy` instead of looking empty,
+``pop(wait_seconds=...)`` sleeps until woken instead of polling, and a
+message is never delivered to two consumers while its lease holds.
+
+    >>> import tempfile, os
+    >>> q = LiteQueue(os.path.join(tempfile.mkdtemp(), "jobs.db"))
+    >>> q.put(b"hello")
+    1
+    >>> with q.consume(wait_seconds=0) as msg:
+    ...     msg.data
+    b'hello'
+    >>> q.empty()
+    True
+"""
+
+import contextlib
+import traceback
+
+from . import _checks
+from .engine import lease_waiting, wait_drained
+from .sql import DEFAULT_PREFIX
+from .sqlite_engine import SQLiteEngine
+
+__all__ = ["LiteQueue"]
+
+
+def describe_exception(exc):
+    """The text stored as a message's last error: the full traceback."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+
+
+class LiteQueue:
+    """An SQS-style queue of bytes messages, many named queues to a file.
+
+    Args:
+        filename: the SQLite file (created if missing); None reads the path
+            from $PERSISTQUEUE_LITEQ_DB.
+        max_retries: how many times a message is delivered again after its
+            first delivery failed; after ``1 + max_retries`` failed deliveries
+            it goes to the dead-letter queue.
+        timeout_seconds: how long to wait for another connection's lock
+            before raising DatabaseBusy.
+        synchronous: "NORMAL" (default: a committed message survives any crash
+            of the process) or "FULL" (it also survives a power loss).
+        table_prefix: prefix of this queue's tables, so that it can live in an
+            application's own database.
+    """
+
+    def __init__(
+        self,
+        filename=None,
+        max_retries=5,
+        timeout_seconds=5,
+        *,
+        synchronous="NORMAL",
+        table_prefix=DEFAULT_PREFIX,
+    ):
+        filename = _checks.db_path(filename)
+        self.max_retries = _checks.count(max_retries, "max_retries")
+        self.timeout_seconds = _checks.seconds(timeout_seconds, "timeout_seconds")
+        self._engine = SQLiteEngine(
+            filename, self.timeout_seconds, synchronous=synchronous, table_prefix=table_prefix
+        )
+        self.filename = self._engine.location
+
+    @property
+    def engine(self):
+        """The storage engine underneath (for the queue family and the pools)."""
+        return self._engine
+
+    def __repr__(self):
+        return "<%s %r>" % (type(self).__name__, self.filename)
+
+    # -- producing ------------------------------------------------------------
+
+    def put(self, data, qname="default", visible_after_seconds=0, *, ttl_seconds=None):
+        """Store one message; return its id.
+
+        ``visible_after_seconds`` delays its first delivery; after
+        ``ttl_seconds`` it is dropped undelivered (counted as expired).
+        """
+        data = _checks.payload(data)
+        qname = _checks.queue_name(qname)
+        delay = _checks.seconds(visible_after_seconds, "visible_after_seconds")
+        ttl = _checks.seconds(ttl_seconds, "ttl_seconds", allow_none=True)
+        return self._engine.put(qname, data, delay, ttl)
+
+    def put_batch(self, messages, qname="default", visible_after_seconds=0, *, ttl_seconds=None):
+        """Store many messages atomically (all or none); return their ids in
+        order.  ``messages`` may be any iterable of bytes, of any length."""
+        qname = _checks.queue_name(qname)
+        delay = _checks.seconds(visible_after_seconds, "visible_after_seconds")
+        ttl = _checks.seconds(ttl_seconds, "ttl_seconds", allow_none=True)
+        if isinstance(messages, (bytes, bytearray, str)):
+            raise TypeError("put_batch takes an iterable of messages, not a single %s"
+                            % type(messages).__name__)
+        return self._engine.put_many(qname, map(_checks.payload, messages), delay, ttl)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """Puts to one or more queues committed together, or not at all::
+
+            with q.transaction() as tx:
+                tx.put(b"debit", qname="ledger")
+                tx.put(b"credit", qname="ledger-audit")
+        """
+        with self._engine.transaction() as tx:
+            yield _CheckedTransaction(tx)
+
+    # -- consuming ------------------------------------------------------------
+
+    def pop(self, qname="default", invisible_seconds=60, wait_seconds=0):
+        """Lease the oldest ready message for ``invisible_seconds``.
+
+        Returns None if none is ready within ``wait_seconds`` (0: don't wait).
+        The message must then be acknowledged (:meth:`ack` or
+        :meth:`delete`), or it is delivered again when the lease runs out.
+        """
+        messages = self.pop_batch(qname, 1, invisible_seconds, wait_seconds)
+        return messages[0] if messages else None
+
+    def pop_batch(self, qname="default", max_messages=10, invisible_seconds=60, wait_seconds=0):
+        """Lease up to ``max_messages`` ready messages in one transaction,
+        oldest first; [] if none is ready within ``wait_seconds``."""
+        qname = _checks.queue_name(qname)
+        n = _checks.count(max_messages, "max_messages", minimum=1)
+        lease = _checks.seconds(invisible_seconds, "invisible_seconds")
+        wait = _checks.seconds(wait_seconds, "wait_seconds")
+        return lease_waiting(self._engine, qname, n, lease, "fifo", self.max_retries + 1, wait)
+
+    @contextlib.contextmanager
+    def consume(self, qname="default", invisible_on_receive=60, wait_seconds=20):
+        """Lease a message for the ``with`` block; yields None if none came.
+
+        On success the message is acknowledged.  If the block raises, the
+        failure is recorded (see :meth:`process_failed`) and the exception
+        propagates; on KeyboardInterrupt or SystemExit the message is released
+        for another consumer.
+        """
+        msg = self.pop(qname, invisible_on_receive, wait_seconds)
+        if msg is None:
+            yield None
+            return
+        try:
+            yield msg
+        except Exception as exc:
+            self.process_failed(msg, describe_exception(exc))
+            raise
+        except BaseException:
+            self._engine.release(msg.id, msg.lease)
+            raise
+        self._engine.ack(msg.id, msg.lease)
+
+    def process_failed(self, msg, reason, *, delay_seconds=0):
+        """Record that processing ``msg`` failed with ``reason``.
+
+        The message becomes ready again after ``delay_seconds``, or, if it has
+        had its ``1 + max_retries`` deliveries, goes to the dead-letter queue
+        with the reason.  Returns False if the lease was no longer held (it
+        ran out and the message went to another consumer).
+        """
+        self._check_leased(msg, "process_failed")
+        reason = str(reason)
+        delay = _checks.seconds(delay_seconds, "delay_seconds")
+        if msg.attempts > self.max_retries:
+            summary = "failed %d times (max_retries=%d): %s" % (
+                msg.attempts, self.max_retries, reason.strip().splitlines()[-1] if reason.strip() else "")
+            return self._engine.dead_letter(msg.id, msg.lease, summary, error=reason)
+        return self._engine.release(msg.id, msg.lease, delay, error=reason)
+
+    def ack(self, msg):
+        """Acknowledge a leased message (delete it); False if the lease no
+        longer holds."""
+        self._check_leased(msg, "ack")
+        return self._engine.ack(msg.id, msg.lease)
+
+    def delete(self, msg_id):
+        """Delete a message by id (or Message), whatever its state; False if
+        there was none.  Liteq's acknowledgement."""
+        return self._engine.delete(_message_id(msg_id))
+
+    def change_visibility(self, msg, seconds):
+        """Make ``msg``'s lease run out ``seconds`` from now: a heartbeat for
+        long work, or 0 to hand it back at once.  False if no longer held."""
+        self._check_leased(msg, "change_visibility")
+        seconds = _checks.seconds(seconds, "seconds")
+        if self._engine.set_visibility(msg.id, msg.lease, seconds):
+            msg.visible_at = None
+            return True
+        return False
+
+    def release(self, msg, delay_seconds=0):
+        """End ``msg``'s lease now; it is ready again after ``delay_seconds``.
+        The delivery still counts as an attempt."""
+        self._check_leased(msg, "release")
+        delay = _checks.seconds(delay_seconds, "delay_seconds")
+        return self._engine.release(msg.id, msg.lease, delay)
+
+    @staticmethod
+    def _check_leased(msg, method):
+        if getattr(msg, "lease", None) is None:
+            raise ValueError(
+                "%s() needs a message delivered by pop() or consume(), got %r "
+                "(to delete by id, use delete())" % (method, msg)
+            )
+
+    # -- inspecting -------------------------------------------------------------
+
+    def peek(self, qname="default"):
+        """The message ``pop`` would deliver next, without leasing it."""
+        return self._engine.peek(_checks.queue_name(qname))
+
+    def get(self, msg_id):
+        """The message with this id, in whatever state, or None."""
+        return self._engine.get(_message_id(msg_id))
+
+    def qsize(self, qname="default"):
+        """Messages not yet acknowledged and not dead: ready, delayed and in
+        flight (as Liteq counts them)."""
+        return self._engine.count(_checks.queue_name(qname), "live")
+
+    def empty(self, qname="default"):
+        return not self._engine.has_live(_checks.queue_name(qname))
+
+    def join(self, qname="default", timeout=None):
+        """Wait until every message of ``qname`` is acknowledged or dead.
+
+        Returns True, or False if ``timeout`` seconds passed first.
+        """
+        qname = _checks.queue_name(qname)
+        timeout = _checks.seconds(timeout, "timeout", allow_none=True)
+        return wait_drained(self._engine, qname, timeout)
+
+    def queues(self):
+        """A QueueStats (ready, delayed, in flight, dead) for every queue."""
+        return self._engine.queues()
+
+    def counters(self):
+        """Lasting counters per queue: {"jobs": {"expired": 3, ...}}."""
+        return self._engine.counters()
+
+    # -- dead letters -------------------------------------------------------------
+
+    def dead_letters(self, qname="default", limit=None):
+        """The dead letters of ``qname``, oldest first, each with
+        ``dead_reason``, ``dead_at``, ``attempts`` and ``last_error``."""
+        qname = _checks.queue_name(qname)
+        if limit is not None:
+            limit = _checks.count(limit, "limit")
+        return self._engine.dead_letters(qname, limit)
+
+    def redrive(self, qname="default", ids=None):
+        """Return dead letters (all, or those ids) to the queue with their
+        original ids and a fresh count of attempts; return how many."""
+        qname = _checks.queue_name(qname)
+        if ids is not None:
+            ids = [_message_id(i) for i in ids]
+        return self._engine.redrive(qname, ids)
+
+    # -- operating ----------------------------------------------------------------
+
+    def clear(self, qname="default", dlq=False):
+        """Delete the live messages of ``qname`` (or, with ``dlq``, its dead
+        letters); return how many went."""
+        return self._engine.purge(_checks.queue_name(qname), dead=bool(dlq))
+
+    purge = clear
+
+    def delete_queue(self, qname):
+        """Delete every message of ``qname``, dead letters included."""
+        return self._engine.delete_queue(_checks.queue_name(qname))
+
+    def checkpoint(self, mode="TRUNCATE"):
+        """Copy the write-ahead log into the database file and cut it back."""
+        return self._engine.checkpoint(mode)
+
+    def vacuum(self):
+        """Give the file's free pages back to the file system."""
+        self._engine.vacuum()
+
+    def integrity_check(self):
+        return self._engine.integrity_check()
+
+    def close(self):
+        """Close this process's connections (the data stays)."""
+        self._engine.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+class _CheckedTransaction:
+    """The object of ``with LiteQueue.transaction() as tx``."""
+
+    def __init__(self, tx):
+        self._tx = tx
+
+    def put(self, data, qname="default", visible_after_seconds=0, *, ttl_seconds=None):
+        return self._tx.put(
+            _checks.queue_name(qname),
+            _checks.payload(data),
+            _checks.seconds(visible_after_seconds, "visible_after_seconds"),
+            _checks.seconds(ttl_seconds, "ttl_seconds", allow_none=True),
+        )
+
+    def put_batch(self, messages, qname="default", visible_after_seconds=0, *, ttl_seconds=None):
+        return self._tx.put_many(
+            _checks.queue_name(qname),
+            map(_checks.payload, messages),
+            _checks.seconds(visible_after_seconds, "visible_after_seconds"),
+            _checks.seconds(ttl_seconds, "ttl_seconds", allow_none=True),
+        )
+
+
+def _message_id(msg_id):
+    msg_id = getattr(msg_id, "id", msg_id)
+    if isinstance(msg_id, bool) or not isinstance(msg_id, int):
+        raise TypeError("a message id is an int (or a Message), not %r" % (msg_id,))
+    return msg_id

@@ -1,0 +1,236 @@
+"""Every SQL statement of the SQLite engine, as named constants.
+
+The table names carry a prefix (``{p}``, by default ``liteq_``) so that a queue
+can live inside an application's own database file; :func:`render` fills it in
+once per engine.  The Python around these statements (``sqlite_engine.py``)
+reads like the algorithm; nothing else in the package builds SQL.
+
+One table holds every message of every named queue.  A message's state is
+read from two columns, so that one index answers every hot query:
+
+=============  ==========================  =======================
+state          ``visible_at``              ``lease``
+=============  ==========================  =======================
+ready          <= now                      any (an expired lease)
+delayed        > now                       NULL
+in flight      > now                       the lease's token
+dead letter    NULL                        NULL
+=============  ==========================  =======================
+
+Leasing a message moves its ``visible_at`` to the end of the lease, so a lease
+that is never acknowledged makes the message ready again by itself: no sweeper
+process is needed, and a crashed consumer costs one attempt.
+"""
+
+import re
+import types
+
+#: Version of the table layout below; a file written by a newer version is
+#: refused rather than misread.
+SCHEMA_VERSION = 1
+
+#: What ``{p}meta`` says about a file that is ours.
+FORMAT_NAME = "persistqueue_liteq"
+
+DEFAULT_PREFIX = "liteq_"
+
+_PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+# -- tables ---------------------------------------------------------------
+
+CREATE_META = """
+CREATE TABLE IF NOT EXISTS {p}meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID"""
+
+CREATE_MESSAGES = """
+CREATE TABLE IF NOT EXISTS {p}messages (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused
+    queue       TEXT    NOT NULL,
+    data        BLOB    NOT NULL,
+    priority    BLOB,              -- order key of a priority queue, else NULL
+    visible_at  REAL,              -- may be leased from then on; NULL: dead
+    created_at  REAL    NOT NULL,
+    expires_at  REAL,              -- never delivered from then on; NULL: never
+    attempts    INTEGER NOT NULL DEFAULT 0,  -- deliveries so far
+    lease       INTEGER,           -- token of the current lease
+    last_error  TEXT,
+    dead_at     REAL,
+    dead_reason TEXT
+)"""
+
+CREATE_READY_INDEX = """
+CREATE INDEX IF NOT EXISTS {p}messages_ready
+    ON {p}messages (queue, visible_at, id)"""
+
+CREATE_PRIORITY_INDEX = """
+CREATE INDEX IF NOT EXISTS {p}messages_priority
+    ON {p}messages (queue, priority, id) WHERE priority IS NOT NULL"""
+
+CREATE_COUNTERS = """
+CREATE TABLE IF NOT EXISTS {p}counters (
+    queue TEXT    NOT NULL,
+    name  TEXT    NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (queue, name)
+) WITHOUT ROWID"""
+
+CREATE_TABLES = (
+    CREATE_META,
+    CREATE_MESSAGES,
+    CREATE_READY_INDEX,
+    CREATE_PRIORITY_INDEX,
+    CREATE_COUNTERS,
+)
+
+# -- schema bookkeeping -----------------------------------------------------
+
+TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+READ_META = "SELECT key, value FROM {p}meta"
+WRITE_META = "INSERT OR REPLACE INTO {p}meta (key, value) VALUES (?, ?)"
+
+# -- producing --------------------------------------------------------------
+
+INSERT = """
+INSERT INTO {p}messages (queue, data, priority, visible_at, created_at, expires_at)
+VALUES (?, ?, ?, ?, ?, ?)"""
+
+LAST_ID = "SELECT last_insert_rowid()"
+
+# -- leasing ----------------------------------------------------------------
+# One statement leases up to :n messages atomically: the subquery walks the
+# index in delivery order and the UPDATE moves each chosen row out of the
+# ready range.  RETURNING hands back what was leased (in no particular order).
+
+_LEASE = """
+UPDATE {{p}}messages
+   SET visible_at = :until, lease = :lease, attempts = attempts + 1
+ WHERE id IN (SELECT id FROM {{p}}messages
+               WHERE queue = :queue AND {where}visible_at <= :now
+               ORDER BY {order} LIMIT :n)
+RETURNING id, data, queue, attempts, created_at, expires_at, last_error, priority"""
+
+LEASE_FIFO = _LEASE.format(where="", order="visible_at, id")
+LEASE_LIFO = _LEASE.format(where="", order="visible_at DESC, id DESC")
+LEASE_PRIORITY = _LEASE.format(where="priority IS NOT NULL AND ", order="priority, id")
+
+NEXT_VISIBLE_AT = """
+SELECT min(visible_at) FROM {p}messages WHERE queue = ? AND visible_at > ?"""
+
+# -- settling a lease -------------------------------------------------------
+# Each takes the lease token: a consumer whose lease ran out and whose message
+# went to somebody else changes nothing.
+
+# Each returns the message's queue, so that the right waiters are woken.
+
+ACK = "DELETE FROM {p}messages WHERE id = ? AND lease = ? RETURNING queue"
+
+DELETE = "DELETE FROM {p}messages WHERE id = ? RETURNING queue"
+
+SET_VISIBILITY = """
+UPDATE {p}messages SET visible_at = ?
+ WHERE id = ? AND lease = ? AND visible_at IS NOT NULL
+RETURNING queue"""
+
+RELEASE = """
+UPDATE {p}messages
+   SET visible_at = ?, lease = NULL, last_error = coalesce(?, last_error)
+ WHERE id = ? AND lease = ? AND visible_at IS NOT NULL
+RETURNING queue"""
+
+DEAD_LETTER = """
+UPDATE {p}messages
+   SET visible_at = NULL, lease = NULL, dead_at = ?, dead_reason = ?,
+       last_error = coalesce(?, last_error)
+ WHERE id = ? AND lease = ? AND visible_at IS NOT NULL
+RETURNING queue"""
+
+DELETE_LEASED = "DELETE FROM {p}messages WHERE id = ? AND lease = ?"
+
+ADD_COUNTER = """
+INSERT INTO {p}counters (queue, name, value) VALUES (?, ?, ?)
+ON CONFLICT (queue, name) DO UPDATE SET value = value + excluded.value"""
+
+READ_COUNTERS = "SELECT queue, name, value FROM {p}counters"
+
+# -- reading ----------------------------------------------------------------
+
+_COLUMNS = """id, data, queue, attempts, created_at, expires_at, last_error,
+       priority, visible_at, dead_at, dead_reason"""
+
+PEEK = """
+SELECT {c} FROM {{p}}messages
+ WHERE queue = ? AND visible_at <= ? AND (expires_at IS NULL OR expires_at > ?)
+ ORDER BY visible_at, id LIMIT 1""".format(c=_COLUMNS)
+
+GET = "SELECT {c} FROM {{p}}messages WHERE id = ?".format(c=_COLUMNS)
+
+COUNT_LIVE = """
+SELECT count(*) FROM {p}messages WHERE queue = ? AND visible_at IS NOT NULL"""
+
+COUNT_WAITING = """
+SELECT count(*) FROM {p}messages
+ WHERE queue = ? AND visible_at IS NOT NULL AND lease IS NULL"""
+
+COUNT_DEAD = """
+SELECT count(*) FROM {p}messages WHERE queue = ? AND visible_at IS NULL"""
+
+COUNT_READY = """
+SELECT count(*) FROM {p}messages WHERE queue = ? AND visible_at <= ?"""
+
+ANY_LIVE = """
+SELECT EXISTS (SELECT 1 FROM {p}messages WHERE queue = ? AND visible_at IS NOT NULL)"""
+
+QUEUE_STATS = """
+SELECT queue,
+       total(visible_at <= :now),
+       total(visible_at > :now AND lease IS NULL),
+       total(visible_at > :now AND lease IS NOT NULL),
+       total(visible_at IS NULL),
+       min(CASE WHEN visible_at IS NOT NULL THEN created_at END)
+  FROM {p}messages GROUP BY queue ORDER BY queue"""
+
+DEAD_LETTERS = """
+SELECT {c} FROM {{p}}messages
+ WHERE queue = ? AND visible_at IS NULL
+ ORDER BY dead_at, id LIMIT ?""".format(c=_COLUMNS)
+
+# -- operating --------------------------------------------------------------
+
+REDRIVE_ALL = """
+UPDATE {p}messages
+   SET visible_at = ?, attempts = 0, dead_at = NULL, dead_reason = NULL,
+       last_error = NULL
+ WHERE queue = ? AND visible_at IS NULL"""
+
+REDRIVE_ONE = """
+UPDATE {p}messages
+   SET visible_at = ?, attempts = 0, dead_at = NULL, dead_reason = NULL,
+       last_error = NULL
+ WHERE queue = ? AND visible_at IS NULL AND id = ?"""
+
+PURGE_LIVE = "DELETE FROM {p}messages WHERE queue = ? AND visible_at IS NOT NULL"
+PURGE_DEAD = "DELETE FROM {p}messages WHERE queue = ? AND visible_at IS NULL"
+DELETE_QUEUE = "DELETE FROM {p}messages WHERE queue = ?"
+DELETE_QUEUE_COUNTERS = "DELETE FROM {p}counters WHERE queue = ?"
+
+
+def render(prefix):
+    """Return every statement of this module with the table prefix filled in.
+
+    Raises ValueError for a prefix that is not a plain SQL identifier (it is
+    pasted into the statements, so nothing else may pass).
+    """
+    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+        raise ValueError(
+            "table_prefix must be letters, digits and underscores, not "
+            "starting with a digit; got %r" % (prefix,)
+        )
+    rendered = {}
+    for name, value in globals().items():
+        if name.isupper() and not name.startswith("_") and isinstance(value, str):
+            rendered[name] = value.replace("{p}", prefix).strip()
+    rendered["CREATE_TABLES"] = tuple(s.replace("{p}", prefix).strip() for s in CREATE_TABLES)
+    rendered["PREFIX"] = prefix
+    return types.SimpleNamespace(**rendered)

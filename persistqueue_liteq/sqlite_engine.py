@@ -1,0 +1,403 @@
+"""The engine on one SQLite file in WAL mode.
+
+The statements are in :mod:`.sql`, connection handling in :mod:`.connections`,
+wake-ups in :mod:`.wakeup`; what is here is the algorithm.
+
+Concurrency: every method is one atomic statement, or a ``BEGIN IMMEDIATE``
+transaction, so any number of threads and processes may share the file.  A
+lease is a single ``UPDATE ... RETURNING``: two consumers can never lease the
+same message while its lease holds, because the second one's statement starts
+after the first one's has committed and no longer finds the row ready.
+"""
+
+import os
+import random
+
+from . import sql as _sql
+from .connections import Connections, check_sqlite_version, translate_errors
+from .engine import Engine, Message, QueueStats, clock
+from .exceptions import IncompatibleDatabase
+from .wakeup import Notifier
+
+__all__ = ["SQLiteEngine"]
+
+
+def _new_token():
+    return random.getrandbits(62) + 1
+
+
+class SQLiteEngine(Engine):
+    """Messages of many named queues in one SQLite file (see :class:`Engine`).
+
+    Args:
+        path: the database file; created if missing (its directory must exist).
+        timeout: seconds to wait for another connection's lock before raising
+            :class:`~persistqueue_liteq.exceptions.DatabaseBusy`.
+        synchronous: "NORMAL" (survives any crash of the process) or "FULL"
+            (also survives a power loss or an OS crash).
+        table_prefix: prefix of the tables, so that queues can live inside an
+            application's own database.
+
+    Raises:
+        FileNotFoundError: the file's directory does not exist.
+        IncompatibleDatabase: the file is not SQLite, or holds tables of that
+            prefix that are not ours, or was written by a newer version.
+        ReadOnlyDatabase: the file must be created or upgraded but cannot be
+            written.
+    """
+
+    def __init__(self, path, timeout=5.0, synchronous="NORMAL", table_prefix=_sql.DEFAULT_PREFIX):
+        check_sqlite_version()
+        self.sql = _sql.render(table_prefix)
+        path = os.fspath(path)
+        if not isinstance(path, str):
+            path = os.fsdecode(path)
+        if path in ("", ":memory:") or path.startswith("file:"):
+            raise ValueError(
+                "a queue needs a database file that several connections can open; "
+                "got %r" % (path,)
+            )
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(
+                "cannot create queue database %s: directory %s does not exist" % (path, directory)
+            )
+        self.location = path
+        self._conns = Connections(path, timeout, synchronous)
+        self._lease_sql = {
+            "fifo": self.sql.LEASE_FIFO,
+            "lifo": self.sql.LEASE_LIFO,
+            "priority": self.sql.LEASE_PRIORITY,
+        }
+        self._open_schema()
+        self._notifier = Notifier(path, table_prefix)
+
+    # -- schema ---------------------------------------------------------------
+
+    def _open_schema(self):
+        conn = self._conns.get()
+        with translate_errors(self.location, self._conns.timeout):
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            if self._check_schema(conn):
+                return
+        with self._conns.transaction() as conn:
+            if not self._check_schema(conn):
+                for statement in self.sql.CREATE_TABLES:
+                    conn.execute(statement)
+                conn.executemany(
+                    self.sql.WRITE_META,
+                    [("format", _sql.FORMAT_NAME), ("schema_version", str(_sql.SCHEMA_VERSION))],
+                )
+
+    def _check_schema(self, conn):
+        """True if the tables exist and are ours; False if they must be made."""
+        prefix = self.sql.PREFIX
+        exists = lambda table: conn.execute(self.sql.TABLE_EXISTS, (prefix + table,)).fetchone()
+        if not exists("meta"):
+            if exists("messages"):
+                raise IncompatibleDatabase(
+                    "%s has a table %smessages that persistqueue_liteq did not create; "
+                    "use another table_prefix" % (self.location, prefix)
+                )
+            return False
+        meta = dict(conn.execute(self.sql.READ_META).fetchall())
+        if meta.get("format") != _sql.FORMAT_NAME:
+            raise IncompatibleDatabase(
+                "%s has a table %smeta that is not persistqueue_liteq's; use another "
+                "table_prefix" % (self.location, prefix)
+            )
+        version = int(meta.get("schema_version", "0"))
+        if version > _sql.SCHEMA_VERSION:
+            raise IncompatibleDatabase(
+                "%s was written by a newer persistqueue_liteq (schema version %d; this "
+                "version reads up to %d): upgrade persistqueue_liteq"
+                % (self.location, version, _sql.SCHEMA_VERSION)
+            )
+        return True
+
+    def _execute(self, statement, params=()):
+        return self._conns.execute(statement, params)
+
+    def _changes(self, statement, params):
+        conn = self._conns.get()
+        with translate_errors(self.location, self._conns.timeout):
+            return conn.execute(statement, params).rowcount
+
+    # -- producing ------------------------------------------------------------
+
+    def put(self, queue, data, delay=0.0, ttl=None, priority=None):
+        now = clock()
+        expires = None if ttl is None else now + ttl
+        conn = self._conns.get()
+        with translate_errors(self.location, self._conns.timeout):
+            msg_id = conn.execute(
+                self.sql.INSERT, (queue, data, priority, now + delay, now, expires)
+            ).lastrowid
+        self._notifier.notify("put", queue)
+        return msg_id
+
+    def put_many(self, queue, payloads, delay=0.0, ttl=None):
+        with self._conns.transaction() as conn:
+            ids = self._insert_many(conn, queue, payloads, delay, ttl)
+        self._notifier.notify("put", queue)
+        return ids
+
+    def _insert_many(self, conn, queue, payloads, delay, ttl):
+        now = clock()
+        visible = now + delay
+        expires = None if ttl is None else now + ttl
+        count = 0
+
+        def rows():
+            nonlocal count
+            for data in payloads:
+                count += 1
+                yield (queue, data, None, visible, now, expires)
+
+        conn.executemany(self.sql.INSERT, rows())
+        if not count:
+            return []
+        # AUTOINCREMENT under the write lock hands out consecutive ids.
+        last = conn.execute(self.sql.LAST_ID).fetchone()[0]
+        return list(range(last - count + 1, last + 1))
+
+    def transaction(self):
+        return _Transaction(self)
+
+    # -- consuming ------------------------------------------------------------
+
+    def lease(self, queue, n, seconds, order="fifo", max_attempts=None):
+        statement = self._lease_sql[order]
+        leased = []
+        while len(leased) < n:
+            now = clock()
+            token = _new_token()
+            until = now + seconds
+            rows = self._execute(
+                statement,
+                {"queue": queue, "now": now, "until": until, "lease": token, "n": n - len(leased)},
+            )
+            if not rows:
+                break
+            messages = [
+                Message(
+                    id=row[0], data=row[1], queue_name=row[2], retry_count=row[3] - 1,
+                    created_at=row[4], attempts=row[3], lease=token, visible_at=until,
+                    expires_at=row[5], last_error=row[6], priority=row[7],
+                )
+                for row in rows
+            ]
+            unfit = [
+                m for m in messages
+                if (m.expires_at is not None and m.expires_at <= now)
+                or (max_attempts is not None and m.attempts > max_attempts)
+            ]
+            if unfit:
+                self._drop_unfit(unfit, now, max_attempts)
+                messages = [m for m in messages if m not in unfit]
+            leased.extend(messages)
+            if not unfit:
+                break
+        if order == "lifo":
+            leased.sort(key=lambda m: m.id, reverse=True)
+        elif order == "priority":
+            leased.sort(key=lambda m: (m.priority, m.id))
+        else:
+            leased.sort(key=lambda m: m.id)
+        return leased
+
+    def _drop_unfit(self, messages, now, max_attempts):
+        """Drop the expired and dead-letter the exhausted, which we hold leased."""
+        s = self.sql
+        with self._conns.transaction() as conn:
+            for m in messages:
+                if m.expires_at is not None and m.expires_at <= now:
+                    if conn.execute(s.DELETE_LEASED, (m.id, m.lease)).rowcount:
+                        conn.execute(s.ADD_COUNTER, (m.queue_name, "expired", 1))
+                    continue
+                reason = "not acknowledged after %d deliveries (max_retries=%d)" % (
+                    m.attempts - 1, max_attempts - 1,
+                )
+                if conn.execute(s.DEAD_LETTER, (now, reason, None, m.id, m.lease)).fetchall():
+                    conn.execute(s.ADD_COUNTER, (m.queue_name, "dead_lettered", 1))
+        for queue in {m.queue_name for m in messages}:
+            self._notifier.notify("done", queue)
+
+    def next_visible_at(self, queue):
+        return self._execute(self.sql.NEXT_VISIBLE_AT, (queue, clock()))[0][0]
+
+    def _settle(self, statement, params, kind):
+        """Run one settling statement; wake ``kind`` waiters of its queue."""
+        rows = self._execute(statement, params)
+        if rows:
+            self._notifier.notify(kind, rows[0][0])
+        return bool(rows)
+
+    def ack(self, msg_id, lease):
+        return self._settle(self.sql.ACK, (msg_id, lease), "done")
+
+    def delete(self, msg_id):
+        return self._settle(self.sql.DELETE, (msg_id,), "done")
+
+    def set_visibility(self, msg_id, lease, seconds):
+        # A lease cut short makes the message ready sooner: wake consumers.
+        return self._settle(self.sql.SET_VISIBILITY, (clock() + seconds, msg_id, lease), "put")
+
+    def release(self, msg_id, lease, delay=0.0, error=None):
+        return self._settle(self.sql.RELEASE, (clock() + delay, error, msg_id, lease), "put")
+
+    def dead_letter(self, msg_id, lease, reason, error=None):
+        with self._conns.transaction() as conn:
+            row = conn.execute(
+                self.sql.DEAD_LETTER, (clock(), reason, error, msg_id, lease)
+            ).fetchone()
+            if row:
+                conn.execute(self.sql.ADD_COUNTER, (row[0], "dead_lettered", 1))
+        if row:
+            self._notifier.notify("done", row[0])
+        return row is not None
+
+    # -- inspecting -------------------------------------------------------------
+
+    @staticmethod
+    def _stored(row):
+        return Message(
+            id=row[0], data=row[1], queue_name=row[2], retry_count=max(row[3] - 1, 0),
+            created_at=row[4], attempts=row[3], expires_at=row[5], last_error=row[6],
+            priority=row[7], visible_at=row[8], dead_at=row[9], dead_reason=row[10],
+        )
+
+    def peek(self, queue):
+        now = clock()
+        rows = self._execute(self.sql.PEEK, (queue, now, now))
+        return self._stored(rows[0]) if rows else None
+
+    def get(self, msg_id):
+        rows = self._execute(self.sql.GET, (msg_id,))
+        return self._stored(rows[0]) if rows else None
+
+    def count(self, queue, what="live"):
+        s = self.sql
+        if what == "live":
+            return self._execute(s.COUNT_LIVE, (queue,))[0][0]
+        if what == "waiting":
+            return self._execute(s.COUNT_WAITING, (queue,))[0][0]
+        if what == "ready":
+            return self._execute(s.COUNT_READY, (queue, clock()))[0][0]
+        if what == "dead":
+            return self._execute(s.COUNT_DEAD, (queue,))[0][0]
+        raise ValueError("count() what must be live, waiting, ready or dead; got %r" % (what,))
+
+    def has_live(self, queue):
+        return bool(self._execute(self.sql.ANY_LIVE, (queue,))[0][0])
+
+    def queues(self):
+        rows = self._execute(self.sql.QUEUE_STATS, {"now": clock()})
+        return [
+            QueueStats(name, int(ready), int(delayed), int(in_flight), int(dead), oldest)
+            for name, ready, delayed, in_flight, dead, oldest in rows
+        ]
+
+    def counters(self):
+        result = {}
+        for queue, name, value in self._execute(self.sql.READ_COUNTERS):
+            result.setdefault(queue, {})[name] = value
+        return result
+
+    def dead_letters(self, queue, limit=None):
+        rows = self._execute(self.sql.DEAD_LETTERS, (queue, -1 if limit is None else limit))
+        return [self._stored(row) for row in rows]
+
+    # -- operating --------------------------------------------------------------
+
+    def redrive(self, queue, ids=None):
+        now = clock()
+        with self._conns.transaction() as conn:
+            if ids is None:
+                moved = conn.execute(self.sql.REDRIVE_ALL, (now, queue)).rowcount
+            else:
+                moved = sum(
+                    conn.execute(self.sql.REDRIVE_ONE, (now, queue, msg_id)).rowcount
+                    for msg_id in ids
+                )
+        if moved:
+            self._notifier.notify("put", queue)
+        return moved
+
+    def purge(self, queue, dead=False):
+        statement = self.sql.PURGE_DEAD if dead else self.sql.PURGE_LIVE
+        removed = self._changes(statement, (queue,))
+        if removed:
+            self._notifier.notify("done", queue)
+        return removed
+
+    def delete_queue(self, queue):
+        with self._conns.transaction() as conn:
+            removed = conn.execute(self.sql.DELETE_QUEUE, (queue,)).rowcount
+            conn.execute(self.sql.DELETE_QUEUE_COUNTERS, (queue,))
+        if removed:
+            self._notifier.notify("done", queue)
+        return removed
+
+    def waiter(self, kind, queue):
+        return self._notifier.waiter(kind, queue)
+
+    # -- maintenance (SQLite's own) -----------------------------------------------
+
+    def checkpoint(self, mode="TRUNCATE"):
+        """Copy the WAL into the database file; return SQLite's
+        (busy, wal pages, pages checkpointed)."""
+        mode = str(mode).upper()
+        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+            raise ValueError("checkpoint mode must be PASSIVE, FULL, RESTART or TRUNCATE; got %r" % mode)
+        return tuple(self._execute("PRAGMA wal_checkpoint(%s)" % mode)[0])
+
+    def vacuum(self):
+        """Rebuild the file to give free pages back to the file system."""
+        self._execute("VACUUM")
+
+    def integrity_check(self):
+        """SQLite's ``PRAGMA integrity_check``: ["ok"] when the file is sound."""
+        return [row[0] for row in self._execute("PRAGMA integrity_check")]
+
+    def close(self):
+        self._conns.close()
+
+
+class _Transaction:
+    """Puts to any queues, committed together; wake-ups sent after COMMIT."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self._conn = None
+        self._queues = set()
+        self._context = None
+
+    def __enter__(self):
+        self._context = self._engine._conns.transaction()
+        self._conn = self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        try:
+            return self._context.__exit__(*exc_info)
+        finally:
+            if exc_info[0] is None:
+                for queue in self._queues:
+                    self._engine._notifier.notify("put", queue)
+
+    def put(self, queue, data, delay=0.0, ttl=None, priority=None):
+        now = clock()
+        expires = None if ttl is None else now + ttl
+        msg_id = self._conn.execute(
+            self._engine.sql.INSERT, (queue, data, priority, now + delay, now, expires)
+        ).lastrowid
+        self._queues.add(queue)
+        return msg_id
+
+    def put_many(self, queue, payloads, delay=0.0, ttl=None):
+        ids = self._engine._insert_many(self._conn, queue, payloads, delay, ttl)
+        self._queues.add(queue)
+        return ids
