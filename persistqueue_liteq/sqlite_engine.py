@@ -16,10 +16,26 @@ import random
 from . import sql as _sql
 from .connections import Connections, check_sqlite_version, translate_errors
 from .engine import Engine, Message, QueueStats, clock
-from .exceptions import IncompatibleDatabase
+from .exceptions import IncompatibleDatabase, ReadOnlyDatabase
 from .wakeup import Notifier
 
 __all__ = ["SQLiteEngine"]
+
+
+def _check_directory(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.stat(directory)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            "cannot open queue database %s: directory %s does not exist" % (path, directory)
+        ) from None
+    except PermissionError as exc:
+        raise ReadOnlyDatabase(
+            "cannot open queue database %s: no permission to reach %s" % (path, directory)
+        ) from exc
+    if not os.path.isdir(directory):
+        raise NotADirectoryError("cannot open queue database %s: %s is not a directory" % (path, directory))
 
 
 def _new_token():
@@ -57,11 +73,7 @@ class SQLiteEngine(Engine):
                 "a queue needs a database file that several connections can open; "
                 "got %r" % (path,)
             )
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(
-                "cannot create queue database %s: directory %s does not exist" % (path, directory)
-            )
+        _check_directory(path)
         self.location = path
         self._conns = Connections(path, timeout, synchronous)
         self._lease_sql = {
