@@ -85,9 +85,16 @@ class Notifier:
         key = "%d:%d:%s" % (st.st_dev, st.st_ino, prefix)
         self._root = os.path.join(_base_dir(), _digest(key, 8))
         self._cache = {}  # directory -> (mtime_ns, trusted, targets)
+        self._directories = {}  # (kind, queue) -> directory
 
     def _directory(self, kind, queue):
-        return os.path.join(self._root, "%s-%s" % (kind, _digest(queue, 6)))
+        try:
+            return self._directories[kind, queue]
+        except KeyError:
+            directory = os.path.join(self._root, "%s-%s" % (kind, _digest(queue, 6)))
+            if len(self._directories) < 10_000:
+                self._directories[kind, queue] = directory
+            return directory
 
     def notify(self, kind, queue):
         """Wake every thread waiting on (kind, queue), in any process."""
