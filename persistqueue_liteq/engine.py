@@ -67,6 +67,8 @@ class Message:
     #: For a dead letter: when and why it was dead-lettered.
     dead_at: Optional[float] = None
     dead_reason: Optional[str] = None
+    #: The caller's identity of a keyed message (a pool's task), else None.
+    key: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +122,39 @@ class Engine(abc.ABC):
         """A context manager yielding an object with ``put`` and ``put_many``
         (as above) whose messages, to any queues, are committed together when
         the block ends, or not at all if it raises."""
+
+    @abc.abstractmethod
+    def put_keyed(self, queue, items):
+        """Store keyed messages, each once: ``items`` is an iterable of
+        (key, data).  In one transaction, for each key: if a result is stored
+        under it, nothing is stored and its status is "done"; if a message
+        with that key is already there (live or dead), "queued"; otherwise
+        the message is stored, "new".  Returns [(status, id or None)]."""
+
+    # -- results of keyed messages -------------------------------------------
+
+    @abc.abstractmethod
+    def complete(self, msg_id, lease, key, ok, data, dead_reason=None):
+        """Store the outcome of a leased keyed message and settle it, in one
+        transaction: deleted, or dead-lettered with ``dead_reason``.  The
+        outcome is stored even if the lease was lost; returns whether it
+        still held."""
+
+    @abc.abstractmethod
+    def result(self, queue, key):
+        """(ok, data) stored under ``key``, or None."""
+
+    @abc.abstractmethod
+    def results_since(self, queue, seq, limit=1000):
+        """Outcomes stored after ``seq``: [(seq, key, ok, data)], in order."""
+
+    @abc.abstractmethod
+    def last_result_seq(self):
+        """The ``seq`` of the newest outcome of any queue (0 if none)."""
+
+    @abc.abstractmethod
+    def forget_results(self, queue, key=None):
+        """Delete the stored outcome under ``key`` (or all of ``queue``'s)."""
 
     # -- consuming ----------------------------------------------------------
 

@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS {p}messages (
     lease       INTEGER,           -- token of the current lease
     last_error  TEXT,
     dead_at     REAL,
-    dead_reason TEXT
+    dead_reason TEXT,
+    key         TEXT               -- caller's identity of a task, else NULL
 )"""
 
 CREATE_READY_INDEX = """
@@ -67,6 +68,24 @@ CREATE INDEX IF NOT EXISTS {p}messages_ready
 CREATE_PRIORITY_INDEX = """
 CREATE INDEX IF NOT EXISTS {p}messages_priority
     ON {p}messages (queue, priority, id) WHERE priority IS NOT NULL"""
+
+CREATE_KEY_INDEX = """
+CREATE UNIQUE INDEX IF NOT EXISTS {p}messages_key
+    ON {p}messages (queue, key) WHERE key IS NOT NULL"""
+
+# Outcomes of keyed messages (the pools' tasks), kept so that a rerun of a
+# killed script finds what already finished, and a caller that went away can
+# collect them later.  ``seq`` orders them for readers that follow along.
+CREATE_RESULTS = """
+CREATE TABLE IF NOT EXISTS {p}results (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue       TEXT    NOT NULL,
+    key         TEXT    NOT NULL,
+    ok          INTEGER NOT NULL,  -- 1: a return value, 0: an exception
+    data        BLOB    NOT NULL,
+    finished_at REAL    NOT NULL,
+    UNIQUE (queue, key)
+)"""
 
 CREATE_COUNTERS = """
 CREATE TABLE IF NOT EXISTS {p}counters (
@@ -81,6 +100,8 @@ CREATE_TABLES = (
     CREATE_MESSAGES,
     CREATE_READY_INDEX,
     CREATE_PRIORITY_INDEX,
+    CREATE_KEY_INDEX,
+    CREATE_RESULTS,
     CREATE_COUNTERS,
 )
 
@@ -98,6 +119,27 @@ VALUES (?, ?, ?, ?, ?, ?)"""
 
 LAST_ID = "SELECT last_insert_rowid()"
 
+INSERT_KEYED = """
+INSERT INTO {p}messages (queue, data, key, visible_at, created_at) VALUES (?, ?, ?, ?, ?)"""
+
+FIND_KEY = "SELECT id FROM {p}messages WHERE queue = ? AND key = ?"
+
+# -- results ----------------------------------------------------------------
+
+STORE_RESULT = """
+INSERT OR REPLACE INTO {p}results (queue, key, ok, data, finished_at) VALUES (?, ?, ?, ?, ?)"""
+
+RESULT = "SELECT ok, data FROM {p}results WHERE queue = ? AND key = ?"
+
+RESULTS_SINCE = """
+SELECT seq, key, ok, data FROM {p}results WHERE queue = ? AND seq > ? ORDER BY seq LIMIT ?"""
+
+LAST_RESULT_SEQ = "SELECT coalesce(max(seq), 0) FROM {p}results"
+
+FORGET_RESULT = "DELETE FROM {p}results WHERE queue = ? AND key = ?"
+
+PURGE_RESULTS = "DELETE FROM {p}results WHERE queue = ?"
+
 # -- leasing ----------------------------------------------------------------
 # One statement leases up to :n messages atomically: the subquery walks the
 # index in delivery order and the UPDATE moves each chosen row out of the
@@ -109,7 +151,7 @@ UPDATE {{p}}messages
  WHERE id IN (SELECT id FROM {{p}}messages
                WHERE queue = :queue AND {where}visible_at <= :now
                ORDER BY {order} LIMIT :n)
-RETURNING id, data, queue, attempts, created_at, expires_at, last_error, priority"""
+RETURNING id, data, queue, attempts, created_at, expires_at, last_error, priority, key"""
 
 LEASE_FIFO = _LEASE.format(where="", order="visible_at, id")
 LEASE_LIFO = _LEASE.format(where="", order="visible_at DESC, id DESC")
@@ -157,7 +199,7 @@ READ_COUNTERS = "SELECT queue, name, value FROM {p}counters"
 # -- reading ----------------------------------------------------------------
 
 _COLUMNS = """id, data, queue, attempts, created_at, expires_at, last_error,
-       priority, visible_at, dead_at, dead_reason"""
+       priority, visible_at, dead_at, dead_reason, key"""
 
 PEEK = """
 SELECT {c} FROM {{p}}messages
@@ -214,6 +256,7 @@ PURGE_LIVE = "DELETE FROM {p}messages WHERE queue = ? AND visible_at IS NOT NULL
 PURGE_DEAD = "DELETE FROM {p}messages WHERE queue = ? AND visible_at IS NULL"
 DELETE_QUEUE = "DELETE FROM {p}messages WHERE queue = ?"
 DELETE_QUEUE_COUNTERS = "DELETE FROM {p}counters WHERE queue = ?"
+DELETE_QUEUE_RESULTS = "DELETE FROM {p}results WHERE queue = ?"
 
 
 def render(prefix):

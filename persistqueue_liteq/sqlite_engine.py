@@ -178,6 +178,63 @@ class SQLiteEngine(Engine):
     def transaction(self):
         return _Transaction(self)
 
+    def put_keyed(self, queue, items):
+        s = self.sql
+        out = []
+        with self._conns.transaction() as conn:
+            now = clock()
+            for key, data in items:
+                if conn.execute(s.RESULT, (queue, key)).fetchone() is not None:
+                    out.append(("done", None))
+                    continue
+                row = conn.execute(s.FIND_KEY, (queue, key)).fetchone()
+                if row is not None:
+                    out.append(("queued", row[0]))
+                    continue
+                cursor = conn.execute(s.INSERT_KEYED, (queue, data, key, now, now))
+                out.append(("new", cursor.lastrowid))
+        if any(status == "new" for status, _ in out):
+            self._notifier.notify("put", queue)
+        return out
+
+    # -- results of keyed messages ------------------------------------------------
+
+    def complete(self, msg_id, lease, key, ok, data, dead_reason=None):
+        s = self.sql
+        with self._conns.transaction() as conn:
+            now = clock()
+            row = conn.execute(s.GET, (msg_id,)).fetchone()
+            queue = row[2] if row is not None else None
+            if queue is not None:
+                conn.execute(s.STORE_RESULT, (queue, key, int(bool(ok)), data, now))
+            if dead_reason is None:
+                held = conn.execute(s.ACK, (msg_id, lease)).fetchall()
+            else:
+                held = conn.execute(s.DEAD_LETTER, (now, dead_reason, None, msg_id, lease)).fetchall()
+                if held:
+                    conn.execute(s.ADD_COUNTER, (queue, "dead_lettered", 1))
+        if queue is not None:
+            self._notifier.notify("done", queue)
+        return bool(held)
+
+    def result(self, queue, key):
+        rows = self._execute(self.sql.RESULT, (queue, key))
+        return (bool(rows[0][0]), rows[0][1]) if rows else None
+
+    def results_since(self, queue, seq, limit=1000):
+        return [
+            (row[0], row[1], bool(row[2]), row[3])
+            for row in self._execute(self.sql.RESULTS_SINCE, (queue, seq, limit))
+        ]
+
+    def last_result_seq(self):
+        return self._execute(self.sql.LAST_RESULT_SEQ)[0][0]
+
+    def forget_results(self, queue, key=None):
+        if key is None:
+            return self._changes(self.sql.PURGE_RESULTS, (queue,))
+        return self._changes(self.sql.FORGET_RESULT, (queue, key))
+
     # -- consuming ------------------------------------------------------------
 
     def lease(self, queue, n, seconds, order="fifo", max_attempts=None):
@@ -197,7 +254,7 @@ class SQLiteEngine(Engine):
                 Message(
                     id=row[0], data=row[1], queue_name=row[2], retry_count=row[3] - 1,
                     created_at=row[4], attempts=row[3], lease=token, visible_at=until,
-                    expires_at=row[5], last_error=row[6], priority=row[7],
+                    expires_at=row[5], last_error=row[6], priority=row[7], key=row[8],
                 )
                 for row in rows
             ]
@@ -279,6 +336,7 @@ class SQLiteEngine(Engine):
             id=row[0], data=row[1], queue_name=row[2], retry_count=max(row[3] - 1, 0),
             created_at=row[4], attempts=row[3], expires_at=row[5], last_error=row[6],
             priority=row[7], visible_at=row[8], dead_at=row[9], dead_reason=row[10],
+            key=row[11],
         )
 
     def peek(self, queue):
@@ -349,6 +407,7 @@ class SQLiteEngine(Engine):
         with self._conns.transaction() as conn:
             removed = conn.execute(self.sql.DELETE_QUEUE, (queue,)).rowcount
             conn.execute(self.sql.DELETE_QUEUE_COUNTERS, (queue,))
+            conn.execute(self.sql.DELETE_QUEUE_RESULTS, (queue,))
         if removed:
             self._notifier.notify("done", queue)
         return removed

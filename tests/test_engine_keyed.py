@@ -1,0 +1,70 @@
+"""Keyed messages and stored outcomes: what the durable pools stand on."""
+
+import pytest
+
+from persistqueue_liteq.sqlite_engine import SQLiteEngine
+
+
+@pytest.fixture
+def engine(db):
+    e = SQLiteEngine(db)
+    yield e
+    e.close()
+
+
+def test_a_key_is_stored_once(engine):
+    first = engine.put_keyed("tasks", [("k1", b"a"), ("k2", b"b")])
+    assert [status for status, _ in first] == ["new", "new"]
+    again = engine.put_keyed("tasks", [("k1", b"a"), ("k3", b"c")])
+    assert again[0] == ("queued", first[0][1])
+    assert again[1][0] == "new"
+    assert engine.count("tasks") == 3
+
+
+def test_the_same_key_in_another_queue_is_another_task(engine):
+    engine.put_keyed("a", [("k", b"x")])
+    assert engine.put_keyed("b", [("k", b"x")])[0][0] == "new"
+
+
+def test_complete_stores_the_outcome_and_settles_in_one_go(engine):
+    engine.put_keyed("tasks", [("k1", b"a")])
+    (msg,) = engine.lease("tasks", 1, 60)
+    assert msg.key == "k1"
+    assert engine.complete(msg.id, msg.lease, "k1", True, b"42") is True
+    assert engine.count("tasks") == 0
+    assert engine.result("tasks", "k1") == (True, b"42")
+    assert engine.put_keyed("tasks", [("k1", b"a")]) == [("done", None)]
+
+
+def test_complete_can_dead_letter_with_the_outcome(engine):
+    engine.put_keyed("tasks", [("k1", b"a")])
+    (msg,) = engine.lease("tasks", 1, 60)
+    assert engine.complete(msg.id, msg.lease, "k1", False, b"exc", dead_reason="worker died")
+    (dead,) = engine.dead_letters("tasks")
+    assert (dead.key, dead.dead_reason) == ("k1", "worker died")
+    assert engine.result("tasks", "k1") == (False, b"exc")
+    assert engine.put_keyed("tasks", [("k1", b"a")]) == [("done", None)]
+
+
+def test_an_outcome_is_kept_even_if_the_lease_was_lost(engine):
+    engine.put_keyed("tasks", [("k1", b"a")])
+    (stale,) = engine.lease("tasks", 1, 0)
+    (current,) = engine.lease("tasks", 1, 60)
+    assert engine.complete(stale.id, stale.lease, "k1", True, b"first") is False
+    assert engine.count("tasks") == 1  # the current holder still has it
+    assert engine.complete(current.id, current.lease, "k1", True, b"second") is True
+    assert engine.result("tasks", "k1") == (True, b"second")
+
+
+def test_results_since_follows_along_in_order(engine):
+    start = engine.last_result_seq()
+    engine.put_keyed("tasks", [("k%d" % i, b"") for i in range(3)])
+    for msg in engine.lease("tasks", 3, 60):
+        engine.complete(msg.id, msg.lease, msg.key, True, msg.key.encode())
+    rows = engine.results_since("tasks", start)
+    assert [key for _, key, _, _ in rows] == ["k0", "k1", "k2"]
+    assert engine.results_since("tasks", rows[-1][0]) == []
+    assert engine.results_since("other", start) == []
+    assert engine.forget_results("tasks", "k0") == 1
+    assert engine.result("tasks", "k0") is None
+    assert engine.forget_results("tasks") == 2
