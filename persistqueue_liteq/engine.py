@@ -182,6 +182,11 @@ class Engine(abc.ABC):
         """Delete a message whatever its state; True if it existed."""
 
     @abc.abstractmethod
+    def delete_unleased(self, msg_id):
+        """Delete a message unless somebody holds it (cancel a task that has
+        not started); True if it was deleted."""
+
+    @abc.abstractmethod
     def set_visibility(self, msg_id, lease, seconds):
         """Make the lease run out ``seconds`` from now (longer or shorter)."""
 

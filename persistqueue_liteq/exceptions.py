@@ -12,6 +12,9 @@ __all__ = [
     "DatabaseBusy",
     "IncompatibleDatabase",
     "ReadOnlyDatabase",
+    "WorkerDied",
+    "TaskTimeout",
+    "SerializationError",
 ]
 
 
@@ -33,3 +36,18 @@ class IncompatibleDatabase(LiteQueueError):
 
 class ReadOnlyDatabase(LiteQueueError, PermissionError):
     """The database file (or its directory) cannot be written."""
+
+
+class WorkerDied(LiteQueueError):
+    """A pool's worker died (a signal, ``os._exit``, a crash) while running
+    the task, on its last allowed attempt.  The pool itself goes on."""
+
+
+class TaskTimeout(WorkerDied, TimeoutError):
+    """A pool's task ran longer than ``task_timeout`` on its last allowed
+    attempt; its worker was killed."""
+
+
+class SerializationError(LiteQueueError):
+    """A task, its arguments, its result or its exception could not be
+    pickled or unpickled; the message says which and why."""

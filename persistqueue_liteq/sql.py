@@ -170,6 +170,8 @@ ACK = "DELETE FROM {p}messages WHERE id = ? AND lease = ? RETURNING queue"
 
 DELETE = "DELETE FROM {p}messages WHERE id = ? RETURNING queue"
 
+DELETE_UNLEASED = "DELETE FROM {p}messages WHERE id = ? AND lease IS NULL RETURNING queue"
+
 SET_VISIBILITY = """
 UPDATE {p}messages SET visible_at = ?
  WHERE id = ? AND lease = ? AND visible_at IS NOT NULL

@@ -310,6 +310,9 @@ class SQLiteEngine(Engine):
     def delete(self, msg_id):
         return self._settle(self.sql.DELETE, (msg_id,), "done")
 
+    def delete_unleased(self, msg_id):
+        return self._settle(self.sql.DELETE_UNLEASED, (msg_id,), "done")
+
     def set_visibility(self, msg_id, lease, seconds):
         # A lease cut short makes the message ready sooner: wake consumers.
         return self._settle(self.sql.SET_VISIBILITY, (clock() + seconds, msg_id, lease), "put")

@@ -1,0 +1,709 @@
+"""Durable ``concurrent.futures`` pools: every task lives in the queue file.
+
+Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
+
+* A task is stored before ``submit`` returns, under a key (the caller's, or a
+  digest of the function and its arguments with an occurrence number), so a
+  script killed in the middle of a batch and run again runs only what is
+  left: finished tasks answer from the stored results, tasks that were in
+  flight run again (at-least-once: their side effects may happen twice).
+* A worker that dies costs its task one attempt; the worker is replaced and
+  the task retried.  Failing tasks are retried with backoff, then
+  dead-lettered with their exception; the pool is never broken by a task.
+* A worker leases only the task it is about to run, so ``cancel()`` cancels
+  every task that has not started.
+
+Data flow (process pool; a thread pool has threads for workers and the same
+tables)::
+
+  caller            main process                    queue file            workers
+  ------            ------------                    ----------            -------
+  submit(fn, *a) -> pickle, key -> put_keyed -----> messages  <- lease --- loop:
+     Future <-+                                       |                     run fn
+              |     collector thread                  |                     |
+              +---- results_since(seq) <------------- results <- complete --+
+                    (woken by "done")                 (one transaction: outcome
+                                                       stored, message acked)
+                    manager thread
+                    - waits on worker sentinels: a dead worker's task is
+                      released at once (one attempt) or, past max_retries,
+                      completed with WorkerDied; the worker is replaced
+                    - extends the leases of running tasks (heartbeat)
+                    - kills a worker whose task is over task_timeout
+
+Each worker publishes the task it runs in a shared slot (id, lease, start
+time); the manager reads the slots, nobody else writes them.
+"""
+
+import concurrent.futures
+import ctypes
+import hashlib
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from concurrent.futures import BrokenExecutor, Future
+from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.thread import BrokenThreadPool
+
+from . import _checks
+from .engine import clock
+from .exceptions import SerializationError, TaskTimeout, WorkerDied
+from .sql import DEFAULT_PREFIX
+from .sqlite_engine import SQLiteEngine
+
+try:
+    import cloudpickle
+except ImportError:  # optional: lambdas and closures need it
+    cloudpickle = None
+
+__all__ = ["PersistentProcessPoolExecutor", "PersistentThreadPoolExecutor"]
+
+_IDLE, _INIT_FAILED = 0, 1
+# How often an idle worker looks for a stop request or a dead parent even
+# without a wake-up.
+_IDLE_CHECK = 1.0
+
+
+# -- what crosses the file -----------------------------------------------------
+
+def _dumps(obj, what):
+    try:
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        if cloudpickle is not None:
+            try:
+                return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                pass
+        hint = ""
+        if cloudpickle is None and ("lambda" in str(exc) or "local object" in str(exc)):
+            hint = (" (lambdas and closures need cloudpickle: pip install "
+                    "'persistqueue_liteq[cloudpickle]', or define the function at module level)")
+        raise SerializationError("cannot pickle the %s: %s%s" % (what, exc, hint)) from exc
+
+
+class _RemoteTraceback(Exception):
+    def __init__(self, tb):
+        self.tb = tb
+
+    def __str__(self):
+        return self.tb
+
+
+def _rebuild_exception(exc, tb):
+    exc.__cause__ = _RemoteTraceback(tb)
+    return exc
+
+
+class _ExceptionWithTraceback:
+    """Pickles an exception with its traceback text, which comes back as the
+    exception's ``__cause__`` (as CPython's process pool does)."""
+
+    def __init__(self, exc):
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self.exc, self.tb = exc, '\n"""\n%s"""' % tb
+
+    def __reduce__(self):
+        return _rebuild_exception, (self.exc, self.tb)
+
+
+def _failure_payload(exc):
+    """Pickled exception with its traceback; if the exception itself cannot be
+    pickled, a SerializationError that says so and carries its text."""
+    try:
+        return pickle.dumps(_ExceptionWithTraceback(exc), pickle.HIGHEST_PROTOCOL)
+    except Exception as pickling_error:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return pickle.dumps(SerializationError(
+            "the task raised %s, which cannot be pickled (%s):\n%s"
+            % (type(exc).__name__, pickling_error, text)))
+
+
+def _apply_chunk(fn, chunk):
+    return [fn(*args) for args in chunk]
+
+
+def _describe_exit(exitcode):
+    if exitcode is not None and exitcode < 0:
+        try:
+            return "signal %s" % signal.Signals(-exitcode).name
+        except ValueError:
+            return "signal %d" % -exitcode
+    return "exit code %s" % exitcode
+
+
+# -- the worker ----------------------------------------------------------------------
+
+class _Config:
+    """What a worker needs to know; picklable, for spawn."""
+
+    def __init__(self, path, queue, engine_options, lease_seconds, max_retries,
+                 retry_backoff, retry_backoff_max):
+        self.path = path
+        self.queue = queue
+        self.engine_options = engine_options
+        self.lease_seconds = lease_seconds
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.retry_backoff_max = retry_backoff_max
+
+    def backoff(self, attempts):
+        if not self.retry_backoff:
+            return 0.0
+        return min(self.retry_backoff * 2 ** (attempts - 1), self.retry_backoff_max)
+
+    def open_engine(self):
+        return SQLiteEngine(self.path, **self.engine_options)
+
+
+def _settle_failure(engine, cfg, task_id, lease, key, attempts, exc, reason):
+    """A task's attempt failed: retry it later, or store the failure for good."""
+    if attempts > cfg.max_retries:
+        summary = "failed %d times (max_retries=%d): %s" % (attempts, cfg.max_retries, reason)
+        engine.complete(task_id, lease, key, False, _failure_payload(exc), dead_reason=summary)
+    else:
+        engine.release(task_id, lease, cfg.backoff(attempts), error=reason)
+
+
+def _run_one(engine, cfg, msg):
+    """Run one leased task and store its outcome; never raises."""
+    try:
+        fn, args, kwargs = pickle.loads(msg.data)
+    except BaseException as exc:  # a task that cannot be loaded will never run
+        error = SerializationError("task %s cannot be unpickled in the worker: %r" % (msg.key, exc))
+        engine.complete(msg.id, msg.lease, msg.key, False, pickle.dumps(error),
+                        dead_reason=str(error))
+        return
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        _settle_failure(engine, cfg, msg.id, msg.lease, msg.key, msg.attempts, exc, reason)
+        return
+    try:
+        data = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        error = SerializationError("the result of task %s cannot be pickled: %s" % (msg.key, exc))
+        engine.complete(msg.id, msg.lease, msg.key, False, pickle.dumps(error),
+                        dead_reason=str(error))
+        return
+    engine.complete(msg.id, msg.lease, msg.key, True, data)
+
+
+def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None):
+    """Lease one task at a time and run it, until told to stop; publish in
+    ``slot`` what runs now."""
+    done = 0
+    with engine.waiter("put", cfg.queue) as waiter:
+        while not should_stop() and (max_tasks is None or done < max_tasks):
+            leased = engine.lease(cfg.queue, 1, cfg.lease_seconds)
+            if not leased:
+                waiter.wait(_IDLE_CHECK)
+                continue
+            msg = leased[0]
+            if msg.attempts > cfg.max_retries + 1:  # its last holders died unnoticed
+                reason = "not finished after %d deliveries (max_retries=%d); last error: %s" % (
+                    msg.attempts - 1, cfg.max_retries, msg.last_error)
+                engine.complete(msg.id, msg.lease, msg.key, False,
+                                pickle.dumps(WorkerDied(reason)), dead_reason=reason)
+                continue
+            slot.start(msg.id, msg.lease)
+            try:
+                _run_one(engine, cfg, msg)
+            finally:
+                slot.finish()
+            done += 1
+
+
+def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks):
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException:
+            traceback.print_exc()
+            slot.fail_init()
+            return
+    engine = cfg.open_engine()
+    # The pool's process (not always our OS parent: think forkserver).  If it
+    # was killed, stop after the current task: a rerun will take over.
+    pool = multiprocessing.parent_process()
+    orphaned = lambda: pool is not None and not pool.is_alive()
+    _worker_loop(engine, cfg, slot, lambda: stop.is_set() or orphaned(), max_tasks)
+
+
+def _extend_leases(engine, cfg, slots):
+    """The heartbeat: extend the lease of every task a live worker runs."""
+    for slot in slots:
+        task_id, lease = slot.task_id, slot.lease
+        if task_id:
+            try:
+                engine.set_visibility(task_id, lease, cfg.lease_seconds)
+            except Exception:
+                pass  # busy: the next beat comes well before the lease ends
+
+
+# -- the executors ------------------------------------------------------------------
+
+class _TaskFuture(Future):
+    """A Future whose ``cancel()`` also removes its task from the file, which
+    succeeds while no worker has leased it."""
+
+    def __init__(self, executor, key, task_id):
+        super().__init__()
+        self._executor, self._key, self._task_id = executor, key, task_id
+
+    def cancel(self):
+        with self._condition:
+            if self._state != "PENDING":
+                return super().cancel()
+        if self._task_id is None or not self._executor._engine.delete_unleased(self._task_id):
+            return False
+        self._executor._forget(self._key, self)
+        if not super().cancel():
+            return False
+        # No worker will ever dequeue it, which is where the stdlib's pools
+        # notify wait() and as_completed(): do it now.
+        self.set_running_or_notify_cancel()
+        return True
+
+
+class _PersistentExecutor(concurrent.futures.Executor):
+    _broken_error = BrokenExecutor
+
+    def __init__(self, path, max_workers=None, initializer=None, initargs=(), *,
+                 name="tasks", max_retries=3, retry_backoff=0.5, retry_backoff_max=60.0,
+                 lease_seconds=30.0, timeout_seconds=5.0, synchronous="NORMAL",
+                 table_prefix=DEFAULT_PREFIX):
+        if max_workers is None:
+            max_workers = self._default_workers()
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+            raise TypeError("max_workers must be an int, not %r" % (max_workers,))
+        if max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        path = _checks.db_path(path)
+        engine_options = dict(timeout=_checks.seconds(timeout_seconds, "timeout_seconds"),
+                              synchronous=synchronous, table_prefix=table_prefix)
+        self._engine = SQLiteEngine(path, **engine_options)
+        self._cfg = _Config(
+            self._engine.location, _checks.queue_name(name, "name"), engine_options,
+            _checks.seconds(lease_seconds, "lease_seconds", positive=True),
+            _checks.count(max_retries, "max_retries"),
+            _checks.seconds(retry_backoff, "retry_backoff"),
+            _checks.seconds(retry_backoff_max, "retry_backoff_max"),
+        )
+        self._max_workers = max_workers
+        self._initializer, self._initargs = initializer, tuple(initargs)
+        # _lock guards _pending, _occurrences, _shutdown and _broken.
+        self._lock = threading.Lock()
+        self._pending = {}  # key -> [futures]
+        self._occurrences = {}  # digest -> how many submitted so far
+        self._shutdown = False
+        self._broken = None
+        self._seq = self._engine.last_result_seq()
+        self._collector = threading.Thread(target=self._collect, daemon=True,
+                                           name="persistqueue_liteq collector")
+        self._collector.start()
+        self._start_workers()
+
+    # -- submitting -------------------------------------------------------------
+
+    def submit(self, fn, /, *args, **kwargs):
+        """Store the call ``fn(*args, **kwargs)`` and return its Future.
+
+        Its key is a digest of the pickled call plus how many identical calls
+        this executor saw before, so the same script run again finds the same
+        keys.  Raises SerializationError, storing nothing, if the call cannot
+        be pickled."""
+        return self._submit_many([(None, fn, args, kwargs)])[0]
+
+    def submit_keyed(self, key, fn, /, *args, **kwargs):
+        """Like :meth:`submit`, with the task's identity given by the caller:
+        a task whose key already has a stored result is not run again."""
+        if not isinstance(key, str) or not key:
+            raise TypeError("a task key must be a non-empty str, not %r" % (key,))
+        return self._submit_many([(key, fn, args, kwargs)])[0]
+
+    def _submit_many(self, calls):
+        items = []
+        for key, fn, args, kwargs in calls:
+            if not callable(fn):
+                raise TypeError("%r is not callable" % (fn,))
+            data = _dumps((fn, args, kwargs), "task %s" % getattr(fn, "__qualname__", fn))
+            items.append([key, data])
+        with self._lock:
+            if self._broken:
+                raise self._broken_error(self._broken)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            for item in items:
+                if item[0] is None:
+                    digest = hashlib.blake2b(item[1], digest_size=16).hexdigest()
+                    n = self._occurrences.get(digest, 0)
+                    self._occurrences[digest] = n + 1
+                    item[0] = "%s#%d" % (digest, n)
+            statuses = self._engine.put_keyed(self._cfg.queue, [tuple(i) for i in items])
+            futures = []
+            for (key, _), (status, task_id) in zip(items, statuses):
+                future = _TaskFuture(self, key, task_id)
+                futures.append(future)
+                if status == "done":
+                    stored = self._engine.result(self._cfg.queue, key)
+                    if stored is not None:
+                        self._resolve_future(future, *stored)
+                        continue
+                self._pending.setdefault(key, []).append(future)
+        return futures
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1, buffersize=None):
+        """Like Executor.map; at most ``buffersize`` tasks (chunks) are stored
+        ahead of the caller's iteration (default: 4 per worker, at least 64),
+        so a map over millions of inputs keeps memory bounded."""
+        chunksize = _checks.count(chunksize, "chunksize", minimum=1)
+        if buffersize is None:
+            buffersize = max(64, 4 * self._max_workers)
+        buffersize = _checks.count(buffersize, "buffersize", minimum=1)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        calls = zip(*iterables)
+        chunks = iter(lambda: list(itertools.islice(calls, chunksize)), [])
+        window = []
+
+        def refill():
+            batch = list(itertools.islice(chunks, buffersize - len(window)))
+            if batch:
+                window.extend(zip(self._submit_many(
+                    [(None, _apply_chunk, (fn, chunk), {}) for chunk in batch]), batch))
+
+        def results():
+            try:
+                while window:
+                    future, _ = window.pop(0)
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    chunk_results = future.result(remaining)
+                    refill()
+                    yield from chunk_results
+            finally:
+                for future, _ in window:
+                    future.cancel()
+
+        refill()  # the first window is stored now, as the stdlib submits at once
+        return results()
+
+    # -- results ----------------------------------------------------------------
+
+    def _collect(self):
+        """Follow the results table and resolve the futures waiting for them."""
+        engine, queue = self._engine, self._cfg.queue
+        with engine.waiter("done", queue) as waiter:
+            while True:
+                try:
+                    rows = engine.results_since(queue, self._seq)
+                except Exception:
+                    rows = []  # busy for a moment: look again after a wait
+                for seq, key, ok, data in rows:
+                    self._seq = seq
+                    with self._lock:
+                        futures = self._pending.pop(key, ())
+                    for future in futures:
+                        self._resolve_future(future, ok, data)
+                if rows:
+                    continue
+                with self._lock:
+                    if self._shutdown and not self._pending:
+                        return
+                waiter.wait(_IDLE_CHECK)
+
+    @staticmethod
+    def _resolve_future(future, ok, data):
+        try:
+            value = pickle.loads(data)
+        except BaseException as exc:
+            value, ok = SerializationError("the task's %s cannot be unpickled: %r" % (
+                "result" if ok else "exception", exc)), False
+        if not future.set_running_or_notify_cancel():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def _forget(self, key, future):
+        with self._lock:
+            futures = self._pending.get(key, [])
+            if future in futures:
+                futures.remove(future)
+            if not futures:
+                self._pending.pop(key, None)
+
+    def _mark_broken(self, reason):
+        with self._lock:
+            self._broken = reason
+            pending, self._pending = self._pending, {}
+        error = self._broken_error(reason)
+        for futures in pending.values():
+            for future in futures:
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(error)
+
+    # -- shutting down -------------------------------------------------------------
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        if not wait:  # pending tasks still run, as with the stdlib's pools
+            threading.Thread(target=self.shutdown, kwargs={"cancel_futures": cancel_futures},
+                             daemon=True).start()
+            return
+        with self._lock:
+            self._shutdown = True
+            pending = [f for futures in self._pending.values() for f in futures]
+        if cancel_futures:
+            for future in pending:
+                future.cancel()
+        concurrent.futures.wait(pending)
+        self._stop_workers()
+        self._engine._notifier.notify("done", self._cfg.queue)
+        self._collector.join()
+
+    # -- information -----------------------------------------------------------------
+
+    def dead_letters(self, limit=None):
+        """Tasks that failed for good, with reasons (see LiteQueue.dead_letters)."""
+        return self._engine.dead_letters(self._cfg.queue, limit)
+
+    def redrive(self, ids=None):
+        """Run dead tasks again (their stored failures are forgotten)."""
+        dead = self._engine.dead_letters(self._cfg.queue)
+        wanted = None if ids is None else set(ids)
+        for msg in dead:
+            if wanted is None or msg.id in wanted:
+                self._engine.forget_results(self._cfg.queue, msg.key)
+        return self._engine.redrive(self._cfg.queue, ids)
+
+
+class PersistentProcessPoolExecutor(_PersistentExecutor):
+    """A ProcessPoolExecutor whose tasks live in a queue file.
+
+    Args:
+        path: the queue file (created if missing).
+        max_workers, mp_context, initializer, initargs, max_tasks_per_child:
+            as for ProcessPoolExecutor.
+        name: the queue of this pool's tasks in the file.
+        max_retries: how many times a failed task (an exception, a dead
+            worker, a timeout) runs again before it is dead-lettered.
+        retry_backoff, retry_backoff_max: seconds before the first retry,
+            doubled at each further one, up to the maximum.
+        task_timeout: seconds a task may run before its worker is killed
+            (counted as a failed attempt); None for no limit.
+        lease_seconds: how long a task stays reserved for a worker that
+            stopped answering (the pool extends it while the worker lives).
+    """
+
+    _broken_error = BrokenProcessPool
+
+    def __init__(self, path, max_workers=None, mp_context=None, initializer=None,
+                 initargs=(), max_tasks_per_child=None, *, task_timeout=None, **options):
+        if mp_context is None:
+            # The pool has threads when it starts workers, and forking a
+            # process with threads can deadlock the child: use forkserver
+            # where there is one, as Python 3.14 does.
+            methods = multiprocessing.get_all_start_methods()
+            mp_context = multiprocessing.get_context(
+                "forkserver" if "forkserver" in methods else None)
+        self._mp = mp_context
+        if max_tasks_per_child is not None:
+            max_tasks_per_child = _checks.count(max_tasks_per_child, "max_tasks_per_child", 1)
+        self._max_tasks_per_child = max_tasks_per_child
+        self._task_timeout = _checks.seconds(task_timeout, "task_timeout", allow_none=True,
+                                             positive=True)
+        super().__init__(path, max_workers, initializer, initargs, **options)
+
+    @staticmethod
+    def _default_workers():
+        return os.cpu_count() or 1
+
+    def _start_workers(self):
+        self._stop = self._mp.Event()
+        self._workers = {}  # process -> slot
+        self._killed = {}  # pid -> why the manager killed it
+        self._wake_reader, self._wake_writer = multiprocessing.Pipe(duplex=False)
+        for _ in range(self._max_workers):
+            self._spawn()
+        self._manager = threading.Thread(target=self._manage, daemon=True,
+                                         name="persistqueue_liteq manager")
+        self._manager.start()
+
+    def _spawn(self):
+        slot = _SharedSlot(self._mp)
+        proc = self._mp.Process(
+            target=_process_worker,
+            args=(self._cfg, slot, self._stop, self._initializer,
+                  self._initargs, self._max_tasks_per_child),
+            daemon=True,
+        )
+        proc.start()
+        self._workers[proc] = slot
+
+    def _manage(self):
+        heartbeat_every = self._cfg.lease_seconds / 3
+        next_heartbeat = time.monotonic() + heartbeat_every
+        while True:
+            timeout = max(0.0, next_heartbeat - time.monotonic())
+            if self._task_timeout is not None:
+                timeout = min(timeout, 0.05)
+            sentinels = {proc.sentinel: proc for proc in self._workers}
+            ready = multiprocessing.connection.wait(list(sentinels) + [self._wake_reader], timeout)
+            for handle in ready:
+                if handle is self._wake_reader:
+                    self._wake_reader.recv()
+                else:
+                    self._reap(sentinels[handle])
+            if self._stop.is_set() and not self._workers:
+                return
+            if self._broken is None and not self._stop.is_set():
+                while len(self._workers) < self._max_workers:
+                    self._spawn()
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                self._heartbeat()
+                next_heartbeat = now + heartbeat_every
+            if self._task_timeout is not None:
+                self._enforce_timeout()
+
+    def _reap(self, proc):
+        slot = self._workers.pop(proc)
+        proc.join()
+        if slot.state == _INIT_FAILED:
+            self._mark_broken("A child process terminated abruptly: its initializer raised "
+                              "(see the traceback it printed)")
+            self._stop.set()
+            for other in list(self._workers):
+                other.terminate()
+            return
+        task_id, lease = slot.task_id, slot.lease
+        if not task_id:
+            return  # it stopped between tasks (max_tasks_per_child, shutdown)
+        why = self._killed.pop(proc.pid, None)
+        reason = why or "worker process %d died with %s" % (proc.pid, _describe_exit(proc.exitcode))
+        msg = self._engine.get(task_id)
+        if msg is None or msg.visible_at is None:
+            return
+        exc = TaskTimeout(reason) if why else WorkerDied(reason)
+        exc_text = "%s (attempt %d of %d)" % (reason, msg.attempts, self._cfg.max_retries + 1)
+        _settle_failure(self._engine, self._cfg, task_id, lease, msg.key, msg.attempts,
+                        type(exc)(exc_text), exc_text)
+
+    def _heartbeat(self):
+        _extend_leases(self._engine, self._cfg, list(self._workers.values()))
+
+    def _enforce_timeout(self):
+        now = time.time()
+        for proc, slot in self._workers.items():
+            if slot.task_id and now - slot.started > self._task_timeout and proc.pid not in self._killed:
+                self._killed[proc.pid] = "task exceeded task_timeout=%gs; its worker was killed" % (
+                    self._task_timeout)
+                os.kill(proc.pid, signal.SIGKILL)
+
+    def _stop_workers(self):
+        self._stop.set()
+        self._engine._notifier.notify("put", self._cfg.queue)
+        self._wake_writer.send(None)
+        self._manager.join()
+
+
+class _Slot:
+    """What one thread worker runs now: task id (0: none), lease, start time."""
+
+    def __init__(self):
+        self.task_id, self.lease, self.started, self.state = 0, 0, 0.0, _IDLE
+
+    def start(self, task_id, lease):
+        self.started, self.lease, self.task_id = time.time(), lease, task_id
+
+    def finish(self):
+        self.task_id = 0
+
+    def fail_init(self):
+        self.state = _INIT_FAILED
+
+
+class _SharedSlot(_Slot):
+    """The same for a process worker, in memory shared with the manager.
+
+    The worker writes the task id last and clears it first, so the manager
+    never pairs an id with another task's lease for long; if it does, the
+    lease check in the engine makes its action a no-op.
+    """
+
+    def __init__(self, ctx):
+        self._ints = ctx.RawArray(ctypes.c_longlong, 3)  # task id, lease, state
+        self._started = ctx.RawValue(ctypes.c_double, 0.0)
+
+    def start(self, task_id, lease):
+        self._started.value = time.time()
+        self._ints[1] = lease
+        self._ints[0] = task_id
+
+    def finish(self):
+        self._ints[0] = 0
+
+    def fail_init(self):
+        self._ints[2] = _INIT_FAILED
+
+    task_id = property(lambda self: self._ints[0])
+    lease = property(lambda self: self._ints[1])
+    state = property(lambda self: self._ints[2])
+    started = property(lambda self: self._started.value)
+
+
+class PersistentThreadPoolExecutor(_PersistentExecutor):
+    """A ThreadPoolExecutor whose tasks live in a queue file: the same
+    durability as the process pool, for I/O-bound work (same arguments, less
+    mp_context, max_tasks_per_child and task_timeout, which a thread cannot
+    honour)."""
+
+    _broken_error = BrokenThreadPool
+
+    @staticmethod
+    def _default_workers():
+        return min(32, (os.cpu_count() or 1) + 4)
+
+    def _start_workers(self):
+        self._stop_event = threading.Event()
+        self._slots = [_Slot() for _ in range(self._max_workers)]
+        self._threads = [
+            threading.Thread(target=self._thread_worker, args=(slot,), daemon=True,
+                             name="persistqueue_liteq worker %d" % i)
+            for i, slot in enumerate(self._slots)
+        ]
+        for thread in self._threads:
+            thread.start()
+        self._heart = threading.Thread(target=self._heartbeat_loop, daemon=True)
+        self._heart.start()
+
+    def _thread_worker(self, slot):
+        if self._initializer is not None:
+            try:
+                self._initializer(*self._initargs)
+            except BaseException:
+                traceback.print_exc()
+                self._mark_broken("A thread initializer failed, the thread pool is not usable anymore")
+                self._stop_event.set()
+                return
+        _worker_loop(self._engine, self._cfg, slot, self._stop_event.is_set)
+
+    def _heartbeat_loop(self):
+        while not self._stop_event.wait(self._cfg.lease_seconds / 3):
+            _extend_leases(self._engine, self._cfg, self._slots)
+
+    def _stop_workers(self):
+        self._stop_event.set()
+        self._engine._notifier.notify("put", self._cfg.queue)
+        for thread in self._threads:
+            thread.join()
+        self._heart.join()

@@ -1,0 +1,396 @@
+"""The durable pools: concurrent.futures behaviour, and what it must do better."""
+
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+
+from persistqueue_liteq import pool as pool_module
+from persistqueue_liteq.exceptions import SerializationError, TaskTimeout, WorkerDied
+from persistqueue_liteq.pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
+from persistqueue_liteq.sqlite_engine import SQLiteEngine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = dict(max_retries=2, retry_backoff=0)
+
+
+# Task functions live at module level, so that every start method can load them.
+
+def square(x):
+    return x * x
+
+
+def add(x, y):
+    return x + y
+
+
+def fail(message):
+    raise ValueError(message)
+
+
+def record(path, value):
+    with open(path, "a") as f:
+        f.write("%s\n" % value)
+    return value
+
+
+def kill_self_once(marker, value):
+    """Dies with SIGKILL the first time; returns ``value`` the second."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+def kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def exit_hard(code):
+    os._exit(code)
+
+
+def fail_once(marker):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("transient")
+    return "recovered"
+
+
+def block_until(path, started=None):
+    if started is not None:
+        open(started, "w").close()
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    return "released"
+
+
+def wait_for_file(path, timeout=30):
+    """Wait until another process has created ``path`` (its way to say "now")."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, "%s never appeared" % path
+        time.sleep(0.005)
+
+
+def hang():
+    threading.Event().wait()
+
+
+def get_pid(_=None):
+    return os.getpid()
+
+
+def unpicklable_result():
+    return threading.Lock()
+
+
+class Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("no pickling of this one")
+
+
+def raise_unpicklable():
+    raise Unpicklable("custom")
+
+
+def bad_initializer():
+    raise RuntimeError("cannot initialise")
+
+
+@pytest.fixture(params=["process", "thread"])
+def make_pool(request, db):
+    pools = []
+
+    def make(**options):
+        options = {**FAST, **options}
+        if request.param == "process":
+            ex = PersistentProcessPoolExecutor(db, max_workers=options.pop("max_workers", 2), **options)
+        else:
+            ex = PersistentThreadPoolExecutor(db, max_workers=options.pop("max_workers", 2), **options)
+        pools.append(ex)
+        return ex
+
+    make.kind = request.param
+    yield make
+    for ex in pools:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+# -- the concurrent.futures surface ----------------------------------------------------
+
+def test_submit_returns_real_futures(make_pool):
+    ex = make_pool()
+    futures = [ex.submit(add, i, y=1) for i in range(10)]
+    assert all(isinstance(f, concurrent.futures.Future) for f in futures)
+    assert sorted(f.result(30) for f in concurrent.futures.as_completed(futures, 30)) == list(range(1, 11))
+    done, not_done = concurrent.futures.wait(futures, 30)
+    assert len(done) == 10 and not not_done
+
+
+def test_map_keeps_order_with_any_chunksize(make_pool):
+    ex = make_pool()
+    assert list(ex.map(square, range(50))) == [x * x for x in range(50)]
+    assert list(ex.map(add, range(30), range(30), chunksize=7)) == [2 * x for x in range(30)]
+
+
+def test_map_timeout(make_pool, tmp_path):
+    ex = make_pool(max_workers=1)
+    results = ex.map(block_until, [str(tmp_path / "never")], timeout=0.2)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        next(results)
+    open(tmp_path / "never", "w").close()
+
+
+def test_an_exception_comes_back_with_the_remote_traceback(make_pool):
+    ex = make_pool(max_retries=0)
+    with pytest.raises(ValueError, match="broken input") as info:
+        ex.submit(fail, "broken input").result(30)
+    assert "Traceback" in str(info.value.__cause__)
+    assert "in fail" in str(info.value.__cause__)
+
+
+def test_stdlib_argument_errors(db):
+    for cls in (PersistentProcessPoolExecutor, PersistentThreadPoolExecutor):
+        with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+            cls(db, max_workers=0)
+
+
+def test_submit_after_shutdown(make_pool):
+    ex = make_pool()
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(square, 2)
+
+
+def test_a_failing_initializer_breaks_the_pool(db):
+    ex = PersistentProcessPoolExecutor(db, max_workers=1, initializer=bad_initializer)
+    future = ex.submit(square, 3)
+    with pytest.raises(BrokenProcessPool):
+        future.result(30)
+    with pytest.raises(BrokenProcessPool):
+        ex.submit(square, 3)
+    ex.shutdown()
+
+
+def test_a_failing_initializer_breaks_the_thread_pool(db):
+    ex = PersistentThreadPoolExecutor(db, max_workers=1, initializer=bad_initializer)
+    with pytest.raises(concurrent.futures.thread.BrokenThreadPool):
+        ex.submit(square, 3).result(30)
+    ex.shutdown()
+
+
+# -- better than ProcessPoolExecutor ----------------------------------------------------
+
+def test_a_worker_killed_mid_task_costs_one_retry_not_the_pool(db, tmp_path):
+    with PersistentProcessPoolExecutor(db, max_workers=2, **FAST) as ex:
+        dying = ex.submit(kill_self_once, str(tmp_path / "marker"), "survived")
+        others = [ex.submit(square, i) for i in range(20)]
+        assert dying.result(60) == "survived"
+        assert [f.result(60) for f in others] == [i * i for i in range(20)]
+    msg_attempts = SQLiteEngine(db).dead_letters("tasks")
+    assert msg_attempts == []
+
+
+def test_a_task_that_always_kills_its_worker_fails_alone(db):
+    with PersistentProcessPoolExecutor(db, max_workers=2, max_retries=1, retry_backoff=0) as ex:
+        doomed = ex.submit(kill_self)
+        with pytest.raises(WorkerDied, match="signal SIGKILL.*attempt 2 of 2"):
+            doomed.result(60)
+        assert ex.submit(square, 12).result(60) == 144
+        (dead,) = ex.dead_letters()
+        assert "SIGKILL" in dead.dead_reason
+
+
+def test_a_worker_exit_code_is_named(db):
+    with PersistentProcessPoolExecutor(db, max_workers=1, max_retries=0) as ex:
+        with pytest.raises(WorkerDied, match="exit code 3"):
+            ex.submit(exit_hard, 3).result(60)
+        assert ex.submit(square, 3).result(60) == 9
+
+
+def test_a_task_over_its_timeout_is_killed_and_counted(db):
+    with PersistentProcessPoolExecutor(db, max_workers=1, max_retries=1, retry_backoff=0,
+                                       task_timeout=0.3) as ex:
+        with pytest.raises(TaskTimeout, match="task_timeout=0.3s.*attempt 2 of 2"):
+            ex.submit(hang).result(60)
+        assert ex.submit(square, 4).result(60) == 16
+
+
+def test_a_failing_task_is_retried_then_succeeds(make_pool, tmp_path):
+    ex = make_pool()
+    assert ex.submit(fail_once, str(tmp_path / "marker")).result(60) == "recovered"
+
+
+def test_a_poison_task_lands_in_the_dead_letter_queue_and_can_be_redriven(make_pool, tmp_path):
+    ex = make_pool(max_retries=2)
+    with pytest.raises(ValueError):
+        ex.submit(fail, "poison").result(60)
+    (dead,) = ex.dead_letters()
+    assert dead.attempts == 3
+    assert "ValueError: poison" in dead.dead_reason
+    assert ex.redrive() == 1
+    with pytest.raises(ValueError):  # the same task, run again from the start
+        ex.submit(fail, "poison").result(60)
+
+
+def test_cancel_removes_tasks_that_have_not_started(make_pool, tmp_path):
+    ex = make_pool(max_workers=1)
+    gate = str(tmp_path / "gate")
+    log = str(tmp_path / "log")
+    busy = ex.submit(block_until, gate)
+    waiting = [ex.submit(record, log, i) for i in range(5)]
+    assert all(f.cancel() for f in waiting)
+    assert all(f.cancelled() for f in waiting)
+    open(gate, "w").close()
+    assert busy.result(60) == "released"
+    assert ex.submit(record, log, "after").result(60) == "after"
+    with open(log) as f:
+        assert f.read().split() == ["after"]
+
+
+def test_shutdown_can_cancel_pending_futures(make_pool, tmp_path):
+    ex = make_pool(max_workers=1)
+    gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
+    busy = ex.submit(block_until, gate, started)
+    waiting = [ex.submit(square, i) for i in range(5)]
+    wait_for_file(started)
+    threading.Timer(0.0, lambda: open(gate, "w").close()).start()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert busy.result() == "released"  # it had started: it runs to the end
+    assert all(f.cancelled() for f in waiting)
+
+
+def test_shutdown_without_waiting_still_runs_pending_tasks(make_pool):
+    ex = make_pool()
+    futures = [ex.submit(square, i) for i in range(10)]
+    ex.shutdown(wait=False)
+    assert [f.result(60) for f in futures] == [i * i for i in range(10)]
+
+
+def test_max_tasks_per_child_replaces_workers(db):
+    with PersistentProcessPoolExecutor(db, max_workers=1, max_tasks_per_child=1) as ex:
+        pids = [ex.submit(get_pid, i).result(60) for i in range(3)]
+    assert len(set(pids)) == 3
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_start_methods(db, method):
+    ctx = multiprocessing.get_context(method)
+    with PersistentProcessPoolExecutor(db, max_workers=2, mp_context=ctx) as ex:
+        assert list(ex.map(square, range(5))) == [0, 1, 4, 9, 16]
+
+
+# -- durability of results ----------------------------------------------------------
+
+def test_a_stored_result_answers_a_resubmitted_task_without_running_it(make_pool, tmp_path):
+    log = str(tmp_path / "log")
+    ex = make_pool()
+    assert ex.submit_keyed("report-2026", record, log, "first").result(60) == "first"
+    again = make_pool()
+    assert again.submit_keyed("report-2026", record, log, "second").result(60) == "first"
+    with open(log) as f:
+        assert f.read().split() == ["first"]
+
+
+def test_identical_calls_in_one_run_are_distinct_tasks(make_pool, tmp_path):
+    log = str(tmp_path / "log")
+    ex = make_pool()
+    assert [ex.submit(record, log, "x").result(60) for _ in range(3)] == ["x"] * 3
+    with open(log) as f:
+        assert f.read().split() == ["x", "x", "x"]
+
+
+BATCH_SCRIPT = r"""
+import sys
+from persistqueue_liteq.pool import PersistentProcessPoolExecutor
+from tests.test_pool import record
+
+db, log = sys.argv[1], sys.argv[2]
+with PersistentProcessPoolExecutor(db, max_workers=2, lease_seconds=1) as ex:
+    futures = [ex.submit(record, log, i) for i in range(40)]
+    for i, future in enumerate(futures):
+        print("result", future.result(), flush=True)
+print("finished", flush=True)
+"""
+
+
+def test_a_killed_batch_script_resumes_where_it_stopped(db, tmp_path):
+    log = str(tmp_path / "side_effects")
+    script = [sys.executable, "-c", BATCH_SCRIPT, db, log]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    first = subprocess.Popen(script, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    reported = []
+    for line in first.stdout:
+        reported.append(int(line.split()[1]))
+        if len(reported) == 10:
+            break
+    first.kill()  # SIGKILL, in the middle of the batch
+    first.wait()
+    assert first.returncode == -signal.SIGKILL
+
+    second = subprocess.run(script, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert second.returncode == 0, second.stderr
+    lines = second.stdout.split("\n")
+    assert lines[-2] == "finished"
+    assert [int(line.split()[1]) for line in lines[:-2]] == list(range(40))
+
+    with open(log) as f:
+        runs = [int(x) for x in f.read().split()]
+    assert set(runs) == set(range(40))  # nothing lost
+    ran_twice = {i for i in runs if runs.count(i) > 1}
+    assert not ran_twice & set(reported)  # what had finished did not run again
+    assert len(runs) < 80  # the rerun did not simply start over
+
+
+# -- bad input -------------------------------------------------------------------------
+
+def test_an_unpicklable_argument_raises_at_submit_and_stores_nothing(make_pool, db):
+    ex = make_pool()
+    with pytest.raises(SerializationError, match="cannot pickle"):
+        ex.submit(square, threading.Lock())
+    assert SQLiteEngine(db).count("tasks") == 0
+
+
+def test_lambdas_without_cloudpickle_get_a_clear_error(make_pool, monkeypatch):
+    monkeypatch.setattr(pool_module, "cloudpickle", None)
+    ex = make_pool()
+    with pytest.raises(SerializationError, match="cloudpickle"):
+        ex.submit(lambda: 1)
+
+
+def test_lambdas_work_with_cloudpickle(make_pool):
+    pytest.importorskip("cloudpickle", reason="installed by the test extra")
+    ex = make_pool()
+    offset = 10
+    assert ex.submit(lambda x: x + offset, 5).result(60) == 15
+
+
+def test_an_unpicklable_result_fails_its_task_not_the_pool(make_pool):
+    ex = make_pool()
+    with pytest.raises(SerializationError, match="result .* cannot be pickled"):
+        ex.submit(unpicklable_result).result(60)
+    assert ex.submit(square, 5).result(60) == 25
+
+
+def test_an_unpicklable_exception_comes_back_as_text(make_pool):
+    ex = make_pool(max_retries=0)
+    with pytest.raises(SerializationError, match="Unpicklable.*custom"):
+        ex.submit(raise_unpicklable).result(60)
+    assert ex.submit(square, 6).result(60) == 36
+
+
+def test_a_foreign_file_is_refused(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"not a database at all" * 50)
+    from persistqueue_liteq import IncompatibleDatabase
+
+    with pytest.raises(IncompatibleDatabase):
+        PersistentThreadPoolExecutor(str(path))
