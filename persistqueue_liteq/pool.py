@@ -39,6 +39,7 @@ import concurrent.futures
 import ctypes
 import hashlib
 import itertools
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -63,6 +64,8 @@ except ImportError:  # optional: lambdas and closures need it
     cloudpickle = None
 
 __all__ = ["PersistentProcessPoolExecutor", "PersistentThreadPoolExecutor"]
+
+logger = logging.getLogger("persistqueue_liteq")
 
 _IDLE, _INIT_FAILED = 0, 1
 # How often an idle worker looks for a stop request or a dead parent even
@@ -443,6 +446,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 self._pending.pop(key, None)
 
     def _mark_broken(self, reason):
+        logger.error("pool on %s is broken: %s", self._engine.location, reason)
         with self._lock:
             self._broken = reason
             pending, self._pending = self._pending, {}
@@ -590,6 +594,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
             return  # it stopped between tasks (max_tasks_per_child, shutdown)
         why = self._killed.pop(proc.pid, None)
         reason = why or "worker process %d died with %s" % (proc.pid, _describe_exit(proc.exitcode))
+        logger.warning("%s while running task %d; replacing it", reason, task_id)
         msg = self._engine.get(task_id)
         if msg is None or msg.visible_at is None:
             return

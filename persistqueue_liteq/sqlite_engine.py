@@ -10,6 +10,7 @@ same message while its lease holds, because the second one's statement starts
 after the first one's has committed and no longer finds the row ready.
 """
 
+import logging
 import os
 import random
 
@@ -20,6 +21,8 @@ from .exceptions import IncompatibleDatabase, ReadOnlyDatabase
 from .wakeup import Notifier
 
 __all__ = ["SQLiteEngine"]
+
+logger = logging.getLogger("persistqueue_liteq")
 
 
 def _check_directory(path):
@@ -102,6 +105,7 @@ class SQLiteEngine(Engine):
                     self.sql.WRITE_META,
                     [("format", _sql.FORMAT_NAME), ("schema_version", str(_sql.SCHEMA_VERSION))],
                 )
+                logger.info("created queue tables %s* in %s", self.sql.PREFIX, self.location)
 
     def _check_schema(self, conn):
         """True if the tables exist and are ours; False if they must be made."""
@@ -213,6 +217,7 @@ class SQLiteEngine(Engine):
                 held = conn.execute(s.DEAD_LETTER, (now, dead_reason, None, msg_id, lease)).fetchall()
                 if held:
                     conn.execute(s.ADD_COUNTER, (queue, "dead_lettered", 1))
+                    logger.warning("task %s of queue %r dead-lettered: %s", key, queue, dead_reason)
         if queue is not None:
             self._notifier.notify("done", queue)
         return bool(held)
@@ -291,6 +296,7 @@ class SQLiteEngine(Engine):
                 )
                 if conn.execute(s.DEAD_LETTER, (now, reason, None, m.id, m.lease)).fetchall():
                     conn.execute(s.ADD_COUNTER, (m.queue_name, "dead_lettered", 1))
+                    logger.warning("message %d of queue %r dead-lettered: %s", m.id, m.queue_name, reason)
         for queue in {m.queue_name for m in messages}:
             self._notifier.notify("done", queue)
 
@@ -328,6 +334,7 @@ class SQLiteEngine(Engine):
             if row:
                 conn.execute(self.sql.ADD_COUNTER, (row[0], "dead_lettered", 1))
         if row:
+            logger.warning("message %d of queue %r dead-lettered: %s", msg_id, row[0], reason)
             self._notifier.notify("done", row[0])
         return row is not None
 
