@@ -2,12 +2,22 @@
 
 * :class:`LiteQueue`: an SQS-style message queue on one SQLite file, with
   Liteq's API (leases, retries, dead letters, delays, batches).
+* :class:`PersistentProcessPoolExecutor`, :class:`PersistentThreadPoolExecutor`:
+  ``concurrent.futures`` pools whose tasks live in the queue file.
 * The engine interface (:mod:`.engine`) and its SQLite implementation
   (:mod:`.sqlite_engine`), on which everything else is built.
 """
 
 from .engine import Message, QueueStats
-from .exceptions import DatabaseBusy, IncompatibleDatabase, LiteQueueError, ReadOnlyDatabase
+from .exceptions import (
+    DatabaseBusy,
+    IncompatibleDatabase,
+    LiteQueueError,
+    ReadOnlyDatabase,
+    SerializationError,
+    TaskTimeout,
+    WorkerDied,
+)
 from .liteq import LiteQueue
 
 __version__ = "0.1.0"
@@ -20,4 +30,23 @@ __all__ = [
     "DatabaseBusy",
     "IncompatibleDatabase",
     "ReadOnlyDatabase",
+    "SerializationError",
+    "TaskTimeout",
+    "WorkerDied",
+    "PersistentProcessPoolExecutor",
+    "PersistentThreadPoolExecutor",
 ]
+
+_LAZY = {
+    "PersistentProcessPoolExecutor": "pool",
+    "PersistentThreadPoolExecutor": "pool",
+}
+
+
+def __getattr__(name):
+    # The pools import multiprocessing and concurrent.futures: only on use.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module("." + _LAZY[name], __name__), name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

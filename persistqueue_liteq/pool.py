@@ -480,6 +480,11 @@ class _PersistentExecutor(concurrent.futures.Executor):
         """Tasks that failed for good, with reasons (see LiteQueue.dead_letters)."""
         return self._engine.dead_letters(self._cfg.queue, limit)
 
+    def forget_results(self, key=None):
+        """Delete the stored results (of one key, or all of this pool's
+        queue) once a batch is over; return how many."""
+        return self._engine.forget_results(self._cfg.queue, key)
+
     def redrive(self, ids=None):
         """Run dead tasks again (their stored failures are forgotten)."""
         dead = self._engine.dead_letters(self._cfg.queue)

@@ -18,4 +18,4 @@ def test_the_readme_has_examples():
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_example_runs(index, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    exec(compile(BLOCKS[index], "README.md example %d" % index, "exec"), {"__name__": "__readme__"})
+    exec(compile(BLOCKS[index], "README.md example %d" % index, "exec"), {"__name__": "__main__"})
