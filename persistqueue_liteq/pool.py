@@ -282,7 +282,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
     def __init__(self, path, max_workers=None, initializer=None, initargs=(), *,
                  name="tasks", max_retries=3, retry_backoff=0.5, retry_backoff_max=60.0,
                  lease_seconds=30.0, timeout_seconds=5.0, synchronous="NORMAL",
-                 table_prefix=DEFAULT_PREFIX):
+                 table_prefix=DEFAULT_PREFIX, run_workers=True):
         if max_workers is None:
             max_workers = self._default_workers()
         if isinstance(max_workers, bool) or not isinstance(max_workers, int):
@@ -314,7 +314,9 @@ class _PersistentExecutor(concurrent.futures.Executor):
         self._collector = threading.Thread(target=self._collect, daemon=True,
                                            name="persistqueue_liteq collector")
         self._collector.start()
-        self._start_workers()
+        self._run_workers = bool(run_workers)
+        if self._run_workers:
+            self._start_workers()
 
     # -- submitting -------------------------------------------------------------
 
@@ -470,7 +472,8 @@ class _PersistentExecutor(concurrent.futures.Executor):
             for future in pending:
                 future.cancel()
         concurrent.futures.wait(pending)
-        self._stop_workers()
+        if self._run_workers:
+            self._stop_workers()
         self._engine._notifier.notify("done", self._cfg.queue)
         self._collector.join()
 
@@ -511,6 +514,9 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
             (counted as a failed attempt); None for no limit.
         lease_seconds: how long a task stays reserved for a worker that
             stopped answering (the pool extends it while the worker lives).
+        run_workers: False to only store tasks and collect results, while
+            workers elsewhere (``python -m persistqueue_liteq worker``, or
+            another pool on the same file and name) run them.
     """
 
     _broken_error = BrokenProcessPool

@@ -350,6 +350,18 @@ def test_a_killed_batch_script_resumes_where_it_stopped(db, tmp_path):
     assert len(runs) < 80  # the rerun did not simply start over
 
 
+def test_a_pool_without_workers_collects_what_another_runs(db, tmp_path):
+    client = PersistentProcessPoolExecutor(db, run_workers=False)
+    futures = [client.submit(square, i) for i in range(5)]
+    assert not any(f.done() for f in futures)
+    with PersistentThreadPoolExecutor(db, max_workers=2):  # the service
+        assert [f.result(60) for f in futures] == [i * i for i in range(5)]
+    client.shutdown()
+    later = PersistentProcessPoolExecutor(db, run_workers=False)  # collect later
+    assert later.submit(square, 3).result(0) == 9
+    later.shutdown()
+
+
 # -- bad input -------------------------------------------------------------------------
 
 def test_an_unpicklable_argument_raises_at_submit_and_stores_nothing(make_pool, db):
