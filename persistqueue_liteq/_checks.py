@@ -49,6 +49,8 @@ def seconds(value, argument, allow_none=False, positive=False):
     """A finite, non-negative number of seconds (or None where allowed)."""
     if value is None and allow_none:
         return None
+    if type(value) is int and value >= 0 and not (positive and value == 0):
+        return float(value)  # the common case, without the slower checks below
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError("%s must be a number of seconds, not %r" % (argument, value))
     value = float(value)

@@ -11,7 +11,13 @@ Rules kept here so that the engine need not think of them:
   a fork the child opens its own; the parent's connection objects are kept
   referenced and never closed in the child, because closing them there could
   disturb the locks the parent still holds.
-* SQLite's "database is locked" after ``timeout`` seconds of retrying becomes
+* Waiting for a lock is done here, not by SQLite's busy handler, whose
+  shortest sleep is a whole millisecond: under contention between a few
+  processes that millisecond, paid again and again, was most of the cost.  A
+  statement or ``BEGIN IMMEDIATE`` that finds the database locked is retried
+  whole (nothing of it happened) after 50 us, then doubling sleeps up to 5 ms,
+  until ``timeout`` seconds have passed.
+* Then "database is locked" becomes
   :class:`~persistqueue_liteq.exceptions.DatabaseBusy`; "file is not a
   database" and friends become ``IncompatibleDatabase``; "readonly database"
   becomes ``ReadOnlyDatabase``.  Each names the file.
@@ -19,8 +25,10 @@ Rules kept here so that the engine need not think of them:
 
 import contextlib
 import os
+import random
 import sqlite3
 import threading
+import time
 
 from .exceptions import DatabaseBusy, IncompatibleDatabase, ReadOnlyDatabase
 
@@ -29,9 +37,25 @@ MIN_SQLITE = (3, 35, 0)
 
 SYNCHRONOUS = ("NORMAL", "FULL")
 
+_FIRST_RETRY = 0.00005
+_LONGEST_RETRY = 0.005
+
 # Connections inherited through fork: referenced forever so that the garbage
 # collector never closes them in the child (see the module docstring).
 _inherited = []
+
+# Bumped in every forked child, so that a connection can tell it was opened
+# by another process without asking the kernel for the pid on each statement.
+_generation = 0
+
+
+def _after_fork():
+    global _generation
+    _generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def check_sqlite_version(version=sqlite3.sqlite_version_info):
@@ -42,30 +66,9 @@ def check_sqlite_version(version=sqlite3.sqlite_version_info):
         )
 
 
-@contextlib.contextmanager
-def translate_errors(path, timeout):
-    """Turn sqlite3's errors into ours, naming the file and the timeout."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        text = str(exc).lower()
-        if "locked" in text or "busy" in text:
-            raise DatabaseBusy(
-                "%s stayed locked by another connection for more than "
-                "timeout_seconds=%g" % (path, timeout)
-            ) from exc
-        if "readonly" in text or "read-only" in text or "read only" in text:
-            raise ReadOnlyDatabase("%s cannot be written: %s" % (path, exc)) from exc
-        if "unable to open" in text:
-            raise ReadOnlyDatabase(
-                "%s cannot be opened for writing (is the file or its directory "
-                "read-only?): %s" % (path, exc)
-            ) from exc
-        raise
-    except sqlite3.DatabaseError as exc:
-        if "not a database" in str(exc) or "malformed" in str(exc):
-            raise IncompatibleDatabase("%s is not a usable SQLite database: %s" % (path, exc)) from exc
-        raise
+def _is_busy(exc):
+    text = str(exc)
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
 class Connections:
@@ -88,8 +91,10 @@ class Connections:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all = []
-        self._pid = os.getpid()
+        self._generation = _generation
         self.closed = False
+
+    # -- connections ----------------------------------------------------------
 
     def get(self):
         """Return this thread's connection, opening it if need be."""
@@ -97,38 +102,78 @@ class Connections:
             raise ValueError("operation on a closed queue (%s)" % self.path)
         local = self._local
         conn = getattr(local, "conn", None)
-        if conn is not None and local.pid == os.getpid():
+        if conn is not None and local.generation == _generation:
             return conn
         if conn is not None:  # inherited through fork
             _inherited.append(conn)
         conn = self._open()
-        local.conn, local.pid = conn, os.getpid()
+        local.conn, local.generation = conn, _generation
         return conn
 
     def _open(self):
-        pid = os.getpid()
         with self._lock:
-            if pid != self._pid:  # forked: the parent's connections are not ours
+            if self._generation != _generation:  # forked: the parent's are not ours
                 _inherited.extend(self._all)
-                self._all, self._pid = [], pid
-        with translate_errors(self.path, self.timeout):
+                self._all, self._generation = [], _generation
+        try:
             conn = sqlite3.connect(
-                self.path,
-                timeout=self.timeout,
-                isolation_level=None,
-                check_same_thread=False,
+                self.path, timeout=0, isolation_level=None, check_same_thread=False
             )
-            try:
-                conn.execute("PRAGMA synchronous=%s" % self.synchronous)
-                # After a checkpoint the WAL file is cut back to this size, so
-                # a burst of traffic does not leave a large file behind.
-                conn.execute("PRAGMA journal_size_limit=%d" % (16 << 20))
-            except BaseException:
-                conn.close()
-                raise
+        except sqlite3.Error as exc:
+            raise _chained(self.error(exc), exc)
+        try:
+            conn.execute("PRAGMA synchronous=%s" % self.synchronous)
+            # After a checkpoint the WAL file is cut back to this size, so a
+            # burst of traffic does not leave a large file behind.
+            conn.execute("PRAGMA journal_size_limit=%d" % (16 << 20))
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise _chained(self.error(exc), exc)
+            raise
         with self._lock:
             self._all.append(conn)
         return conn
+
+    # -- running statements ---------------------------------------------------
+
+    def run(self, work):
+        """Return ``work(conn)``: one autocommit statement, or reads, retried
+        whole while another connection holds the lock."""
+        conn = self.get()
+        try:
+            return work(conn)
+        except sqlite3.Error as exc:
+            if not _is_busy(exc) or conn.in_transaction:
+                raise _chained(self.error(exc), exc)
+        return self._retry(work, conn)
+
+    def execute(self, sql, params=()):
+        """Run one statement and return all its rows (which completes it)."""
+        conn = self.get()
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            if not _is_busy(exc) or conn.in_transaction:
+                raise _chained(self.error(exc), exc)
+        return self._retry(lambda c: c.execute(sql, params).fetchall(), conn)
+
+    def _retry(self, work, conn):
+        deadline = time.monotonic() + self.timeout
+        delay = _FIRST_RETRY
+        while True:
+            if time.monotonic() >= deadline:
+                raise DatabaseBusy(
+                    "%s stayed locked by another connection for more than "
+                    "timeout_seconds=%g" % (self.path, self.timeout)
+                )
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, _LONGEST_RETRY)
+            try:
+                return work(conn)
+            except sqlite3.Error as exc:
+                if not _is_busy(exc) or conn.in_transaction:
+                    raise _chained(self.error(exc), exc)
 
     @contextlib.contextmanager
     def transaction(self):
@@ -140,32 +185,56 @@ class Connections:
         if conn.in_transaction:
             yield conn
             return
-        with translate_errors(self.path, self.timeout):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
+        self.run(_begin_immediate)
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
                 conn.rollback()
-                raise
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.rollback()
-                raise
+            if isinstance(exc, sqlite3.Error):
+                raise _chained(self.error(exc), exc)
+            raise
 
-    def execute(self, sql, params=()):
-        """Run one statement and return all its rows (which completes it)."""
-        with translate_errors(self.path, self.timeout):
-            return self.get().execute(sql, params).fetchall()
+    def error(self, exc):
+        """The exception of ours that says what sqlite3's ``exc`` means."""
+        text = str(exc).lower()
+        if isinstance(exc, sqlite3.OperationalError):
+            if "locked" in text or "busy" in text:
+                return DatabaseBusy(
+                    "%s stayed locked by another connection for more than "
+                    "timeout_seconds=%g" % (self.path, self.timeout)
+                )
+            if "readonly" in text or "read-only" in text or "read only" in text:
+                return ReadOnlyDatabase("%s cannot be written: %s" % (self.path, exc))
+            if "unable to open" in text:
+                return ReadOnlyDatabase(
+                    "%s cannot be opened for writing (is the file or its directory "
+                    "read-only?): %s" % (self.path, exc)
+                )
+        if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+            return IncompatibleDatabase("%s is not a usable SQLite database: %s" % (self.path, exc))
+        return exc
 
     def close(self):
         """Close every connection this process opened to the file."""
         with self._lock:
-            conns, self._all = (self._all if self._pid == os.getpid() else []), []
+            conns = self._all if self._generation == _generation else []
+            self._all = []
             self.closed = True
         for conn in conns:
             try:
                 conn.close()
             except sqlite3.Error:
                 pass
+
+
+def _chained(error, cause):
+    """``error`` with ``cause`` as its cause, unless it is ``cause`` itself."""
+    if error is not cause:
+        error.__cause__ = cause
+    return error
+
+
+def _begin_immediate(conn):
+    conn.execute("BEGIN IMMEDIATE")

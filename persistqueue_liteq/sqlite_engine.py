@@ -15,7 +15,7 @@ import os
 import random
 
 from . import sql as _sql
-from .connections import Connections, check_sqlite_version, translate_errors
+from .connections import Connections, check_sqlite_version
 from .engine import Engine, Message, QueueStats, clock
 from .exceptions import IncompatibleDatabase, ReadOnlyDatabase
 from .wakeup import Notifier
@@ -90,13 +90,8 @@ class SQLiteEngine(Engine):
     # -- schema ---------------------------------------------------------------
 
     def _open_schema(self):
-        conn = self._conns.get()
-        with translate_errors(self.location, self._conns.timeout):
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode.lower() != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
-            if self._check_schema(conn):
-                return
+        if self._conns.run(self._wal_and_schema_ready):
+            return
         with self._conns.transaction() as conn:
             if not self._check_schema(conn):
                 for statement in self.sql.CREATE_TABLES:
@@ -106,6 +101,12 @@ class SQLiteEngine(Engine):
                     [("format", _sql.FORMAT_NAME), ("schema_version", str(_sql.SCHEMA_VERSION))],
                 )
                 logger.info("created queue tables %s* in %s", self.sql.PREFIX, self.location)
+
+    def _wal_and_schema_ready(self, conn):
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode.lower() != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+        return self._check_schema(conn)
 
     def _check_schema(self, conn):
         """True if the tables exist and are ours; False if they must be made."""
@@ -137,20 +138,15 @@ class SQLiteEngine(Engine):
         return self._conns.execute(statement, params)
 
     def _changes(self, statement, params):
-        conn = self._conns.get()
-        with translate_errors(self.location, self._conns.timeout):
-            return conn.execute(statement, params).rowcount
+        return self._conns.run(lambda conn: conn.execute(statement, params).rowcount)
 
     # -- producing ------------------------------------------------------------
 
     def put(self, queue, data, delay=0.0, ttl=None, priority=None):
         now = clock()
-        expires = None if ttl is None else now + ttl
-        conn = self._conns.get()
-        with translate_errors(self.location, self._conns.timeout):
-            msg_id = conn.execute(
-                self.sql.INSERT, (queue, data, priority, now + delay, now, expires)
-            ).lastrowid
+        params = (queue, data, priority, now + delay, now, None if ttl is None else now + ttl)
+        insert = self.sql.INSERT
+        msg_id = self._conns.run(lambda conn: conn.execute(insert, params).lastrowid)
         self._notifier.notify("put", queue)
         return msg_id
 
@@ -256,11 +252,8 @@ class SQLiteEngine(Engine):
             if not rows:
                 break
             messages = [
-                Message(
-                    id=row[0], data=row[1], queue_name=row[2], retry_count=row[3] - 1,
-                    created_at=row[4], attempts=row[3], lease=token, visible_at=until,
-                    expires_at=row[5], last_error=row[6], priority=row[7], key=row[8],
-                )
+                Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, until,
+                        row[5], row[6], row[7], None, None, row[8])
                 for row in rows
             ]
             unfit = [
@@ -274,6 +267,8 @@ class SQLiteEngine(Engine):
             leased.extend(messages)
             if not unfit:
                 break
+        if len(leased) < 2:
+            return leased
         if order == "lifo":
             leased.sort(key=lambda m: m.id, reverse=True)
         elif order == "priority":

@@ -88,10 +88,17 @@ class Notifier:
         self._directories = {}  # (kind, queue) -> directory
 
     def _directory(self, kind, queue):
+        """The channel's directory, made the first time this process asks, so
+        that ``notify`` finds it without raising (an exception per put costs)."""
         try:
             return self._directories[kind, queue]
         except KeyError:
             directory = os.path.join(self._root, "%s-%s" % (kind, _digest(queue, 6)))
+            if HAVE_SOCKETS:
+                try:
+                    os.makedirs(directory, exist_ok=True)
+                except OSError:
+                    pass  # notify() and waiters cope with a missing directory
             if len(self._directories) < 10_000:
                 self._directories[kind, queue] = directory
             return directory
@@ -103,8 +110,9 @@ class Notifier:
         directory = self._directory(kind, queue)
         try:
             mtime = os.stat(directory).st_mtime_ns
-        except FileNotFoundError:
-            return  # nobody has ever waited here
+        except FileNotFoundError:  # removed under us (a tmp cleaner): make it again
+            self._directories.pop((kind, queue), None)
+            return
         cached = self._cache.get(directory)
         if cached is None or cached[0] != mtime or not cached[1]:
             trusted = time.time_ns() - mtime > _TRUST_AFTER_NS
