@@ -141,6 +141,13 @@ class Engine(abc.ABC):
         still held."""
 
     @abc.abstractmethod
+    def complete_and_lease(self, msg_id, lease, key, ok, data, seconds):
+        """:meth:`complete` (without dead-lettering), and in the same
+        transaction lease the next ready message of the same queue for
+        ``seconds``: a worker's one write per task.  Returns that message or
+        None.  For keyed queues only: no TTL or attempt limit is applied."""
+
+    @abc.abstractmethod
     def result(self, queue, key):
         """(ok, data) stored under ``key``, or None."""
 

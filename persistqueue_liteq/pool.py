@@ -174,54 +174,70 @@ def _settle_failure(engine, cfg, task_id, lease, key, attempts, exc, reason):
         engine.release(task_id, lease, cfg.backoff(attempts), error=reason)
 
 
-def _run_one(engine, cfg, msg):
-    """Run one leased task and store its outcome; never raises."""
+def _run_one(engine, cfg, msg, slot):
+    """Run one leased task; store a failure, or return the pickled result
+    for the caller to store (so that it can lease the next task in the same
+    transaction).  Never raises."""
     try:
         fn, args, kwargs = pickle.loads(msg.data)
     except BaseException as exc:  # a task that cannot be loaded will never run
         error = SerializationError("task %s cannot be unpickled in the worker: %r" % (msg.key, exc))
         engine.complete(msg.id, msg.lease, msg.key, False, pickle.dumps(error),
                         dead_reason=str(error))
-        return
+        return None
+    slot.running()  # task_timeout counts from here, not from the unpickling
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
         reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         _settle_failure(engine, cfg, msg.id, msg.lease, msg.key, msg.attempts, exc, reason)
-        return
+        return None
     try:
-        data = pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         error = SerializationError("the result of task %s cannot be pickled: %s" % (msg.key, exc))
         engine.complete(msg.id, msg.lease, msg.key, False, pickle.dumps(error),
                         dead_reason=str(error))
-        return
-    engine.complete(msg.id, msg.lease, msg.key, True, data)
+        return None
 
 
 def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None):
     """Lease one task at a time and run it, until told to stop; publish in
-    ``slot`` what runs now."""
+    ``slot`` what runs now.  A result is stored in the same transaction that
+    leases the next task."""
     done = 0
+    msg = None
     with engine.waiter("put", cfg.queue) as waiter:
         while not should_stop() and (max_tasks is None or done < max_tasks):
-            leased = engine.lease(cfg.queue, 1, cfg.lease_seconds)
-            if not leased:
-                waiter.wait(_IDLE_CHECK)
-                continue
-            msg = leased[0]
+            if msg is None:
+                leased = engine.lease(cfg.queue, 1, cfg.lease_seconds)
+                if not leased:
+                    waiter.wait(_IDLE_CHECK)
+                    continue
+                msg = leased[0]
             if msg.attempts > cfg.max_retries + 1:  # its last holders died unnoticed
                 reason = "not finished after %d deliveries (max_retries=%d); last error: %s" % (
                     msg.attempts - 1, cfg.max_retries, msg.last_error)
                 engine.complete(msg.id, msg.lease, msg.key, False,
                                 pickle.dumps(WorkerDied(reason)), dead_reason=reason)
+                msg = None
                 continue
             slot.start(msg.id, msg.lease)
             try:
-                _run_one(engine, cfg, msg)
+                data = _run_one(engine, cfg, msg, slot)
+                done += 1
+                if data is None:
+                    msg = None
+                elif should_stop() or (max_tasks is not None and done >= max_tasks):
+                    engine.complete(msg.id, msg.lease, msg.key, True, data)
+                    msg = None
+                else:
+                    msg = engine.complete_and_lease(msg.id, msg.lease, msg.key, True, data,
+                                                    cfg.lease_seconds)
             finally:
                 slot.finish()
-            done += 1
+    if msg is not None:  # leased, never started: hand it back
+        engine.release(msg.id, msg.lease)
 
 
 def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks):
@@ -620,7 +636,9 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
     def _enforce_timeout(self):
         now = time.time()
         for proc, slot in self._workers.items():
-            if slot.task_id and now - slot.started > self._task_timeout and proc.pid not in self._killed:
+            started = slot.started
+            if (slot.task_id and started and now - started > self._task_timeout
+                    and proc.pid not in self._killed):
                 self._killed[proc.pid] = "task exceeded task_timeout=%gs; its worker was killed" % (
                     self._task_timeout)
                 os.kill(proc.pid, signal.SIGKILL)
@@ -633,13 +651,17 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
 
 
 class _Slot:
-    """What one thread worker runs now: task id (0: none), lease, start time."""
+    """What one thread worker runs now: task id (0: none), lease, and since
+    when its function runs (0.0 while it is still being unpickled)."""
 
     def __init__(self):
         self.task_id, self.lease, self.started, self.state = 0, 0, 0.0, _IDLE
 
     def start(self, task_id, lease):
-        self.started, self.lease, self.task_id = time.time(), lease, task_id
+        self.started, self.lease, self.task_id = 0.0, lease, task_id
+
+    def running(self):
+        self.started = time.time()
 
     def finish(self):
         self.task_id = 0
@@ -661,9 +683,12 @@ class _SharedSlot(_Slot):
         self._started = ctx.RawValue(ctypes.c_double, 0.0)
 
     def start(self, task_id, lease):
-        self._started.value = time.time()
+        self._started.value = 0.0
         self._ints[1] = lease
         self._ints[0] = task_id
+
+    def running(self):
+        self._started.value = time.time()
 
     def finish(self):
         self._ints[0] = 0

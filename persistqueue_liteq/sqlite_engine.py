@@ -200,23 +200,45 @@ class SQLiteEngine(Engine):
     # -- results of keyed messages ------------------------------------------------
 
     def complete(self, msg_id, lease, key, ok, data, dead_reason=None):
-        s = self.sql
         with self._conns.transaction() as conn:
-            now = clock()
-            row = conn.execute(s.GET, (msg_id,)).fetchone()
-            queue = row[2] if row is not None else None
-            if queue is not None:
-                conn.execute(s.STORE_RESULT, (queue, key, int(bool(ok)), data, now))
-            if dead_reason is None:
-                held = conn.execute(s.ACK, (msg_id, lease)).fetchall()
-            else:
-                held = conn.execute(s.DEAD_LETTER, (now, dead_reason, None, msg_id, lease)).fetchall()
-                if held:
-                    conn.execute(s.ADD_COUNTER, (queue, "dead_lettered", 1))
-                    logger.warning("task %s of queue %r dead-lettered: %s", key, queue, dead_reason)
+            queue, held = self._complete_in(conn, msg_id, lease, key, ok, data, dead_reason)
         if queue is not None:
             self._notifier.notify("done", queue)
-        return bool(held)
+        return held
+
+    def complete_and_lease(self, msg_id, lease, key, ok, data, seconds):
+        with self._conns.transaction() as conn:
+            queue, _ = self._complete_in(conn, msg_id, lease, key, ok, data, None)
+            rows = []
+            if queue is not None:
+                now = clock()
+                token = _new_token()
+                rows = conn.execute(self.sql.LEASE_FIFO, {
+                    "queue": queue, "now": now, "until": now + seconds, "lease": token, "n": 1,
+                }).fetchall()
+        if queue is not None:
+            self._notifier.notify("done", queue)
+        if not rows:
+            return None
+        row = rows[0]
+        return Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, now + seconds,
+                       row[5], row[6], row[7], None, None, row[8])
+
+    def _complete_in(self, conn, msg_id, lease, key, ok, data, dead_reason):
+        s = self.sql
+        now = clock()
+        row = conn.execute(s.GET, (msg_id,)).fetchone()
+        if row is None:
+            return None, False
+        queue = row[2]
+        conn.execute(s.STORE_RESULT, (queue, key, int(bool(ok)), data, now))
+        if dead_reason is None:
+            return queue, bool(conn.execute(s.ACK, (msg_id, lease)).fetchall())
+        held = bool(conn.execute(s.DEAD_LETTER, (now, dead_reason, None, msg_id, lease)).fetchall())
+        if held:
+            conn.execute(s.ADD_COUNTER, (queue, "dead_lettered", 1))
+            logger.warning("task %s of queue %r dead-lettered: %s", key, queue, dead_reason)
+        return queue, held
 
     def result(self, queue, key):
         rows = self._execute(self.sql.RESULT, (queue, key))

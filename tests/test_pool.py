@@ -262,7 +262,17 @@ def test_shutdown_can_cancel_pending_futures(make_pool, tmp_path):
     busy = ex.submit(block_until, gate, started)
     waiting = [ex.submit(square, i) for i in range(5)]
     wait_for_file(started)
-    threading.Timer(0.0, lambda: open(gate, "w").close()).start()
+    # Release the running task only once shutdown has cancelled the others
+    # (a cancel runs the done-callbacks), so that none of them can start.
+    left = [len(waiting)]
+
+    def one_more_done(_):
+        left[0] -= 1
+        if left[0] == 0:
+            open(gate, "w").close()
+
+    for future in waiting:
+        future.add_done_callback(one_more_done)
     ex.shutdown(wait=True, cancel_futures=True)
     assert busy.result() == "released"  # it had started: it runs to the end
     assert all(f.cancelled() for f in waiting)
