@@ -25,6 +25,7 @@ Rules kept here so that the engine need not think of them:
 
 import contextlib
 import os
+import pathlib
 import random
 import sqlite3
 import threading
@@ -79,7 +80,7 @@ class Connections:
     are never shared between threads.
     """
 
-    def __init__(self, path, timeout, synchronous="NORMAL"):
+    def __init__(self, path, timeout, synchronous="NORMAL", readonly=False):
         synchronous = str(synchronous).upper()
         if synchronous not in SYNCHRONOUS:
             raise ValueError(
@@ -88,6 +89,8 @@ class Connections:
         self.path = path
         self.timeout = timeout
         self.synchronous = synchronous
+        # Read-only: SQLite's mode=ro, so that the OS refuses any write.
+        self._uri = pathlib.Path(os.path.abspath(path)).as_uri() + "?mode=ro" if readonly else None
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all = []
@@ -117,15 +120,17 @@ class Connections:
                 self._all, self._generation = [], _generation
         try:
             conn = sqlite3.connect(
-                self.path, timeout=0, isolation_level=None, check_same_thread=False
+                self._uri or self.path, timeout=0, isolation_level=None,
+                check_same_thread=False, uri=self._uri is not None,
             )
         except sqlite3.Error as exc:
             raise _chained(self.error(exc), exc)
         try:
-            conn.execute("PRAGMA synchronous=%s" % self.synchronous)
-            # After a checkpoint the WAL file is cut back to this size, so a
-            # burst of traffic does not leave a large file behind.
-            conn.execute("PRAGMA journal_size_limit=%d" % (16 << 20))
+            if self._uri is None:
+                conn.execute("PRAGMA synchronous=%s" % self.synchronous)
+                # After a checkpoint the WAL file is cut back to this size, so
+                # a burst of traffic does not leave a large file behind.
+                conn.execute("PRAGMA journal_size_limit=%d" % (16 << 20))
         except BaseException as exc:
             conn.close()
             if isinstance(exc, sqlite3.Error):

@@ -214,6 +214,16 @@ class Engine(abc.ABC):
         leasing it, or None."""
 
     @abc.abstractmethod
+    def peek_many(self, queue, n):
+        """The next ``n`` messages in delivery order, without leasing them."""
+
+    @abc.abstractmethod
+    def messages(self, queue, after_id=0, limit=1000):
+        """Live messages (ready, delayed, in flight) with an id above
+        ``after_id``, in id order, at most ``limit``, none leased: for paging
+        through a queue."""
+
+    @abc.abstractmethod
     def get(self, msg_id):
         """The message with this id in whatever state, or None."""
 

@@ -53,7 +53,6 @@ from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 
 from . import _checks
-from .engine import clock
 from .exceptions import SerializationError, TaskTimeout, WorkerDied
 from .sql import DEFAULT_PREFIX
 from .sqlite_engine import SQLiteEngine

@@ -208,6 +208,16 @@ SELECT {c} FROM {{p}}messages
  WHERE queue = ? AND visible_at <= ? AND (expires_at IS NULL OR expires_at > ?)
  ORDER BY visible_at, id LIMIT 1""".format(c=_COLUMNS)
 
+PEEK_MANY = """
+SELECT {c} FROM {{p}}messages
+ WHERE queue = ? AND visible_at <= ? AND (expires_at IS NULL OR expires_at > ?)
+ ORDER BY visible_at, id LIMIT ?""".format(c=_COLUMNS)
+
+LIVE_MESSAGES = """
+SELECT {c} FROM {{p}}messages
+ WHERE queue = ? AND visible_at IS NOT NULL AND id > ?
+ ORDER BY id LIMIT ?""".format(c=_COLUMNS)
+
 GET = "SELECT {c} FROM {{p}}messages WHERE id = ?".format(c=_COLUMNS)
 
 COUNT_LIVE = """

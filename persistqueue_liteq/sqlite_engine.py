@@ -56,16 +56,20 @@ class SQLiteEngine(Engine):
             (also survives a power loss or an OS crash).
         table_prefix: prefix of the tables, so that queues can live inside an
             application's own database.
+        readonly: open an existing queue file only to look at it: nothing is
+            created or changed, and any write raises ReadOnlyDatabase.
 
     Raises:
-        FileNotFoundError: the file's directory does not exist.
+        FileNotFoundError: the file's directory does not exist (or, with
+            ``readonly``, the file itself).
         IncompatibleDatabase: the file is not SQLite, or holds tables of that
             prefix that are not ours, or was written by a newer version.
         ReadOnlyDatabase: the file must be created or upgraded but cannot be
             written.
     """
 
-    def __init__(self, path, timeout=5.0, synchronous="NORMAL", table_prefix=_sql.DEFAULT_PREFIX):
+    def __init__(self, path, timeout=5.0, synchronous="NORMAL", table_prefix=_sql.DEFAULT_PREFIX,
+                 readonly=False):
         check_sqlite_version()
         self.sql = _sql.render(table_prefix)
         path = os.fspath(path)
@@ -77,8 +81,11 @@ class SQLiteEngine(Engine):
                 "got %r" % (path,)
             )
         _check_directory(path)
+        if readonly and not os.path.isfile(path):
+            raise FileNotFoundError("no such queue file: %s" % path)
         self.location = path
-        self._conns = Connections(path, timeout, synchronous)
+        self.readonly = readonly
+        self._conns = Connections(path, timeout, synchronous, readonly=readonly)
         self._lease_sql = {
             "fifo": self.sql.LEASE_FIFO,
             "lifo": self.sql.LEASE_LIFO,
@@ -90,6 +97,19 @@ class SQLiteEngine(Engine):
     # -- schema ---------------------------------------------------------------
 
     def _open_schema(self):
+        if self.readonly:
+            try:
+                ours = self._conns.run(self._check_schema)
+            except BaseException:
+                self._conns.close()
+                raise
+            if not ours:
+                self._conns.close()
+                raise IncompatibleDatabase(
+                    "%s has no persistqueue_liteq queue tables (table prefix %r)"
+                    % (self.location, self.sql.PREFIX)
+                )
+            return
         if self._conns.run(self._wal_and_schema_ready):
             return
         with self._conns.transaction() as conn:
@@ -370,6 +390,14 @@ class SQLiteEngine(Engine):
         now = clock()
         rows = self._execute(self.sql.PEEK, (queue, now, now))
         return self._stored(rows[0]) if rows else None
+
+    def peek_many(self, queue, n):
+        now = clock()
+        return [self._stored(row) for row in self._execute(self.sql.PEEK_MANY, (queue, now, now, n))]
+
+    def messages(self, queue, after_id=0, limit=1000):
+        rows = self._execute(self.sql.LIVE_MESSAGES, (queue, after_id, limit))
+        return [self._stored(row) for row in rows]
 
     def get(self, msg_id):
         rows = self._execute(self.sql.GET, (msg_id,))

@@ -68,3 +68,41 @@ def test_results_since_follows_along_in_order(engine):
     assert engine.forget_results("tasks", "k0") == 1
     assert engine.result("tasks", "k0") is None
     assert engine.forget_results("tasks") == 2
+
+
+# -- looking without touching: what the command-line tool stands on ------------
+
+def test_peek_many_and_messages_do_not_lease(engine):
+    ids = engine.put_many("q", [b"a", b"b", b"c"])
+    engine.put("q", b"later", delay=60)
+    assert [m.data for m in engine.peek_many("q", 2)] == [b"a", b"b"]
+    assert [m.id for m in engine.messages("q", after_id=ids[0], limit=10)] == ids[1:] + [ids[2] + 1]
+    assert engine.count("q", "ready") == 3
+
+
+def test_a_read_only_engine_changes_nothing(db):
+    from persistqueue_liteq import IncompatibleDatabase, ReadOnlyDatabase
+    import os
+    import sqlite3
+
+    writer = SQLiteEngine(db)
+    writer.put("q", b"kept")
+    writer.close()
+    with open(db, "rb") as f:
+        before = f.read()
+    reader = SQLiteEngine(db, readonly=True)
+    assert [m.data for m in reader.messages("q")] == [b"kept"]
+    with pytest.raises(ReadOnlyDatabase, match="cannot be written"):
+        reader.put("q", b"intruder")
+    with pytest.raises(ReadOnlyDatabase):
+        reader.lease("q", 1, 60)
+    reader.close()
+    with open(db, "rb") as f:
+        assert f.read() == before
+    with pytest.raises(FileNotFoundError, match="no such queue file"):
+        SQLiteEngine(db + ".missing", readonly=True)
+    assert not os.path.exists(db + ".missing")
+    other = db + ".other"
+    sqlite3.connect(other).execute("CREATE TABLE notes (x)")
+    with pytest.raises(IncompatibleDatabase, match="no persistqueue_liteq queue tables"):
+        SQLiteEngine(other, readonly=True)
