@@ -8,6 +8,8 @@
   (:mod:`.sqlite_engine`), on which everything else is built.
 """
 
+import logging
+
 from .engine import Message, QueueStats
 from .exceptions import (
     DatabaseBusy,
@@ -19,8 +21,18 @@ from .exceptions import (
     WorkerDied,
 )
 from .liteq import LiteQueue
+from .queues import (
+    PersistentLifoQueue,
+    PersistentPriorityQueue,
+    PersistentQueue,
+    PersistentSimpleQueue,
+    ShutDown,
+)
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides where it goes (logging HOWTO).
+logging.getLogger("persistqueue_liteq").addHandler(logging.NullHandler())
 
 __all__ = [
     "LiteQueue",
@@ -35,6 +47,11 @@ __all__ = [
     "WorkerDied",
     "PersistentProcessPoolExecutor",
     "PersistentThreadPoolExecutor",
+    "PersistentQueue",
+    "PersistentLifoQueue",
+    "PersistentPriorityQueue",
+    "PersistentSimpleQueue",
+    "ShutDown",
 ]
 
 _LAZY = {

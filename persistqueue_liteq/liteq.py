@@ -168,8 +168,9 @@ class LiteQueue:
         reason = str(reason)
         delay = _checks.seconds(delay_seconds, "delay_seconds")
         if msg.attempts > self.max_retries:
-            summary = "failed %d times (max_retries=%d): %s" % (
-                msg.attempts, self.max_retries, reason.strip().splitlines()[-1] if reason.strip() else "")
+            last_line = reason.strip().splitlines()[-1] if reason.strip() else ""
+            summary = "failed %d time%s (max_retries=%d): %s" % (
+                msg.attempts, "" if msg.attempts == 1 else "s", self.max_retries, last_line)
             return self._engine.dead_letter(msg.id, msg.lease, summary, error=reason)
         return self._engine.release(msg.id, msg.lease, delay, error=reason)
 

@@ -167,7 +167,8 @@ class _Config:
 def _settle_failure(engine, cfg, task_id, lease, key, attempts, exc, reason):
     """A task's attempt failed: retry it later, or store the failure for good."""
     if attempts > cfg.max_retries:
-        summary = "failed %d times (max_retries=%d): %s" % (attempts, cfg.max_retries, reason)
+        summary = "failed %d time%s (max_retries=%d): %s" % (
+            attempts, "" if attempts == 1 else "s", cfg.max_retries, reason)
         engine.complete(task_id, lease, key, False, _failure_payload(exc), dead_reason=summary)
     else:
         engine.release(task_id, lease, cfg.backoff(attempts), error=reason)

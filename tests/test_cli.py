@@ -465,7 +465,7 @@ def test_dlq_list(dead, tmp_path):
     assert lines[0].split() == ["ID", "QUEUE", "ATTEMPTS", "DEAD", "AT", "REASON"]
     assert [line.split()[:3] for line in lines[1:]] == [["1", "jobs", "1"], ["2", "jobs", "1"],
                                                        ["3", "mail", "1"]]
-    assert lines[1].endswith("failed 1 times (max_retries=0): ValueError: boom 1")
+    assert lines[1].endswith("failed 1 time (max_retries=0): ValueError: boom 1")
     records = cli(tmp_path, "dlq", "list", "q.db", "--queue", "jobs", "--json").json()
     assert [r["id"] for r in records] == [1, 2]
     assert records[0]["dead_reason"].endswith("ValueError: boom 1")
@@ -480,7 +480,7 @@ def test_dlq_show(dead, tmp_path):
     result = cli(tmp_path, "dlq", "show", "q.db", "1")
     assert result.rc == 0, result.err
     assert re.search(r"^state: +dead$", result.out, re.M)
-    assert re.search(r"^dead reason: +failed 1 times \(max_retries=0\): ValueError: boom 1$",
+    assert re.search(r"^dead reason: +failed 1 time \(max_retries=0\): ValueError: boom 1$",
                      result.out, re.M)
     assert "'poison' (6 bytes)" in result.out
     tail = result.out.split("last error:\n", 1)[1].splitlines()
@@ -556,7 +556,7 @@ def test_export_and_import_of_dead_letters_round_trip(dead, tmp_path):
                                                         (3, "mail")]
     for r in records:
         assert r["attempts"] == 1 and r["created_at"] <= r["dead_at"]
-        assert r["dead_reason"].startswith("failed 1 times")
+        assert r["dead_reason"].startswith("failed 1 time")
         assert r["last_error"].startswith("Traceback")
     assert records[0]["data"] == "poison" and "encoding" not in records[0]
     assert records[1]["encoding"] == "base64"
