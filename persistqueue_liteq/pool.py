@@ -250,10 +250,21 @@ def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks):
             return
     engine = cfg.open_engine()
     # The pool's process (not always our OS parent: think forkserver).  If it
-    # was killed, stop after the current task: a rerun will take over.
+    # was killed, stop after the current task: a rerun will take over.  Asking
+    # builds a selector each time, so ask once a second at most.
     pool = multiprocessing.parent_process()
-    orphaned = lambda: pool is not None and not pool.is_alive()
-    _worker_loop(engine, cfg, slot, lambda: stop.is_set() or orphaned(), max_tasks)
+    checked = [0.0, False]  # when last asked, and whether it was gone
+
+    def orphaned():
+        now = time.monotonic()
+        if pool is not None and now - checked[0] >= _IDLE_CHECK:
+            checked[0], checked[1] = now, not pool.is_alive()
+        return checked[1]
+
+    def should_stop():
+        return stop.is_set() or orphaned()
+
+    _worker_loop(engine, cfg, slot, should_stop, max_tasks)
 
 
 def _extend_leases(engine, cfg, slots):
@@ -408,7 +419,8 @@ class _PersistentExecutor(concurrent.futures.Executor):
                     future, _ = window.pop(0)
                     remaining = None if deadline is None else deadline - time.monotonic()
                     chunk_results = future.result(remaining)
-                    refill()
+                    if len(window) <= buffersize // 2:  # one transaction per half window
+                        refill()
                     yield from chunk_results
             finally:
                 for future, _ in window:

@@ -131,8 +131,10 @@ INSERT OR REPLACE INTO {p}results (queue, key, ok, data, finished_at) VALUES (?,
 
 RESULT = "SELECT ok, data FROM {p}results WHERE queue = ? AND key = ?"
 
+# "+queue" keeps SQLite off the (queue, key) index, which would make it sort
+# every stored result of the queue: the primary key range on seq is the plan.
 RESULTS_SINCE = """
-SELECT seq, key, ok, data FROM {p}results WHERE queue = ? AND seq > ? ORDER BY seq LIMIT ?"""
+SELECT seq, key, ok, data FROM {p}results WHERE +queue = ? AND seq > ? ORDER BY seq LIMIT ?"""
 
 LAST_RESULT_SEQ = "SELECT coalesce(max(seq), 0) FROM {p}results"
 
