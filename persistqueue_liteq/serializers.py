@@ -1,0 +1,346 @@
+"""How a queue item becomes the bytes that are stored, and back again.
+
+A serializer is any object with ``dumps(item) -> bytes`` and
+``loads(data) -> item``.  Three are built in:
+
+* :class:`PickleSerializer` (the default): any picklable object, highest
+  pickle protocol.
+* :class:`JSONSerializer`: JSON values, stored as UTF-8.
+* :class:`BytesSerializer`: bytes only, stored as they are.
+
+Modules with ``dumps``/``loads`` (``pickle``, ``json``, ``marshal``...) plug
+in as they are; a ``str`` that ``dumps`` returns is stored as UTF-8 and handed
+back to ``loads`` as bytes (``json.loads`` takes either).
+
+.. warning::
+
+   Unpickling data runs code: a pickle can call any function with any
+   arguments.  A queue file that someone else could have written is as
+   dangerous as a script they wrote.  Use the JSON or bytes serializer for
+   such files, or pass ``hmac_key=`` so that every payload is signed with
+   HMAC-SHA256 and a payload without a valid signature is refused *before*
+   it is unpickled (:class:`Codec`).
+
+The module also holds :func:`order_key`, the order-preserving encoding with
+which :class:`~persistqueue_liteq.PersistentPriorityQueue` stores an item's
+priority, so that SQLite's byte order of keys is Python's order of values:
+
+    >>> order_key(2) < order_key(2.5) < order_key(10 ** 30)
+    True
+    >>> order_key((1, "b")) < order_key((1, "b", 0)) < order_key((2,))
+    True
+"""
+
+import hashlib
+import hmac
+import importlib
+import json
+import math
+import numbers
+import pickle
+import struct
+import sys
+import types
+
+__all__ = [
+    "PickleSerializer",
+    "JSONSerializer",
+    "BytesSerializer",
+    "Codec",
+    "SignatureError",
+    "resolve",
+    "order_key",
+]
+
+
+class SignatureError(ValueError):
+    """A payload's HMAC signature is missing or wrong: it was not written with
+    this queue's ``hmac_key``, or it was altered since."""
+
+
+class PickleSerializer:
+    """Any picklable object, with the highest pickle protocol.
+
+    Unpickling runs code chosen by whoever wrote the data: only read files
+    that you trust, or pass ``hmac_key=`` to the queue.
+    """
+
+    def __init__(self, protocol=pickle.HIGHEST_PROTOCOL):
+        self.protocol = protocol
+
+    def dumps(self, item):
+        return pickle.dumps(item, protocol=self.protocol)
+
+    def loads(self, data):
+        return pickle.loads(data)
+
+    def __repr__(self):
+        return "PickleSerializer(protocol=%d)" % self.protocol
+
+
+class JSONSerializer:
+    """JSON values (dict, list, str, int, float, bool, None), as UTF-8.
+
+    A tuple comes back as a list, as JSON has no tuples.
+    """
+
+    def dumps(self, item):
+        return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def loads(self, data):
+        return json.loads(data.decode("utf-8"))
+
+    def __repr__(self):
+        return "JSONSerializer()"
+
+
+class BytesSerializer:
+    """Bytes stored as they are (bytearray and memoryview become bytes)."""
+
+    def dumps(self, item):
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            return bytes(item)
+        raise TypeError(
+            "the bytes serializer stores bytes, not %s; use serializer='pickle' or "
+            "'json' for other objects" % type(item).__name__
+        )
+
+    def loads(self, data):
+        return data
+
+    def __repr__(self):
+        return "BytesSerializer()"
+
+
+class _ModuleSerializer:
+    """A module with dumps/loads (json, pickle, marshal...), pickled by name so
+    that a queue using it can be passed to another process."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def dumps(self, item):
+        return self.module.dumps(item)
+
+    def loads(self, data):
+        return self.module.loads(data)
+
+    def __reduce__(self):
+        return (_import_serializer, (self.module.__name__,))
+
+    def __repr__(self):
+        return "<serializer module %s>" % self.module.__name__
+
+
+def _import_serializer(name):
+    return _ModuleSerializer(importlib.import_module(name))
+
+
+_BY_NAME = {"pickle": PickleSerializer, "json": JSONSerializer, "bytes": BytesSerializer}
+
+
+def resolve(serializer):
+    """The serializer for a queue's ``serializer=`` argument.
+
+    None means pickle; "pickle", "json" and "bytes" name the built-in ones;
+    any other object must have callable ``dumps`` and ``loads``.
+    """
+    if serializer is None:
+        return PickleSerializer()
+    if isinstance(serializer, str):
+        try:
+            return _BY_NAME[serializer]()
+        except KeyError:
+            raise ValueError(
+                "serializer must be one of %s or an object with dumps() and loads(); "
+                "got %r" % (", ".join(map(repr, _BY_NAME)), serializer)
+            ) from None
+    if not (callable(getattr(serializer, "dumps", None)) and callable(getattr(serializer, "loads", None))):
+        raise TypeError(
+            "serializer must have dumps(item) -> bytes and loads(data) -> item; "
+            "%r has not" % (serializer,)
+        )
+    if isinstance(serializer, types.ModuleType):
+        return _ModuleSerializer(serializer)
+    return serializer
+
+
+class Codec:
+    """A serializer, plus the bytes check and, with a key, the signature.
+
+    With ``hmac_key`` every payload is stored as HMAC-SHA256(key, payload)
+    followed by the payload, and :meth:`decode` compares the signature in
+    constant time before handing anything to the serializer: a payload that
+    someone without the key wrote or altered is refused, never unpickled.
+
+        >>> codec = Codec(PickleSerializer(), b"secret")
+        >>> codec.decode(codec.encode({"a": 1}))
+        {'a': 1}
+        >>> Codec(PickleSerializer(), b"other").decode(codec.encode(1))
+        ... # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+          ...
+        SignatureError: payload refused: its HMAC-SHA256 signature does not match
+    """
+
+    SIGNATURE_SIZE = hashlib.sha256().digest_size
+
+    def __init__(self, serializer, hmac_key=None):
+        self.serializer = serializer
+        if hmac_key is not None:
+            if isinstance(hmac_key, str):
+                raise TypeError("hmac_key must be bytes, not str; encode it first, e.g. key.encode()")
+            if not isinstance(hmac_key, (bytes, bytearray, memoryview)):
+                raise TypeError("hmac_key must be bytes, not %s" % type(hmac_key).__name__)
+            hmac_key = bytes(hmac_key)
+            if not hmac_key:
+                raise ValueError("hmac_key must not be empty")
+        self._key = hmac_key
+
+    def encode(self, item):
+        """The bytes to store for ``item``; raises whatever the serializer
+        raises for an item it cannot serialize."""
+        data = self.serializer.dumps(item)
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        elif isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        elif not isinstance(data, bytes):
+            raise TypeError(
+                "%r.dumps() returned %s; a serializer must return bytes"
+                % (self.serializer, type(data).__name__)
+            )
+        if self._key is None:
+            return data
+        return self._sign(data) + data
+
+    def decode(self, data):
+        """The item stored as ``data``; raises SignatureError for a payload
+        whose signature does not match, before deserializing it."""
+        if self._key is not None:
+            size = self.SIGNATURE_SIZE
+            signature, data = data[:size], data[size:]
+            if not hmac.compare_digest(signature, self._sign(data)):
+                raise SignatureError(
+                    "payload refused: its HMAC-SHA256 signature does not match this "
+                    "queue's hmac_key (it was written with another key or none, or "
+                    "altered); it was not deserialized, as unpickling data from an "
+                    "untrusted source can run arbitrary code"
+                )
+        return self.serializer.loads(data)
+
+    def _sign(self, data):
+        return hmac.new(self._key, data, hashlib.sha256).digest()
+
+
+# -- order keys ----------------------------------------------------------------
+#
+# order_key(value) is a byte string whose order (memcmp, then length: SQLite's
+# BLOB order) is Python's order of the values, in the manner of FoundationDB's
+# tuple layer.  Every encoded value is self-delimiting, so that the encoding of
+# a tuple is its elements' encodings one after another, and a shorter tuple
+# sorts before a longer one with the same prefix:
+#
+#   number   0x20, 8 bytes: the nearest float64, big-endian, sign-flipped (the
+#            sign bit set for positives, every bit inverted for negatives),
+#            then the exact remainder value - that float as a signed integer:
+#            0x01 for zero (every float, every int up to 2**53), 0x02 + 4-byte
+#            length + magnitude if positive, 0x00 + the same inverted if
+#            negative.  Ints beyond the float range use the largest float.
+#   bytes    0x30, the bytes with 0x00 escaped as 0x00 0xFF, then 0x00.
+#   str      0x40, its UTF-8 escaped the same way, then 0x00 (UTF-8's byte
+#            order is code point order, which is Python's order of str).
+#   tuple    0x50, the elements, then 0x00 (below every type tag).
+#   list     0x60, the same.
+#   opaque   0x01: the rest of the value could not be encoded; the key stops.
+#
+# Python does not compare values of different kinds (a str with a number);
+# their keys are ordered numbers < bytes < str < tuples < lists.
+
+_END, _OPAQUE = 0x00, 0x01
+_NUMBER, _BYTES, _STR, _TUPLE, _LIST = 0x20, 0x30, 0x40, 0x50, 0x60
+_ZERO_REMAINDER = b"\x01"
+_MAX_FLOAT = sys.float_info.max
+_SIGN_BIT = 1 << 63
+_ALL_BITS = (1 << 64) - 1
+_float_bits = struct.Struct(">d")
+_uint64 = struct.Struct(">Q")
+
+
+class _Unorderable(Exception):
+    """Raised inside the encoder for a value that has no stored order."""
+
+
+def order_key(value):
+    """The order-preserving key of ``value`` (bytes).
+
+    Numbers (int, bool and float, mixed, of any size; ints compare exactly),
+    str, bytes, and tuples and lists of them get a key ordered as Python
+    orders the values; equal values (``1``, ``1.0``, ``True``; ``0.0`` and
+    ``-0.0``) get equal keys.  NaN sorts after infinity.
+
+    A tuple whose later element cannot be encoded (``(priority, task)``) is
+    keyed by the part before it, so that such items are ordered by that part
+    and, between equals, by arrival.  A value that cannot be encoded from its
+    very start raises TypeError.
+    """
+    out = bytearray()
+    done = [0]
+    try:
+        _encode(value, out, done)
+    except _Unorderable as exc:
+        if not done[0]:
+            raise TypeError(
+                "cannot order %r: %s.  A priority queue stores the order of numbers "
+                "(int, float, bool), str, bytes and tuples of them; pass key= to the "
+                "constructor, a function that maps an item to such a value (for "
+                "example key=lambda item: item.priority)" % (value, exc)
+            ) from None
+        out.append(_OPAQUE)
+    return bytes(out)
+
+
+def _encode(value, out, done):
+    if isinstance(value, (float, numbers.Integral)):
+        out += _number(value)
+    elif isinstance(value, str):
+        out.append(_STR)
+        out += value.encode("utf-8", "surrogatepass").replace(b"\x00", b"\x00\xff")
+        out.append(_END)
+    elif isinstance(value, (bytes, bytearray)):
+        out.append(_BYTES)
+        out += bytes(value).replace(b"\x00", b"\x00\xff")
+        out.append(_END)
+    elif isinstance(value, (tuple, list)):
+        out.append(_TUPLE if isinstance(value, tuple) else _LIST)
+        for element in value:
+            _encode(element, out, done)
+        out.append(_END)
+    else:
+        raise _Unorderable("%s has no stored order" % type(value).__name__)
+    done[0] += 1
+
+
+def _number(x):
+    if isinstance(x, float):
+        f, remainder = (math.nan if math.isnan(x) else x + 0.0), 0  # -0.0 + 0.0 is 0.0
+    else:
+        x = int(x)
+        try:
+            f = float(x)  # correctly rounded, hence monotonic
+        except OverflowError:
+            f = _MAX_FLOAT if x > 0 else -_MAX_FLOAT
+        remainder = x - int(f)
+    bits = _uint64.unpack(_float_bits.pack(f))[0]
+    bits = bits ^ _ALL_BITS if bits & _SIGN_BIT else bits | _SIGN_BIT
+    return bytes((_NUMBER,)) + _uint64.pack(bits) + _remainder(remainder)
+
+
+def _remainder(r):
+    if not r:
+        return _ZERO_REMAINDER
+    size = (abs(r).bit_length() + 7) // 8
+    encoded = size.to_bytes(4, "big") + abs(r).to_bytes(size, "big")
+    if r > 0:
+        return b"\x02" + encoded
+    return b"\x00" + bytes(255 - b for b in encoded)
