@@ -17,6 +17,10 @@ Rules kept here so that the engine need not think of them:
   statement or ``BEGIN IMMEDIATE`` that finds the database locked is retried
   whole (nothing of it happened) after 50 us, then doubling sleeps up to 5 ms,
   until ``timeout`` seconds have passed.
+* Threads of one process do not race each other for SQLite's lock: writes
+  take this process's write lock first (a blocking, fair-enough mutex), so
+  only other processes are waited for by polling.  Without it, a hundred
+  threads polling the file lock starved some of them into DatabaseBusy.
 * Then "database is locked" becomes
   :class:`~persistqueue_liteq.exceptions.DatabaseBusy`; "file is not a
   database" and friends become ``IncompatibleDatabase``; "readonly database"
@@ -75,9 +79,12 @@ def _is_busy(exc):
 class Connections:
     """Hands each thread of each process its own connection to one file.
 
-    The lock guards ``_all`` (every connection this process opened, so that
-    :meth:`close` can close them from any thread); the connections themselves
-    are never shared between threads.
+    ``_lock`` guards ``_all``: (thread, connection) for every connection this
+    process opened, so that :meth:`close` can close them; a connection is used
+    only by its thread, and closed by another thread only once its own thread
+    has ended (closing it under a running statement would crash).
+    ``writer`` is held for every write of this process (see the module
+    docstring); it is reentrant, for a write inside a transaction.
     """
 
     def __init__(self, path, timeout, synchronous="NORMAL", readonly=False):
@@ -86,13 +93,17 @@ class Connections:
             raise ValueError(
                 "synchronous must be one of %s, got %r" % (", ".join(SYNCHRONOUS), synchronous)
             )
-        self.path = path
+        self.path = path  # as given, for messages
+        # Connected to by its absolute path: a thread that connects after an
+        # os.chdir() must still find the same file.
+        self._target = os.path.abspath(path)
         self.timeout = timeout
         self.synchronous = synchronous
         # Read-only: SQLite's mode=ro, so that the OS refuses any write.
-        self._uri = pathlib.Path(os.path.abspath(path)).as_uri() + "?mode=ro" if readonly else None
+        self._uri = pathlib.Path(self._target).as_uri() + "?mode=ro" if readonly else None
         self._local = threading.local()
         self._lock = threading.Lock()
+        self.writer = threading.RLock()
         self._all = []
         self._generation = _generation
         self.closed = False
@@ -101,10 +112,13 @@ class Connections:
 
     def get(self):
         """Return this thread's connection, opening it if need be."""
-        if self.closed:
-            raise ValueError("operation on a closed queue (%s)" % self.path)
         local = self._local
         conn = getattr(local, "conn", None)
+        if self.closed:
+            if conn is not None and local.generation == _generation:
+                local.conn = None  # closed by its own thread, now that it is free
+                conn.close()
+            raise ValueError("operation on a closed queue (%s)" % self.path)
         if conn is not None and local.generation == _generation:
             return conn
         if conn is not None:  # inherited through fork
@@ -120,7 +134,7 @@ class Connections:
                 self._all, self._generation = [], _generation
         try:
             conn = sqlite3.connect(
-                self._uri or self.path, timeout=0, isolation_level=None,
+                self._uri or self._target, timeout=0, isolation_level=None,
                 check_same_thread=False, uri=self._uri is not None,
             )
         except sqlite3.Error as exc:
@@ -137,10 +151,28 @@ class Connections:
                 raise _chained(self.error(exc), exc)
             raise
         with self._lock:
-            self._all.append(conn)
+            self._all.append((threading.current_thread(), conn))
         return conn
 
     # -- running statements ---------------------------------------------------
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Hold this process's write lock (up to ``timeout`` seconds)."""
+        if not self.writer.acquire(timeout=self.timeout if self.timeout > 0 else -1):
+            raise DatabaseBusy(
+                "%s: another thread of this process held the write lock for more than "
+                "timeout_seconds=%g" % (self.path, self.timeout)
+            )
+        try:
+            yield
+        finally:
+            self.writer.release()
+
+    def write(self, work):
+        """:meth:`run` for a statement that writes."""
+        with self.writing():
+            return self.run(work)
 
     def run(self, work):
         """Return ``work(conn)``: one autocommit statement, or reads, retried
@@ -190,16 +222,17 @@ class Connections:
         if conn.in_transaction:
             yield conn
             return
-        self.run(_begin_immediate)
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.rollback()
-            if isinstance(exc, sqlite3.Error):
-                raise _chained(self.error(exc), exc)
-            raise
+        with self.writing():
+            self.run(_begin_immediate)
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise _chained(self.error(exc), exc)
+                raise
 
     def error(self, exc):
         """The exception of ours that says what sqlite3's ``exc`` means."""
@@ -222,12 +255,18 @@ class Connections:
         return exc
 
     def close(self):
-        """Close every connection this process opened to the file."""
+        """Close this thread's connection and those of threads that ended;
+        every other thread closes its own at its next use (and gets a
+        ValueError: the queue is closed)."""
+        me = threading.current_thread()
         with self._lock:
-            conns = self._all if self._generation == _generation else []
-            self._all = []
             self.closed = True
-        for conn in conns:
+            mine = self._all if self._generation == _generation else []
+            closable = [c for t, c in mine if t is me or not t.is_alive()]
+            self._all = [(t, c) for t, c in mine if not (t is me or not t.is_alive())]
+        if getattr(self._local, "conn", None) in closable:
+            self._local.conn = None
+        for conn in closable:
             try:
                 conn.close()
             except sqlite3.Error:

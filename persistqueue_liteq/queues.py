@@ -143,23 +143,6 @@ def _one_line(exc):
     return "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
 
 
-def _lease_by_priority_index(engine):
-    """Work-around, until the engine's priority lease uses its index.
-
-    The engine's LEASE_PRIORITY statement says ``visible_at <= :now``, so
-    SQLite's planner walks the (queue, visible_at) index and sorts every ready
-    message to find the lowest key: a get costs O(n log n) (6 ms at 20,000
-    items).  With ``+visible_at`` the planner walks the (queue, priority, id)
-    index in order and stops at the first ready row (0.3 ms).  This changes
-    that one statement of this queue's engine, and nothing once the engine's
-    statement is fixed.
-    """
-    statements = getattr(engine, "_lease_sql", None)
-    unfixed = "AND visible_at <= :now"
-    if isinstance(statements, dict) and unfixed in statements.get("priority", ""):
-        statements["priority"] = statements["priority"].replace(unfixed, "AND +visible_at <= :now")
-
-
 def _heartbeat(queue_ref, stop, interval):
     """Body of the heartbeat thread: extend every held lease each interval.
 
@@ -329,13 +312,7 @@ class _QueueBase(Generic[T]):
     def _waiting_count(self):
         """Items stored and not leased: ready (a lease that ran out included)
         and delayed."""
-        # Each count is a lower bound of that number: "waiting" leaves out an
-        # item whose lease ran out (its consumer died) until it is leased
-        # again, "ready" leaves out a delayed one (put by a process whose clock
-        # is ahead).  The larger is exact unless both kinds exist at once.
-        # One count will do when the engine's "waiting" counts expired leases.
-        return max(self._engine.count(self.name, "waiting"),
-                   self._engine.count(self.name, "ready"))
+        return self._engine.count(self.name, "waiting")
 
     # -- leases and acknowledgements -------------------------------------------
 
@@ -840,7 +817,6 @@ class PersistentPriorityQueue(PersistentQueue[T]):
 
     def _init(self, maxsize):
         super()._init(maxsize)
-        _lease_by_priority_index(self._engine)
 
     def __getstate__(self):
         return dict(super().__getstate__(), key=self.key)

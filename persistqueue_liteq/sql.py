@@ -157,7 +157,11 @@ RETURNING id, data, queue, attempts, created_at, expires_at, last_error, priorit
 
 LEASE_FIFO = _LEASE.format(where="", order="visible_at, id")
 LEASE_LIFO = _LEASE.format(where="", order="visible_at DESC, id DESC")
-LEASE_PRIORITY = _LEASE.format(where="priority IS NOT NULL AND ", order="priority, id")
+# "+visible_at" keeps the planner off the ready index, which would make it sort
+# every ready row: it walks the priority index in order and stops at the first
+# ready row instead (0.3 ms against 6 ms a lease at 20,000 items).
+LEASE_PRIORITY = _LEASE.format(where="priority IS NOT NULL AND ", order="priority, id").replace(
+    "AND visible_at <= :now", "AND +visible_at <= :now")
 
 NEXT_VISIBLE_AT = """
 SELECT min(visible_at) FROM {p}messages WHERE queue = ? AND visible_at > ?"""
@@ -227,7 +231,7 @@ SELECT count(*) FROM {p}messages WHERE queue = ? AND visible_at IS NOT NULL"""
 
 COUNT_WAITING = """
 SELECT count(*) FROM {p}messages
- WHERE queue = ? AND visible_at IS NOT NULL AND lease IS NULL"""
+ WHERE queue = ? AND visible_at IS NOT NULL AND (lease IS NULL OR visible_at <= ?)"""
 
 COUNT_DEAD = """
 SELECT count(*) FROM {p}messages WHERE queue = ? AND visible_at IS NULL"""

@@ -158,7 +158,10 @@ class SQLiteEngine(Engine):
         return self._conns.execute(statement, params)
 
     def _changes(self, statement, params):
-        return self._conns.run(lambda conn: conn.execute(statement, params).rowcount)
+        return self._conns.write(lambda conn: conn.execute(statement, params).rowcount)
+
+    def _write(self, statement, params=()):
+        return self._conns.write(lambda conn: conn.execute(statement, params).fetchall())
 
     # -- producing ------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class SQLiteEngine(Engine):
         now = clock()
         params = (queue, data, priority, now + delay, now, None if ttl is None else now + ttl)
         insert = self.sql.INSERT
-        msg_id = self._conns.run(lambda conn: conn.execute(insert, params).lastrowid)
+        msg_id = self._conns.write(lambda conn: conn.execute(insert, params).lastrowid)
         self._notifier.notify("put", queue)
         return msg_id
 
@@ -287,7 +290,7 @@ class SQLiteEngine(Engine):
             now = clock()
             token = _new_token()
             until = now + seconds
-            rows = self._execute(
+            rows = self._write(
                 statement,
                 {"queue": queue, "now": now, "until": until, "lease": token, "n": n - len(leased)},
             )
@@ -342,7 +345,7 @@ class SQLiteEngine(Engine):
 
     def _settle(self, statement, params, kind):
         """Run one settling statement; wake ``kind`` waiters of its queue."""
-        rows = self._execute(statement, params)
+        rows = self._write(statement, params)
         if rows:
             self._notifier.notify(kind, rows[0][0])
         return bool(rows)
@@ -357,8 +360,13 @@ class SQLiteEngine(Engine):
         return self._settle(self.sql.DELETE_UNLEASED, (msg_id,), "done")
 
     def set_visibility(self, msg_id, lease, seconds):
-        # A lease cut short makes the message ready sooner: wake consumers.
-        return self._settle(self.sql.SET_VISIBILITY, (clock() + seconds, msg_id, lease), "put")
+        # A lease ended now makes the message ready: wake consumers.  A lease
+        # extended (a heartbeat) or merely cut short wakes nobody: a waiter
+        # looks again within wakeup.SAFETY_INTERVAL anyway.
+        rows = self._write(self.sql.SET_VISIBILITY, (clock() + seconds, msg_id, lease))
+        if rows and seconds <= 0:
+            self._notifier.notify("put", rows[0][0])
+        return bool(rows)
 
     def release(self, msg_id, lease, delay=0.0, error=None):
         return self._settle(self.sql.RELEASE, (clock() + delay, error, msg_id, lease), "put")
@@ -408,7 +416,7 @@ class SQLiteEngine(Engine):
         if what == "live":
             return self._execute(s.COUNT_LIVE, (queue,))[0][0]
         if what == "waiting":
-            return self._execute(s.COUNT_WAITING, (queue,))[0][0]
+            return self._execute(s.COUNT_WAITING, (queue, clock()))[0][0]
         if what == "ready":
             return self._execute(s.COUNT_READY, (queue, clock()))[0][0]
         if what == "dead":
@@ -478,11 +486,11 @@ class SQLiteEngine(Engine):
         mode = str(mode).upper()
         if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
             raise ValueError("checkpoint mode must be PASSIVE, FULL, RESTART or TRUNCATE; got %r" % mode)
-        return tuple(self._execute("PRAGMA wal_checkpoint(%s)" % mode)[0])
+        return tuple(self._write("PRAGMA wal_checkpoint(%s)" % mode)[0])
 
     def vacuum(self):
         """Rebuild the file to give free pages back to the file system."""
-        self._execute("VACUUM")
+        self._write("VACUUM")
 
     def integrity_check(self):
         """SQLite's ``PRAGMA integrity_check``: ["ok"] when the file is sound."""

@@ -106,3 +106,21 @@ def test_a_read_only_engine_changes_nothing(db):
     sqlite3.connect(other).execute("CREATE TABLE notes (x)")
     with pytest.raises(IncompatibleDatabase, match="no persistqueue_liteq queue tables"):
         SQLiteEngine(other, readonly=True)
+
+
+def test_waiting_counts_a_message_whose_lease_ran_out(engine):
+    engine.put("q", b"a")
+    engine.put("q", b"b", delay=60)
+    engine.lease("q", 1, 0)  # its consumer died: the lease is already over
+    assert engine.count("q", "waiting") == 2
+    engine.lease("q", 1, 60)
+    assert engine.count("q", "waiting") == 1
+
+
+def test_the_priority_lease_walks_the_priority_index(engine):
+    plan = engine._conns.get().execute(
+        "EXPLAIN QUERY PLAN " + engine.sql.LEASE_PRIORITY,
+        {"queue": "q", "now": 0, "until": 1, "lease": 1, "n": 1},
+    ).fetchall()
+    text = " ".join(row[3] for row in plan)
+    assert "messages_priority" in text and "TEMP B-TREE" not in text, text

@@ -371,3 +371,17 @@ def test_nan_and_infinity_are_refused(q):
         with pytest.raises(ValueError, match="wait_seconds"):
             q.pop(wait_seconds=bad)
     assert q.qsize() == 0
+
+
+def test_a_relative_path_means_the_same_file_after_chdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    q = LiteQueue("jobs.db")
+    q.put(b"x")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    got = []
+    thread = threading.Thread(target=lambda: got.append(q.pop()))  # a new connection
+    thread.start()
+    thread.join()
+    assert got[0].data == b"x"
+    assert not (tmp_path / "elsewhere" / "jobs.db").exists()
