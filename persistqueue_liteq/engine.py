@@ -276,6 +276,11 @@ class Engine(abc.ABC):
         happens after that look can be missed."""
 
     @abc.abstractmethod
+    def wake(self, kind, queue):
+        """Wake every waiter of (kind, queue), in every process, so that it
+        looks again: for a change the file does not show (a shutdown)."""
+
+    @abc.abstractmethod
     def close(self):
         """Release this process's connections; the data stays."""
 

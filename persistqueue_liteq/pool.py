@@ -502,7 +502,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
         concurrent.futures.wait(pending)
         if self._run_workers:
             self._stop_workers()
-        self._engine._notifier.notify("done", self._cfg.queue)
+        self._engine.wake("done", self._cfg.queue)
         self._collector.join()
 
     # -- information -----------------------------------------------------------------
@@ -657,7 +657,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
 
     def _stop_workers(self):
         self._stop.set()
-        self._engine._notifier.notify("put", self._cfg.queue)
+        self._engine.wake("put", self._cfg.queue)
         self._wake_writer.send(None)
         self._manager.join()
 
@@ -756,7 +756,7 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
 
     def _stop_workers(self):
         self._stop_event.set()
-        self._engine._notifier.notify("put", self._cfg.queue)
+        self._engine.wake("put", self._cfg.queue)
         for thread in self._threads:
             thread.join()
         self._heart.join()

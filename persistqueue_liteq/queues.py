@@ -83,10 +83,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: How often a blocked get() or join() looks at this object's shutdown flag:
-#: shutdown() sets a flag, and cannot wake a sleeper of another thread that
-#: waits for the engine's cross-process wake-ups.
-_SHUTDOWN_POLL = 0.05
 #: How often a put() blocked on a full queue counts again: a get() of another
 #: process frees a slot without any wake-up (see the module's data flow).
 _FULL_RECHECK = 0.05
@@ -265,13 +261,13 @@ class _QueueBase(Generic[T]):
                 self._hold(msg)
             return item
 
-    def _wait_for(self, attempt, block, deadline, state=None):
+    def _wait_for(self, attempt, block, deadline):
         """Return ``attempt()``, waiting while it raises queue.Empty.
 
         This is :func:`~persistqueue_liteq.engine.lease_waiting`'s loop around
         an attempt that may be a subclass's ``_get``: it sleeps until a
         producer's wake-up, the earliest lease running out, the deadline, or a
-        change of ``state()`` (the shutdown flags), whichever comes first.
+        shutdown (which wakes it through the engine), whichever comes first.
         """
         try:
             return attempt()
@@ -293,21 +289,8 @@ class _QueueBase(Generic[T]):
                 if due is not None:
                     # 1 ms at least: a message due now is leased by the next look.
                     remaining = min(remaining, max(due - clock(), 0.001))
-                self._sleep(waiter, min(remaining, _RELOOK), state)
-
-    @staticmethod
-    def _sleep(waiter, seconds, state):
-        """Sleep on ``waiter`` for ``seconds`` at most; return early when
-        woken or when ``state()`` changes."""
-        if state is None:
-            waiter.wait(seconds)
-            return
-        end = time.monotonic() + seconds
-        before = state()
-        while state() == before:
-            left = end - time.monotonic()
-            if left <= 0 or waiter.wait(min(left, _SHUTDOWN_POLL)):
-                return
+                # A shutdown() wakes this waiter too, through the engine.
+                waiter.wait(min(remaining, _RELOOK))
 
     def _waiting_count(self):
         """Items stored and not leased: ready (a lease that ran out included)
@@ -626,13 +609,12 @@ class PersistentQueue(_QueueBase[T]):
         this process got is done, as the items still stored count as done for
         this object (queue.Queue discards them).
         """
-        state = lambda: self._shutdown_immediate  # noqa: E731
         with self._engine.waiter("done", self.name) as waiter:
             while not self._shutdown_immediate:
                 with self.mutex:
                     if not self._engine.has_live(self.name):
                         return
-                self._sleep(waiter, _RELOOK, state)
+                waiter.wait(_RELOOK)  # shutdown() wakes it too
         with self.all_tasks_done:
             while self._unfinished_here():
                 self.all_tasks_done.wait()
@@ -705,9 +687,7 @@ class PersistentQueue(_QueueBase[T]):
         Raises ShutDown if the queue has been shut down and is empty, or
         shut down immediately.
         """
-        deadline = _deadline(block, timeout)
-        state = lambda: (self.is_shutdown, self._shutdown_immediate)  # noqa: E731
-        return self._wait_for(self._get_ready, block, deadline, state)
+        return self._wait_for(self._get_ready, block, _deadline(block, timeout))
 
     def _get_ready(self):
         """One look: an item, or queue.Empty, or ShutDown."""
@@ -747,6 +727,10 @@ class PersistentQueue(_QueueBase[T]):
                 self.all_tasks_done.notify_all()
             self.not_empty.notify_all()
             self.not_full.notify_all()
+        # Getters and joiners sleep on the engine's wake-ups, not on these
+        # conditions: wake them there too (other processes' look once, idly).
+        self._engine.wake("put", self.name)
+        self._engine.wake("done", self.name)
 
     def close(self) -> None:
         super().close()

@@ -478,6 +478,9 @@ class SQLiteEngine(Engine):
     def waiter(self, kind, queue):
         return self._notifier.waiter(kind, queue)
 
+    def wake(self, kind, queue):
+        self._notifier.notify(kind, queue)
+
     # -- maintenance (SQLite's own) -----------------------------------------------
 
     def checkpoint(self, mode="TRUNCATE"):
