@@ -20,6 +20,26 @@ def q(db):
 
 
 @pytest.fixture
+def path(tmp_path):
+    return tmp_path / "queue.db"
+
+
+@pytest.fixture
+def opened():
+    """Queues to close after the test: opened(q) returns q."""
+
+    class Opened(list):
+        def __call__(self, q):
+            self.append(q)
+            return q
+
+    queues = Opened()
+    yield queues
+    for q in queues:
+        q.close()
+
+
+@pytest.fixture
 def fork():
     """A fork context whose children are SIGKILLed if a test leaves any."""
     ctx = multiprocessing.get_context("fork")

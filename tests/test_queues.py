@@ -386,26 +386,6 @@ class TestSimpleQueueContract:
 # -- what persistence adds ------------------------------------------------------------
 
 
-@pytest.fixture
-def path(tmp_path):
-    return tmp_path / "queue.db"
-
-
-@pytest.fixture
-def opened():
-    """Queues to close after the test: opened(q) returns q."""
-
-    class Opened(list):
-        def __call__(self, q):
-            self.append(q)
-            return q
-
-    queues = Opened()
-    yield queues
-    for q in queues:
-        q.close()
-
-
 @pytest.mark.parametrize("cls", [PersistentQueue, PersistentLifoQueue, PersistentPriorityQueue,
                                  PersistentSimpleQueue])
 def test_items_survive_a_restart(path, cls):

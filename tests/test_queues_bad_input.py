@@ -28,26 +28,6 @@ from persistqueue_liteq.serializers import (
 )
 
 
-@pytest.fixture
-def path(tmp_path):
-    return tmp_path / "queue.db"
-
-
-@pytest.fixture
-def opened():
-    """Queues to close after the test: opened(q) returns q."""
-
-    class Opened(list):
-        def __call__(self, q):
-            self.append(q)
-            return q
-
-    queues = Opened()
-    yield queues
-    for q in queues:
-        q.close()
-
-
 def local_object():
     class Local:
         pass
