@@ -83,6 +83,8 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, List, Optional
 
+import _common
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -446,39 +448,12 @@ def measure_wakeups(root, s):
 # -- report -------------------------------------------------------------------------
 
 
-def _filesystem(path):
-    """The type of the file system holding ``path`` (Linux), else ''."""
-    try:
-        with open("/proc/mounts") as mounts:
-            entries = [line.split()[1:3] for line in mounts]
-    except OSError:
-        return ""
-    path = os.path.realpath(path)
-    best = ("", "")
-    for mount, fstype in entries:
-        inside = path == mount or path.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) > len(best[0]):
-            best = (mount, fstype)
-    return best[1]
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_header(root, s):
-    fs = _filesystem(root)
+    fs = _common.filesystem(root)
     return [
         "# persistqueue_liteq: LiteQueue beside raw sqlite3",
         "",
-        "- Machine: %s; %s CPUs (%s)" % (platform.platform(), os.cpu_count(), _cpu_model()),
+        "- Machine: %s; %s CPUs (%s)" % (platform.platform(), os.cpu_count(), _common.cpu_model()),
         "- Python %s (%s); SQLite %s"
         % (platform.python_version(), platform.python_implementation(), sqlite3.sqlite_version),
         "- Files in %s%s; run %s"
@@ -487,11 +462,6 @@ def machine_header(root, s):
         "- Per repetition: %d puts / pops, %d x put_batch(1000), %d puts for the FULL rows; "
         "%d repetitions, contenders interleaved" % (s.ops, s.batches, s.ops_full, s.repeat),
     ]
-
-
-def _rate(rates):
-    return "%s (%s–%s)" % tuple("{:,.0f}".format(x) for x in
-                                (statistics.median(rates), min(rates), max(rates)))
 
 
 def throughput_table(rows):
@@ -509,8 +479,8 @@ def throughput_table(rows):
         else:
             verdict = "%s (≥ %.2f)" % ("PASS" if ratio >= row.floor else "FAIL", row.floor)
         lines.append("| %s | %s | %s %s | %s %s | **%.3f** (%.2f–%.2f) | %+.1f | %s |" % (
-            row.operation, row.baseline, _rate(row.base_rates), row.unit,
-            _rate(row.rates), row.unit, ratio, min(paired), max(paired),
+            row.operation, row.baseline, _common.rate(row.base_rates), row.unit,
+            _common.rate(row.rates), row.unit, ratio, min(paired), max(paired),
             1e6 / mine - 1e6 / base, verdict,
         ))
     return lines

@@ -96,6 +96,8 @@ _add_root()
 
 import persistqueue_liteq  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+
+import _common  # noqa: E402  (benchmarks/_common.py, beside this script)
 from persistqueue_liteq.pool import PersistentProcessPoolExecutor  # noqa: E402
 
 # The peers are imported only by the pool that needs them, so that the memory
@@ -389,32 +391,6 @@ def measure_memory(found, s, peers):
 # -- report ----------------------------------------------------------------------------------
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _filesystem(path):
-    try:
-        with open("/proc/mounts") as mounts:
-            entries = [line.split()[1:3] for line in mounts]
-    except OSError:
-        return ""
-    path = os.path.realpath(path)
-    best = ("", "")
-    for mount, fstype in entries:
-        if path == mount or path.startswith(mount.rstrip("/") + "/"):
-            if len(mount) > len(best[0]):
-                best = (mount, fstype)
-    return best[1]
-
-
 def _git_state():
     """' (git abc1234)' for the repository's own package, '+ changes' if the
     working tree differs; '' for a copy elsewhere or without git."""
@@ -438,12 +414,12 @@ def machine_header(root, s, found, skipped):
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    fs = _filesystem(root)
+    fs = _common.filesystem(root)
     lines = [
         "# PersistentProcessPoolExecutor beside ProcessPoolExecutor",
         "",
         "- Machine: %s; %s CPUs (%s usable; %s)" % (
-            platform.platform(), os.cpu_count(), usable, _cpu_model()),
+            platform.platform(), os.cpu_count(), usable, _common.cpu_model()),
         "- Python %s (%s); SQLite %s" % (
             platform.python_version(), platform.python_implementation(), sqlite3.sqlite_version),
         "- persistqueue_liteq %s from %s%s" % (

@@ -75,6 +75,8 @@ import traceback
 from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
+import _common
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -477,38 +479,12 @@ def measure_concurrent(root, s, runner, n, what, n_pq=None):
 # -- report -------------------------------------------------------------------------
 
 
-def _filesystem(path):
-    try:
-        with open("/proc/mounts") as mounts:
-            entries = [line.split()[1:3] for line in mounts]
-    except OSError:
-        return ""
-    path = os.path.realpath(path)
-    best = ("", "")
-    for mount, fstype in entries:
-        inside = path == mount or path.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) > len(best[0]):
-            best = (mount, fstype)
-    return best[1]
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_header(root, s):
-    fs = _filesystem(root)
+    fs = _common.filesystem(root)
     return [
         "# persistqueue_liteq: PersistentQueue beside raw sqlite3, queue.Queue and persist-queue",
         "",
-        "- Machine: %s; %s CPUs (%s)" % (platform.platform(), os.cpu_count(), _cpu_model()),
+        "- Machine: %s; %s CPUs (%s)" % (platform.platform(), os.cpu_count(), _common.cpu_model()),
         "- Python %s (%s); SQLite %s; persist-queue %s"
         % (platform.python_version(), platform.python_implementation(), sqlite3.sqlite_version,
            PQ_VERSION or "not installed (its rows: skipped)"),
@@ -520,11 +496,6 @@ def machine_header(root, s):
         "contenders interleaved"
         % (s.st_ops, WARMUP, s.mt_items, s.mp_items, s.mp_items_pq, s.repeat),
     ]
-
-
-def _rate(rates):
-    return "%s (%s–%s)" % tuple("{:,.0f}".format(x) for x in
-                                (statistics.median(rates), min(rates), max(rates)))
 
 
 def single_table(rates):
@@ -541,7 +512,7 @@ def single_table(rates):
             continue
         med = statistics.median(rates[label])
         lines.append("| %s | %s | %.3f | %.2f | %.1f |" % (
-            label, _rate(rates[label]), med / base, liteq / med, 1e6 / med))
+            label, _common.rate(rates[label]), med / base, liteq / med, 1e6 / med))
     return lines
 
 
@@ -563,7 +534,7 @@ def concurrent_table(results, single_rate):
         ok = not errs and not dups and not lost and med >= single_rate
         verdicts[kind] = (ok, med, errs, dups, lost)
         lines.append("| %s | %s | %.2fx | %d | %d | %d | %d | %d | %s |" % (
-            kind, _rate(rates), med / single_rate, produced, delivered, dups, lost, errs,
+            kind, _common.rate(rates), med / single_rate, produced, delivered, dups, lost, errs,
             "PASS" if ok else "FAIL"))
     if SQLiteAckQueue is None:
         lines.append("| persist-queue SQLiteAckQueue | skipped (not installed) "
