@@ -46,6 +46,7 @@ import time
 
 from . import __version__
 from . import sql as _sql
+from .engine import METRIC_NAMES
 from .exceptions import LiteQueueError
 from .liteq import LiteQueue
 from .sqlite_engine import SQLiteEngine
@@ -229,26 +230,36 @@ def _state(msg, now):
 # -- stats -------------------------------------------------------------------------
 
 _COUNTER_HELP = {
+    "puts": "Messages put.",
+    "gets": "Deliveries (leases) of messages.",
+    "acks": "Messages acknowledged (done).",
+    "retries": "Deliveries of a message that was delivered before.",
     "expired": "Messages dropped undelivered after their TTL.",
     "dead_lettered": "Messages moved to the dead-letter queue.",
 }
+
+# The rates of stats: per second over about the last minute.
+_RATE_WINDOW = 60.0
 
 
 def _snapshot(engine):
     """{queue: numbers} for every queue that has messages or counters.
 
-    Acknowledgements are not recorded in the file, so no throughput can be
-    derived from it: it is reported as unknown (None), never estimated.
+    Counters are the lasting totals of every process, as flushed (a working
+    process adds its counts within a second); rates come from the counts of
+    about the last minute.
     """
     now = time.time()
     stats = {s.name: s for s in engine.queues()}
     counters = engine.counters()
+    window, recent = engine.activity(_RATE_WINDOW)
     snapshot = {}
     for name in sorted(set(stats) | set(counters)):
         s = stats.get(name)
         oldest = None if s is None else s.oldest_created_at
-        queue_counters = {"expired": 0, "dead_lettered": 0}
+        queue_counters = dict.fromkeys(METRIC_NAMES, 0)
         queue_counters.update(counters.get(name, {}))
+        counts = recent.get(name, {})
         snapshot[name] = {
             "ready": s.ready if s else 0,
             "delayed": s.delayed if s else 0,
@@ -258,23 +269,34 @@ def _snapshot(engine):
             "oldest_created_at": oldest,
             "oldest_age_seconds": None if oldest is None else max(now - oldest, 0.0),
             "counters": queue_counters,
-            "throughput": None,
+            "throughput": dict(
+                window_seconds=window,
+                **{"%s_per_second" % what: counts.get(what, 0) / window
+                   for what in ("puts", "gets", "acks")}),
         }
     return now, snapshot
+
+
+def _rate(per_second):
+    """A rate for people: "0", "0.05", "12.3", "1,234"."""
+    if per_second >= 100:
+        return "{:,.0f}".format(per_second)
+    return ("%.3g" % per_second) if per_second else "0"
 
 
 def _stats_lines(path, snapshot):
     if not snapshot:
         return ["%s: no queue holds messages" % path]
     headers = ["QUEUE", "READY", "DELAYED", "IN FLIGHT", "DEAD", "OLDEST",
-               "EXPIRED", "DEAD-LETTERED", "THROUGHPUT"]
+               "EXPIRED", "DEAD-LETTERED", "PUTS/S", "ACKS/S"]
     rows = [
         [name, q["ready"], q["delayed"], q["in_flight"], q["dead"], _age(q["oldest_age_seconds"]),
-         q["counters"]["expired"], q["counters"]["dead_lettered"], "n/a"]
+         q["counters"]["expired"], q["counters"]["dead_lettered"],
+         _rate(q["throughput"]["puts_per_second"]), _rate(q["throughput"]["acks_per_second"])]
         for name, q in snapshot.items()
     ]
-    return _table(headers, rows, "lrrrrrrrr") + [
-        "(throughput n/a: acknowledgements are not recorded in the file)"
+    return _table(headers, rows, "lrrrrrrrrr") + [
+        "(PUTS/S, ACKS/S: per second over the last minute)"
     ]
 
 
@@ -685,8 +707,9 @@ def _cmd_check(args):
     if ok:
         return 0
     for problem in problems:
-        print("  " + problem)
-    raise CLIError("integrity check of %s failed: %s" % (args.db, problems[0]))
+        for line in problem.splitlines():
+            print("  " + line)
+    raise CLIError("integrity check of %s failed: %s" % (args.db, " ".join(problems[0].split())))
 
 
 # -- worker -------------------------------------------------------------------------
@@ -706,8 +729,13 @@ def _cmd_worker(args):
     if os.getcwd() not in sys.path:  # tasks are imported by module name
         sys.path.insert(0, os.getcwd())
     signals = []
-    previous = {s: signal.signal(s, lambda signum, frame: signals.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    signalled = threading.Event()
+
+    def on_signal(signum, frame):
+        signals.append(signum)
+        signalled.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         executor = PersistentProcessPoolExecutor(
             args.db, max_workers=args.workers, name=args.queue,
@@ -720,8 +748,7 @@ def _cmd_worker(args):
         print("%s: worker %d started: %d process%s running queue %r of %s" % (
             PROG, os.getpid(), args.workers, "" if args.workers == 1 else "es", args.queue,
             os.path.abspath(args.db)), flush=True)
-        while not signals:
-            time.sleep(0.1)
+        signalled.wait()  # the handler runs in this thread and wakes it
         return _stop_worker(args, executor, signals)
     finally:
         for s, handler in previous.items():

@@ -35,6 +35,7 @@ import sqlite3
 import threading
 import time
 
+from . import _fork
 from .exceptions import DatabaseBusy, IncompatibleDatabase, ReadOnlyDatabase
 
 #: The oldest SQLite with everything the engine uses (RETURNING).
@@ -48,20 +49,6 @@ _LONGEST_RETRY = 0.005
 # Connections inherited through fork: referenced forever so that the garbage
 # collector never closes them in the child (see the module docstring).
 _inherited = []
-
-# Bumped in every forked child, so that a connection can tell it was opened
-# by another process without asking the kernel for the pid on each statement.
-_generation = 0
-
-
-def _after_fork():
-    global _generation
-    _generation += 1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
-
 
 def check_sqlite_version(version=sqlite3.sqlite_version_info):
     if version < MIN_SQLITE:
@@ -105,7 +92,7 @@ class Connections:
         self._lock = threading.Lock()
         self.writer = threading.RLock()
         self._all = []
-        self._generation = _generation
+        self._generation = _fork.generation
         self.closed = False
 
     # -- connections ----------------------------------------------------------
@@ -115,23 +102,23 @@ class Connections:
         local = self._local
         conn = getattr(local, "conn", None)
         if self.closed:
-            if conn is not None and local.generation == _generation:
+            if conn is not None and local.generation == _fork.generation:
                 local.conn = None  # closed by its own thread, now that it is free
                 conn.close()
             raise ValueError("operation on a closed queue (%s)" % self.path)
-        if conn is not None and local.generation == _generation:
+        if conn is not None and local.generation == _fork.generation:
             return conn
         if conn is not None:  # inherited through fork
             _inherited.append(conn)
         conn = self._open()
-        local.conn, local.generation = conn, _generation
+        local.conn, local.generation = conn, _fork.generation
         return conn
 
     def _open(self):
         with self._lock:
-            if self._generation != _generation:  # forked: the parent's are not ours
+            if self._generation != _fork.generation:  # forked: the parent's are not ours
                 _inherited.extend(self._all)
-                self._all, self._generation = [], _generation
+                self._all, self._generation = [], _fork.generation
         try:
             conn = sqlite3.connect(
                 self._uri or self._target, timeout=0, isolation_level=None,
@@ -261,7 +248,7 @@ class Connections:
         me = threading.current_thread()
         with self._lock:
             self.closed = True
-            mine = self._all if self._generation == _generation else []
+            mine = self._all if self._generation == _fork.generation else []
             closable = [c for t, c in mine if t is me or not t.is_alive()]
             self._all = [(t, c) for t, c in mine if not (t is me or not t.is_alive())]
         if getattr(self._local, "conn", None) in closable:

@@ -20,7 +20,10 @@ import threading
 import time
 from typing import Optional
 
-__all__ = ["Engine", "Message", "QueueStats", "clock", "lease_waiting", "wait_drained"]
+from . import _fork
+
+__all__ = ["Engine", "Message", "Metrics", "QueueStats", "clock", "lease_waiting",
+           "wait_drained"]
 
 _last_time = 0.0
 _clock_lock = threading.Lock()
@@ -39,6 +42,76 @@ def clock():
             return max(now, _last_time)
     _last_time = now
     return now
+
+
+#: What an engine counts, per queue: messages put, deliveries (gets), acks,
+#: deliveries of a message delivered before (retries), dead-lettered, and
+#: expired undelivered.
+METRIC_NAMES = ("puts", "gets", "acks", "retries", "dead_lettered", "expired")
+_METRIC_INDEX = {name: i for i, name in enumerate(METRIC_NAMES)}
+
+
+class Metrics:
+    """What one engine did in this process, per queue, and the part of it
+    that the file's lasting counters do not have yet.
+
+    An engine counts with :meth:`add` after each operation commits and, when
+    it says so (at most once per ``flush_interval`` seconds), hands
+    :meth:`take` to a write of its own; counts written in the operation's
+    own transaction (dead-lettered, expired) are added with ``lasting=True``.
+    A forked child starts from nothing: its parent flushes its own counts.
+    """
+
+    def __init__(self, flush_interval=1.0):
+        self.flush_interval = flush_interval
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self):
+        self._generation = _fork.generation
+        self._done = {}  # queue -> [count per METRIC_NAMES], since opened
+        self._unflushed = {}  # (queue, name) -> count
+        self._next_flush = time.monotonic() + self.flush_interval
+
+    def add(self, queue, name, n=1, lasting=False):
+        """Count ``n`` of ``name`` for ``queue``; True when a flush is due."""
+        with self._lock:
+            if self._generation != _fork.generation:
+                self._reset()
+            row = self._done.get(queue)
+            if row is None:
+                row = self._done[queue] = [0] * len(METRIC_NAMES)
+            row[_METRIC_INDEX[name]] += n
+            if not lasting:
+                key = (queue, name)
+                self._unflushed[key] = self._unflushed.get(key, 0) + n
+            return time.monotonic() >= self._next_flush
+
+    def take(self):
+        """The counts to add to the file: {(queue, name): n}, now cleared."""
+        with self._lock:
+            if self._generation != _fork.generation:
+                self._reset()
+            pending, self._unflushed = self._unflushed, {}
+            self._next_flush = time.monotonic() + self.flush_interval
+            return pending
+
+    def unflushed(self):
+        """True if some counts are not in the file yet."""
+        return bool(self._unflushed)
+
+    def give_back(self, pending):
+        """A flush of ``take()``'s counts failed: keep them for the next one."""
+        with self._lock:
+            for key, n in pending.items():
+                self._unflushed[key] = self._unflushed.get(key, 0) + n
+
+    def snapshot(self):
+        """{queue: {name: count}} of everything counted since opened."""
+        with self._lock:
+            if self._generation != _fork.generation:
+                self._reset()
+            return {queue: dict(zip(METRIC_NAMES, row)) for queue, row in self._done.items()}
 
 
 @dataclasses.dataclass
@@ -242,8 +315,24 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def counters(self):
-        """{queue: {name: value}} of the lasting counters ("expired",
-        "dead_lettered")."""
+        """{queue: {name: value}} of the lasting counters of every process
+        (the names of :data:`METRIC_NAMES`), as flushed so far."""
+
+    @abc.abstractmethod
+    def metrics(self):
+        """{queue: {name: count}} of what this engine did in this process
+        since it was opened (see :class:`Metrics`)."""
+
+    @abc.abstractmethod
+    def activity(self, seconds=60.0):
+        """``(window, {queue: {name: count}})``: the counts flushed by every
+        process over the last ``window`` seconds (``seconds`` or a little
+        more: counts are kept in 10-second buckets).  Divide to get rates."""
+
+    @abc.abstractmethod
+    def flush_metrics(self):
+        """Add this process's unflushed counts to the lasting counters now
+        (also done while working, when idle, and at close)."""
 
     @abc.abstractmethod
     def dead_letters(self, queue, limit=None):

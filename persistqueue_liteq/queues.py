@@ -53,10 +53,10 @@ import time
 import warnings
 import weakref
 from queue import Empty, Full
-from typing import Any, Callable, Generic, List, Optional, TypeVar
+from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar
 
 from . import _checks
-from .engine import Message, clock
+from .engine import METRIC_NAMES, Message, clock
 from .exceptions import DatabaseBusy
 from .liteq import describe_exception
 from .serializers import Codec, order_key, resolve
@@ -387,6 +387,13 @@ class _QueueBase(Generic[T]):
             limit = _checks.count(limit, "limit")
         with self._statement_lock:
             return self._engine.dead_letters(self.name, limit)
+
+    def metrics(self) -> Dict[str, int]:
+        """What this process did with this queue since it opened it: puts,
+        gets (deliveries), acks, retries (deliveries of an item delivered
+        before), dead_lettered and expired.  ``LiteQueue(path).counters()``
+        has the lasting totals of every process."""
+        return self._engine.metrics().get(self.name, dict.fromkeys(METRIC_NAMES, 0))
 
     def redrive(self, ids: Optional[List[int]] = None) -> int:
         """Return dead letters (all, or those ids) to the queue, with a fresh

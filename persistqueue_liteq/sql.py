@@ -95,6 +95,20 @@ CREATE TABLE IF NOT EXISTS {p}counters (
     PRIMARY KEY (queue, name)
 ) WITHOUT ROWID"""
 
+# Recent counts in 10-second buckets (start time of the bucket), kept for an
+# hour: what rates are computed from.
+CREATE_ACTIVITY = """
+CREATE TABLE IF NOT EXISTS {p}activity (
+    queue  TEXT    NOT NULL,
+    name   TEXT    NOT NULL,
+    bucket INTEGER NOT NULL,
+    value  INTEGER NOT NULL,
+    PRIMARY KEY (queue, name, bucket)
+) WITHOUT ROWID"""
+
+ACTIVITY_BUCKET = 10
+ACTIVITY_KEPT = 3600
+
 CREATE_TABLES = (
     CREATE_META,
     CREATE_MESSAGES,
@@ -103,6 +117,7 @@ CREATE_TABLES = (
     CREATE_KEY_INDEX,
     CREATE_RESULTS,
     CREATE_COUNTERS,
+    CREATE_ACTIVITY,
 )
 
 # -- schema bookkeeping -----------------------------------------------------
@@ -204,6 +219,15 @@ ON CONFLICT (queue, name) DO UPDATE SET value = value + excluded.value"""
 
 READ_COUNTERS = "SELECT queue, name, value FROM {p}counters"
 
+ADD_ACTIVITY = """
+INSERT INTO {p}activity (queue, name, bucket, value) VALUES (?, ?, ?, ?)
+ON CONFLICT (queue, name, bucket) DO UPDATE SET value = value + excluded.value"""
+
+FORGET_ACTIVITY = "DELETE FROM {p}activity WHERE bucket < ?"
+
+READ_ACTIVITY = """
+SELECT queue, name, sum(value) FROM {p}activity WHERE bucket >= ? GROUP BY queue, name"""
+
 # -- reading ----------------------------------------------------------------
 
 _COLUMNS = """id, data, queue, attempts, created_at, expires_at, last_error,
@@ -275,6 +299,7 @@ PURGE_DEAD = "DELETE FROM {p}messages WHERE queue = ? AND visible_at IS NULL"
 DELETE_QUEUE = "DELETE FROM {p}messages WHERE queue = ?"
 DELETE_QUEUE_COUNTERS = "DELETE FROM {p}counters WHERE queue = ?"
 DELETE_QUEUE_RESULTS = "DELETE FROM {p}results WHERE queue = ?"
+DELETE_QUEUE_ACTIVITY = "DELETE FROM {p}activity WHERE queue = ?"
 
 
 def render(prefix):

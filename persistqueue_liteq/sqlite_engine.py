@@ -10,13 +10,15 @@ same message while its lease holds, because the second one's statement starts
 after the first one's has committed and no longer finds the row ready.
 """
 
+import atexit
 import logging
 import os
 import random
+import weakref
 
 from . import sql as _sql
 from .connections import Connections, check_sqlite_version
-from .engine import Engine, Message, QueueStats, clock
+from .engine import METRIC_NAMES, Engine, Message, Metrics, QueueStats, clock
 from .exceptions import IncompatibleDatabase, ReadOnlyDatabase
 from .wakeup import Notifier
 
@@ -43,6 +45,16 @@ def _check_directory(path):
 
 def _new_token():
     return random.getrandbits(62) + 1
+
+
+# Engines not closed when the interpreter exits still flush their counts.
+_open_engines = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit():
+    for engine in list(_open_engines):
+        engine.flush_metrics()
 
 
 class SQLiteEngine(Engine):
@@ -93,6 +105,9 @@ class SQLiteEngine(Engine):
         }
         self._open_schema()
         self._notifier = Notifier(path, table_prefix)
+        self._metrics = Metrics()
+        if not readonly:
+            _open_engines.add(self)
 
     # -- schema ---------------------------------------------------------------
 
@@ -171,12 +186,14 @@ class SQLiteEngine(Engine):
         insert = self.sql.INSERT
         msg_id = self._conns.write(lambda conn: conn.execute(insert, params).lastrowid)
         self._notifier.notify("put", queue)
+        self._count(queue, "puts")
         return msg_id
 
     def put_many(self, queue, payloads, delay=0.0, ttl=None):
         with self._conns.transaction() as conn:
             ids = self._insert_many(conn, queue, payloads, delay, ttl)
         self._notifier.notify("put", queue)
+        self._count(queue, "puts", len(ids))
         return ids
 
     def _insert_many(self, conn, queue, payloads, delay, ttl):
@@ -216,8 +233,10 @@ class SQLiteEngine(Engine):
                     continue
                 cursor = conn.execute(s.INSERT_KEYED, (queue, data, key, now, now))
                 out.append(("new", cursor.lastrowid))
-        if any(status == "new" for status, _ in out):
+        new = sum(status == "new" for status, _ in out)
+        if new:
             self._notifier.notify("put", queue)
+            self._count(queue, "puts", new)
         return out
 
     # -- results of keyed messages ------------------------------------------------
@@ -227,11 +246,14 @@ class SQLiteEngine(Engine):
             queue, held = self._complete_in(conn, msg_id, lease, key, ok, data, dead_reason)
         if queue is not None:
             self._notifier.notify("done", queue)
+            if held:
+                self._count(queue, "acks" if dead_reason is None else "dead_lettered",
+                            lasting=dead_reason is not None)
         return held
 
     def complete_and_lease(self, msg_id, lease, key, ok, data, seconds):
         with self._conns.transaction() as conn:
-            queue, _ = self._complete_in(conn, msg_id, lease, key, ok, data, None)
+            queue, held = self._complete_in(conn, msg_id, lease, key, ok, data, None)
             rows = []
             if queue is not None:
                 now = clock()
@@ -241,9 +263,12 @@ class SQLiteEngine(Engine):
                 }).fetchall()
         if queue is not None:
             self._notifier.notify("done", queue)
+            if held:
+                self._count(queue, "acks")
         if not rows:
             return None
         row = rows[0]
+        self._count_deliveries(queue, rows[0][3])
         return Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, now + seconds,
                        row[5], row[6], row[7], None, None, row[8])
 
@@ -312,6 +337,11 @@ class SQLiteEngine(Engine):
             leased.extend(messages)
             if not unfit:
                 break
+        if not leased:
+            if self._metrics.unflushed():
+                self.flush_metrics()  # idle: a good moment
+            return leased
+        self._count_deliveries(queue, *(m.attempts for m in leased))
         if len(leased) < 2:
             return leased
         if order == "lifo":
@@ -325,20 +355,25 @@ class SQLiteEngine(Engine):
     def _drop_unfit(self, messages, now, max_attempts):
         """Drop the expired and dead-letter the exhausted, which we hold leased."""
         s = self.sql
+        counted = []
         with self._conns.transaction() as conn:
             for m in messages:
                 if m.expires_at is not None and m.expires_at <= now:
                     if conn.execute(s.DELETE_LEASED, (m.id, m.lease)).rowcount:
                         conn.execute(s.ADD_COUNTER, (m.queue_name, "expired", 1))
+                        counted.append((m.queue_name, "expired"))
                     continue
                 reason = "not acknowledged after %d deliveries (max_retries=%d)" % (
                     m.attempts - 1, max_attempts - 1,
                 )
                 if conn.execute(s.DEAD_LETTER, (now, reason, None, m.id, m.lease)).fetchall():
                     conn.execute(s.ADD_COUNTER, (m.queue_name, "dead_lettered", 1))
+                    counted.append((m.queue_name, "dead_lettered"))
                     logger.warning("message %d of queue %r dead-lettered: %s", m.id, m.queue_name, reason)
         for queue in {m.queue_name for m in messages}:
             self._notifier.notify("done", queue)
+        for queue, name in counted:
+            self._metrics.add(queue, name, lasting=True)
 
     def next_visible_at(self, queue):
         return self._execute(self.sql.NEXT_VISIBLE_AT, (queue, clock()))[0][0]
@@ -351,7 +386,12 @@ class SQLiteEngine(Engine):
         return bool(rows)
 
     def ack(self, msg_id, lease):
-        return self._settle(self.sql.ACK, (msg_id, lease), "done")
+        rows = self._write(self.sql.ACK, (msg_id, lease))
+        if not rows:
+            return False
+        self._notifier.notify("done", rows[0][0])
+        self._count(rows[0][0], "acks")
+        return True
 
     def delete(self, msg_id):
         return self._settle(self.sql.DELETE, (msg_id,), "done")
@@ -381,6 +421,7 @@ class SQLiteEngine(Engine):
         if row:
             logger.warning("message %d of queue %r dead-lettered: %s", msg_id, row[0], reason)
             self._notifier.notify("done", row[0])
+            self._metrics.add(row[0], "dead_lettered", lasting=True)
         return row is not None
 
     # -- inspecting -------------------------------------------------------------
@@ -436,8 +477,48 @@ class SQLiteEngine(Engine):
     def counters(self):
         result = {}
         for queue, name, value in self._execute(self.sql.READ_COUNTERS):
-            result.setdefault(queue, {})[name] = value
+            result.setdefault(queue, dict.fromkeys(METRIC_NAMES, 0))[name] = value
         return result
+
+    # -- metrics ------------------------------------------------------------------
+
+    def _count(self, queue, name, n=1, lasting=False):
+        if self._metrics.add(queue, name, n, lasting):
+            self.flush_metrics()
+
+    def _count_deliveries(self, queue, *attempts):
+        self._count(queue, "gets", len(attempts))
+        retries = sum(a > 1 for a in attempts)
+        if retries:
+            self._count(queue, "retries", retries)
+
+    def metrics(self):
+        return self._metrics.snapshot()
+
+    def flush_metrics(self):
+        pending = self._metrics.take()
+        if not pending or self.readonly:
+            return
+        bucket = int(clock() // _sql.ACTIVITY_BUCKET * _sql.ACTIVITY_BUCKET)
+        try:
+            with self._conns.transaction() as conn:
+                conn.executemany(self.sql.ADD_COUNTER,
+                                 [(queue, name, n) for (queue, name), n in pending.items()])
+                conn.executemany(self.sql.ADD_ACTIVITY,
+                                 [(queue, name, bucket, n) for (queue, name), n in pending.items()])
+                conn.execute(self.sql.FORGET_ACTIVITY, (bucket - _sql.ACTIVITY_KEPT,))
+        except Exception as exc:  # counting never fails the operation counted
+            # Busy, closed, file gone: keep them for the next flush.
+            logger.debug("metrics not flushed to %s: %s", self.location, exc)
+            self._metrics.give_back(pending)
+
+    def activity(self, seconds=60.0):
+        now = clock()
+        start = (now - seconds) // _sql.ACTIVITY_BUCKET * _sql.ACTIVITY_BUCKET
+        result = {}
+        for queue, name, value in self._execute(self.sql.READ_ACTIVITY, (start,)):
+            result.setdefault(queue, dict.fromkeys(METRIC_NAMES, 0))[name] = value
+        return now - start, result
 
     def dead_letters(self, queue, limit=None):
         rows = self._execute(self.sql.DEAD_LETTERS, (queue, -1 if limit is None else limit))
@@ -470,6 +551,7 @@ class SQLiteEngine(Engine):
         with self._conns.transaction() as conn:
             removed = conn.execute(self.sql.DELETE_QUEUE, (queue,)).rowcount
             conn.execute(self.sql.DELETE_QUEUE_COUNTERS, (queue,))
+            conn.execute(self.sql.DELETE_QUEUE_ACTIVITY, (queue,))
             conn.execute(self.sql.DELETE_QUEUE_RESULTS, (queue,))
         if removed:
             self._notifier.notify("done", queue)
@@ -500,6 +582,8 @@ class SQLiteEngine(Engine):
         return [row[0] for row in self._execute("PRAGMA integrity_check")]
 
     def close(self):
+        self.flush_metrics()
+        _open_engines.discard(self)
         self._conns.close()
 
 
@@ -509,7 +593,7 @@ class _Transaction:
     def __init__(self, engine):
         self._engine = engine
         self._conn = None
-        self._queues = set()
+        self._queues = {}  # queue -> messages put
         self._context = None
 
     def __enter__(self):
@@ -522,8 +606,9 @@ class _Transaction:
             return self._context.__exit__(*exc_info)
         finally:
             if exc_info[0] is None:
-                for queue in self._queues:
+                for queue, n in self._queues.items():
                     self._engine._notifier.notify("put", queue)
+                    self._engine._count(queue, "puts", n)
 
     def put(self, queue, data, delay=0.0, ttl=None, priority=None):
         now = clock()
@@ -531,10 +616,10 @@ class _Transaction:
         msg_id = self._conn.execute(
             self._engine.sql.INSERT, (queue, data, priority, now + delay, now, expires)
         ).lastrowid
-        self._queues.add(queue)
+        self._queues[queue] = self._queues.get(queue, 0) + 1
         return msg_id
 
     def put_many(self, queue, payloads, delay=0.0, ttl=None):
         ids = self._engine._insert_many(self._conn, queue, payloads, delay, ttl)
-        self._queues.add(queue)
+        self._queues[queue] = self._queues.get(queue, 0) + len(ids)
         return ids

@@ -296,11 +296,13 @@ def test_stats_table(filled, tmp_path):
     table = [line for line in lines if not line.startswith("(")]
     assert len({len(line) for line in table}) == 1, "columns are not aligned:\n" + result.out
     rows = {line.split()[0]: line.split()[1:] for line in table[1:]}
-    # ready, delayed, in flight, dead, oldest, expired, dead-lettered, throughput
+    # ready, delayed, in flight, dead, oldest, expired, dead-lettered, puts/s,
+    # acks/s: 4 puts and no ack in the last 60 to 70 s (10-second buckets)
     assert rows["jobs"][:4] == ["2", "1", "1", "0"]
-    assert rows["jobs"][5:] == ["0", "0", "n/a"]
-    assert rows["mail"] == ["0", "0", "0", "1", "-", "0", "1", "n/a"]
-    assert "throughput n/a" in result.out
+    assert rows["jobs"][5:7] == ["0", "0"] and rows["jobs"][8] == "0"
+    assert 4 / 70 <= float(rows["jobs"][7]) <= 4 / 60
+    assert rows["mail"][:7] == ["0", "0", "0", "1", "-", "0", "1"]
+    assert "per second over the last minute" in result.out
 
 
 def test_stats_json(filled, tmp_path):
@@ -313,9 +315,11 @@ def test_stats_json(filled, tmp_path):
     counts = [jobs[key] for key in ("ready", "delayed", "in_flight", "dead", "live")]
     assert counts == [2, 1, 1, 0, 4]
     assert 0 < jobs["oldest_age_seconds"] < time.time() - before + 60
-    assert jobs["throughput"] is None
+    assert jobs["throughput"]["acks_per_second"] == 0
+    assert jobs["throughput"]["puts_per_second"] == 4 / jobs["throughput"]["window_seconds"]
     assert mail["dead"] == 1 and mail["oldest_age_seconds"] is None
-    assert mail["counters"] == {"expired": 0, "dead_lettered": 1}
+    assert mail["counters"] == {"puts": 1, "gets": 1, "acks": 0, "retries": 0,
+                                "expired": 0, "dead_lettered": 1}
 
 
 def test_stats_prometheus(filled, tmp_path):
@@ -342,9 +346,15 @@ def test_stats_prometheus(filled, tmp_path):
     assert types == {
         "persistqueue_liteq_messages": "gauge",
         "persistqueue_liteq_oldest_message_age_seconds": "gauge",
+        "persistqueue_liteq_puts_total": "counter",
+        "persistqueue_liteq_gets_total": "counter",
+        "persistqueue_liteq_acks_total": "counter",
+        "persistqueue_liteq_retries_total": "counter",
         "persistqueue_liteq_expired_total": "counter",
         "persistqueue_liteq_dead_lettered_total": "counter",
     }
+    assert samples["persistqueue_liteq_puts_total", 'queue="jobs"'] == 4
+    assert samples["persistqueue_liteq_gets_total", 'queue="jobs"'] == 1
 
 
 def test_stats_of_a_queue_file_without_messages(db, tmp_path):
@@ -636,6 +646,48 @@ def test_checkpoint_vacuum_and_check(filled, tmp_path):
         result = cli(tmp_path, "check", "q.db")
         wal = os.path.getsize(filled + "-wal")
     assert re.search(r"^WAL file: +%d bytes$" % wal, result.out, re.M) and wal > 0
+
+
+def _index_leaf_page(path, index):
+    """(page size, number of a leaf page of ``index``): the root page if it
+    is a leaf, else its right-most child (b-tree page header, file format)."""
+    conn = sqlite3.connect(path)
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (index,)).fetchone()[0]
+    conn.close()
+    with open(path, "rb") as f:
+        while True:
+            f.seek((page - 1) * size)
+            header = f.read(12)
+            if header[0] == 0x0A:  # leaf index page
+                return size, page
+            assert header[0] == 0x02, header  # interior index page
+            page = int.from_bytes(header[8:12], "big")
+
+
+def test_check_reports_a_damaged_file(db, tmp_path):
+    with LiteQueue(db) as q:
+        q.put_batch([b"x" * 500] * 300, "jobs")
+        q.checkpoint()
+    size, page = _index_leaf_page(db, "liteq_messages_ready")
+    with open(db, "r+b") as f:  # flip bits in the cells at the end of the page
+        f.seek(page * size - 200)
+        cells = f.read(100)
+        f.seek(page * size - 200)
+        f.write(bytes(b ^ 1 for b in cells))
+    result = cli(tmp_path, "check", "q.db")
+    assert result.rc == 1, result.err
+    assert re.search(r"^integrity: +\d+ problem\(s\)$", result.out, re.M), result.err
+    assert "missing from index liteq_messages_ready" in result.out
+    assert result.err.count("\n") == 1
+    assert result.err.startswith(PREFIX + "integrity check of q.db failed: ")
+    with open(db, "r+b") as f:  # and now the schema page itself
+        f.seek(100)
+        f.write(b"\xff" * 64)
+    result = cli(tmp_path, "check", "q.db")
+    assert result.rc == 1 and result.out == ""
+    assert result.err == PREFIX + "q.db is not a usable SQLite database: " \
+        "database disk image is malformed\n"
 
 
 # -- files that are missing, foreign, or must not change --------------------------------
