@@ -214,11 +214,13 @@ class Engine(abc.ABC):
         still held."""
 
     @abc.abstractmethod
-    def complete_and_lease(self, msg_id, lease, key, ok, data, seconds):
-        """:meth:`complete` (without dead-lettering), and in the same
-        transaction lease the next ready message of the same queue for
-        ``seconds``: a worker's one write per task.  Returns that message or
-        None.  For keyed queues only: no TTL or attempt limit is applied."""
+    def complete_many(self, queue, outcomes, lease=0, seconds=0.0):
+        """:meth:`complete` for each ``(msg_id, lease, key, ok, data)`` of
+        ``outcomes`` (messages of ``queue``), and in the same transaction
+        lease up to ``lease`` ready messages of ``queue`` for ``seconds``
+        (one token for all): a worker's one write per batch of tasks.
+        Returns the messages leased, oldest first.  For keyed queues only: no
+        TTL or attempt limit is applied."""
 
     @abc.abstractmethod
     def result(self, queue, key):
@@ -271,9 +273,11 @@ class Engine(abc.ABC):
         """Make the lease run out ``seconds`` from now (longer or shorter)."""
 
     @abc.abstractmethod
-    def release(self, msg_id, lease, delay=0.0, error=None):
+    def release(self, msg_id, lease, delay=0.0, error=None, attempted=True):
         """End the lease: ready again after ``delay`` seconds; ``error`` (if
-        given) is recorded as the message's last error."""
+        given) is recorded as the message's last error.  ``attempted=False``
+        for a message its holder never started on: its delivery is not
+        counted as an attempt."""
 
     @abc.abstractmethod
     def dead_letter(self, msg_id, lease, reason, error=None):

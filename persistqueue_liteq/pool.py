@@ -2,39 +2,48 @@
 
 Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
 
-* A task is stored before ``submit`` returns, under a key (the caller's, or a
-  digest of the function and its arguments with an occurrence number), so a
-  script killed in the middle of a batch and run again runs only what is
-  left: finished tasks answer from the stored results, tasks that were in
-  flight run again (at-least-once: their side effects may happen twice).
+* A task is stored under a key (the caller's, or a digest of the function
+  and its arguments with an occurrence number), so a script killed in the
+  middle of a batch and run again runs only what is left: finished tasks
+  answer from the stored results, tasks that were in flight run again
+  (at-least-once: their side effects may happen twice).
+* ``submit`` pickles the call and returns; the storer thread writes the
+  calls in batches.  No task runs before it is stored; shutdown and the
+  interpreter's exit wait until all are.
 * A worker that dies costs its task one attempt; the worker is replaced and
   the task retried.  Failing tasks are retried with backoff, then
   dead-lettered with their exception; the pool is never broken by a task.
-* A worker leases only the task it is about to run, so ``cancel()`` cancels
-  every task that has not started.
+* ``cancel()`` cancels every task that has not started, even one leased by
+  a worker of the pool and waiting in its batch.
 
 Data flow (process pool; a thread pool has threads for workers and the same
 tables)::
 
   caller            main process                    queue file            workers
   ------            ------------                    ----------            -------
-  submit(fn, *a) -> pickle, key -> put_keyed -----> messages  <- lease --- loop:
-     Future <-+                                       |                     run fn
+  submit(fn, *a) -> pickle, key -> outbox           messages  <- lease --- loop:
+     Future <-+     storer thread: put_keyed ---->    |         (a batch:   run fn
+              |     (up to 1,000 a transaction)       |         ~2 ms of    |
+              |                                       |         work)       |
               |     collector thread                  |                     |
               +---- results_since(seq) <------------- results <- complete --+
-                    (woken by "done")                 (one transaction: outcome
-                                                       stored, message acked)
+                    (woken by "done")                 (one transaction: the batch's
+                                                       outcomes stored, its tasks
+                                                       acked, the next batch leased)
                     manager thread
                     - waits on worker sentinels: a dead worker's task is
                       released at once (one attempt) or, past max_retries,
-                      completed with WorkerDied; the worker is replaced
-                    - extends the leases of running tasks (heartbeat)
+                      completed with WorkerDied; the tasks it had not started
+                      are released without an attempt; the worker is replaced
+                    - extends the leases of held tasks (heartbeat)
                     - kills a worker whose task is over task_timeout
 
-Each worker publishes the task it runs in a shared slot (id, lease, start
-time); the manager reads the slots, nobody else writes them.
+Each worker publishes what it holds in a shared slot (the batch's ids, its
+lease, which task runs and since when); a worker claims a task there before
+starting it, and the pool cancels a waiting one there, under the slot's lock.
 """
 
+import atexit
 import concurrent.futures
 import ctypes
 import hashlib
@@ -48,6 +57,7 @@ import signal
 import threading
 import time
 import traceback
+import weakref
 from concurrent.futures import BrokenExecutor, Future
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
@@ -67,6 +77,15 @@ __all__ = ["PersistentProcessPoolExecutor", "PersistentThreadPoolExecutor"]
 logger = logging.getLogger("persistqueue_liteq")
 
 _IDLE, _INIT_FAILED = 0, 1
+# A task of a worker's batch: leased and waiting, started, or cancelled (or
+# handed back) before it started.
+_WAITING, _STARTED, _DROPPED = 0, 1, 2
+# Most tasks a worker leases at once, and about how long a batch should run.
+_BATCH_MAX = 64
+_BATCH_SECONDS = 0.002
+_SETTLED = object()  # _run_one: the task was settled without running
+# Most tasks the storer writes in one transaction.
+_STORE_BATCH = 1000
 # How often an idle worker looks for a stop request or a dead parent even
 # without a wake-up.
 _IDLE_CHECK = 1.0
@@ -175,9 +194,15 @@ def _settle_failure(engine, cfg, task_id, lease, key, attempts, exc, reason):
 
 
 def _run_one(engine, cfg, msg, slot):
-    """Run one leased task; store a failure, or return the pickled result
-    for the caller to store (so that it can lease the next task in the same
-    transaction).  Never raises."""
+    """Run one leased task; store a failure (None), or return the pickled
+    result for the caller to store with others; _SETTLED if the task was
+    not run (delivered too often already).  Never raises."""
+    if msg.attempts > cfg.max_retries + 1:  # its last holders died unnoticed
+        reason = "not finished after %d deliveries (max_retries=%d); last error: %s" % (
+            msg.attempts - 1, cfg.max_retries, msg.last_error)
+        engine.complete(msg.id, msg.lease, msg.key, False,
+                        pickle.dumps(WorkerDied(reason)), dead_reason=reason)
+        return _SETTLED
     try:
         fn, args, kwargs = pickle.loads(msg.data)
     except BaseException as exc:  # a task that cannot be loaded will never run
@@ -202,42 +227,52 @@ def _run_one(engine, cfg, msg, slot):
 
 
 def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None):
-    """Lease one task at a time and run it, until told to stop; publish in
-    ``slot`` what runs now.  A result is stored in the same transaction that
-    leases the next task."""
+    """Lease tasks, run them and store their outcomes, until told to stop.
+
+    A worker leases as many ready tasks at once as it runs in about
+    _BATCH_SECONDS (one at a time for slower tasks, at most _BATCH_MAX) and
+    stores their results in the transaction that leases the next ones.  It
+    publishes in ``slot`` what it holds, so that the pool can cancel a task
+    that has not started, extend the leases, and hand them back if the
+    worker dies."""
     done = 0
-    msg = None
+    size = 1
+    batch, outcomes = [], []
     with engine.waiter("put", cfg.queue) as waiter:
-        while not should_stop() and (max_tasks is None or done < max_tasks):
-            if msg is None:
-                leased = engine.lease(cfg.queue, 1, cfg.lease_seconds)
-                if not leased:
-                    waiter.wait(_IDLE_CHECK)
-                    continue
-                msg = leased[0]
-            if msg.attempts > cfg.max_retries + 1:  # its last holders died unnoticed
-                reason = "not finished after %d deliveries (max_retries=%d); last error: %s" % (
-                    msg.attempts - 1, cfg.max_retries, msg.last_error)
-                engine.complete(msg.id, msg.lease, msg.key, False,
-                                pickle.dumps(WorkerDied(reason)), dead_reason=reason)
-                msg = None
+        while True:
+            stopping = should_stop() or (max_tasks is not None and done >= max_tasks)
+            want = 0 if stopping else size if max_tasks is None else min(size, max_tasks - done)
+            if outcomes or want:
+                batch = engine.complete_many(cfg.queue, outcomes, want, cfg.lease_seconds)
+                outcomes = []
+                slot.publish(batch)
+            if stopping:
+                return
+            if not batch:
+                waiter.wait(_IDLE_CHECK)
                 continue
-            slot.start(msg.id, msg.lease)
-            try:
-                data = _run_one(engine, cfg, msg, slot)
-                done += 1
-                if data is None:
-                    msg = None
-                elif should_stop() or (max_tasks is not None and done >= max_tasks):
-                    engine.complete(msg.id, msg.lease, msg.key, True, data)
-                    msg = None
-                else:
-                    msg = engine.complete_and_lease(msg.id, msg.lease, msg.key, True, data,
-                                                    cfg.lease_seconds)
-            finally:
-                slot.finish()
-    if msg is not None:  # leased, never started: hand it back
-        engine.release(msg.id, msg.lease)
+            began, ran = time.monotonic(), 0
+            for i, msg in enumerate(batch):
+                if should_stop() or (max_tasks is not None and done >= max_tasks):
+                    for j in range(i, len(batch)):  # leased, never started: hand back
+                        if slot.take_back(j):
+                            engine.release(batch[j].id, batch[j].lease, attempted=False)
+                    break
+                if not slot.claim(i):
+                    continue  # cancelled by the pool
+                try:
+                    data = _run_one(engine, cfg, msg, slot)
+                finally:
+                    slot.finish()
+                ran += 1
+                if data is not _SETTLED:
+                    done += 1
+                if data is not None and data is not _SETTLED:
+                    outcomes.append((msg.id, msg.lease, msg.key, True, data))
+            if ran:
+                per_task = (time.monotonic() - began) / ran
+                size = max(1, min(_BATCH_MAX, int(_BATCH_SECONDS / per_task) if per_task else
+                                  _BATCH_MAX))
 
 
 def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks):
@@ -268,10 +303,10 @@ def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks):
 
 
 def _extend_leases(engine, cfg, slots):
-    """The heartbeat: extend the lease of every task a live worker runs."""
+    """The heartbeat: extend the leases of every task a live worker holds."""
     for slot in slots:
-        task_id, lease = slot.task_id, slot.lease
-        if task_id:
+        lease, held = slot.held()
+        for task_id, _ in held:
             try:
                 engine.set_visibility(task_id, lease, cfg.lease_seconds)
             except Exception:
@@ -280,21 +315,38 @@ def _extend_leases(engine, cfg, slots):
 
 # -- the executors ------------------------------------------------------------------
 
+# Pools not shut down when the interpreter exits still store what was submitted.
+_live_executors = weakref.WeakSet()
+
+
+@atexit.register
+def _store_at_exit():
+    for executor in list(_live_executors):
+        executor._flush()
+
+
 class _TaskFuture(Future):
     """A Future whose ``cancel()`` also removes its task from the file, which
     succeeds while no worker has leased it."""
 
-    def __init__(self, executor, key, task_id):
+    def __init__(self, executor, key):
         super().__init__()
-        self._executor, self._key, self._task_id = executor, key, task_id
+        self._executor, self._key = executor, key
+        self._task_id = None  # set once stored
 
     def cancel(self):
         with self._condition:
             if self._state != "PENDING":
                 return super().cancel()
-        if self._task_id is None or not self._executor._engine.delete_unleased(self._task_id):
-            return False
-        self._executor._forget(self._key, self)
+        executor = self._executor
+        with executor._storing:  # not while its batch is being written
+            with executor._lock:
+                unstored = executor._outbox.pop(self, None) is not None
+                if not executor._outbox:
+                    executor._stored.notify_all()
+            if not unstored and not executor._cancel_stored(self._task_id):
+                return False
+        executor._forget(self._key, self)
         if not super().cancel():
             return False
         # No worker will ever dequeue it, which is where the stdlib's pools
@@ -331,13 +383,22 @@ class _PersistentExecutor(concurrent.futures.Executor):
         )
         self._max_workers = max_workers
         self._initializer, self._initargs = initializer, tuple(initargs)
-        # _lock guards _pending, _occurrences, _shutdown and _broken.
+        # _lock guards _pending, _outbox, _occurrences, _shutdown and _broken.
         self._lock = threading.Lock()
         self._pending = {}  # key -> [futures]
+        self._outbox = {}  # future -> (key, pickled call): submitted, not yet stored
+        self._outbox_filled = threading.Condition(self._lock)
+        self._stored = threading.Condition(self._lock)  # outbox empty, nothing in flight
+        self._storing = threading.Lock()  # held while the storer writes a batch
+        self._in_flight = False  # the storer took a batch it has not written yet
         self._occurrences = {}  # digest -> how many submitted so far
         self._shutdown = False
         self._broken = None
         self._seq = self._engine.last_result_seq()
+        self._storer = threading.Thread(target=self._store, daemon=True,
+                                        name="persistqueue_liteq storer")
+        self._storer.start()
+        _live_executors.add(self)
         self._collector = threading.Thread(target=self._collect, daemon=True,
                                            name="persistqueue_liteq collector")
         self._collector.start()
@@ -348,9 +409,13 @@ class _PersistentExecutor(concurrent.futures.Executor):
     # -- submitting -------------------------------------------------------------
 
     def submit(self, fn, /, *args, **kwargs):
-        """Store the call ``fn(*args, **kwargs)`` and return its Future.
+        """Schedule the call ``fn(*args, **kwargs)`` and return its Future.
 
-        Its key is a digest of the pickled call plus how many identical calls
+        The call is pickled now and stored by a background thread, many
+        calls to a transaction, within milliseconds; no worker can run it
+        before it is stored, and ``shutdown()`` (or the end of a ``with``
+        block, or of the interpreter) returns only once every call is.  Its
+        key is a digest of the pickled call plus how many identical calls
         this executor saw before, so the same script run again finds the same
         keys.  Raises SerializationError, storing nothing, if the call cannot
         be pickled."""
@@ -375,24 +440,69 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 raise self._broken_error(self._broken)
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            for item in items:
-                if item[0] is None:
-                    digest = hashlib.blake2b(item[1], digest_size=16).hexdigest()
+            futures = []
+            for key, data in items:
+                if key is None:
+                    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
                     n = self._occurrences.get(digest, 0)
                     self._occurrences[digest] = n + 1
-                    item[0] = "%s#%d" % (digest, n)
-            statuses = self._engine.put_keyed(self._cfg.queue, [tuple(i) for i in items])
-            futures = []
-            for (key, _), (status, task_id) in zip(items, statuses):
-                future = _TaskFuture(self, key, task_id)
+                    key = "%s#%d" % (digest, n)
+                future = _TaskFuture(self, key)
                 futures.append(future)
-                if status == "done":
-                    stored = self._engine.result(self._cfg.queue, key)
-                    if stored is not None:
-                        self._resolve_future(future, *stored)
-                        continue
                 self._pending.setdefault(key, []).append(future)
+                self._outbox[future] = (key, data)
+            self._outbox_filled.notify()
         return futures
+
+    def _store(self):
+        """The storer thread: write what was submitted, in batches, and answer
+        at once the calls whose results the file already has."""
+        while True:
+            with self._lock:
+                while not self._outbox and not self._shutdown:
+                    self._outbox_filled.wait()
+                if not self._outbox:
+                    return  # shut down, and everything is stored
+            with self._storing:
+                with self._lock:
+                    batch = list(itertools.islice(self._outbox.items(), _STORE_BATCH))
+                    for future, _ in batch:
+                        del self._outbox[future]
+                    self._in_flight = bool(batch)
+                try:
+                    self._store_batch(batch)
+                finally:
+                    with self._lock:
+                        self._in_flight = False
+                        if not self._outbox:
+                            self._stored.notify_all()
+
+    def _store_batch(self, batch):
+        engine, queue = self._engine, self._cfg.queue
+        if not batch:
+            return  # cancelled meanwhile
+        try:
+            statuses = engine.put_keyed(queue, [call for _, call in batch])
+            answers = {key: engine.result(queue, key)
+                       for (_, (key, _)), (status, _) in zip(batch, statuses)
+                       if status == "done"}
+        except Exception as exc:  # the file refused them: say so to their callers
+            logger.error("could not store %d tasks in %s: %s", len(batch), engine.location, exc)
+            for future, (key, _) in batch:
+                if self._forget(key, future) and future.set_running_or_notify_cancel():
+                    future.set_exception(exc)
+            return
+        for (future, (key, _)), (_, task_id) in zip(batch, statuses):
+            future._task_id = task_id
+            answer = answers.get(key)
+            if answer is not None and self._forget(key, future):
+                self._resolve_future(future, *answer)
+
+    def _flush(self):
+        """Wait until everything submitted so far is stored (or cancelled)."""
+        with self._lock:
+            while self._outbox or self._in_flight:
+                self._stored.wait()
 
     def map(self, fn, *iterables, timeout=None, chunksize=1, buffersize=None):
         """Like Executor.map; at most ``buffersize`` tasks (chunks) are stored
@@ -467,19 +577,37 @@ class _PersistentExecutor(concurrent.futures.Executor):
         else:
             future.set_exception(value)
 
+    def _cancel_stored(self, task_id):
+        """Delete a stored task that has not started: unleased, or waiting
+        in the batch of one of this pool's workers.  False if it started (or
+        another pool's worker holds it)."""
+        if task_id is None:  # answered from the stored results
+            return False
+        if self._engine.delete_unleased(task_id):
+            return True
+        if any(slot.cancel(task_id) for slot in self._slots_of_workers()):
+            self._engine.delete(task_id)
+            return True
+        return False
+
     def _forget(self, key, future):
+        """Stop waiting for ``future``'s result; False if nobody was."""
         with self._lock:
             futures = self._pending.get(key, [])
-            if future in futures:
+            found = future in futures
+            if found:
                 futures.remove(future)
             if not futures:
                 self._pending.pop(key, None)
+            return found
 
     def _mark_broken(self, reason):
         logger.error("pool on %s is broken: %s", self._engine.location, reason)
         with self._lock:
             self._broken = reason
             pending, self._pending = self._pending, {}
+            self._outbox.clear()
+            self._stored.notify_all()
         error = self._broken_error(reason)
         for futures in pending.values():
             for future in futures:
@@ -496,9 +624,12 @@ class _PersistentExecutor(concurrent.futures.Executor):
         with self._lock:
             self._shutdown = True
             pending = [f for futures in self._pending.values() for f in futures]
+            self._outbox_filled.notify()
         if cancel_futures:
             for future in pending:
                 future.cancel()
+        self._storer.join()
+        _live_executors.discard(self)
         concurrent.futures.wait(pending)
         if self._run_workers:
             self._stop_workers()
@@ -582,7 +713,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         self._manager.start()
 
     def _spawn(self):
-        slot = _SharedSlot(self._mp)
+        slot = _Slot(self._mp)
         proc = self._mp.Process(
             target=_process_worker,
             args=(self._cfg, slot, self._stop, self._initializer,
@@ -628,7 +759,10 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
             for other in list(self._workers):
                 other.terminate()
             return
-        task_id, lease = slot.task_id, slot.lease
+        task_id, (lease, held) = slot.task_id, slot.held()
+        for other, _ in held:  # waiting, or done but not stored: no attempt lost
+            if other != task_id:
+                self._engine.release(other, lease, attempted=False)
         if not task_id:
             return  # it stopped between tasks (max_tasks_per_child, shutdown)
         why = self._killed.pop(proc.pid, None)
@@ -642,8 +776,11 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         _settle_failure(self._engine, self._cfg, task_id, lease, msg.key, msg.attempts,
                         type(exc)(exc_text), exc_text)
 
+    def _slots_of_workers(self):
+        return list(self._workers.values()) if self._run_workers else []
+
     def _heartbeat(self):
-        _extend_leases(self._engine, self._cfg, list(self._workers.values()))
+        _extend_leases(self._engine, self._cfg, self._slots_of_workers())
 
     def _enforce_timeout(self):
         now = time.time()
@@ -663,44 +800,74 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
 
 
 class _Slot:
-    """What one thread worker runs now: task id (0: none), lease, and since
-    when its function runs (0.0 while it is still being unpickled)."""
+    """What one worker holds, shared with the pool: the tasks of its last
+    lease (ids, one lease token), each waiting, started or dropped; the task
+    it runs now (0: none) and since when its function runs (0.0 while it is
+    being unpickled).  In shared memory for a process worker (``ctx``).
 
-    def __init__(self):
-        self.task_id, self.lease, self.started, self.state = 0, 0, 0.0, _IDLE
-
-    def start(self, task_id, lease):
-        self.started, self.lease, self.task_id = 0.0, lease, task_id
-
-    def running(self):
-        self.started = time.time()
-
-    def finish(self):
-        self.task_id = 0
-
-    def fail_init(self):
-        self.state = _INIT_FAILED
-
-
-class _SharedSlot(_Slot):
-    """The same for a process worker, in memory shared with the manager.
-
-    The worker writes the task id last and clears it first, so the manager
-    never pairs an id with another task's lease for long; if it does, the
-    lease check in the engine makes its action a no-op.
+    The worker claims a task before it starts it and the pool cancels one
+    only while it waits, both under the slot's lock, so a task is either
+    run or cancelled, never both.
     """
 
-    def __init__(self, ctx):
-        self._ints = ctx.RawArray(ctypes.c_longlong, 3)  # task id, lease, state
-        self._started = ctx.RawValue(ctypes.c_double, 0.0)
+    def __init__(self, ctx=None):
+        if ctx is None:
+            self._lock = threading.Lock()
+            self._ids, self._states = [0] * _BATCH_MAX, [_WAITING] * _BATCH_MAX
+            self._ints, self._started = [0, 0, _IDLE], [0.0]  # task id, lease, state
+        else:
+            self._lock = ctx.Lock()
+            self._ids = ctx.RawArray(ctypes.c_longlong, _BATCH_MAX)
+            self._states = ctx.RawArray(ctypes.c_byte, _BATCH_MAX)
+            self._ints = ctx.RawArray(ctypes.c_longlong, 3)
+            self._started = ctx.RawArray(ctypes.c_double, 1)
 
-    def start(self, task_id, lease):
-        self._started.value = 0.0
-        self._ints[1] = lease
-        self._ints[0] = task_id
+    def publish(self, messages):
+        """The worker leased ``messages`` (one lease): they wait their turn."""
+        with self._lock:
+            for i in range(_BATCH_MAX):
+                self._ids[i] = messages[i].id if i < len(messages) else 0
+                self._states[i] = _WAITING
+            self._ints[1] = messages[0].lease if messages else 0
+
+    def claim(self, i):
+        """The worker is about to start task ``i``: False if it was cancelled."""
+        with self._lock:
+            if self._states[i] != _WAITING:
+                return False
+            self._states[i] = _STARTED
+            self._started[0] = 0.0
+            self._ints[0] = self._ids[i]
+            return True
+
+    def take_back(self, i):
+        """The worker hands back task ``i`` unstarted: False if it was cancelled."""
+        with self._lock:
+            if self._states[i] != _WAITING:
+                return False
+            self._states[i] = _DROPPED
+            return True
+
+    def cancel(self, task_id):
+        """The pool cancels ``task_id`` if it waits here; True if it did."""
+        with self._lock:
+            for i in range(_BATCH_MAX):
+                if self._ids[i] == task_id:
+                    if self._states[i] != _WAITING:
+                        return False
+                    self._states[i] = _DROPPED
+                    return True
+        return False
+
+    def held(self):
+        """(lease, [(task id, started?)]) of the tasks not dropped."""
+        with self._lock:
+            return self._ints[1], [(self._ids[i], self._states[i] == _STARTED)
+                                   for i in range(_BATCH_MAX)
+                                   if self._ids[i] and self._states[i] != _DROPPED]
 
     def running(self):
-        self._started.value = time.time()
+        self._started[0] = time.time()
 
     def finish(self):
         self._ints[0] = 0
@@ -711,7 +878,7 @@ class _SharedSlot(_Slot):
     task_id = property(lambda self: self._ints[0])
     lease = property(lambda self: self._ints[1])
     state = property(lambda self: self._ints[2])
-    started = property(lambda self: self._started.value)
+    started = property(lambda self: self._started[0])
 
 
 class PersistentThreadPoolExecutor(_PersistentExecutor):
@@ -749,6 +916,9 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
                 self._stop_event.set()
                 return
         _worker_loop(self._engine, self._cfg, slot, self._stop_event.is_set)
+
+    def _slots_of_workers(self):
+        return self._slots if self._run_workers else []
 
     def _heartbeat_loop(self):
         while not self._stop_event.wait(self._cfg.lease_seconds / 3):

@@ -204,6 +204,13 @@ UPDATE {p}messages
  WHERE id = ? AND lease = ? AND visible_at IS NOT NULL
 RETURNING queue"""
 
+RELEASE_UNATTEMPTED = """
+UPDATE {p}messages
+   SET visible_at = ?, lease = NULL, last_error = coalesce(?, last_error),
+       attempts = max(attempts - 1, 0)
+ WHERE id = ? AND lease = ? AND visible_at IS NOT NULL
+RETURNING queue"""
+
 DEAD_LETTER = """
 UPDATE {p}messages
    SET visible_at = NULL, lease = NULL, dead_at = ?, dead_reason = ?,

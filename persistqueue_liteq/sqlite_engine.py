@@ -251,26 +251,30 @@ class SQLiteEngine(Engine):
                             lasting=dead_reason is not None)
         return held
 
-    def complete_and_lease(self, msg_id, lease, key, ok, data, seconds):
+    def complete_many(self, queue, outcomes, lease=0, seconds=0.0):
+        acks = 0
         with self._conns.transaction() as conn:
-            queue, held = self._complete_in(conn, msg_id, lease, key, ok, data, None)
+            for msg_id, token, key, ok, data in outcomes:
+                if self._complete_in(conn, msg_id, token, key, ok, data, None)[1]:
+                    acks += 1
             rows = []
-            if queue is not None:
+            if lease:
                 now = clock()
                 token = _new_token()
                 rows = conn.execute(self.sql.LEASE_FIFO, {
-                    "queue": queue, "now": now, "until": now + seconds, "lease": token, "n": 1,
+                    "queue": queue, "now": now, "until": now + seconds, "lease": token,
+                    "n": lease,
                 }).fetchall()
-        if queue is not None:
+        if outcomes:
             self._notifier.notify("done", queue)
-            if held:
-                self._count(queue, "acks")
+            if acks:
+                self._count(queue, "acks", acks)
         if not rows:
-            return None
-        row = rows[0]
-        self._count_deliveries(queue, rows[0][3])
-        return Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, now + seconds,
-                       row[5], row[6], row[7], None, None, row[8])
+            return []
+        self._count_deliveries(queue, *(row[3] for row in rows))
+        return sorted((Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token,
+                               now + seconds, row[5], row[6], row[7], None, None, row[8])
+                       for row in rows), key=lambda m: m.id)
 
     def _complete_in(self, conn, msg_id, lease, key, ok, data, dead_reason):
         s = self.sql
@@ -408,8 +412,9 @@ class SQLiteEngine(Engine):
             self._notifier.notify("put", rows[0][0])
         return bool(rows)
 
-    def release(self, msg_id, lease, delay=0.0, error=None):
-        return self._settle(self.sql.RELEASE, (clock() + delay, error, msg_id, lease), "put")
+    def release(self, msg_id, lease, delay=0.0, error=None, attempted=True):
+        statement = self.sql.RELEASE if attempted else self.sql.RELEASE_UNATTEMPTED
+        return self._settle(statement, (clock() + delay, error, msg_id, lease), "put")
 
     def dead_letter(self, msg_id, lease, reason, error=None):
         with self._conns.transaction() as conn:

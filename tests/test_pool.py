@@ -256,6 +256,69 @@ def test_cancel_removes_tasks_that_have_not_started(make_pool, tmp_path):
         assert f.read().split() == ["after"]
 
 
+@pytest.fixture
+def big_batches(monkeypatch):
+    """Workers lease up to _BATCH_MAX tasks at once from their second lease
+    on, whatever the speed of the machine (process pools: fork only)."""
+    monkeypatch.setattr(pool_module, "_BATCH_SECONDS", 3600.0)
+
+
+def test_cancel_reaches_tasks_waiting_in_a_workers_batch(db, tmp_path, big_batches):
+    gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
+    log = str(tmp_path / "log")
+    with PersistentThreadPoolExecutor(db, max_workers=1, **FAST) as ex:
+        assert ex.submit(square, 2).result(60) == 4  # the next lease takes a batch
+        busy, *waiting = ex._submit_many(  # stored in one transaction
+            [(None, block_until, (gate, started), {})]
+            + [(None, record, (log, i), {}) for i in range(5)])
+        wait_for_file(started)
+        # All six are leased, by the one worker: nothing waits unleased.
+        assert ex._engine.count(ex._cfg.queue, "live") == 6
+        assert ex._engine.count(ex._cfg.queue, "waiting") == 0
+        assert all(f.cancel() for f in waiting)
+        assert all(f.cancelled() for f in waiting)
+        assert ex._engine.count(ex._cfg.queue, "live") == 1
+        open(gate, "w").close()
+        assert busy.result(60) == "released"
+        assert ex.submit(record, log, "after").result(60) == "after"
+    with open(log) as f:
+        assert f.read().split() == ["after"]
+
+
+def test_a_dead_workers_unstarted_batch_costs_no_attempt(db, tmp_path, big_batches):
+    """max_retries=0: an attempt lost by the waiting tasks would dead-letter
+    them; lease_seconds=600: if they were not handed back at once they would
+    wait for their leases to run out."""
+    marker, log = str(tmp_path / "marker"), str(tmp_path / "log")
+    with PersistentProcessPoolExecutor(db, max_workers=1, max_retries=0, lease_seconds=600,
+                                       mp_context=multiprocessing.get_context("fork")) as ex:
+        assert ex.submit(square, 2).result(60) == 4
+        dying, *waiting = ex._submit_many(
+            [(None, kill_self_once, (marker, "second life"), {})]
+            + [(None, record, (log, i), {}) for i in range(5)])
+        with pytest.raises(WorkerDied, match="signal SIGKILL"):
+            dying.result(60)  # its one attempt
+        assert [f.result(60) for f in waiting] == list(range(5))
+    with open(log) as f:
+        assert f.read().split() == [str(i) for i in range(5)]
+
+
+def test_tasks_submitted_before_exit_are_stored(db):
+    """submit returns before its task is stored; an interpreter that exits
+    without shutdown() still stores everything first."""
+    script = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from persistqueue_liteq import PersistentProcessPoolExecutor\n"
+        "from tests.test_pool import square\n"
+        "ex = PersistentProcessPoolExecutor(%r, run_workers=False)\n"
+        "futures = [ex.submit(square, i) for i in range(500)]\n"
+        % (ROOT, db))
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    engine = SQLiteEngine(db)
+    assert engine.count("tasks") == 500
+    engine.close()
+
+
 def test_shutdown_can_cancel_pending_futures(make_pool, tmp_path):
     ex = make_pool(max_workers=1)
     gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
@@ -367,8 +430,8 @@ def test_a_pool_without_workers_collects_what_another_runs(db, tmp_path):
     with PersistentThreadPoolExecutor(db, max_workers=2):  # the service
         assert [f.result(60) for f in futures] == [i * i for i in range(5)]
     client.shutdown()
-    later = PersistentProcessPoolExecutor(db, run_workers=False)  # collect later
-    assert later.submit(square, 3).result(0) == 9
+    later = PersistentProcessPoolExecutor(db, run_workers=False)  # collect later:
+    assert later.submit(square, 3).result(60) == 9  # no worker anywhere: from the file
     later.shutdown()
 
 
