@@ -200,9 +200,11 @@ class Engine(abc.ABC):
     def put_keyed(self, queue, items):
         """Store keyed messages, each once: ``items`` is an iterable of
         (key, data).  In one transaction, for each key: if a result is stored
-        under it, nothing is stored and its status is "done"; if a message
-        with that key is already there (live or dead), "queued"; otherwise
-        the message is stored, "new".  Returns [(status, id or None)]."""
+        under it, nothing is stored and its status is "done"; if a live
+        message with that key is there, "queued"; otherwise the message is
+        stored, "new" (a dead one with that key, whose outcome was
+        forgotten, is brought back with ``data`` and no attempts).  Returns
+        [(status, id or None)]."""
 
     # -- results of keyed messages -------------------------------------------
 

@@ -63,6 +63,7 @@ from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 
 from . import _checks
+from .engine import clock
 from .exceptions import SerializationError, TaskTimeout, WorkerDied
 from .sql import DEFAULT_PREFIX
 from .sqlite_engine import SQLiteEngine
@@ -249,7 +250,10 @@ def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None):
             if stopping:
                 return
             if not batch:
-                waiter.wait(_IDLE_CHECK)
+                # Until a put wakes us, or a retry's backoff or a lease ends.
+                due = engine.next_visible_at(cfg.queue)
+                waiter.wait(_IDLE_CHECK if due is None else
+                            min(_IDLE_CHECK, max(due - clock(), 0.001)))
                 continue
             began, ran = time.monotonic(), 0
             for i, msg in enumerate(batch):

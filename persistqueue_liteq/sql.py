@@ -137,7 +137,14 @@ LAST_ID = "SELECT last_insert_rowid()"
 INSERT_KEYED = """
 INSERT INTO {p}messages (queue, data, key, visible_at, created_at) VALUES (?, ?, ?, ?, ?)"""
 
-FIND_KEY = "SELECT id FROM {p}messages WHERE queue = ? AND key = ?"
+FIND_KEY = "SELECT id, visible_at IS NULL FROM {p}messages WHERE queue = ? AND key = ?"
+
+# A dead keyed message whose stored failure was forgotten, submitted again.
+REVIVE_KEYED = """
+UPDATE {p}messages
+   SET data = ?, visible_at = ?, lease = NULL, attempts = 0, dead_at = NULL,
+       dead_reason = NULL, last_error = NULL
+ WHERE id = ? AND visible_at IS NULL"""
 
 # -- results ----------------------------------------------------------------
 

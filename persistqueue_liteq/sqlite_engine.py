@@ -229,7 +229,11 @@ class SQLiteEngine(Engine):
                     continue
                 row = conn.execute(s.FIND_KEY, (queue, key)).fetchone()
                 if row is not None:
-                    out.append(("queued", row[0]))
+                    if row[1]:  # dead, its failure forgotten: it runs again
+                        conn.execute(s.REVIVE_KEYED, (data, now, row[0]))
+                        out.append(("new", row[0]))
+                    else:
+                        out.append(("queued", row[0]))
                     continue
                 cursor = conn.execute(s.INSERT_KEYED, (queue, data, key, now, now))
                 out.append(("new", cursor.lastrowid))

@@ -46,6 +46,18 @@ def test_complete_can_dead_letter_with_the_outcome(engine):
     assert engine.put_keyed("tasks", [("k1", b"a")]) == [("done", None)]
 
 
+def test_a_dead_key_whose_outcome_was_forgotten_comes_back(engine):
+    (first,) = engine.put_keyed("tasks", [("k1", b"a")])
+    (msg,) = engine.lease("tasks", 1, 60)
+    engine.complete(msg.id, msg.lease, "k1", False, b"exc", dead_reason="poison")
+    assert engine.put_keyed("tasks", [("k1", b"a")]) == [("done", None)]
+    assert engine.forget_results("tasks") == 1
+    assert engine.put_keyed("tasks", [("k1", b"fixed")]) == [("new", first[1])]
+    assert engine.dead_letters("tasks") == []
+    (again,) = engine.lease("tasks", 1, 60)
+    assert (again.id, again.data, again.attempts, again.dead_reason) == (msg.id, b"fixed", 1, None)
+
+
 def test_an_outcome_is_kept_even_if_the_lease_was_lost(engine):
     engine.put_keyed("tasks", [("k1", b"a")])
     (stale,) = engine.lease("tasks", 1, 0)

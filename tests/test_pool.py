@@ -13,6 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 
 from persistqueue_liteq import pool as pool_module
+from persistqueue_liteq import wakeup
 from persistqueue_liteq.exceptions import SerializationError, TaskTimeout, WorkerDied
 from persistqueue_liteq.pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
 from persistqueue_liteq.sqlite_engine import SQLiteEngine
@@ -239,6 +240,28 @@ def test_a_poison_task_lands_in_the_dead_letter_queue_and_can_be_redriven(make_p
     assert ex.redrive() == 1
     with pytest.raises(ValueError):  # the same task, run again from the start
         ex.submit(fail, "poison").result(60)
+
+
+def test_a_retry_runs_when_its_backoff_ends(db, tmp_path, monkeypatch):
+    """No idle look-around (an hour): the worker wakes for the retry itself."""
+    monkeypatch.setattr(pool_module, "_IDLE_CHECK", 3600.0)
+    monkeypatch.setattr(wakeup, "SAFETY_INTERVAL", 3600.0)
+    with PersistentThreadPoolExecutor(db, max_workers=1, max_retries=1,
+                                      retry_backoff=0.05) as ex:
+        assert ex.submit(fail_once, str(tmp_path / "marker")).result(60) == "recovered"
+
+
+def test_a_dead_task_runs_again_once_its_failure_is_forgotten(make_pool):
+    ex = make_pool(max_retries=0)
+    with pytest.raises(ValueError, match="poison"):
+        ex.submit_keyed("job-1", fail, "poison").result(60)
+    with pytest.raises(ValueError, match="poison"):  # answered from the file
+        ex.submit_keyed("job-1", fail, "poison").result(60)
+    assert [m.key for m in ex.dead_letters()] == ["job-1"]
+    assert ex.forget_results() == 1
+    with pytest.raises(ValueError, match="again"):  # run again, not left hanging
+        ex.submit_keyed("job-1", fail, "again").result(60)
+    assert [m.key for m in ex.dead_letters()] == ["job-1"]
 
 
 def test_cancel_removes_tasks_that_have_not_started(make_pool, tmp_path):
