@@ -43,8 +43,7 @@ def drain(path):
     print("all jobs done, none lost")
 
 
-def main():
-    path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(tempfile.mkdtemp(), "jobs.db")
+def main(path):
     for role in ("produce", "work_and_crash"):
         subprocess.run([sys.executable, __file__, role, path])
     drain(path)
@@ -53,5 +52,8 @@ def main():
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] in ("produce", "work_and_crash"):
         globals()[sys.argv[1]](sys.argv[2])
+    elif len(sys.argv) > 1:
+        main(sys.argv[1])
     else:
-        main()
+        with tempfile.TemporaryDirectory() as tmp:
+            main(os.path.join(tmp, "jobs.db"))
