@@ -143,23 +143,31 @@ class Connections:
 
     # -- running statements ---------------------------------------------------
 
-    @contextlib.contextmanager
-    def writing(self):
-        """Hold this process's write lock (up to ``timeout`` seconds)."""
+    def _acquire_writer(self):
+        """Take this process's write lock, waiting up to ``timeout`` seconds."""
         if not self.writer.acquire(timeout=self.timeout if self.timeout > 0 else -1):
             raise DatabaseBusy(
                 "%s: another thread of this process held the write lock for more than "
                 "timeout_seconds=%g" % (self.path, self.timeout)
             )
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Hold this process's write lock (up to ``timeout`` seconds)."""
+        self._acquire_writer()
         try:
             yield
         finally:
             self.writer.release()
 
     def write(self, work):
-        """:meth:`run` for a statement that writes."""
-        with self.writing():
+        """:meth:`run` for a statement that writes (the hot path:
+        :meth:`writing` without a generator)."""
+        self._acquire_writer()
+        try:
             return self.run(work)
+        finally:
+            self.writer.release()
 
     def run(self, work):
         """Return ``work(conn)``: one autocommit statement, or reads, retried
