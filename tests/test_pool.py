@@ -58,6 +58,36 @@ def exit_hard(code):
     os._exit(code)
 
 
+def segfault():
+    import ctypes
+    import faulthandler
+
+    faulthandler.disable()  # no traceback on the test's stderr
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
+
+
+def exhaust_memory():
+    """What the kernel's OOM killer does to a worker (without starving the
+    machine): the process is killed by SIGKILL while it allocates."""
+    hog = []
+    while True:
+        hog.append(bytearray(1 << 20))
+        if len(hog) == 64:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def allocate_beyond_limit():
+    """An allocation refused by the address-space limit: MemoryError."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 31, hard))
+    try:
+        return len(bytearray(1 << 32))
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def fail_once(marker):
     if not os.path.exists(marker):
         open(marker, "w").close()
@@ -215,6 +245,28 @@ def test_a_worker_exit_code_is_named(db):
         with pytest.raises(WorkerDied, match="exit code 3"):
             ex.submit(exit_hard, 3).result(60)
         assert ex.submit(square, 3).result(60) == 9
+
+
+def test_a_segfault_costs_one_attempt_and_is_named(db):
+    with PersistentProcessPoolExecutor(db, max_workers=1, max_retries=1, retry_backoff=0) as ex:
+        crashing = ex.submit(segfault)
+        others = [ex.submit(square, i) for i in range(5)]
+        with pytest.raises(WorkerDied, match="signal SIGSEGV.*attempt 2 of 2"):
+            crashing.result(60)
+        assert [f.result(60) for f in others] == [i * i for i in range(5)]
+        (dead,) = ex.dead_letters()
+        assert "SIGSEGV" in dead.dead_reason
+
+
+def test_out_of_memory_fails_only_its_task(db):
+    with PersistentProcessPoolExecutor(db, max_workers=1, max_retries=0) as ex:
+        killed = ex.submit(exhaust_memory)
+        refused = ex.submit(allocate_beyond_limit)
+        with pytest.raises(WorkerDied, match="signal SIGKILL"):
+            killed.result(60)
+        with pytest.raises(MemoryError):
+            refused.result(60)
+        assert ex.submit(square, 7).result(60) == 49
 
 
 def test_a_task_over_its_timeout_is_killed_and_counted(db):
