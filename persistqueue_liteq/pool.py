@@ -167,6 +167,9 @@ class _Config:
 
     def __init__(self, path, queue, engine_options, lease_seconds, max_retries,
                  retry_backoff, retry_backoff_max):
+        # Read when the pool is made, so that a worker started by spawn or
+        # forkserver sees what its pool's process has (tests change it).
+        self.batch_seconds = _BATCH_SECONDS
         self.path = path
         self.queue = queue
         self.engine_options = engine_options
@@ -231,7 +234,7 @@ def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None):
     """Lease tasks, run them and store their outcomes, until told to stop.
 
     A worker leases as many ready tasks at once as it runs in about
-    _BATCH_SECONDS (one at a time for slower tasks, at most _BATCH_MAX) and
+    ``cfg.batch_seconds`` (one at a time for slower tasks, at most _BATCH_MAX) and
     stores their results in the transaction that leases the next ones.  It
     publishes in ``slot`` what it holds, so that the pool can cancel a task
     that has not started, extend the leases, and hand them back if the
@@ -275,7 +278,7 @@ def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None):
                     outcomes.append((msg.id, msg.lease, msg.key, True, data))
             if ran:
                 per_task = (time.monotonic() - began) / ran
-                size = max(1, min(_BATCH_MAX, int(_BATCH_SECONDS / per_task) if per_task else
+                size = max(1, min(_BATCH_MAX, int(cfg.batch_seconds / per_task) if per_task else
                                   _BATCH_MAX))
 
 

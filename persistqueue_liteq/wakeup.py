@@ -21,6 +21,11 @@ could not be delivered (a producer running as another user, say) it looks at
 the queue again every ``SAFETY_INTERVAL`` seconds anyway.  A socket left
 behind by a killed process is refused on the next send and removed then.
 
+The last waiter to leave a channel removes its directories, so that the
+temporary directory does not fill up with one per queue file ever used; a
+waiter that finds its directory removed between making it and binding in it
+makes it again.
+
 Where Unix datagram sockets do not exist (Windows) waiting falls back to
 polling every ``POLL_INTERVAL`` seconds.
 """
@@ -88,17 +93,11 @@ class Notifier:
         self._directories = {}  # (kind, queue) -> directory
 
     def _directory(self, kind, queue):
-        """The channel's directory, made the first time this process asks, so
-        that ``notify`` finds it without raising (an exception per put costs)."""
+        """The channel's directory (made by its first waiter)."""
         try:
             return self._directories[kind, queue]
         except KeyError:
             directory = os.path.join(self._root, "%s-%s" % (kind, _digest(queue, 6)))
-            if HAVE_SOCKETS:
-                try:
-                    os.makedirs(directory, exist_ok=True)
-                except OSError:
-                    pass  # notify() and waiters cope with a missing directory
             if len(self._directories) < 10_000:
                 self._directories[kind, queue] = directory
             return directory
@@ -110,8 +109,7 @@ class Notifier:
         directory = self._directory(kind, queue)
         try:
             mtime = os.stat(directory).st_mtime_ns
-        except FileNotFoundError:  # removed under us (a tmp cleaner): make it again
-            self._directories.pop((kind, queue), None)
+        except FileNotFoundError:  # no waiter
             return
         cached = self._cache.get(directory)
         if cached is None or cached[0] != mtime or not cached[1]:
@@ -133,6 +131,7 @@ class Notifier:
                     os.unlink(target)
                 except OSError:
                     pass
+                _remove_if_empty(directory)
             except OSError:
                 pass
 
@@ -151,13 +150,21 @@ class _SocketWaiter:
         self._name = None
 
     def __enter__(self):
-        os.makedirs(self._directory, exist_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         name = os.path.join(
             self._directory, "%d-%d" % (os.getpid(), next(_counter))
         )
         try:
-            sock.bind(name)
+            for attempt in itertools.count():
+                try:
+                    os.makedirs(self._directory, exist_ok=True)
+                    sock.bind(name)
+                    break
+                # The last waiter to leave removed a part of it meanwhile
+                # (makedirs says "exists" when it goes between its two looks).
+                except (FileNotFoundError, FileExistsError):
+                    if attempt == 100:
+                        raise
         except BaseException:
             sock.close()
             raise
@@ -186,6 +193,16 @@ class _SocketWaiter:
             os.unlink(self._name)
         except OSError:
             pass
+        _remove_if_empty(self._directory)
+
+
+def _remove_if_empty(directory):
+    """Remove a channel's directory, and its file's, unless waiters are there."""
+    for path in (directory, os.path.dirname(directory)):
+        try:
+            os.rmdir(path)
+        except OSError:  # not empty (or gone already)
+            return
 
 
 class _PollingWaiter:

@@ -241,7 +241,55 @@ def test_join_is_woken_by_an_ack_in_another_thread(q, announced_waits):
 def test_a_waiter_leaves_no_socket_behind(q):
     q.pop(wait_seconds=0.05)
     directory = q.engine._notifier._directory("put", "default")
-    assert os.listdir(directory) == []
+    assert not os.path.exists(directory)
+
+
+def test_the_last_waiter_of_a_file_removes_its_directories(q):
+    # A prefix of its own: a file of an earlier test with the same inode may
+    # have left a killed process's socket in the directory of the default one.
+    notifier = wakeup.Notifier(q.filename, "p%d_" % os.getpid())
+    directory = notifier._directory("put", "default")
+    with notifier.waiter("put", "default"):
+        assert os.listdir(directory) != []
+    assert not os.path.exists(directory)
+    assert not os.path.exists(os.path.dirname(directory))
+
+
+def test_waiters_keep_the_directory_of_those_still_waiting(q):
+    notifier = q.engine._notifier
+    directory = notifier._directory("put", "default")
+    with notifier.waiter("put", "default"):
+        with notifier.waiter("put", "default"):
+            assert len(os.listdir(directory)) == 2
+        assert len(os.listdir(directory)) == 1
+    assert not os.path.exists(directory)
+    with notifier.waiter("put", "default") as waiter:  # and come back
+        q.put(b"x")
+        assert waiter.wait(30)
+
+
+def test_waiters_coming_and_going_race_the_removal_of_their_directory(q):
+    """One waiter leaving removes the directories another is making or binding
+    in: the latter makes them again (this raised FileNotFoundError once)."""
+    notifier = q.engine._notifier
+    errors, start = [], threading.Barrier(8)
+
+    def come_and_go():
+        start.wait()
+        try:
+            for _ in range(300):
+                with notifier.waiter("put", "default"):
+                    pass
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=come_and_go) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert not os.path.exists(notifier._directory("put", "default"))
 
 
 def test_a_socket_left_by_a_killed_waiter_is_cleaned_up(q, db, fork):
@@ -254,7 +302,7 @@ def test_a_socket_left_by_a_killed_waiter_is_cleaned_up(q, db, fork):
     directory = q.engine._notifier._directory("put", "default")
     assert len(os.listdir(directory)) == 1
     q.put(b"nobody listens")
-    assert os.listdir(directory) == []
+    assert not os.path.exists(directory)
 
 
 # -- crashes ------------------------------------------------------------------------

@@ -333,8 +333,8 @@ def test_cancel_removes_tasks_that_have_not_started(make_pool, tmp_path):
 
 @pytest.fixture
 def big_batches(monkeypatch):
-    """Workers lease up to _BATCH_MAX tasks at once from their second lease
-    on, whatever the speed of the machine (process pools: fork only)."""
+    """Workers of pools made from now on lease up to _BATCH_MAX tasks at once
+    from their second lease on, whatever the speed of the machine."""
     monkeypatch.setattr(pool_module, "_BATCH_SECONDS", 3600.0)
 
 
@@ -365,8 +365,7 @@ def test_a_dead_workers_unstarted_batch_costs_no_attempt(db, tmp_path, big_batch
     them; lease_seconds=600: if they were not handed back at once they would
     wait for their leases to run out."""
     marker, log = str(tmp_path / "marker"), str(tmp_path / "log")
-    with PersistentProcessPoolExecutor(db, max_workers=1, max_retries=0, lease_seconds=600,
-                                       mp_context=multiprocessing.get_context("fork")) as ex:
+    with PersistentProcessPoolExecutor(db, max_workers=1, max_retries=0, lease_seconds=600) as ex:
         assert ex.submit(square, 2).result(60) == 4
         dying, *waiting = ex._submit_many(
             [(None, kill_self_once, (marker, "second life"), {})]
