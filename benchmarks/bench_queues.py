@@ -283,15 +283,17 @@ def _mt_ops(kind, directory):
     return q.put, lambda timeout: q.get(timeout=timeout), q.ack, lambda: None
 
 
-def mt_run(kind, directory, n):
+def mt_run(kind, directory, n, producers=2, consumers=2):
+    """``producers`` threads put ``n`` items each, ``consumers`` threads get
+    and acknowledge them (run_all.py varies the counts)."""
     put, get, done, close = _mt_ops(kind, directory)
-    total = 2 * n
+    total = producers * n
     lock = threading.Lock()
     claimed = [0]
     seen: List[int] = []
     errors: List[str] = []
     last = [0.0]
-    barrier = threading.Barrier(5)
+    barrier = threading.Barrier(producers + consumers + 1)
 
     def producer(p):
         try:
@@ -321,8 +323,8 @@ def mt_run(kind, directory, n):
                 seen.extend(mine)
                 last[0] = max(last[0], now)
 
-    threads = [threading.Thread(target=producer, args=(p,)) for p in (1, 2)]
-    threads += [threading.Thread(target=consumer, args=(c,)) for c in (1, 2)]
+    threads = [threading.Thread(target=producer, args=(p,)) for p in range(1, producers + 1)]
+    threads += [threading.Thread(target=consumer, args=(c,)) for c in range(1, consumers + 1)]
     try:
         for t in threads:
             t.start()
@@ -338,9 +340,39 @@ def mt_run(kind, directory, n):
 # -- 3. processes -----------------------------------------------------------------
 
 
+PQ_POLLED = "persist-queue SQLiteAckQueue, polled get"
+POLL_INTERVAL = 0.001  # seconds between two looks of PolledAckQueue.get
+
+
+class PolledAckQueue:
+    """persist-queue's SQLiteAckQueue, ``get(timeout=...)`` polling
+    ``get(block=False)`` every POLL_INTERVAL (used by run_all.py).
+
+    SQLiteAckQueue's own blocking get waits on a threading.Event that only a
+    put in the same process sets; for a put in another process it looks
+    again only every 10 s (its TICK_FOR_WAIT).  This is what a user of it
+    across processes would write instead."""
+
+    def __init__(self, path):
+        self._q = SQLiteAckQueue(path)
+        self.put, self.ack = self._q.put, self._q.ack
+
+    def get(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._q.get(block=False)
+            except EMPTY:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(POLL_INTERVAL)
+
+
 def _mp_open(kind, directory):
     if kind == "PersistentQueue":
         return PersistentQueue(os.path.join(directory, "liteq.sqlite"))
+    if kind == PQ_POLLED:
+        return PolledAckQueue(os.path.join(directory, "pq-ack"))
     return SQLiteAckQueue(os.path.join(directory, "pq-ack"))
 
 
@@ -396,26 +428,28 @@ def _mp_context():
     return multiprocessing.get_context("fork" if "fork" in methods else "forkserver")
 
 
-def mp_run(kind, directory, n):
+def mp_run(kind, directory, n, producers=2, consumers=2):
+    """``producers`` processes put ``n`` items each, ``consumers`` processes
+    get and acknowledge them (run_all.py varies the counts)."""
     ctx = _mp_context()
     # Create the file (tables) before the workers open it.
     q = _mp_open(kind, directory)
     if kind == "PersistentQueue":
         q.close()
     del q
-    barrier = ctx.Barrier(5)
+    barrier = ctx.Barrier(producers + consumers + 1)
     producers_done = ctx.Event()
     err = lambda name: os.path.join(directory, "err-%s" % name)  # noqa: E731
-    idfiles = [os.path.join(directory, "ids-%d" % c) for c in (1, 2)]
-    producers = [ctx.Process(target=_mp_producer,
-                             args=(kind, directory, p, n, barrier, err("p%d" % p)))
-                 for p in (1, 2)]
-    consumers = [ctx.Process(target=_mp_consumer,
-                             args=(kind, directory, c, barrier, producers_done,
-                                   idfiles[c - 1], err("c%d" % c)))
-                 for c in (1, 2)]
+    idfiles = [os.path.join(directory, "ids-%d" % c) for c in range(1, consumers + 1)]
+    producer_procs = [ctx.Process(target=_mp_producer,
+                                  args=(kind, directory, p, n, barrier, err("p%d" % p)))
+                      for p in range(1, producers + 1)]
+    consumer_procs = [ctx.Process(target=_mp_consumer,
+                                  args=(kind, directory, c, barrier, producers_done,
+                                        idfiles[c - 1], err("c%d" % c)))
+                      for c in range(1, consumers + 1)]
     errors = []
-    for proc in producers + consumers:
+    for proc in producer_procs + consumer_procs:
         proc.start()
     try:
         barrier.wait(timeout=60)
@@ -423,12 +457,12 @@ def mp_run(kind, directory, n):
     except threading.BrokenBarrierError:
         start = time.monotonic()
         errors.append("a worker never reached the start barrier")
-    for proc in producers:
+    for proc in producer_procs:
         proc.join(600)
     producers_done.set()
-    for proc in consumers:
+    for proc in consumer_procs:
         proc.join(600)
-    for proc in producers + consumers:
+    for proc in producer_procs + consumer_procs:
         if proc.is_alive():
             proc.kill()
             errors.append("%s still alive: killed" % proc.name)
@@ -448,8 +482,8 @@ def mp_run(kind, directory, n):
             continue
         last = max(last, float(lines[0]))
         seen.extend(int(x) for x in lines[1:] if x)
-    total = 2 * n
-    expected = {make_item(p, i)["id"] for p in (1, 2) for i in range(n)}
+    total = producers * n
+    expected = {make_item(p, i)["id"] for p in range(1, producers + 1) for i in range(n)}
     unique = set(seen)
     strays = unique - expected
     if strays:
