@@ -6,8 +6,11 @@ clock are leases that must run out, which is the behaviour under test.
 
 import collections
 import os
+import pathlib
+import shutil
 import signal
 import sqlite3
+import tempfile
 import threading
 
 import pytest
@@ -241,55 +244,60 @@ def test_join_is_woken_by_an_ack_in_another_thread(q, announced_waits):
 def test_a_waiter_leaves_no_socket_behind(q):
     q.pop(wait_seconds=0.05)
     directory = q.engine._notifier._directory("put", "default")
-    assert not os.path.exists(directory)
+    assert os.listdir(directory) == []
 
 
-def test_the_last_waiter_of_a_file_removes_its_directories(q):
-    # A prefix of its own: a file of an earlier test with the same inode may
-    # have left a killed process's socket in the directory of the default one.
-    notifier = wakeup.Notifier(q.filename, "p%d_" % os.getpid())
-    directory = notifier._directory("put", "default")
-    with notifier.waiter("put", "default"):
-        assert os.listdir(directory) != []
-    assert not os.path.exists(directory)
-    assert not os.path.exists(os.path.dirname(directory))
+def test_a_crowded_directory_is_swept_of_empty_ones(q, monkeypatch):
+    base = pathlib.Path(tempfile.mkdtemp(prefix="pq"))  # short: socket paths are
+    monkeypatch.setattr(wakeup, "_swept", False)       # limited to 108 bytes
+    for i in range(wakeup._CROWDED + 1):
+        (base / ("file%d" % i) / "put-abc").mkdir(parents=True)
+    (base / "bare").mkdir()
+    monkeypatch.setattr(wakeup, "_base_dir", lambda: str(base))
+    busy = wakeup.Notifier(q.filename, "busy_")  # a waiter's directory stays
+    with busy.waiter("put", "default"):
+        monkeypatch.setattr(wakeup, "_swept", False)
+        wakeup.Notifier(q.filename, "other_")
+        assert os.listdir(base) == [os.path.basename(busy._root)]
+    shutil.rmtree(base)
 
 
-def test_waiters_keep_the_directory_of_those_still_waiting(q):
+def test_a_waiter_whose_directory_was_swept_makes_it_again(q):
     notifier = q.engine._notifier
     directory = notifier._directory("put", "default")
     with notifier.waiter("put", "default"):
-        with notifier.waiter("put", "default"):
-            assert len(os.listdir(directory)) == 2
-        assert len(os.listdir(directory)) == 1
+        pass
+    wakeup._remove_if_empty(directory)
     assert not os.path.exists(directory)
-    with notifier.waiter("put", "default") as waiter:  # and come back
+    with notifier.waiter("put", "default") as waiter:
         q.put(b"x")
         assert waiter.wait(30)
 
 
-def test_waiters_coming_and_going_race_the_removal_of_their_directory(q):
-    """One waiter leaving removes the directories another is making or binding
-    in: the latter makes them again (this raised FileNotFoundError once)."""
+@pytest.mark.parametrize("swept", ["after makedirs", "inside makedirs"])
+def test_a_waiter_racing_a_sweep_makes_its_directory_again(q, monkeypatch, swept):
+    """A sweep (of another process) removes the directory between the
+    waiter's makedirs and its bind, or between makedirs' own two looks,
+    which then says "exists" for a directory that is gone."""
     notifier = q.engine._notifier
-    errors, start = [], threading.Barrier(8)
+    directory = notifier._directory("put", "default")
+    real_makedirs, calls = os.makedirs, []
 
-    def come_and_go():
-        start.wait()
-        try:
-            for _ in range(300):
-                with notifier.waiter("put", "default"):
-                    pass
-        except Exception as exc:
-            errors.append(exc)
+    def makedirs(path, mode=0o777, exist_ok=False):
+        real_makedirs(path, mode, exist_ok)  # (which calls us for the parent)
+        if path != directory:
+            return
+        calls.append(path)
+        if len(calls) == 1:
+            wakeup._remove_if_empty(path)
+            if swept == "inside makedirs":
+                raise FileExistsError(17, "File exists", path)
 
-    threads = [threading.Thread(target=come_and_go) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert errors == []
-    assert not os.path.exists(notifier._directory("put", "default"))
+    monkeypatch.setattr(wakeup.os, "makedirs", makedirs)
+    with notifier.waiter("put", "default") as waiter:
+        assert calls == [directory, directory]
+        q.put(b"x")
+        assert waiter.wait(30)
 
 
 def test_a_socket_left_by_a_killed_waiter_is_cleaned_up(q, db, fork):
