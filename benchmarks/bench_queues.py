@@ -227,11 +227,14 @@ ST_CONTENDERS = [
 ]
 
 
-def measure_single(root, s):
-    active = [(label, make) for label, make, ok in ST_CONTENDERS if ok]
+def measure_single(root, s, active=None, title="single thread"):
+    """{label: [round trips/s per repetition]} of ``active`` [(label, make)]
+    (default: the installed ST_CONTENDERS); run_all.py passes its own."""
+    if active is None:
+        active = [(label, make) for label, make, ok in ST_CONTENDERS if ok]
     rates = {label: [] for label, _ in active}
     for r in range(s.repeat):
-        log("single thread, repetition %d/%d ..." % (r + 1, s.repeat))
+        log("%s, repetition %d/%d ..." % (title, r + 1, s.repeat))
         for label, make in active if r % 2 == 0 else active[::-1]:
             directory = _fresh(root)
             try:

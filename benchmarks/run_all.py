@@ -276,23 +276,7 @@ SINGLE = [
 
 def measure_single(root, s):
     active = [(label, make) for label, make, ok, _, _ in SINGLE if ok]
-    rates = {label: [] for label, _ in active}
-    for r in range(s.repeat):
-        log("1. single thread, repetition %d/%d ..." % (r + 1, s.repeat))
-        for label, make in order(active, r):
-            directory = fresh(root)
-            try:
-                run, close = make(directory, s.st_ops)
-                try:
-                    run(WARMUP)
-                    start = time.perf_counter()
-                    run(s.st_ops)
-                    rates[label].append(s.st_ops / (time.perf_counter() - start))
-                finally:
-                    close()
-            finally:
-                shutil.rmtree(directory, ignore_errors=True)
-    return rates
+    return bench_queues.measure_single(root, s, active, title="1. single thread")
 
 
 # -- 2. scaling ---------------------------------------------------------------------------------
