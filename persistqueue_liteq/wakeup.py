@@ -168,8 +168,9 @@ class _SocketWaiter:
                     os.makedirs(self._directory, exist_ok=True)
                     sock.bind(name)
                     break
-                # The last waiter to leave removed a part of it meanwhile
-                # (makedirs says "exists" when it goes between its two looks).
+                # A sweep, or a notifier that removed a dead waiter's socket,
+                # removed a part of it meanwhile (makedirs says "exists" when
+                # that happens between its two looks).
                 except (FileNotFoundError, FileExistsError):
                     if attempt == 100:
                         raise
