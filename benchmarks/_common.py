@@ -4,9 +4,12 @@ Imported by the scripts as ``_common`` (a script's own directory is first on
 ``sys.path`` when it is run as ``python benchmarks/bench_*.py``).
 """
 
+import argparse
+import dataclasses
 import os
 import platform
 import statistics
+import sys
 
 
 def filesystem(path):
@@ -40,3 +43,29 @@ def rate(rates):
     """Median and min–max of rates, as "1,234 (1,000–1,500)"."""
     return "%s (%s–%s)" % tuple("{:,.0f}".format(x) for x in
                                 (statistics.median(rates), min(rates), max(rates)))
+
+
+def arguments(doc, quick_help, repeat_help):
+    """A parser with the options every script has: --quick and --repeat."""
+    parser = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--repeat", type=int, help=repeat_help)
+    return parser
+
+
+def settings(parser, args, full, quick):
+    """``quick`` or ``full`` settings, with ``--repeat`` applied if given."""
+    s = quick if args.quick else full
+    if args.repeat is not None:
+        if args.repeat < 1:
+            parser.error("--repeat must be at least 1")
+        s = dataclasses.replace(s, repeat=args.repeat)
+    return s
+
+
+def emit(text, output=None):
+    """Print the report, and write it to ``output`` too if given."""
+    sys.stdout.write(text)
+    if output:
+        with open(output, "w", encoding="utf-8") as out:
+            out.write(text)

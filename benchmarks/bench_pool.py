@@ -532,9 +532,8 @@ def report(header, results, memory, found, s, elapsed):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test (< 30 s)")
-    parser.add_argument("--repeat", type=int, help="repetitions per row (default 5)")
+    parser = _common.arguments(__doc__, "small sizes: a smoke test (< 30 s)",
+                               "repetitions per row (default 5)")
     parser.add_argument("--output", metavar="FILE", help="also write the report to FILE")
     parser.add_argument("--peer-memory", action="store_true",
                         help="also measure loky's and pebble's memory (adds ~40 s)")
@@ -544,11 +543,7 @@ def main(argv=None):
     if args.memory_child:
         memory_child(args.memory_child, args.memory_items)
         return
-    s = QUICK if args.quick else Settings()
-    if args.repeat is not None:
-        if args.repeat < 1:
-            parser.error("--repeat must be at least 1")
-        s = dataclasses.replace(s, repeat=args.repeat)
+    s = _common.settings(parser, args, Settings(), QUICK)
 
     started = time.monotonic()
     found, skipped = contenders()
@@ -569,10 +564,7 @@ def main(argv=None):
     finally:
         shutil.rmtree(root, ignore_errors=True)
     text = report(header, results, memory, found, s, time.monotonic() - started)
-    sys.stdout.write(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
-            out.write(text)
+    _common.emit(text, args.output)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,6 @@ Standard library only (persist-queue is optional: its rows say "skipped"
 when it does not import); the package is imported from the repository root.
 """
 
-import argparse
 import dataclasses
 import multiprocessing
 import os
@@ -73,7 +72,7 @@ import threading
 import time
 import traceback
 from datetime import datetime, timezone
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import _common
 
@@ -591,16 +590,11 @@ def concurrent_table(results, single_rate):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
-    parser.add_argument("--repeat", type=int, help="repetitions per measurement (default 5)")
+    parser = _common.arguments(__doc__, "small sizes: a smoke test",
+                               "repetitions per measurement (default 5)")
     parser.add_argument("--output", metavar="FILE", help="also write the report to FILE")
     args = parser.parse_args(argv)
-    s = QUICK if args.quick else Settings()
-    if args.repeat is not None:
-        if args.repeat < 1:
-            parser.error("--repeat must be at least 1")
-        s = dataclasses.replace(s, repeat=args.repeat)
+    s = _common.settings(parser, args, Settings(), QUICK)
 
     started = time.monotonic()
     root = tempfile.mkdtemp(prefix="bench_queues-")
@@ -664,10 +658,7 @@ def main(argv=None):
         "_Total benchmark time: %.0f s._" % (time.monotonic() - started),
     ]
     text = "\n".join(report) + "\n"
-    sys.stdout.write(text)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
-            out.write(text)
+    _common.emit(text, args.output)
 
 
 if __name__ == "__main__":

@@ -105,7 +105,6 @@ Standard library apart from the peers and matplotlib (the chart); the package
 is imported from the repository root as the other scripts do.
 """
 
-import argparse
 import dataclasses
 import importlib.metadata
 import multiprocessing
@@ -918,17 +917,12 @@ def write_chart(path, single, scaling, latency, sync, pools, found, title):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (under ~3 minutes)")
-    parser.add_argument("--repeat", type=int, help="repetitions per figure (default 5)")
+    parser = _common.arguments(__doc__, "small sizes (under ~3 minutes)",
+                               "repetitions per figure (default 5)")
     parser.add_argument("--out", metavar="DIR", default=os.path.join(HERE, "results"),
                         help="where results.md and chart.png go (default: benchmarks/results)")
     args = parser.parse_args(argv)
-    s = QUICK if args.quick else Settings()
-    if args.repeat is not None:
-        if args.repeat < 1:
-            parser.error("--repeat must be at least 1")
-        s = dataclasses.replace(s, repeat=args.repeat)
+    s = _common.settings(parser, args, Settings(), QUICK)
     os.makedirs(args.out, exist_ok=True)
 
     found, pool_skipped = pool_contenders()
