@@ -14,17 +14,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_example(name, *args):
+    """Run an example to its end; assert it succeeded and return its output."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", name), *args],
         capture_output=True, text=True, timeout=60, env=env,
     )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def test_quickstart_loses_no_job(tmp_path):
-    result = run_example("quickstart.py", str(tmp_path / "jobs.db"))
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = run_example("quickstart.py", str(tmp_path / "jobs.db"))
     assert "restart:  5 jobs still there" in out
     for i in range(1, 6):
         assert "done resize photo %d" % i in out
@@ -33,9 +34,7 @@ def test_quickstart_loses_no_job(tmp_path):
 
 
 def test_threaded_crawler_resumes_after_a_kill(tmp_path):
-    result = run_example("threaded_crawler.py", str(tmp_path / "frontier.db"))
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = run_example("threaded_crawler.py", str(tmp_path / "frontier.db"))
     run1, _, run2 = out.partition("killed after 8 pages\n")
     assert run2, out
     fetched1 = re.findall(r"^fetched (/page\d+\.html)$", run1, re.M)
@@ -50,9 +49,7 @@ def test_threaded_crawler_resumes_after_a_kill(tmp_path):
 
 
 def test_producer_consumer_processes_consume_each_item_once(tmp_path):
-    result = run_example("producer_consumer.py", str(tmp_path / "jobs.db"))
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = run_example("producer_consumer.py", str(tmp_path / "jobs.db"))
     assert "producers put 400 items; all done" in out
     taken = [int(n) for n in re.findall(r"^consumer \d+ took (\d+) items$", out, re.M)]
     assert len(taken) == 3 and sum(taken) == 400
@@ -60,9 +57,7 @@ def test_producer_consumer_processes_consume_each_item_once(tmp_path):
 
 
 def test_durable_pool_retries_then_dead_letters(tmp_path):
-    result = run_example("durable_pool.py", str(tmp_path / "tasks.db"))
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = run_example("durable_pool.py", str(tmp_path / "tasks.db"))
     assert "submit: square(12) = 144" in out
     assert "map: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]" in out
     for text in ("7", "42", "1000"):
@@ -101,9 +96,7 @@ def test_resumable_batch_killed_with_sigkill_resumes(tmp_path):
     finished1 = {int(m) for m in re.findall(r"^done (\d+) ", "".join(lines), re.M)}
     assert len(finished1) >= 10
 
-    second = run_example("resumable_batch.py", db, "--log", str(log))
-    assert second.returncode == 0, second.stderr
-    out = second.stdout
+    out = run_example("resumable_batch.py", db, "--log", str(log))
     done2 = collections.Counter(int(m) for m in re.findall(r"^done (\d+) ", out, re.M))
     assert sorted(done2) == list(range(200)) and set(done2.values()) == {1}
     assert "finished: 200 results, 0 wrong, sum 2646700" in out
@@ -120,9 +113,7 @@ def test_resumable_batch_killed_with_sigkill_resumes(tmp_path):
 
 def test_dead_letters_redrive_after_the_fix(tmp_path):
     db = str(tmp_path / "orders.db")
-    result = run_example("dead_letters.py", db)
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = run_example("dead_letters.py", db)
     before_fix, _, after_fix = out.partition("handler fixed; redriving 1 message(s):\n")
     assert after_fix, out
     for attempt in (1, 2, 3):
@@ -141,9 +132,7 @@ def test_dead_letters_redrive_after_the_fix(tmp_path):
 
 def test_app_database_keeps_the_app_tables(tmp_path):
     db = str(tmp_path / "shop.db")
-    result = run_example("app_database.py", db)
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+    out = run_example("app_database.py", db)
     assert "shop tables: customers, orders\n" in out
     after = re.search(r"^after opening the queue: (.*)$", out, re.M).group(1).split(", ")
     assert "jobs_messages" in after
