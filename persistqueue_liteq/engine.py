@@ -73,11 +73,15 @@ class Metrics:
         self._unflushed = {}  # (queue, name) -> count
         self._next_flush = time.monotonic() + self.flush_interval
 
+    def _forget_if_forked(self):
+        """In a forked child, the parent's counts are the parent's."""
+        if self._generation != _fork.generation:
+            self._reset()
+
     def add(self, queue, name, n=1, lasting=False):
         """Count ``n`` of ``name`` for ``queue``; True when a flush is due."""
         with self._lock:
-            if self._generation != _fork.generation:
-                self._reset()
+            self._forget_if_forked()
             row = self._done.get(queue)
             if row is None:
                 row = self._done[queue] = [0] * len(METRIC_NAMES)
@@ -90,8 +94,7 @@ class Metrics:
     def take(self):
         """The counts to add to the file: {(queue, name): n}, now cleared."""
         with self._lock:
-            if self._generation != _fork.generation:
-                self._reset()
+            self._forget_if_forked()
             pending, self._unflushed = self._unflushed, {}
             self._next_flush = time.monotonic() + self.flush_interval
             return pending
@@ -109,8 +112,7 @@ class Metrics:
     def snapshot(self):
         """{queue: {name: count}} of everything counted since opened."""
         with self._lock:
-            if self._generation != _fork.generation:
-                self._reset()
+            self._forget_if_forked()
             return {queue: dict(zip(METRIC_NAMES, row)) for queue, row in self._done.items()}
 
 
