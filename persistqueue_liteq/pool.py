@@ -402,6 +402,12 @@ class _PersistentExecutor(concurrent.futures.Executor):
         self._shutdown = False
         self._broken = None
         self._seq = self._engine.last_result_seq()
+        # Workers first: with mp_context=fork, a child forked while another
+        # thread of this process is inside SQLite can inherit SQLite's
+        # process-wide mutex locked, and hang at its first statement.
+        self._run_workers = bool(run_workers)
+        if self._run_workers:
+            self._start_workers()
         self._storer = threading.Thread(target=self._store, daemon=True,
                                         name="persistqueue_liteq storer")
         self._storer.start()
@@ -409,9 +415,6 @@ class _PersistentExecutor(concurrent.futures.Executor):
         self._collector = threading.Thread(target=self._collect, daemon=True,
                                            name="persistqueue_liteq collector")
         self._collector.start()
-        self._run_workers = bool(run_workers)
-        if self._run_workers:
-            self._start_workers()
 
     # -- submitting -------------------------------------------------------------
 
