@@ -28,6 +28,16 @@ def filesystem(path):
     return best[1]
 
 
+def machine():
+    """The "- Machine: ..." line that opens every report."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return "- Machine: %s; %s CPUs (%s usable; %s)" % (
+        platform.platform(), os.cpu_count(), usable, cpu_model())
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as info:

@@ -452,7 +452,7 @@ def machine_header(root, s):
     return [
         "# persistqueue_liteq: LiteQueue beside raw sqlite3",
         "",
-        "- Machine: %s; %s CPUs (%s)" % (platform.platform(), os.cpu_count(), _common.cpu_model()),
+        _common.machine(),
         "- Python %s (%s); SQLite %s"
         % (platform.python_version(), platform.python_implementation(), sqlite3.sqlite_version),
         "- Files in %s%s; run %s"

@@ -410,16 +410,11 @@ def _git_state():
 
 
 def machine_header(root, s, found, skipped):
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     fs = _common.filesystem(root)
     lines = [
         "# PersistentProcessPoolExecutor beside ProcessPoolExecutor",
         "",
-        "- Machine: %s; %s CPUs (%s usable; %s)" % (
-            platform.platform(), os.cpu_count(), usable, _common.cpu_model()),
+        _common.machine(),
         "- Python %s (%s); SQLite %s" % (
             platform.python_version(), platform.python_implementation(), sqlite3.sqlite_version),
         "- persistqueue_liteq %s from %s%s" % (

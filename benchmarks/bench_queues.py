@@ -166,8 +166,9 @@ def st_raw(directory, n):
     return run, conn.close
 
 
-def st_memory(directory, n):
-    q = queue.Queue()
+def _round_trips(q):
+    """The single-thread run of a queue.Queue-like ``q``: the same loop for
+    every contender that has put, get and task_done."""
 
     def run(count):
         put, get, done = q.put, q.get, q.task_done
@@ -176,20 +177,16 @@ def st_memory(directory, n):
             get()
             done()
 
-    return run, lambda: None
+    return run
+
+
+def st_memory(directory, n):
+    return _round_trips(queue.Queue()), lambda: None
 
 
 def st_liteq(directory, n):
     q = PersistentQueue(os.path.join(directory, "liteq.sqlite"))
-
-    def run(count):
-        put, get, done = q.put, q.get, q.task_done
-        for i in range(count):
-            put(make_item(0, i))
-            get()
-            done()
-
-    return run, q.close
+    return _round_trips(q), q.close
 
 
 def st_pq_ack(directory, n):
@@ -206,15 +203,7 @@ def st_pq_ack(directory, n):
 
 def st_pq_plain(directory, n):
     q = SQLiteQueue(os.path.join(directory, "pq"), auto_commit=True)
-
-    def run(count):
-        put, get, done = q.put, q.get, q.task_done
-        for i in range(count):
-            put(make_item(0, i))
-            get()
-            done()
-
-    return run, lambda: None
+    return _round_trips(q), lambda: None
 
 
 ST_CONTENDERS = [
@@ -520,7 +509,7 @@ def machine_header(root, s):
     return [
         "# persistqueue_liteq: PersistentQueue beside raw sqlite3, queue.Queue and persist-queue",
         "",
-        "- Machine: %s; %s CPUs (%s)" % (platform.platform(), os.cpu_count(), _common.cpu_model()),
+        _common.machine(),
         "- Python %s (%s); SQLite %s; persist-queue %s"
         % (platform.python_version(), platform.python_implementation(), sqlite3.sqlite_version,
            PQ_VERSION or "not installed (its rows: skipped)"),

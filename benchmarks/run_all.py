@@ -575,10 +575,6 @@ def _x(value, best):
 
 def header(root, s, command):
     fs = _common.filesystem(root)
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     peers = []
     for dist in ("persist-queue", "litequeue", "diskcache", "loky", "pebble", "huey"):
         v = _version(dist)
@@ -586,8 +582,7 @@ def header(root, s, command):
     return [
         "# persistqueue_liteq beside its peers, in one run",
         "",
-        "- Machine: %s; %s CPUs (%s usable; %s)" % (
-            platform.platform(), os.cpu_count(), usable, _common.cpu_model()),
+        _common.machine(),
         "- Python %s (%s); SQLite %s; persistqueue_liteq %s from %s%s" % (
             platform.python_version(), platform.python_implementation(),
             sqlite3.sqlite_version, bench_pool.persistqueue_liteq.__version__,
