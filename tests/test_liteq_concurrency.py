@@ -78,6 +78,52 @@ def test_processes_hammering_one_file_deliver_each_message_once(db, tmp_path, fo
     assert q.integrity_check() == ["ok"]
 
 
+def _round_trips(db, n, start):
+    q = LiteQueue(db)
+    start.wait()
+    for _ in range(n):
+        q.put(b"x" * 100)
+        msg = q.pop()
+        if msg is not None:  # the other process may have taken it
+            q.ack(msg)
+    os._exit(0)
+
+
+def test_the_wal_stays_bounded_while_processes_write_without_pause(q, db, fork):
+    # SQLite's automatic checkpoint never restarted the WAL while two
+    # processes kept writing: it grew past 200 MB in these 10,000 round trips
+    # (and every commit ran a checkpoint).  The WAL only grows between
+    # restarts, so sampling its size sees the peak closely enough.
+    wal = db + "-wal"
+    q.put(b"open")  # this connection keeps the WAL from being removed
+    start = fork.Event()
+    procs = [fork.Process(target=_round_trips, args=(db, 5000, start)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    peak = [0]
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(0.002):
+            try:
+                peak[0] = max(peak[0], os.path.getsize(wal))
+            except FileNotFoundError:
+                pass
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        start.set()
+        for proc in procs:
+            proc.join(120)
+            assert proc.exitcode == 0
+    finally:
+        done.set()
+        watcher.join()
+    assert 0 < peak[0] < 80 << 20, "WAL peaked at %.1f MB" % (peak[0] / 2**20)
+    assert q.integrity_check() == ["ok"]
+
+
 def test_threads_hammering_one_queue_deliver_each_message_once(q):
     n_producers, n_consumers, per_producer = 3, 4, 400
     delivered = []
