@@ -150,21 +150,29 @@ class Connections:
             )
         except sqlite3.Error as exc:
             raise _chained(self.error(exc), exc)
-        try:
-            if self._uri is None:
-                conn.execute("PRAGMA synchronous=%s" % self.synchronous)
-                # After a checkpoint the WAL file is cut back to this size, so
-                # a burst of traffic does not leave a large file behind.
-                conn.execute("PRAGMA journal_size_limit=%d" % (16 << 20))
-                conn.execute("PRAGMA wal_autocheckpoint=0")  # see the module docstring
-        except BaseException as exc:
-            conn.close()
-            if isinstance(exc, sqlite3.Error):
-                raise _chained(self.error(exc), exc)
-            raise
+        if self._uri is None:
+            try:
+                # Reads the file (the pragma needs the schema), so it may
+                # find it locked like any statement, and waits the same way.
+                try:
+                    self._set_up(conn)
+                except sqlite3.Error as exc:
+                    if not _is_busy(exc):
+                        raise _chained(self.error(exc), exc)
+                    self._retry(self._set_up, conn)
+            except BaseException:
+                conn.close()
+                raise
         with self._lock:
             self._all.append((threading.current_thread(), conn))
         return conn
+
+    def _set_up(self, conn):
+        conn.execute("PRAGMA synchronous=%s" % self.synchronous)
+        # After a checkpoint the WAL file is cut back to this size, so a burst
+        # of traffic does not leave a large file behind.
+        conn.execute("PRAGMA journal_size_limit=%d" % (16 << 20))
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # see the module docstring
 
     # -- running statements ---------------------------------------------------
 

@@ -4,11 +4,13 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import threading
+import time
 
 import pytest
 
 from persistqueue_liteq import DatabaseBusy, IncompatibleDatabase, LiteQueue, ReadOnlyDatabase
-from persistqueue_liteq import sql
+from persistqueue_liteq import connections, sql
 
 from .conftest import run_child
 
@@ -146,6 +148,52 @@ def test_opening_an_exclusively_locked_database(db):
     blocker.rollback()
     blocker.close()
     assert LiteQueue(db).pop().data == b"waiting"
+
+
+def test_opening_waits_for_a_lock_that_is_let_go(db, monkeypatch):
+    # Setting up a new connection reads the file (PRAGMA synchronous needs
+    # the schema), so it meets the locks that every statement meets: the
+    # checkpoint of a process closing the file, another one's WAL recovery.
+    # It used to fail there at once, which processes opening one file
+    # together ran into about once in a hundred.
+    LiteQueue(db).close()
+    blocker = _lock_exclusively(db)
+    retrying, settled = threading.Event(), threading.Event()
+
+    class Clock:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(seconds):
+            retrying.set()
+            settled.set()
+            time.sleep(seconds)
+
+    monkeypatch.setattr(connections, "time", Clock)
+    opened = {}
+
+    def open_queue():
+        try:
+            opened["queue"] = LiteQueue(db, timeout_seconds=30)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            opened["error"] = exc
+        finally:
+            settled.set()
+
+    opener = threading.Thread(target=open_queue)
+    opener.start()
+    try:
+        assert settled.wait(30)
+        assert retrying.is_set(), "the open did not wait: %r" % opened.get("error")
+    finally:
+        blocker.rollback()
+        blocker.close()
+        opener.join(30)
+    assert "error" not in opened
+    q = opened["queue"]
+    q.put(b"after the wait")
+    assert q.pop().data == b"after the wait"
+    q.close()
 
 
 def test_a_write_lock_held_by_another_writer(db):
