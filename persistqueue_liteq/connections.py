@@ -27,8 +27,9 @@ Rules kept here so that the engine need not think of them:
   WAL was never restarted, every commit past its 1,000 pages ran one more
   checkpoint with two fsyncs, and the WAL grew without end (316 MB after
   20,000 items through 2+2 processes).  Here a process checkpoints
-  (PASSIVE: nobody waits) after every ``_CHECKPOINT_CHANGES`` rows it
-  changed, and if the WAL is still longer than it should be, runs a RESTART
+  (PASSIVE: nobody waits) once its commits have written about
+  ``_CHECKPOINT_PAGES`` pages, and if the WAL is still longer than it
+  should be, runs a RESTART
   checkpoint, which holds writers back for the moment it takes to finish so
   that the next writer starts the WAL from its beginning.
 * Then "database is locked" becomes
@@ -56,9 +57,10 @@ SYNCHRONOUS = ("NORMAL", "FULL")
 _FIRST_RETRY = 0.00005
 _LONGEST_RETRY = 0.005
 
-# Rows changed by this process between two checkpoints it runs (about the
-# 1,000 pages of SQLite's automatic checkpoint, for small messages).
-_CHECKPOINT_CHANGES = 400
+# Pages this process writes between two checkpoints it runs, as SQLite's
+# automatic checkpoint does.  SQLite does not tell Python how many pages a
+# commit wrote; _pages_written estimates it.
+_CHECKPOINT_PAGES = 1000
 # A WAL longer than this (pages) after a PASSIVE checkpoint gets a RESTART
 # one, which waits at most _RESTART_WAIT seconds for other connections; if
 # they hold on longer (a long read), the next RESTART waits until the WAL is
@@ -111,9 +113,9 @@ class Connections:
         self._local = threading.local()
         self._lock = threading.Lock()
         self.writer = threading.RLock()
-        # Rows changed since the last checkpoint, and the WAL length that
-        # calls for a RESTART one; guarded by writer.
-        self._changes = 0
+        # Pages written since the last checkpoint (estimated), and the WAL
+        # length that calls for a RESTART one; guarded by writer.
+        self._pages = 0
         self._restart_pages = _RESTART_PAGES
         self._all = []
         self._generation = _fork.generation
@@ -207,13 +209,13 @@ class Connections:
             self.writer.release()
 
     def _changed(self, conn, before):
-        """Count the rows changed since ``before`` (conn.total_changes) and,
-        outside any transaction, checkpoint when they are enough.  Called
-        with the write lock held."""
-        self._changes += conn.total_changes - before
-        if self._changes < _CHECKPOINT_CHANGES or conn.in_transaction:
+        """Count the pages that the commit since ``before``
+        (conn.total_changes) wrote and, outside any transaction, checkpoint
+        when they are enough.  Called with the write lock held."""
+        self._pages += _pages_written(conn.total_changes - before)
+        if self._pages < _CHECKPOINT_PAGES or conn.in_transaction:
             return
-        self._changes = 0
+        self._pages = 0
         try:
             pages = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
             if pages < self._restart_pages:
@@ -334,6 +336,14 @@ def _chained(error, cause):
     if error is not cause:
         error.__cause__ = cause
     return error
+
+
+def _pages_written(rows):
+    """About how many pages a commit that changed ``rows`` rows writes: a
+    message's row, its index entries and the id sequence take 3 pages for
+    one row, and rows share pages (some 25 small messages to a page, with
+    their index entries)."""
+    return 3 + rows // 25 if rows else 0
 
 
 def _begin_immediate(conn):
