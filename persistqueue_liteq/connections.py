@@ -29,9 +29,9 @@ Rules kept here so that the engine need not think of them:
   20,000 items through 2+2 processes).  Here a process checkpoints
   (PASSIVE: nobody waits) once its commits have written about
   ``_CHECKPOINT_PAGES`` pages, and if the WAL is still longer than it
-  should be, runs a RESTART
-  checkpoint, which holds writers back for the moment it takes to finish so
-  that the next writer starts the WAL from its beginning.
+  should be, runs a RESTART checkpoint, which holds writers back for the
+  moment it takes to finish so that the next writer starts the WAL from its
+  beginning.
 * Then "database is locked" becomes
   :class:`~persistqueue_liteq.exceptions.DatabaseBusy`; "file is not a
   database" and friends become ``IncompatibleDatabase``; "readonly database"
