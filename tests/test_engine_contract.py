@@ -1,0 +1,384 @@
+"""The engine contract: what every backend's Engine must do, tested on the
+engine itself rather than through a front end.
+
+One class, run against every backend the ``engine`` fixture knows (huey runs
+one storage test class against each of its backends the same way).  The
+front ends' own suites test argument checking and the stdlib's contracts;
+this one tests storage semantics: leases and their tokens, attempts, delays,
+TTLs, dead letters, redrive, transactions, keyed tasks and their results.
+
+No test here sleeps to synchronise: a lease of 0 seconds has run out by the
+next call, and the few that need time to pass (a delay, a TTL) wait for a
+bounded deadline on the condition itself.
+"""
+
+import time
+
+import pytest
+
+from persistqueue_liteq.engine import Engine, QueueStats
+from persistqueue_liteq.sqlite_engine import SQLiteEngine
+
+BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(request, tmp_path):
+    engine = SQLiteEngine(str(tmp_path / "contract.db"))
+    yield engine
+    engine.close()
+
+
+def wait_until(predicate, timeout=10.0):
+    """Poll ``predicate`` until it is true or ``timeout`` passes (for the
+    passing of time itself: a delay or a TTL running out)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met within %gs" % timeout
+        time.sleep(0.005)
+
+
+def lease_one(engine, queue="q", seconds=30.0, **kw):
+    leased = engine.lease(queue, 1, seconds, **kw)
+    assert len(leased) == 1, leased
+    return leased[0]
+
+
+def test_it_is_an_engine(engine):
+    assert isinstance(engine, Engine)
+    assert isinstance(engine.location, str)
+
+
+# -- producing and leasing ------------------------------------------------------
+
+def test_put_then_lease_delivers_the_payload_once(engine):
+    msg_id = engine.put("q", b"payload")
+    msg = lease_one(engine)
+    assert (msg.id, msg.data, msg.queue_name, msg.attempts, msg.retry_count) == (
+        msg_id, b"payload", "q", 1, 0)
+    assert msg.lease is not None
+    assert engine.lease("q", 1, 30.0) == []  # hidden while the lease holds
+
+
+def test_queues_are_separate(engine):
+    engine.put("a", b"1")
+    assert engine.lease("b", 10, 30.0) == []
+    assert [m.data for m in engine.lease("a", 10, 30.0)] == [b"1"]
+
+
+def test_fifo_lifo_and_priority_orders(engine):
+    for data in (b"1", b"2", b"3"):
+        engine.put("fifo", data)
+        engine.put("lifo", data)
+    assert [m.data for m in engine.lease("fifo", 3, 30.0)] == [b"1", b"2", b"3"]
+    assert [m.data for m in engine.lease("lifo", 3, 30.0, order="lifo")] == [b"3", b"2", b"1"]
+    for data, priority in ((b"low", b"\x09"), (b"high", b"\x01"), (b"mid", b"\x05")):
+        engine.put("prio", data, priority=priority)
+    assert [m.data for m in engine.lease("prio", 3, 30.0, order="priority")] == [
+        b"high", b"mid", b"low"]
+
+
+def test_lease_takes_at_most_n(engine):
+    engine.put_many("q", [b"%d" % i for i in range(5)])
+    assert len(engine.lease("q", 2, 30.0)) == 2
+    assert len(engine.lease("q", 10, 30.0)) == 3
+    assert engine.lease("q", 10, 30.0) == []
+
+
+def test_put_many_returns_ids_in_order_and_is_all_or_nothing(engine):
+    ids = engine.put_many("q", [b"a", b"b", b"c"])
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    assert [engine.get(i).data for i in ids] == [b"a", b"b", b"c"]
+
+    def failing():
+        yield b"x"
+        raise RuntimeError("the producer's iterable failed")
+
+    with pytest.raises(RuntimeError):
+        engine.put_many("other", failing())
+    assert engine.count("other") == 0
+    assert engine.put_many("q", []) == []
+
+
+def test_transaction_commits_to_several_queues_together_or_not_at_all(engine):
+    with engine.transaction() as tx:
+        tx.put("a", b"1")
+        tx.put_many("b", [b"2", b"3"])
+    assert (engine.count("a"), engine.count("b")) == (1, 2)
+    with pytest.raises(KeyError):
+        with engine.transaction() as tx:
+            tx.put("a", b"4")
+            tx.put("c", b"5")
+            raise KeyError("abort")
+    assert (engine.count("a"), engine.count("c")) == (1, 0)
+
+
+# -- settling ---------------------------------------------------------------------
+
+def test_ack_needs_the_current_lease(engine):
+    engine.put("q", b"x")
+    msg = lease_one(engine)
+    assert not engine.ack(msg.id, msg.lease + 1)
+    assert engine.count("q") == 1
+    assert engine.ack(msg.id, msg.lease)
+    assert engine.count("q") == 0
+    assert not engine.ack(msg.id, msg.lease)  # once
+
+
+def test_a_lease_that_ran_out_is_delivered_again_with_a_new_token(engine):
+    engine.put("q", b"x")
+    first = lease_one(engine, seconds=0)
+    second = lease_one(engine)
+    assert second.id == first.id and second.lease != first.lease
+    assert (second.attempts, second.retry_count) == (2, 1)
+    assert not engine.ack(first.id, first.lease)  # the old holder lost it
+    assert engine.ack(second.id, second.lease)
+
+
+def test_set_visibility_extends_or_ends_a_lease(engine):
+    engine.put("q", b"x")
+    msg = lease_one(engine, seconds=0)
+    assert engine.set_visibility(msg.id, msg.lease, 30.0)  # extended before anyone took it
+    assert engine.lease("q", 1, 30.0) == []
+    assert not engine.set_visibility(msg.id, msg.lease + 1, 0)
+    assert engine.set_visibility(msg.id, msg.lease, 0)  # ended now: ready again
+    assert lease_one(engine).id == msg.id
+
+
+def test_release_counts_an_attempt_unless_told_otherwise(engine):
+    engine.put("q", b"x")
+    msg = lease_one(engine)
+    assert engine.release(msg.id, msg.lease, error="boom")
+    msg = lease_one(engine)
+    assert (msg.attempts, msg.last_error) == (2, "boom")
+    assert engine.release(msg.id, msg.lease, attempted=False)
+    assert lease_one(engine).attempts == 2
+    assert not engine.release(msg.id, msg.lease)  # that lease is over
+
+
+def test_release_with_a_delay_hides_the_message_until_then(engine):
+    engine.put("q", b"x")
+    msg = lease_one(engine)
+    assert engine.release(msg.id, msg.lease, delay=30.0)
+    assert engine.lease("q", 1, 30.0) == []
+    assert engine.count("q", "ready") == 0 and engine.count("q", "live") == 1
+    assert engine.next_visible_at("q") is not None
+
+
+def test_delete_and_delete_unleased(engine):
+    a, b = engine.put("q", b"a"), engine.put("q", b"b")
+    held = lease_one(engine)
+    assert held.id == a
+    assert not engine.delete_unleased(a)  # somebody holds it
+    assert engine.delete_unleased(b)
+    assert engine.delete(a)
+    assert not engine.delete(a)
+    assert engine.count("q") == 0
+
+
+# -- time: delays and TTLs ---------------------------------------------------------
+
+def test_a_delayed_message_is_delivered_once_its_delay_ends(engine):
+    engine.put("q", b"later", delay=0.2)
+    assert engine.lease("q", 1, 30.0) == []
+    due = engine.next_visible_at("q")
+    assert due is not None
+    assert engine.count("q", "live") == 1 and engine.count("q", "ready") == 0
+    got = []
+    wait_until(lambda: got.extend(engine.lease("q", 1, 30.0)) or got)
+    assert got[0].data == b"later"
+
+
+def test_a_message_past_its_ttl_is_dropped_and_counted_expired(engine):
+    engine.put("q", b"short", ttl=0.05)
+    engine.put("q", b"long", ttl=3600)
+    wait_until(lambda: engine.peek("q") is None or engine.peek("q").data == b"long")
+    leased = engine.lease("q", 10, 30.0)
+    assert [m.data for m in leased] == [b"long"]
+    engine.flush_metrics()
+    assert engine.counters()["q"]["expired"] == 1
+
+
+# -- dead letters ---------------------------------------------------------------------
+
+def test_max_attempts_sends_a_message_to_the_dead_letter_queue(engine):
+    engine.put("q", b"poison")
+    for _ in range(2):
+        lease_one(engine, seconds=0, max_attempts=2)
+    assert engine.lease("q", 1, 30.0, max_attempts=2) == []
+    dead = engine.dead_letters("q")
+    assert [m.data for m in dead] == [b"poison"]
+    assert "2 deliveries" in dead[0].dead_reason and dead[0].dead_at is not None
+    assert engine.count("q", "dead") == 1 and engine.count("q", "live") == 0
+
+
+def test_dead_letter_keeps_reason_and_error_and_redrive_keeps_the_id(engine):
+    msg_id = engine.put("q", b"x")
+    msg = lease_one(engine)
+    assert not engine.dead_letter(msg.id, msg.lease + 1, "wrong lease")
+    assert engine.dead_letter(msg.id, msg.lease, "bad input", error="Traceback ...")
+    (dead,) = engine.dead_letters("q")
+    assert (dead.id, dead.dead_reason, dead.last_error) == (msg_id, "bad input", "Traceback ...")
+    assert engine.redrive("q") == 1
+    again = lease_one(engine)
+    assert (again.id, again.attempts, again.dead_reason) == (msg_id, 1, None)
+
+
+def test_redrive_by_ids_and_dead_letters_limit(engine):
+    ids = engine.put_many("q", [b"a", b"b", b"c"])
+    for msg in engine.lease("q", 3, 30.0):
+        engine.dead_letter(msg.id, msg.lease, "r")
+    assert [m.id for m in engine.dead_letters("q", limit=2)] == ids[:2]
+    assert engine.redrive("q", [ids[1]]) == 1
+    assert [m.id for m in engine.dead_letters("q")] == [ids[0], ids[2]]
+    assert engine.redrive("q", [ids[1]]) == 0  # not dead any more
+
+
+# -- inspecting and operating ----------------------------------------------------------
+
+def test_peek_and_peek_many_do_not_lease(engine):
+    engine.put_many("q", [b"a", b"b"])
+    assert engine.peek("q").data == b"a"
+    assert [m.data for m in engine.peek_many("q", 5)] == [b"a", b"b"]
+    assert len(engine.lease("q", 5, 30.0)) == 2
+    assert engine.peek("q") is None
+
+
+def test_messages_pages_through_live_messages_in_id_order(engine):
+    ids = engine.put_many("q", [b"%d" % i for i in range(5)])
+    first = engine.messages("q", limit=2)
+    assert [m.id for m in first] == ids[:2]
+    rest = engine.messages("q", after_id=first[-1].id)
+    assert [m.id for m in rest] == ids[2:]
+
+
+def test_get_finds_a_message_in_any_state(engine):
+    msg_id = engine.put("q", b"x")
+    assert engine.get(msg_id).data == b"x"
+    msg = lease_one(engine)
+    assert engine.get(msg_id).visible_at is not None
+    engine.dead_letter(msg.id, msg.lease, "r")
+    assert engine.get(msg_id).dead_reason == "r"
+    assert engine.get(msg_id + 1000) is None
+
+
+def test_counts_and_queue_stats(engine):
+    engine.put_many("q", [b"ready1", b"ready2", b"flight", b"dead"])
+    engine.put("q", b"delayed", delay=3600)
+    leased = engine.lease("q", 2, 30.0)  # ready1, ready2
+    engine.dead_letter(leased[1].id, leased[1].lease, "r")
+    assert engine.count("q", "live") == 4
+    assert engine.count("q", "ready") == 2
+    assert engine.count("q", "waiting") == 3
+    assert engine.count("q", "dead") == 1
+    assert engine.has_live("q") and not engine.has_live("nothing")
+    (stats,) = [s for s in engine.queues() if s.name == "q"]
+    assert isinstance(stats, QueueStats)
+    assert (stats.ready, stats.delayed, stats.in_flight, stats.dead, stats.live) == (2, 1, 1, 1, 4)
+    assert stats.oldest_created_at is not None
+
+
+def test_purge_and_delete_queue(engine):
+    engine.put_many("q", [b"a", b"b", b"c"])
+    msg = lease_one(engine)
+    engine.dead_letter(msg.id, msg.lease, "r")
+    engine.put("other", b"kept")
+    assert engine.purge("q") == 2
+    assert engine.count("q", "dead") == 1
+    assert engine.purge("q", dead=True) == 1
+    engine.put_many("q", [b"d", b"e"])
+    assert engine.delete_queue("q") == 2
+    assert engine.count("q") == 0 and engine.count("other") == 1
+
+
+def test_metrics_count_what_this_engine_did(engine):
+    engine.put_many("q", [b"a", b"b"])
+    msg = lease_one(engine)
+    engine.ack(msg.id, msg.lease)
+    counts = engine.metrics()["q"]
+    assert (counts["puts"], counts["gets"], counts["acks"]) == (2, 1, 1)
+    engine.flush_metrics()
+    assert engine.counters()["q"]["puts"] == 2
+
+
+# -- keyed messages and results (the pools' tasks) -------------------------------------
+
+def test_put_keyed_stores_each_key_once(engine):
+    (status, first), = engine.put_keyed("tasks", [("k1", b"call")])
+    assert status == "new"
+    statuses = engine.put_keyed("tasks", [("k1", b"call"), ("k2", b"other")])
+    assert statuses[0] == ("queued", first)
+    assert statuses[1][0] == "new"
+    assert engine.count("tasks") == 2
+
+
+def test_complete_stores_the_result_and_settles_the_task(engine):
+    engine.put_keyed("tasks", [("k", b"call")])
+    msg = lease_one(engine, "tasks")
+    assert msg.key == "k"
+    assert engine.complete(msg.id, msg.lease, msg.key, True, b"result")
+    assert engine.result("tasks", "k") == (True, b"result")
+    assert engine.count("tasks") == 0
+    assert engine.put_keyed("tasks", [("k", b"call")]) == [("done", None)]
+    assert engine.forget_results("tasks", "k") == 1
+    assert engine.result("tasks", "k") is None
+    assert engine.put_keyed("tasks", [("k", b"call")])[0][0] == "new"
+
+
+def test_complete_with_a_dead_reason_dead_letters_and_a_forgotten_failure_runs_again(engine):
+    engine.put_keyed("tasks", [("k", b"call")])
+    msg = lease_one(engine, "tasks")
+    assert engine.complete(msg.id, msg.lease, msg.key, False, b"exc", dead_reason="it failed")
+    assert engine.result("tasks", "k") == (False, b"exc")
+    assert [m.dead_reason for m in engine.dead_letters("tasks")] == ["it failed"]
+    engine.forget_results("tasks", "k")
+    (status, msg_id), = engine.put_keyed("tasks", [("k", b"call again")])
+    assert (status, msg_id) == ("new", msg.id)
+    again = lease_one(engine, "tasks")
+    assert (again.data, again.attempts) == (b"call again", 1)
+
+
+def test_complete_stores_the_outcome_even_when_the_lease_was_lost(engine):
+    engine.put_keyed("tasks", [("k", b"call")])
+    stale = lease_one(engine, "tasks", seconds=0)
+    current = lease_one(engine, "tasks")
+    assert not engine.complete(stale.id, stale.lease, stale.key, True, b"late")
+    assert engine.result("tasks", "k") == (True, b"late")
+    assert engine.ack(current.id, current.lease)
+
+
+def test_results_since_follows_outcomes_in_order(engine):
+    start = engine.last_result_seq()
+    engine.put_keyed("tasks", [("a", b"1"), ("b", b"2")])
+    for msg in engine.lease("tasks", 2, 30.0):
+        engine.complete(msg.id, msg.lease, msg.key, True, msg.data)
+    rows = engine.results_since("tasks", start)
+    assert [(key, ok, data) for _, key, ok, data in rows] == [("a", True, b"1"), ("b", True, b"2")]
+    assert rows[0][0] < rows[1][0] == engine.last_result_seq()
+    assert engine.results_since("tasks", rows[-1][0]) == []
+
+
+def test_complete_many_stores_outcomes_and_leases_the_next_batch_in_one_call(engine):
+    engine.put_keyed("tasks", [("a", b"1"), ("b", b"2"), ("c", b"3")])
+    first = engine.complete_many("tasks", [], lease=1, seconds=30.0)
+    assert [m.key for m in first] == ["a"]
+    outcomes = [(m.id, m.lease, m.key, True, b"done " + m.data) for m in first]
+    nxt = engine.complete_many("tasks", outcomes, lease=5, seconds=30.0)
+    assert [m.key for m in nxt] == ["b", "c"]
+    assert len({m.lease for m in nxt}) == 1
+    assert engine.result("tasks", "a") == (True, b"done 1")
+    assert engine.count("tasks") == 2
+
+
+# -- waiting ------------------------------------------------------------------------------
+
+def test_a_waiter_entered_before_a_put_is_woken_by_it(engine):
+    with engine.waiter("put", "q") as waiter:
+        engine.put("q", b"x")
+        assert waiter.wait(10.0) is True
+
+
+def test_wake_wakes_a_waiter_without_a_change(engine):
+    with engine.waiter("done", "q") as waiter:
+        engine.wake("done", "q")
+        assert waiter.wait(10.0) is True
