@@ -466,9 +466,12 @@ def _bind(base, directory):
             name = os.path.join(directory, "%d-%d" % (os.getpid(), next(_counter)))
             try:
                 _checked_base(base, create=True)
-                os.makedirs(directory, 0o700, exist_ok=True)
+                try:
+                    _check_ours(directory)
+                except FileNotFoundError:
+                    os.makedirs(directory, 0o700, exist_ok=True)
+                    _check_ours(directory)
                 _check_ours(os.path.dirname(directory))
-                _check_ours(directory)
                 sock.bind(name)
                 break
             # A sweep, or a notifier that removed a dead waiter's socket,
