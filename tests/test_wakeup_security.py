@@ -365,3 +365,32 @@ def test_the_directory_is_made_private(box):
         print(json.dumps({}))
     """, _victim_dir(box, os.geteuid()))
     assert stat.S_IMODE(os.lstat(base).st_mode) == 0o700
+
+
+DEAD_SOCKETS = """
+    import socket
+    directory, secret = sys.argv[1:3]
+    q = LiteQueue(os.path.join(directory, "q.db"))
+    channel = q.engine._notifier._directory("put", "default")
+    with q.engine.waiter("put", "default"):
+        pass  # the channel's directory exists, and stays
+    for name in ("dead", "foreign"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(os.path.join(channel, name))
+        sock.close()  # refuses datagrams from now on
+    os.chown(os.path.join(channel, "foreign"), 65534, 65534)
+    open(os.path.join(channel, "file"), "w").close()
+    os.symlink(os.path.join(secret, "a"), os.path.join(channel, "link"))
+    q.put(b"x")
+    left = sorted(os.listdir(channel)) if os.path.isdir(channel) else []
+    print(json.dumps({"left": left, "warnings": warnings}))
+"""
+
+
+@needs_root
+def test_only_our_own_dead_sockets_are_removed(box):
+    result = victim(box, DEAD_SOCKETS, _victim_dir(box), os.path.join(box, "secret"))
+
+    assert result["left"] == ["file", "foreign", "link"]
+    _assert_secret_intact(box)
+    assert result["warnings"] == []
