@@ -261,16 +261,22 @@ def _unlink_socket(path):
 _warned = set()
 
 
-def _degraded(base, cause, detail):
-    """Say, once, that wake-ups do not work here and waits poll instead."""
+def _degraded(base, cause, message):
+    """Say, once per ``base`` and ``cause``, that wake-ups do not work."""
     key = (base, cause)
     if key in _warned:
-        logger.debug("wake-ups unusable: %s", detail)
+        logger.debug("wake-ups unusable: %s", message)
         return
     if len(_warned) < 1000:
         _warned.add(key)
-    logger.warning("wake-ups between processes cannot be used (%s); blocking waits poll "
-                   "every %g s at most instead", detail, DEGRADED_POLL_INTERVAL)
+    logger.warning("wake-ups unusable: %s", message)
+
+
+def _polling(base, cause, problem):
+    """What a waiter that cannot bind gives instead (and says so)."""
+    _degraded(base, cause, "%s; blocking waits of this process poll instead (every %g s "
+              "at most)" % (problem, DEGRADED_POLL_INTERVAL))
+    return _PollingWaiter(DEGRADED_POLL_INTERVAL)
 
 
 def _cause(exc):
@@ -355,11 +361,10 @@ class Notifier:
             return
         try:
             self._notify(self._directory(kind, queue))
-        except _Unusable as exc:
-            _degraded(self._base, "unsafe", str(exc))
         except Exception as exc:
-            _degraded(self._base, _cause(exc), "cannot wake the waiters of queue %r: %s"
-                      % (queue, exc))
+            cause = "unsafe" if isinstance(exc, _Unusable) else _cause(exc)
+            _degraded(self._base, cause, "%s; wake-ups for queue %r not sent (waiters look again "
+                      "within %g s anyway)" % (exc, queue, SAFETY_INTERVAL))
 
     def _notify(self, directory):
         if _checked_base(self._base, create=False) is None:
@@ -400,9 +405,9 @@ class Notifier:
         if not HAVE_SOCKETS:
             return _PollingWaiter()
         if len(directory) > _MAX_DIRECTORY:
-            _degraded(self._base, "long", "%s is too long for a socket address (%d "
-                      "characters at most: use a shorter TMPDIR)" % (directory, _MAX_DIRECTORY))
-            return _PollingWaiter(DEGRADED_POLL_INTERVAL)
+            return _polling(self._base, "long", "%s is too long for a socket address (%d "
+                            "characters at most: use a shorter TMPDIR)"
+                            % (directory, _MAX_DIRECTORY))
         return _SocketWaiter(self._base, directory)
 
 
@@ -423,12 +428,10 @@ class _SocketWaiter:
         try:
             self._sock, self._name = _bind(self._base, self._directory)
         except _Unusable as exc:
-            _degraded(self._base, "unsafe", str(exc))
-            return _PollingWaiter(DEGRADED_POLL_INTERVAL)
+            return _polling(self._base, "unsafe", str(exc))
         except OSError as exc:
-            _degraded(self._base, _cause(exc), "cannot wait for wake-ups in %s: %s"
-                      % (self._directory, exc))
-            return _PollingWaiter(DEGRADED_POLL_INTERVAL)
+            return _polling(self._base, _cause(exc), "cannot bind a socket in %s: %s"
+                            % (self._directory, exc))
         return self
 
     def wait(self, timeout):
