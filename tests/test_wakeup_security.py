@@ -11,6 +11,7 @@ A victim script prints one JSON line (what it saw); any exception makes it
 exit non-zero with its traceback, which the test shows.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -394,3 +395,31 @@ def test_only_our_own_dead_sockets_are_removed(box):
     assert result["left"] == ["file", "foreign", "link"]
     _assert_secret_intact(box)
     assert result["warnings"] == []
+
+
+# -- nothing that goes wrong with a wake-up escapes a commit ---------------------------
+
+
+def test_no_wake_up_failure_escapes_an_operation_that_committed(q, monkeypatch):
+    """Every writing call of the engine notifies after its commit; a failure
+    there (here: no socket to send with) must not surface as an exception."""
+    def no_socket():
+        raise OSError(errno.EIO, "Input/output error (injected)")
+
+    with q.engine.waiter("put", "default"), q.engine.waiter("done", "default"):
+        monkeypatch.setattr(wakeup, "_get_sender", no_socket)
+        q.put(b"one")
+        q.put_batch([b"two", b"three", b"four", b"five"])
+        with q.transaction() as tx:
+            tx.put(b"six")
+        q.ack(q.pop())
+        q.release(q.pop())
+        q.process_failed(q.pop(), "failed once")
+        q.delete(q.pop().id)
+        q.change_visibility(q.pop(), 0)
+        assert q.redrive() == 0
+        assert q.clear() == 4
+        q.put(b"seven")
+        assert q.delete_queue("default") == 1
+        q.engine.wake("done", "default")
+    assert q.qsize() == 0
