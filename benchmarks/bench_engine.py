@@ -57,10 +57,16 @@ Latency and idle cost
   sharing the LiteQueue object.
 * Idle cost: the CPU seconds (``time.process_time()``) a child process uses
   while waiting 5 s in ``pop(wait_seconds=5)`` on an empty queue.
+* Waiter set-up: microseconds to enter and leave ``engine.waiter("put",
+  name)`` (what a blocking pop does once when it finds the queue empty: make
+  the channel's directory if needed, bind a socket, unlink it), 2000 times on
+  one queue name and 2000 times on distinct names; and how many directories
+  the distinct names left in the wake-up directory.
 
 Usage::
 
     python benchmarks/bench_engine.py [--quick] [--repeat R] [--output FILE]
+    python benchmarks/bench_engine.py --wakeups   # only latency and idle cost
 
 Standard library only; the package is imported from the repository root.
 """
@@ -109,9 +115,10 @@ class Settings:
     repeat: int = 7
     wake_rounds: int = 50
     idle_seconds: float = 5.0
+    setup_rounds: int = 2000
 
 
-QUICK = Settings(ops=300, batches=2, ops_full=100, repeat=3, wake_rounds=10)
+QUICK = Settings(ops=300, batches=2, ops_full=100, repeat=3, wake_rounds=10, setup_rounds=200)
 
 
 def log(text):
@@ -394,6 +401,25 @@ def _pipe_receiver(conn, timeout=40):
     return receive
 
 
+def _waiter_setup(engine, rounds):
+    """µs per enter + exit of a waiter, on one name and on distinct names,
+    and the directories the distinct names left behind."""
+    from persistqueue_liteq import wakeup
+
+    def timed(names):
+        start = time.perf_counter()
+        for name in names:
+            with engine.waiter("put", name):
+                pass
+        return (time.perf_counter() - start) / len(names) * 1e6
+
+    hot = timed(["hot"] * rounds)
+    distinct = timed(["name-%d" % i for i in range(rounds)])
+    root = engine._notifier._root
+    left = len(os.listdir(root)) if os.path.isdir(root) else 0
+    return hot, distinct, left, os.path.dirname(root) if wakeup.HAVE_SOCKETS else None
+
+
 def measure_wakeups(root, s):
     ctx = multiprocessing.get_context("spawn")
     warm = 3  # first rounds are not counted
@@ -425,6 +451,14 @@ def measure_wakeups(root, s):
             results["thread"] = _wake_rounds(q, rounds, lambda: to_parent.get(timeout=40))[warm:]
         finally:
             thread.join(10)
+            q.close()
+
+        log("waiter set-up ...")
+        path = os.path.join(directory, "setup.sqlite")
+        q = LiteQueue(path)
+        try:
+            results["setup"] = _waiter_setup(q.engine, s.setup_rounds)
+        finally:
             q.close()
 
         log("idle CPU in pop(wait_seconds=%g) ..." % s.idle_seconds)
@@ -503,6 +537,11 @@ def latency_table(results, s):
         p90 = statistics.quantiles(data, n=10, method="inclusive")[-1]
         lines.append("| %s | %s | %s | %s | %d |" % (
             name, _ms(statistics.median(data)), _ms(p90), _ms(data[-1]), len(data)))
+    hot, distinct, left, _ = results["setup"]
+    lines.append("| enter + leave a waiter, one queue name | %.1f µs | — | — | %d |"
+                 % (hot, s.setup_rounds))
+    lines.append("| enter + leave a waiter, distinct names (directories left: %d) "
+                 "| %.1f µs | — | — | %d |" % (left, distinct, s.setup_rounds))
     cpu, wall, empty = results["idle"]
     lines.append("| CPU of a process idle in pop(wait_seconds=%g)%s | %.4f s CPU in %.2f s "
                  "wall (%.3f%%) | — | — | 1 |" % (
@@ -515,6 +554,8 @@ def main(argv=None):
     parser = _common.arguments(__doc__, "small sizes: a smoke test",
                                "repetitions per measurement (default 7)")
     parser.add_argument("--output", metavar="FILE", help="also write the report to FILE")
+    parser.add_argument("--wakeups", action="store_true",
+                        help="only the wake-up latency and idle cost")
     args = parser.parse_args(argv)
     s = _common.settings(parser, args, Settings(), QUICK)
 
@@ -522,21 +563,25 @@ def main(argv=None):
     root = tempfile.mkdtemp(prefix="bench_engine-")
     try:
         header = machine_header(root, s)
-        rows = measure_throughput(root, s)
+        rows = None if args.wakeups else measure_throughput(root, s)
         wakeups = measure_wakeups(root, s)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    report = header + [
-        "",
-        "## Throughput",
-        "",
-        *throughput_table(rows),
-        "",
-        "Rates are per second (put_batch: messages).  Ratio = median / median; in "
-        "brackets the range of the ratios of adjacent repetitions.  Extra µs/op: "
-        "LiteQueue's time per operation minus the baseline's.  Floors: put, pop + "
-        "delete and put_batch(1000) at %d%% or more of raw sqlite3." % (FLOOR * 100),
+    report = header[:]
+    if rows is not None:
+        report += [
+            "",
+            "## Throughput",
+            "",
+            *throughput_table(rows),
+            "",
+            "Rates are per second (put_batch: messages).  Ratio = median / median; in "
+            "brackets the range of the ratios of adjacent repetitions.  Extra µs/op: "
+            "LiteQueue's time per operation minus the baseline's.  Floors: put, pop + "
+            "delete and put_batch(1000) at %d%% or more of raw sqlite3." % (FLOOR * 100),
+        ]
+    report += [
         "",
         "## Wake-up latency and idle cost",
         "",
