@@ -12,10 +12,13 @@ after the first one's has committed and no longer finds the row ready.
 
 import atexit
 import logging
+import math
 import os
 import random
+import time
 import weakref
 
+from . import _clock
 from . import sql as _sql
 from .connections import Connections, check_sqlite_version
 from .engine import METRIC_NAMES, Engine, Message, Metrics, QueueStats, clock
@@ -45,6 +48,31 @@ def _check_directory(path):
 
 def _new_token():
     return random.getrandbits(62) + 1
+
+
+_boottime = _clock.boottime
+
+# How far the wall clock must be from the engine's before times are shown
+# shifted by the difference (seconds).
+_SHOWN_OFFSET = 1.0
+
+
+def _read_anchor(meta):
+    """(shift, None) for an anchor made in this boot; (None, its wall time)
+    for one made in another boot (0.0 if it is unreadable); (None, None) if
+    the file has none (new, or written by a version before anchors)."""
+    boot = meta.get(_sql.CLOCK_BOOT_ID)
+    if boot is None:
+        return None, None
+    try:
+        wall, since_boot = float(meta[_sql.CLOCK_WALL]), float(meta[_sql.CLOCK_BOOTTIME])
+    except (KeyError, TypeError, ValueError):
+        return None, 0.0
+    if not (math.isfinite(wall) and math.isfinite(since_boot)):
+        return None, 0.0
+    if boot != _clock.boot_id():
+        return None, wall
+    return wall - since_boot, None
 
 
 # Engines not closed when the interpreter exits still flush their counts.
@@ -103,7 +131,9 @@ class SQLiteEngine(Engine):
             "lifo": self.sql.LEASE_LIFO,
             "priority": self.sql.LEASE_PRIORITY,
         }
+        self._meta = {}
         self._open_schema()
+        self._open_clock()
         self._notifier = Notifier(path, table_prefix)
         self._metrics = Metrics()
         if not readonly:
@@ -154,7 +184,7 @@ class SQLiteEngine(Engine):
                     "use another table_prefix" % (self.location, prefix)
                 )
             return False
-        meta = dict(conn.execute(self.sql.READ_META).fetchall())
+        meta = self._meta = dict(conn.execute(self.sql.READ_META).fetchall())
         if meta.get("format") != _sql.FORMAT_NAME:
             raise IncompatibleDatabase(
                 "%s has a table %smeta that is not persistqueue_liteq's; use another "
@@ -169,6 +199,58 @@ class SQLiteEngine(Engine):
             )
         return True
 
+    # -- the clock ----------------------------------------------------------------
+
+    def now(self):
+        # Replaced by the wall clock in __init__ where there is no anchor.
+        return self._shift + _boottime()
+
+    def wall_time(self, t):
+        if t is None or self._shift is None:
+            return t
+        # Under a second apart, the two clocks differ by their rates (NTP's
+        # slewing), not by a step: shown as stored, the same at every look.
+        offset = time.time() - self.now()
+        return t + offset if abs(offset) >= _SHOWN_OFFSET else t
+
+    def _open_clock(self):
+        """Set the clock from the file's anchor, anchoring it first if the
+        file was last anchored in another boot (or never)."""
+        self._shift = None
+        if _clock.SUPPORTED:
+            shift, _ = _read_anchor(self._meta)
+            if shift is None and not self.readonly:
+                with self._conns.transaction() as conn:
+                    shift = self._anchor(conn)
+            self._shift = shift
+        if self._shift is None:  # nothing better here, or read-only and not anchored
+            self.now = clock
+        self._meta = None
+
+    def _anchor(self, conn):
+        """Anchor the file's clock in this boot, in a transaction; return its
+        shift (the clock minus CLOCK_BOOTTIME)."""
+        shift, old_wall = _read_anchor(dict(conn.execute(self.sql.READ_META).fetchall()))
+        if shift is not None:
+            return shift  # another process of this boot came first
+        wall, since_boot = time.time(), _clock.boottime()
+        if old_wall is not None:
+            # Anchored in another boot: whoever held a lease died with it.
+            # The clock goes on from the wall clock, but never back past the
+            # newest thing stored (a wall clock behind at boot would hold
+            # every message back until it caught up).
+            newest = conn.execute(self.sql.NEWEST_TIME).fetchone()[0]
+            wall = max(wall, old_wall, newest)
+            released = conn.execute(self.sql.RELEASE_ALL_LEASES, (wall,)).rowcount
+            logger.info("%s: first open since the machine booted: released %d lease(s) of "
+                        "the previous boot", self.location, released)
+        conn.executemany(self.sql.WRITE_META, [
+            (_sql.CLOCK_BOOT_ID, _clock.boot_id()),
+            (_sql.CLOCK_WALL, repr(wall)),
+            (_sql.CLOCK_BOOTTIME, repr(since_boot)),
+        ])
+        return wall - since_boot
+
     def _execute(self, statement, params=()):
         return self._conns.execute(statement, params)
 
@@ -181,7 +263,7 @@ class SQLiteEngine(Engine):
     # -- producing ------------------------------------------------------------
 
     def put(self, queue, data, delay=0.0, ttl=None, priority=None):
-        now = clock()
+        now = self.now()
         params = (queue, data, priority, now + delay, now, None if ttl is None else now + ttl)
         insert = self.sql.INSERT
         msg_id = self._conns.write(lambda conn: conn.execute(insert, params).lastrowid)
@@ -197,7 +279,7 @@ class SQLiteEngine(Engine):
         return ids
 
     def _insert_many(self, conn, queue, payloads, delay, ttl):
-        now = clock()
+        now = self.now()
         visible = now + delay
         expires = None if ttl is None else now + ttl
         count = 0
@@ -222,7 +304,7 @@ class SQLiteEngine(Engine):
         s = self.sql
         out = []
         with self._conns.transaction() as conn:
-            now = clock()
+            now = self.now()
             for key, data in items:
                 if conn.execute(s.RESULT, (queue, key)).fetchone() is not None:
                     out.append(("done", None))
@@ -263,7 +345,7 @@ class SQLiteEngine(Engine):
                     acks += 1
             rows = []
             if lease:
-                now = clock()
+                now = self.now()
                 token = _new_token()
                 rows = conn.execute(self.sql.LEASE_FIFO, {
                     "queue": queue, "now": now, "until": now + seconds, "lease": token,
@@ -282,7 +364,7 @@ class SQLiteEngine(Engine):
 
     def _complete_in(self, conn, msg_id, lease, key, ok, data, dead_reason):
         s = self.sql
-        now = clock()
+        now = self.now()
         row = conn.execute(s.GET, (msg_id,)).fetchone()
         if row is None:
             return None, False
@@ -320,7 +402,7 @@ class SQLiteEngine(Engine):
         statement = self._lease_sql[order]
         leased = []
         while len(leased) < n:
-            now = clock()
+            now = self.now()
             token = _new_token()
             until = now + seconds
             rows = self._write(
@@ -384,7 +466,7 @@ class SQLiteEngine(Engine):
             self._metrics.add(queue, name, lasting=True)
 
     def next_visible_at(self, queue):
-        return self._execute(self.sql.NEXT_VISIBLE_AT, (queue, clock()))[0][0]
+        return self._execute(self.sql.NEXT_VISIBLE_AT, (queue, self.now()))[0][0]
 
     def _settle(self, statement, params, kind):
         """Run one settling statement; wake ``kind`` waiters of its queue."""
@@ -411,19 +493,19 @@ class SQLiteEngine(Engine):
         # A lease ended now makes the message ready: wake consumers.  A lease
         # extended (a heartbeat) or merely cut short wakes nobody: a waiter
         # looks again within wakeup.SAFETY_INTERVAL anyway.
-        rows = self._write(self.sql.SET_VISIBILITY, (clock() + seconds, msg_id, lease))
+        rows = self._write(self.sql.SET_VISIBILITY, (self.now() + seconds, msg_id, lease))
         if rows and seconds <= 0:
             self._notifier.notify("put", rows[0][0])
         return bool(rows)
 
     def release(self, msg_id, lease, delay=0.0, error=None, attempted=True):
         statement = self.sql.RELEASE if attempted else self.sql.RELEASE_UNATTEMPTED
-        return self._settle(statement, (clock() + delay, error, msg_id, lease), "put")
+        return self._settle(statement, (self.now() + delay, error, msg_id, lease), "put")
 
     def dead_letter(self, msg_id, lease, reason, error=None):
         with self._conns.transaction() as conn:
             row = conn.execute(
-                self.sql.DEAD_LETTER, (clock(), reason, error, msg_id, lease)
+                self.sql.DEAD_LETTER, (self.now(), reason, error, msg_id, lease)
             ).fetchone()
             if row:
                 conn.execute(self.sql.ADD_COUNTER, (row[0], "dead_lettered", 1))
@@ -445,12 +527,12 @@ class SQLiteEngine(Engine):
         )
 
     def peek(self, queue):
-        now = clock()
+        now = self.now()
         rows = self._execute(self.sql.PEEK, (queue, now, now))
         return self._stored(rows[0]) if rows else None
 
     def peek_many(self, queue, n):
-        now = clock()
+        now = self.now()
         return [self._stored(row) for row in self._execute(self.sql.PEEK_MANY, (queue, now, now, n))]
 
     def messages(self, queue, after_id=0, limit=1000):
@@ -466,9 +548,9 @@ class SQLiteEngine(Engine):
         if what == "live":
             return self._execute(s.COUNT_LIVE, (queue,))[0][0]
         if what == "waiting":
-            return self._execute(s.COUNT_WAITING, (queue, clock()))[0][0]
+            return self._execute(s.COUNT_WAITING, (queue, self.now()))[0][0]
         if what == "ready":
-            return self._execute(s.COUNT_READY, (queue, clock()))[0][0]
+            return self._execute(s.COUNT_READY, (queue, self.now()))[0][0]
         if what == "dead":
             return self._execute(s.COUNT_DEAD, (queue,))[0][0]
         raise ValueError("count() what must be live, waiting, ready or dead; got %r" % (what,))
@@ -477,7 +559,7 @@ class SQLiteEngine(Engine):
         return bool(self._execute(self.sql.ANY_LIVE, (queue,))[0][0])
 
     def queues(self):
-        rows = self._execute(self.sql.QUEUE_STATS, {"now": clock()})
+        rows = self._execute(self.sql.QUEUE_STATS, {"now": self.now()})
         return [
             QueueStats(name, int(ready), int(delayed), int(in_flight), int(dead), oldest)
             for name, ready, delayed, in_flight, dead, oldest in rows
@@ -508,7 +590,7 @@ class SQLiteEngine(Engine):
         pending = self._metrics.take()
         if not pending or self.readonly:
             return
-        bucket = int(clock() // _sql.ACTIVITY_BUCKET * _sql.ACTIVITY_BUCKET)
+        bucket = int(self.now() // _sql.ACTIVITY_BUCKET * _sql.ACTIVITY_BUCKET)
         try:
             with self._conns.transaction() as conn:
                 conn.executemany(self.sql.ADD_COUNTER,
@@ -522,7 +604,7 @@ class SQLiteEngine(Engine):
             self._metrics.give_back(pending)
 
     def activity(self, seconds=60.0):
-        now = clock()
+        now = self.now()
         start = (now - seconds) // _sql.ACTIVITY_BUCKET * _sql.ACTIVITY_BUCKET
         result = {}
         for queue, name, value in self._execute(self.sql.READ_ACTIVITY, (start,)):
@@ -536,7 +618,7 @@ class SQLiteEngine(Engine):
     # -- operating --------------------------------------------------------------
 
     def redrive(self, queue, ids=None):
-        now = clock()
+        now = self.now()
         with self._conns.transaction() as conn:
             if ids is None:
                 moved = conn.execute(self.sql.REDRIVE_ALL, (now, queue)).rowcount
@@ -620,7 +702,7 @@ class _Transaction:
                     self._engine._count(queue, "puts", n)
 
     def put(self, queue, data, delay=0.0, ttl=None, priority=None):
-        now = clock()
+        now = self._engine.now()
         expires = None if ttl is None else now + ttl
         msg_id = self._conn.execute(
             self._engine.sql.INSERT, (queue, data, priority, now + delay, now, expires)
