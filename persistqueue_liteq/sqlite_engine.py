@@ -50,7 +50,20 @@ def _new_token():
     return random.getrandbits(62) + 1
 
 
-_boottime = _clock.boottime
+_local_boottime = _clock.local_boottime
+
+# Engines whose clock is anchored: a forked child in another time namespace
+# (see _clock) reads CLOCK_BOOTTIME shifted, and shifts their clocks back.
+_anchored = weakref.WeakSet()
+
+
+def _after_fork():
+    for engine in list(_anchored):
+        engine._shift = engine._anchor_shift - _clock.ns_offset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 # How far the wall clock must be from the engine's before times are shown
 # shifted by the difference (seconds).
@@ -202,8 +215,9 @@ class SQLiteEngine(Engine):
     # -- the clock ----------------------------------------------------------------
 
     def now(self):
-        # Replaced by the wall clock in __init__ where there is no anchor.
-        return self._shift + _boottime()
+        # The hot path: one C call and an addition.  Replaced by the wall
+        # clock (engine.clock) where there is no anchor.
+        return self._shift + _local_boottime()
 
     def wall_time(self, t):
         if t is None or self._shift is None:
@@ -222,7 +236,10 @@ class SQLiteEngine(Engine):
             if shift is None and not self.readonly:
                 with self._conns.transaction() as conn:
                     shift = self._anchor(conn)
-            self._shift = shift
+            self._anchor_shift = shift
+            if shift is not None:
+                self._shift = shift - _clock.ns_offset()
+                _anchored.add(self)
         if self._shift is None:  # nothing better here, or read-only and not anchored
             self.now = clock
         self._meta = None
