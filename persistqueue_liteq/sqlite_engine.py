@@ -12,7 +12,6 @@ after the first one's has committed and no longer finds the row ready.
 
 import atexit
 import logging
-import math
 import os
 import random
 import time
@@ -81,7 +80,7 @@ def _read_anchor(meta):
         wall, since_boot = float(meta[_sql.CLOCK_WALL]), float(meta[_sql.CLOCK_BOOTTIME])
     except (KeyError, TypeError, ValueError):
         return None, 0.0
-    if not (math.isfinite(wall) and math.isfinite(since_boot)):
+    if not (0.0 < wall < 1e12 and 0.0 <= since_boot < 1e12):  # not NaN, not absurd
         return None, 0.0
     if boot != _clock.boot_id():
         return None, wall
@@ -179,6 +178,9 @@ class SQLiteEngine(Engine):
                     [("format", _sql.FORMAT_NAME), ("schema_version", str(_sql.SCHEMA_VERSION))],
                 )
                 logger.info("created queue tables %s* in %s", self.sql.PREFIX, self.location)
+                if _clock.SUPPORTED:  # anchored now, not in a transaction of its own
+                    self._anchor(conn)
+                    self._meta = dict(conn.execute(self.sql.READ_META).fetchall())
 
     def _wal_and_schema_ready(self, conn):
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
