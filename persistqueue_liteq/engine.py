@@ -130,7 +130,8 @@ class Message:
 
     ``id``, ``data``, ``queue_name``, ``retry_count`` and ``created_at`` are
     Liteq's fields; ``retry_count`` is the number of deliveries before this
-    one.  The rest is ours.
+    one.  The rest is ours.  Times are on the engine's clock
+    (:meth:`Engine.now`; :meth:`Engine.wall_time` for the wall clock's).
     """
 
     id: int

@@ -8,6 +8,60 @@ transaction, so any number of threads and processes may share the file.  A
 lease is a single ``UPDATE ... RETURNING``: two consumers can never lease the
 same message while its lease holds, because the second one's statement starts
 after the first one's has committed and no longer finds the row ready.
+
+Time.  Leases, delays and TTLs are compared with :meth:`SQLiteEngine.now`, the
+file's own clock, not with the wall clock.  The file keeps an *anchor* in its
+meta table: the machine's boot id and a reading of the wall clock and of
+CLOCK_BOOTTIME taken together (see :mod:`._clock`); ``now()`` is that wall
+time plus the CLOCK_BOOTTIME seconds since.  Every process of the machine
+reads the same value whatever its own wall clock says; a step of the wall
+clock (``date -s``, an NTP step, a restored VM) does not move it, and NTP's
+slewing, which changes the rate of both clocks, keeps them together.  So:
+
+* A lease of ``s`` seconds ends ``s`` seconds after it was taken or renewed,
+  for every process: a step of anyone's wall clock neither ends it early
+  (re-delivering a message whose holder lives) nor late (stranding the
+  message of a dead holder).  Seconds are CLOCK_BOOTTIME's, which counts a
+  suspend of the machine as the wall clock does.
+* A delay or TTL is a duration from the put, counted the same way: a message
+  put with a delay of 600 s is ready 600 s later and one with a TTL of 600 s
+  is dropped 600 s later, whichever wall clock was stepped in between.  They
+  are not appointments on the wall clock: after a step forward of an hour, a
+  message delayed by two hours still waits two hours from its put.
+* Stored times (``created_at``, ``visible_at``, ``expires_at``, ``dead_at``,
+  the results' ``finished_at``, the activity buckets) are on this clock.  They
+  read like wall-clock times, and are, until the wall clock is stepped;
+  :meth:`SQLiteEngine.wall_time` turns one into the wall clock's reading (the
+  command line shows times that way).
+
+Across a reboot.  The first process that opens the file for writing in a new
+boot finds another boot id in the anchor and, in one transaction, anchors it
+again and releases every lease: their holders died with the old boot, so
+their messages are ready at once (the delivery counted as an attempt).  The
+clock goes on from the wall clock at that moment, so a delay or TTL pending
+across a reboot ends by the wall clock (the time the machine was down counts),
+but never from earlier than the old anchor or the newest message or result
+stored: a wall clock that is far behind at boot would otherwise hold every
+message back for the whole boot.  The wall clock is read once per boot, then:
+if delays and TTLs must be right across reboots, start the first process
+after the clock is synchronised (systemd's ``time-sync.target``).  A file
+copied to another machine is re-anchored the same way at its first open
+there.  A read-only engine never anchors; until a writer has, it reads the
+wall clock.
+
+Not covered.  Where there is no CLOCK_BOOTTIME or boot id (macOS, Windows, a
+Linux without ``/proc``) the wall clock decides everything, as
+:func:`~persistqueue_liteq.engine.clock` reads it (never going back within a
+process): a step of the wall clock moves leases, delays and TTLs.  A file
+last written by a version without anchors is anchored at its first open
+without releasing anything (processes of that version may hold leases, on
+the wall clock).  All processes must run on one kernel, as SQLite's WAL mode
+requires anyway: containers of one host are (their time namespaces are
+allowed for).
+
+Cost: ``now()`` is one ``clock_gettime`` and an addition; the anchor is read
+with the schema at open, no statement more; the first open of a boot runs
+one transaction that scans the messages table once.
 """
 
 import atexit

@@ -357,3 +357,34 @@ def test_a_wall_clock_behind_at_the_first_open_after_a_boot_holds_nothing_back(d
     out, into = ctx.Pipe(duplex=False)
     assert finish(start(ctx, pop_all, db, -24 * HOUR, into)) == 0
     assert out.recv() == 3
+
+
+# -- what people are shown ------------------------------------------------------------------
+
+def cli_stats(db, offset, out):
+    step_wall_clock(offset)
+    import contextlib
+    import io
+    import json
+
+    from persistqueue_liteq.cli import main
+
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        status = main(["stats", db, "--json"])
+    out.send((status, json.loads(text.getvalue())))
+
+
+def test_the_command_line_shows_ages_and_wall_times_by_a_stepped_clock(db, ctx):
+    with LiteQueue(db) as q:
+        q.put(b"x")
+    out, into = ctx.Pipe(duplex=False)
+    real_before = time.time()
+    assert finish(start(ctx, cli_stats, db, HOUR, into)) == 0
+    status, stats = out.recv()
+    assert status == 0
+    queue = stats["queues"]["default"]
+    assert queue["oldest_age_seconds"] < 60  # not an hour
+    # Times in the wall clock of whoever looks: theirs is an hour ahead.
+    assert abs(stats["time"] - (real_before + HOUR)) < 60
+    assert abs(queue["oldest_created_at"] - (real_before + HOUR)) < 60
