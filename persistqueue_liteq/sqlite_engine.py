@@ -110,9 +110,15 @@ _local_boottime = _clock.local_boottime
 _anchored = weakref.WeakSet()
 
 
+_offset_applied = _clock.ns_offset()
+
+
 def _after_fork():
-    for engine in list(_anchored):
-        engine._shift = engine._anchor_shift - _clock.ns_offset()
+    global _offset_applied
+    if _clock.ns_offset() != _offset_applied:  # hardly ever: see _clock
+        _offset_applied = _clock.ns_offset()
+        for engine in list(_anchored):
+            engine._shift = engine._anchor_shift - _offset_applied
 
 
 if hasattr(os, "register_at_fork"):
@@ -313,10 +319,13 @@ class SQLiteEngine(Engine):
             # newest thing stored (a wall clock behind at boot would hold
             # every message back until it caught up).
             newest = conn.execute(self.sql.NEWEST_TIME).fetchone()[0]
-            wall = max(wall, old_wall, newest)
+            if isinstance(newest, (int, float)):  # a tampered row holds anything
+                wall = max(wall, newest)
+            wall = max(wall, old_wall)
             released = conn.execute(self.sql.RELEASE_ALL_LEASES, (wall,)).rowcount
-            logger.info("%s: first open since the machine booted: released %d lease(s) of "
-                        "the previous boot", self.location, released)
+            logger.info("%s: its clock was anchored in another boot (or the anchor was "
+                        "unreadable): anchored anew, released %d lease(s) held there",
+                        self.location, released)
         conn.executemany(self.sql.WRITE_META, [
             (_sql.CLOCK_BOOT_ID, _clock.boot_id()),
             (_sql.CLOCK_WALL, repr(wall)),

@@ -388,3 +388,68 @@ def test_the_command_line_shows_ages_and_wall_times_by_a_stepped_clock(db, ctx):
     # Times in the wall clock of whoever looks: theirs is an hour ahead.
     assert abs(stats["time"] - (real_before + HOUR)) < 60
     assert abs(queue["oldest_created_at"] - (real_before + HOUR)) < 60
+
+
+# -- odd anchors, other time namespaces ---------------------------------------------------------
+
+def set_meta(db, key, value):
+    conn = sqlite3.connect(db)
+    with conn:
+        if value is None:
+            conn.execute("DELETE FROM liteq_meta WHERE key = ?", (key,))
+        else:
+            conn.execute("INSERT OR REPLACE INTO liteq_meta (key, value) VALUES (?, ?)",
+                         (key, value))
+    conn.close()
+
+
+def test_a_file_without_an_anchor_is_anchored_and_keeps_its_leases(db, ctx):
+    """As a file of a version before anchors: its leases may be held by
+    processes of that version, which live on."""
+    fill(db, 3)
+    with LiteQueue(db) as q:
+        assert len(q.pop_batch(max_messages=3, invisible_seconds=HOUR)) == 3
+        for key in ("clock_boot_id", "clock_wall", "clock_boottime"):
+            set_meta(db, key, None)
+        out, into = ctx.Pipe(duplex=False)
+        assert finish(start(ctx, pop_all, db, 0.0, into)) == 0
+        assert out.recv() == 0
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT value FROM liteq_meta WHERE key = 'clock_boot_id'").fetchall() == [
+        (open("/proc/sys/kernel/random/boot_id").read().strip(),)]
+    conn.close()
+
+
+@pytest.mark.parametrize("value", ["soon", "nan", "-1", "1e300"])
+def test_an_unreadable_anchor_is_made_again(db, value):
+    fill(db, 2)
+    with LiteQueue(db) as q:
+        q.pop(invisible_seconds=HOUR)
+    set_meta(db, "clock_wall", value)
+    with LiteQueue(db) as q:
+        assert len(q.pop_batch(max_messages=5)) == 2  # the lease went with the anchor
+        assert abs(q.engine.now() - time.time()) < 60
+
+
+def test_a_process_in_another_time_namespace_reads_the_same_clock(db):
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to make a time namespace")
+    with LiteQueue(db) as q:
+        before = q.engine.now()
+        code = "from persistqueue_liteq import LiteQueue; print(repr(LiteQueue(%r).engine.now()))" % db
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        try:
+            done = subprocess.run(
+                ["unshare", "--time", "--fork", "--boottime", "86400", sys.executable, "-c", code],
+                cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        except OSError as exc:
+            pytest.skip("unshare failed: %s" % exc)
+        if done.returncode and b"unshare failed" in done.stderr:
+            pytest.skip("no time namespaces here: %s" % done.stderr.decode(errors="replace"))
+        after = q.engine.now()
+    assert done.returncode == 0, done.stderr
+    assert before <= float(done.stdout) <= after
