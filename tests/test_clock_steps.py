@@ -150,6 +150,49 @@ def test_persistent_queue_items_stay_with_their_living_holder(db, ctx, holder_of
     assert (got, stolen, unfinished) == (N, 0, 0)
 
 
+# A pool's task, run by a thread of the holder: the events are inherited
+# through fork (a thread pool pickles the function by name, not the events).
+_TASK_EVENTS = {}
+
+
+def held_task():
+    _TASK_EVENTS["started"].set()
+    _TASK_EVENTS["finish"].wait(50)
+    return 42
+
+
+def pool_holder(db, offset, out):
+    from persistqueue_liteq import PersistentThreadPoolExecutor
+
+    step_wall_clock(offset)
+    with PersistentThreadPoolExecutor(db, max_workers=1, lease_seconds=30) as pool:
+        future = pool.submit(held_task)
+        out.send(future.result(timeout=50))
+
+
+def pool_rerun(db, offset, out):
+    """What a second pool's worker does on the same file: lease tasks."""
+    step_wall_clock(offset)
+    engine = SQLiteEngine(db)
+    out.send(len(engine.complete_many("tasks", [], lease=10, seconds=30)))
+    engine.close()
+
+
+@pytest.mark.parametrize("holder_offset, other_offset", AHEAD)
+def test_a_pools_running_task_is_not_taken_by_a_worker_whose_clock_is_ahead(
+        db, ctx, holder_offset, other_offset):
+    _TASK_EVENTS.update(started=ctx.Event(), finish=ctx.Event())
+    holder_out, holder_in = ctx.Pipe(duplex=False)
+    other_out, other_in = ctx.Pipe(duplex=False)
+    holder = start(ctx, pool_holder, db, holder_offset, holder_in)
+    assert _TASK_EVENTS["started"].wait(30)
+    assert finish(start(ctx, pool_rerun, db, other_offset, other_in)) == 0
+    taken = other_out.recv()
+    _TASK_EVENTS["finish"].set()
+    assert finish(holder) == 0
+    assert (taken, holder_out.recv()) == (0, 42)
+
+
 # -- 2. a dead holder's lease ends after its length ---------------------------------
 
 LEASE = 2.0
