@@ -296,8 +296,12 @@ class SQLiteEngine(Engine):
         if _clock.SUPPORTED:
             shift, _ = _read_anchor(self._meta)
             if shift is None and not self.readonly:
-                with self._conns.transaction() as conn:
-                    shift = self._anchor(conn)
+                try:
+                    with self._conns.transaction() as conn:
+                        shift = self._anchor(conn)
+                except BaseException:  # busy past the timeout, say: nothing is left open
+                    self._conns.close()
+                    raise
             self._anchor_shift = shift
             if shift is not None:
                 self._shift = shift - _clock.ns_offset()

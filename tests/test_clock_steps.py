@@ -496,3 +496,4 @@ def test_a_process_in_another_time_namespace_reads_the_same_clock(db):
         after = q.engine.now()
     assert done.returncode == 0, done.stderr
     assert before <= float(done.stdout) <= after
+
