@@ -177,8 +177,9 @@ def _table(headers, rows, align):
     return [line(headers)] + [line(r) for r in cells]
 
 
-def _record(msg):
-    """A message as one JSON object (the export-jsonl format)."""
+def _record(msg, wall):
+    """A message as one JSON object (the export-jsonl format); ``wall`` turns
+    the engine's times into wall-clock ones (``engine.wall_time``)."""
     record = {"id": msg.id, "queue": msg.queue_name}
     try:
         record["data"] = msg.data.decode("utf-8")
@@ -186,11 +187,11 @@ def _record(msg):
         record["data"] = base64.b64encode(msg.data).decode("ascii")
         record["encoding"] = "base64"
     record["attempts"] = msg.attempts
-    record["created_at"] = msg.created_at
+    record["created_at"] = wall(msg.created_at)
     if msg.key is not None:
         record["key"] = msg.key
     if msg.dead_at is not None:
-        record["dead_at"] = msg.dead_at
+        record["dead_at"] = wall(msg.dead_at)
         record["dead_reason"] = msg.dead_reason
     if msg.last_error is not None:
         record["last_error"] = msg.last_error
@@ -247,9 +248,10 @@ def _snapshot(engine):
 
     Counters are the lasting totals of every process, as flushed (a working
     process adds its counts within a second); rates come from the counts of
-    about the last minute.
+    about the last minute.  Times are the wall clock's; ages are measured
+    on the engine's clock, which steps of the wall clock do not move.
     """
-    now = time.time()
+    now = engine.now()
     stats = {s.name: s for s in engine.queues()}
     counters = engine.counters()
     window, recent = engine.activity(_RATE_WINDOW)
@@ -266,7 +268,7 @@ def _snapshot(engine):
             "in_flight": s.in_flight if s else 0,
             "dead": s.dead if s else 0,
             "live": s.live if s else 0,
-            "oldest_created_at": oldest,
+            "oldest_created_at": engine.wall_time(oldest),
             "oldest_age_seconds": None if oldest is None else max(now - oldest, 0.0),
             "counters": queue_counters,
             "throughput": dict(
@@ -274,7 +276,7 @@ def _snapshot(engine):
                 **{"%s_per_second" % what: counts.get(what, 0) / window
                    for what in ("puts", "gets", "acks")}),
         }
-    return now, snapshot
+    return engine.wall_time(now), snapshot
 
 
 def _rate(per_second):
@@ -374,10 +376,12 @@ def _watch(args, engine):
 
 # -- looking at messages -----------------------------------------------------------------
 
-def _message_rows(messages, now, dead):
+def _message_rows(messages, engine, dead):
+    now = engine.now()
     if dead:
         headers = ["ID", "QUEUE", "ATTEMPTS", "DEAD AT", "REASON"]
-        rows = [[m.id, m.queue_name, m.attempts, _when(m.dead_at), m.dead_reason or ""]
+        rows = [[m.id, m.queue_name, m.attempts, _when(engine.wall_time(m.dead_at)),
+                 m.dead_reason or ""]
                 for m in messages]
         return _table(headers, rows, "rlrll")
     headers = ["ID", "QUEUE", "ATTEMPTS", "AGE", "SIZE", "DATA"]
@@ -390,11 +394,11 @@ def _cmd_peek(args):
     with _reading(args) as engine:
         messages = _peek_many(engine, args.queue, args.n)
     if args.json:
-        _print_json([_record(m) for m in messages])
+        _print_json([_record(m, engine.wall_time) for m in messages])
     elif not messages:
         print("queue %r has no ready message" % args.queue)
     else:
-        print("\n".join(_message_rows(messages, time.time(), dead=False)))
+        print("\n".join(_message_rows(messages, engine, dead=False)))
     return 0
 
 
@@ -403,11 +407,11 @@ def _cmd_dlq_list(args):
         queues = [args.queue] if args.queue else _queues_with(engine, "dead")
         messages = [m for q in queues for m in engine.dead_letters(q)]
     if args.json:
-        _print_json([_record(m) for m in messages])
+        _print_json([_record(m, engine.wall_time) for m in messages])
     elif not messages:
         print("no dead letters" + (" in queue %r" % args.queue if args.queue else ""))
     else:
-        print("\n".join(_message_rows(messages, time.time(), dead=True)))
+        print("\n".join(_message_rows(messages, engine, dead=True)))
     return 0
 
 
@@ -416,22 +420,23 @@ def _cmd_dlq_show(args):
         msg = engine.get(args.id)
     if msg is None:
         raise CLIError("no message with id %d in %s" % (args.id, args.db))
-    now = time.time()
+    now, wall = engine.now(), engine.wall_time
     if args.json:
-        _print_json(dict(_record(msg), state=_state(msg, now), visible_at=msg.visible_at))
+        _print_json(dict(_record(msg, wall), state=_state(msg, now),
+                         visible_at=wall(msg.visible_at)))
         return 0
     state = _state(msg, now)
     if state == "waiting":
-        state = "delayed or in flight until %s" % _when(msg.visible_at)
+        state = "delayed or in flight until %s" % _when(wall(msg.visible_at))
     fields = [
         ("id", msg.id), ("queue", msg.queue_name), ("state", state),
         ("attempts", msg.attempts),
-        ("created at", "%s (%s ago)" % (_when(msg.created_at), _age(now - msg.created_at))),
+        ("created at", "%s (%s ago)" % (_when(wall(msg.created_at)), _age(now - msg.created_at))),
     ]
     if msg.key is not None:
         fields.append(("key", msg.key))
     if msg.dead_at is not None:
-        fields += [("dead at", _when(msg.dead_at)), ("dead reason", msg.dead_reason)]
+        fields += [("dead at", _when(wall(msg.dead_at))), ("dead reason", msg.dead_reason)]
     fields.append(("data", "%s (%d bytes)" % (_preview(msg.data, 200), len(msg.data))))
     width = max(len(name) for name, _ in fields) + 2
     for name, value in fields:
@@ -662,7 +667,8 @@ def _write_records(out, engine, queues, dead):
     for queue in queues:
         messages = engine.dead_letters(queue) if dead else _live_messages(engine, queue)
         for msg in messages:
-            out.write(json.dumps(_record(msg), ensure_ascii=False).encode("utf-8") + b"\n")
+            out.write(json.dumps(_record(msg, engine.wall_time), ensure_ascii=False).encode("utf-8")
+                      + b"\n")
             count += 1
     return count
 

@@ -10,8 +10,14 @@ Vocabulary.  A *message* belongs to a named *queue* and is, at any moment,
 ready, delayed, in flight (leased) or dead (in the dead-letter queue).  A
 *lease* hides a message from other consumers until it runs out; it carries a
 token, so only its holder can acknowledge, extend or release it.  Every lease
-counts as one *attempt* (delivery).  Times are seconds since the epoch
-(wall clock, as they must agree between processes and across restarts).
+counts as one *attempt* (delivery).
+
+Times (``visible_at``, ``created_at``, ``expires_at``, ...) are seconds on the
+engine's clock, :meth:`Engine.now`: a clock that every process using the
+database agrees on.  It reads like the wall clock (seconds since the epoch)
+but need not follow it: the SQLite engine's clock is not moved by steps of
+the wall clock (see :mod:`.sqlite_engine`).  Compare stored times only with
+``engine.now()``, and show them to people through ``engine.wall_time()``.
 """
 
 import abc
@@ -33,7 +39,9 @@ def clock():
     """``time.time()``, but never going backwards within this process.
 
     A message put with no delay must be visible to the next ``pop`` of the
-    same process even if the system clock was stepped back in between.
+    same process even if the system clock was stepped back in between.  The
+    default :meth:`Engine.now`, and the SQLite engine's where the system
+    offers nothing better (see :mod:`._clock`).
     """
     global _last_time
     now = time.time()
@@ -122,7 +130,8 @@ class Message:
 
     ``id``, ``data``, ``queue_name``, ``retry_count`` and ``created_at`` are
     Liteq's fields; ``retry_count`` is the number of deliveries before this
-    one.  The rest is ours.
+    one.  The rest is ours.  Times are on the engine's clock
+    (:meth:`Engine.now`; :meth:`Engine.wall_time` for the wall clock's).
     """
 
     id: int
@@ -174,6 +183,23 @@ class Engine(abc.ABC):
 
     #: Where the data lives, for messages (a path or a URL).
     location: str
+
+    # -- time -----------------------------------------------------------------
+
+    def now(self):
+        """The engine's clock: what every stored time is compared with.
+
+        Agreed on by every process that uses the database; seconds, reading
+        like the wall clock.  This default is the wall clock
+        (:func:`clock`); an engine whose clock is not moved by steps of the
+        wall clock overrides it.
+        """
+        return clock()
+
+    def wall_time(self, t):
+        """A time of the engine's clock as wall-clock seconds since the
+        epoch, for showing to people (None stays None)."""
+        return t
 
     # -- producing ----------------------------------------------------------
 
@@ -404,7 +430,7 @@ def lease_waiting(engine, queue, n, seconds, order, max_attempts, timeout):
             due = engine.next_visible_at(queue)
             if due is not None:
                 # 1 ms at least: a message due now is leased by the next look.
-                remaining = min(remaining, max(due - clock(), 0.001))
+                remaining = min(remaining, max(due - engine.now(), 0.001))
             waiter.wait(remaining)
 
 

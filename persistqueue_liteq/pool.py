@@ -63,7 +63,6 @@ from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 
 from . import _checks
-from .engine import clock
 from .exceptions import SerializationError, TaskTimeout, WorkerDied
 from .sql import DEFAULT_PREFIX
 from .sqlite_engine import SQLiteEngine
@@ -256,7 +255,7 @@ def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None):
                 # Until a put wakes us, or a retry's backoff or a lease ends.
                 due = engine.next_visible_at(cfg.queue)
                 waiter.wait(_IDLE_CHECK if due is None else
-                            min(_IDLE_CHECK, max(due - clock(), 0.001)))
+                            min(_IDLE_CHECK, max(due - engine.now(), 0.001)))
                 continue
             began, ran = time.monotonic(), 0
             for i, msg in enumerate(batch):

@@ -56,7 +56,7 @@ from queue import Empty, Full
 from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar
 
 from . import _checks
-from .engine import METRIC_NAMES, Message, clock
+from .engine import METRIC_NAMES, Message
 from .exceptions import DatabaseBusy
 from .liteq import describe_exception
 from .serializers import Codec, order_key, resolve
@@ -288,7 +288,7 @@ class _QueueBase(Generic[T]):
                     due = self._engine.next_visible_at(self.name)
                 if due is not None:
                     # 1 ms at least: a message due now is leased by the next look.
-                    remaining = min(remaining, max(due - clock(), 0.001))
+                    remaining = min(remaining, max(due - self._engine.now(), 0.001))
                 # A shutdown() wakes this waiter too, through the engine.
                 waiter.wait(min(remaining, _RELOOK))
 

@@ -126,6 +126,26 @@ TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
 READ_META = "SELECT key, value FROM {p}meta"
 WRITE_META = "INSERT OR REPLACE INTO {p}meta (key, value) VALUES (?, ?)"
 
+# -- the file's clock ---------------------------------------------------------
+# The anchor of the engine's clock, in {p}meta: the boot it was made in, and
+# the wall clock and CLOCK_BOOTTIME read together then (see sqlite_engine).
+CLOCK_BOOT_ID = "clock_boot_id"
+CLOCK_WALL = "clock_wall"
+CLOCK_BOOTTIME = "clock_boottime"
+
+# The newest time the file's clock gave, about: it must not go back past it.
+# Both are lookups of the last row by primary key.
+NEWEST_TIME = """
+SELECT max(coalesce((SELECT created_at FROM {p}messages ORDER BY id DESC LIMIT 1), 0),
+           coalesce((SELECT finished_at FROM {p}results ORDER BY seq DESC LIMIT 1), 0))"""
+
+# Every lease of another boot: its holder is gone, the message is ready now
+# (a lease that already ran out keeps its place).  A whole-table scan, run
+# once per boot.
+RELEASE_ALL_LEASES = """
+UPDATE {p}messages SET lease = NULL, visible_at = min(visible_at, ?)
+ WHERE lease IS NOT NULL AND visible_at IS NOT NULL"""
+
 # -- producing --------------------------------------------------------------
 
 INSERT = """

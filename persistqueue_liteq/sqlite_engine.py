@@ -8,14 +8,70 @@ transaction, so any number of threads and processes may share the file.  A
 lease is a single ``UPDATE ... RETURNING``: two consumers can never lease the
 same message while its lease holds, because the second one's statement starts
 after the first one's has committed and no longer finds the row ready.
+
+Time.  Leases, delays and TTLs are compared with :meth:`SQLiteEngine.now`, the
+file's own clock, not with the wall clock.  The file keeps an *anchor* in its
+meta table: the machine's boot id and a reading of the wall clock and of
+CLOCK_BOOTTIME taken together (see :mod:`._clock`); ``now()`` is that wall
+time plus the CLOCK_BOOTTIME seconds since.  Every process of the machine
+reads the same value whatever its own wall clock says; a step of the wall
+clock (``date -s``, an NTP step, a restored VM) does not move it, and NTP's
+slewing, which changes the rate of both clocks, keeps them together.  So:
+
+* A lease of ``s`` seconds ends ``s`` seconds after it was taken or renewed,
+  for every process: a step of anyone's wall clock neither ends it early
+  (re-delivering a message whose holder lives) nor late (stranding the
+  message of a dead holder).  Seconds are CLOCK_BOOTTIME's, which counts a
+  suspend of the machine as the wall clock does.
+* A delay or TTL is a duration from the put, counted the same way: a message
+  put with a delay of 600 s is ready 600 s later and one with a TTL of 600 s
+  is dropped 600 s later, whichever wall clock was stepped in between.  They
+  are not appointments on the wall clock: after a step forward of an hour, a
+  message delayed by two hours still waits two hours from its put.
+* Stored times (``created_at``, ``visible_at``, ``expires_at``, ``dead_at``,
+  the results' ``finished_at``, the activity buckets) are on this clock.  They
+  read like wall-clock times, and are, until the wall clock is stepped;
+  :meth:`SQLiteEngine.wall_time` turns one into the wall clock's reading (the
+  command line shows times that way).
+
+Across a reboot.  The first process that opens the file for writing in a new
+boot finds another boot id in the anchor and, in one transaction, anchors it
+again and releases every lease: their holders died with the old boot, so
+their messages are ready at once (the delivery counted as an attempt).  The
+clock goes on from the wall clock at that moment, so a delay or TTL pending
+across a reboot ends by the wall clock (the time the machine was down counts),
+but never from earlier than the old anchor or the newest message or result
+stored: a wall clock that is far behind at boot would otherwise hold every
+message back for the whole boot.  The wall clock is read once per boot, then:
+if delays and TTLs must be right across reboots, start the first process
+after the clock is synchronised (systemd's ``time-sync.target``).  A file
+copied to another machine is re-anchored the same way at its first open
+there.  A read-only engine never anchors; until a writer has, it reads the
+wall clock.
+
+Not covered.  Where there is no CLOCK_BOOTTIME or boot id (macOS, Windows, a
+Linux without ``/proc``) the wall clock decides everything, as
+:func:`~persistqueue_liteq.engine.clock` reads it (never going back within a
+process): a step of the wall clock moves leases, delays and TTLs.  A file
+last written by a version without anchors is anchored at its first open
+without releasing anything (processes of that version may hold leases, on
+the wall clock).  All processes must run on one kernel, as SQLite's WAL mode
+requires anyway: containers of one host are (their time namespaces are
+allowed for).
+
+Cost: ``now()`` is one ``clock_gettime`` and an addition; the anchor is read
+with the schema at open, no statement more; the first open of a boot runs
+one transaction that scans the messages table once.
 """
 
 import atexit
 import logging
 import os
 import random
+import time
 import weakref
 
+from . import _clock
 from . import sql as _sql
 from .connections import Connections, check_sqlite_version
 from .engine import METRIC_NAMES, Engine, Message, Metrics, QueueStats, clock
@@ -45,6 +101,50 @@ def _check_directory(path):
 
 def _new_token():
     return random.getrandbits(62) + 1
+
+
+_local_boottime = _clock.local_boottime
+
+# Engines whose clock is anchored: a forked child in another time namespace
+# (see _clock) reads CLOCK_BOOTTIME shifted, and shifts their clocks back.
+_anchored = weakref.WeakSet()
+
+
+_offset_applied = _clock.ns_offset()
+
+
+def _after_fork():
+    global _offset_applied
+    if _clock.ns_offset() != _offset_applied:  # hardly ever: see _clock
+        _offset_applied = _clock.ns_offset()
+        for engine in list(_anchored):
+            engine._shift = engine._anchor_shift - _offset_applied
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+# How far the wall clock must be from the engine's before times are shown
+# shifted by the difference (seconds).
+_SHOWN_OFFSET = 1.0
+
+
+def _read_anchor(meta):
+    """(shift, None) for an anchor made in this boot; (None, its wall time)
+    for one made in another boot (0.0 if it is unreadable); (None, None) if
+    the file has none (new, or written by a version before anchors)."""
+    boot = meta.get(_sql.CLOCK_BOOT_ID)
+    if boot is None:
+        return None, None
+    try:
+        wall, since_boot = float(meta[_sql.CLOCK_WALL]), float(meta[_sql.CLOCK_BOOTTIME])
+    except (KeyError, TypeError, ValueError):
+        return None, 0.0
+    if not (0.0 < wall < 1e12 and 0.0 <= since_boot < 1e12):  # not NaN, not absurd
+        return None, 0.0
+    if boot != _clock.boot_id():
+        return None, wall
+    return wall - since_boot, None
 
 
 # Engines not closed when the interpreter exits still flush their counts.
@@ -103,7 +203,9 @@ class SQLiteEngine(Engine):
             "lifo": self.sql.LEASE_LIFO,
             "priority": self.sql.LEASE_PRIORITY,
         }
+        self._meta = {}
         self._open_schema()
+        self._open_clock()
         self._notifier = Notifier(path, table_prefix)
         self._metrics = Metrics()
         if not readonly:
@@ -136,6 +238,9 @@ class SQLiteEngine(Engine):
                     [("format", _sql.FORMAT_NAME), ("schema_version", str(_sql.SCHEMA_VERSION))],
                 )
                 logger.info("created queue tables %s* in %s", self.sql.PREFIX, self.location)
+                if _clock.SUPPORTED:  # anchored now, not in a transaction of its own
+                    self._anchor(conn)
+                    self._meta = dict(conn.execute(self.sql.READ_META).fetchall())
 
     def _wal_and_schema_ready(self, conn):
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
@@ -154,7 +259,7 @@ class SQLiteEngine(Engine):
                     "use another table_prefix" % (self.location, prefix)
                 )
             return False
-        meta = dict(conn.execute(self.sql.READ_META).fetchall())
+        meta = self._meta = dict(conn.execute(self.sql.READ_META).fetchall())
         if meta.get("format") != _sql.FORMAT_NAME:
             raise IncompatibleDatabase(
                 "%s has a table %smeta that is not persistqueue_liteq's; use another "
@@ -169,6 +274,69 @@ class SQLiteEngine(Engine):
             )
         return True
 
+    # -- the clock ----------------------------------------------------------------
+
+    def now(self):
+        # The hot path: one C call and an addition.  Replaced by the wall
+        # clock (engine.clock) where there is no anchor.
+        return self._shift + _local_boottime()
+
+    def wall_time(self, t):
+        if t is None or self._shift is None:
+            return t
+        # Under a second apart, the two clocks differ by their rates (NTP's
+        # slewing), not by a step: shown as stored, the same at every look.
+        offset = time.time() - self.now()
+        return t + offset if abs(offset) >= _SHOWN_OFFSET else t
+
+    def _open_clock(self):
+        """Set the clock from the file's anchor, anchoring it first if the
+        file was last anchored in another boot (or never)."""
+        self._shift = None
+        if _clock.SUPPORTED:
+            shift, _ = _read_anchor(self._meta)
+            if shift is None and not self.readonly:
+                try:
+                    with self._conns.transaction() as conn:
+                        shift = self._anchor(conn)
+                except BaseException:  # busy past the timeout, say: nothing is left open
+                    self._conns.close()
+                    raise
+            self._anchor_shift = shift
+            if shift is not None:
+                self._shift = shift - _clock.ns_offset()
+                _anchored.add(self)
+        if self._shift is None:  # nothing better here, or read-only and not anchored
+            self.now = clock
+        self._meta = None
+
+    def _anchor(self, conn):
+        """Anchor the file's clock in this boot, in a transaction; return its
+        shift (the clock minus CLOCK_BOOTTIME)."""
+        shift, old_wall = _read_anchor(dict(conn.execute(self.sql.READ_META).fetchall()))
+        if shift is not None:
+            return shift  # another process of this boot came first
+        wall, since_boot = time.time(), _clock.boottime()
+        if old_wall is not None:
+            # Anchored in another boot: whoever held a lease died with it.
+            # The clock goes on from the wall clock, but never back past the
+            # newest thing stored (a wall clock behind at boot would hold
+            # every message back until it caught up).
+            newest = conn.execute(self.sql.NEWEST_TIME).fetchone()[0]
+            if isinstance(newest, (int, float)):  # a tampered row holds anything
+                wall = max(wall, newest)
+            wall = max(wall, old_wall)
+            released = conn.execute(self.sql.RELEASE_ALL_LEASES, (wall,)).rowcount
+            logger.info("%s: its clock was anchored in another boot (or the anchor was "
+                        "unreadable): anchored anew, released %d lease(s) held there",
+                        self.location, released)
+        conn.executemany(self.sql.WRITE_META, [
+            (_sql.CLOCK_BOOT_ID, _clock.boot_id()),
+            (_sql.CLOCK_WALL, repr(wall)),
+            (_sql.CLOCK_BOOTTIME, repr(since_boot)),
+        ])
+        return wall - since_boot
+
     def _execute(self, statement, params=()):
         return self._conns.execute(statement, params)
 
@@ -181,7 +349,7 @@ class SQLiteEngine(Engine):
     # -- producing ------------------------------------------------------------
 
     def put(self, queue, data, delay=0.0, ttl=None, priority=None):
-        now = clock()
+        now = self.now()
         params = (queue, data, priority, now + delay, now, None if ttl is None else now + ttl)
         insert = self.sql.INSERT
         msg_id = self._conns.write(lambda conn: conn.execute(insert, params).lastrowid)
@@ -197,7 +365,7 @@ class SQLiteEngine(Engine):
         return ids
 
     def _insert_many(self, conn, queue, payloads, delay, ttl):
-        now = clock()
+        now = self.now()
         visible = now + delay
         expires = None if ttl is None else now + ttl
         count = 0
@@ -222,7 +390,7 @@ class SQLiteEngine(Engine):
         s = self.sql
         out = []
         with self._conns.transaction() as conn:
-            now = clock()
+            now = self.now()
             for key, data in items:
                 if conn.execute(s.RESULT, (queue, key)).fetchone() is not None:
                     out.append(("done", None))
@@ -263,7 +431,7 @@ class SQLiteEngine(Engine):
                     acks += 1
             rows = []
             if lease:
-                now = clock()
+                now = self.now()
                 token = _new_token()
                 rows = conn.execute(self.sql.LEASE_FIFO, {
                     "queue": queue, "now": now, "until": now + seconds, "lease": token,
@@ -282,7 +450,7 @@ class SQLiteEngine(Engine):
 
     def _complete_in(self, conn, msg_id, lease, key, ok, data, dead_reason):
         s = self.sql
-        now = clock()
+        now = self.now()
         row = conn.execute(s.GET, (msg_id,)).fetchone()
         if row is None:
             return None, False
@@ -320,7 +488,7 @@ class SQLiteEngine(Engine):
         statement = self._lease_sql[order]
         leased = []
         while len(leased) < n:
-            now = clock()
+            now = self.now()
             token = _new_token()
             until = now + seconds
             rows = self._write(
@@ -384,7 +552,7 @@ class SQLiteEngine(Engine):
             self._metrics.add(queue, name, lasting=True)
 
     def next_visible_at(self, queue):
-        return self._execute(self.sql.NEXT_VISIBLE_AT, (queue, clock()))[0][0]
+        return self._execute(self.sql.NEXT_VISIBLE_AT, (queue, self.now()))[0][0]
 
     def _settle(self, statement, params, kind):
         """Run one settling statement; wake ``kind`` waiters of its queue."""
@@ -411,19 +579,19 @@ class SQLiteEngine(Engine):
         # A lease ended now makes the message ready: wake consumers.  A lease
         # extended (a heartbeat) or merely cut short wakes nobody: a waiter
         # looks again within wakeup.SAFETY_INTERVAL anyway.
-        rows = self._write(self.sql.SET_VISIBILITY, (clock() + seconds, msg_id, lease))
+        rows = self._write(self.sql.SET_VISIBILITY, (self.now() + seconds, msg_id, lease))
         if rows and seconds <= 0:
             self._notifier.notify("put", rows[0][0])
         return bool(rows)
 
     def release(self, msg_id, lease, delay=0.0, error=None, attempted=True):
         statement = self.sql.RELEASE if attempted else self.sql.RELEASE_UNATTEMPTED
-        return self._settle(statement, (clock() + delay, error, msg_id, lease), "put")
+        return self._settle(statement, (self.now() + delay, error, msg_id, lease), "put")
 
     def dead_letter(self, msg_id, lease, reason, error=None):
         with self._conns.transaction() as conn:
             row = conn.execute(
-                self.sql.DEAD_LETTER, (clock(), reason, error, msg_id, lease)
+                self.sql.DEAD_LETTER, (self.now(), reason, error, msg_id, lease)
             ).fetchone()
             if row:
                 conn.execute(self.sql.ADD_COUNTER, (row[0], "dead_lettered", 1))
@@ -445,12 +613,12 @@ class SQLiteEngine(Engine):
         )
 
     def peek(self, queue):
-        now = clock()
+        now = self.now()
         rows = self._execute(self.sql.PEEK, (queue, now, now))
         return self._stored(rows[0]) if rows else None
 
     def peek_many(self, queue, n):
-        now = clock()
+        now = self.now()
         return [self._stored(row) for row in self._execute(self.sql.PEEK_MANY, (queue, now, now, n))]
 
     def messages(self, queue, after_id=0, limit=1000):
@@ -466,9 +634,9 @@ class SQLiteEngine(Engine):
         if what == "live":
             return self._execute(s.COUNT_LIVE, (queue,))[0][0]
         if what == "waiting":
-            return self._execute(s.COUNT_WAITING, (queue, clock()))[0][0]
+            return self._execute(s.COUNT_WAITING, (queue, self.now()))[0][0]
         if what == "ready":
-            return self._execute(s.COUNT_READY, (queue, clock()))[0][0]
+            return self._execute(s.COUNT_READY, (queue, self.now()))[0][0]
         if what == "dead":
             return self._execute(s.COUNT_DEAD, (queue,))[0][0]
         raise ValueError("count() what must be live, waiting, ready or dead; got %r" % (what,))
@@ -477,7 +645,7 @@ class SQLiteEngine(Engine):
         return bool(self._execute(self.sql.ANY_LIVE, (queue,))[0][0])
 
     def queues(self):
-        rows = self._execute(self.sql.QUEUE_STATS, {"now": clock()})
+        rows = self._execute(self.sql.QUEUE_STATS, {"now": self.now()})
         return [
             QueueStats(name, int(ready), int(delayed), int(in_flight), int(dead), oldest)
             for name, ready, delayed, in_flight, dead, oldest in rows
@@ -508,7 +676,7 @@ class SQLiteEngine(Engine):
         pending = self._metrics.take()
         if not pending or self.readonly:
             return
-        bucket = int(clock() // _sql.ACTIVITY_BUCKET * _sql.ACTIVITY_BUCKET)
+        bucket = int(self.now() // _sql.ACTIVITY_BUCKET * _sql.ACTIVITY_BUCKET)
         try:
             with self._conns.transaction() as conn:
                 conn.executemany(self.sql.ADD_COUNTER,
@@ -522,7 +690,7 @@ class SQLiteEngine(Engine):
             self._metrics.give_back(pending)
 
     def activity(self, seconds=60.0):
-        now = clock()
+        now = self.now()
         start = (now - seconds) // _sql.ACTIVITY_BUCKET * _sql.ACTIVITY_BUCKET
         result = {}
         for queue, name, value in self._execute(self.sql.READ_ACTIVITY, (start,)):
@@ -536,7 +704,7 @@ class SQLiteEngine(Engine):
     # -- operating --------------------------------------------------------------
 
     def redrive(self, queue, ids=None):
-        now = clock()
+        now = self.now()
         with self._conns.transaction() as conn:
             if ids is None:
                 moved = conn.execute(self.sql.REDRIVE_ALL, (now, queue)).rowcount
@@ -620,7 +788,7 @@ class _Transaction:
                     self._engine._count(queue, "puts", n)
 
     def put(self, queue, data, delay=0.0, ttl=None, priority=None):
-        now = clock()
+        now = self._engine.now()
         expires = None if ttl is None else now + ttl
         msg_id = self._conn.execute(
             self._engine.sql.INSERT, (queue, data, priority, now + delay, now, expires)
