@@ -57,9 +57,9 @@ from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar
 
 from . import _checks
 from .engine import METRIC_NAMES, Message, clock
-from .exceptions import DatabaseBusy
+from .exceptions import CodecMismatch, DatabaseBusy, UnboundSignatures
 from .liteq import describe_exception
-from .serializers import Codec, order_key, resolve
+from .serializers import Codec, SignatureError, UnboundSignature, order_key, resolve
 from .sql import DEFAULT_PREFIX
 from .sqlite_engine import SQLiteEngine
 
@@ -181,6 +181,17 @@ class _QueueBase(Generic[T]):
         self.serializer = resolve(serializer)
         self._codec = Codec(self.serializer, hmac_key)
         self._hmac_key = None if hmac_key is None else bytes(hmac_key)
+        # A signed payload binds its message's id and queue: the engine calls
+        # _seal(msg_id, data) once the id is chosen.
+        self._seal = None
+        if hmac_key is not None:
+            codec, queue = self._codec, self.name
+            self._seal = lambda msg_id, data: codec.seal(queue, msg_id, data)
+        # What the file records of the codec of the queue's writers is
+        # compared once per object: at its first put, or at the first get
+        # that finds a message (see _claim_codec and _check_codec).
+        self._fingerprint = self._codec.fingerprint()
+        self._codec_ok = False
         self.auto_ack = bool(auto_ack)
         self.timeout_seconds = _checks.seconds(timeout_seconds, "timeout_seconds")
         self._synchronous = synchronous
@@ -226,8 +237,15 @@ class _QueueBase(Generic[T]):
 
     def _store(self, item, priority=None):
         """Serialize ``item`` and store it; nothing is stored if it does not
-        serialize."""
-        self._engine.put(self.name, self._codec.encode(item), priority=priority)
+        serialize, or if the queue was written with another codec
+        (CodecMismatch)."""
+        data = self._codec.dumps(item)
+        if not self._codec_ok:
+            self._claim_codec()
+        if self._seal is None:
+            self._engine.put(self.name, data, priority=priority)
+        else:
+            self._engine.put(self.name, data, priority=priority, seal=self._seal)
 
     def _take(self):
         """Lease the next deliverable item and return it deserialized; raise
@@ -235,7 +253,11 @@ class _QueueBase(Generic[T]):
 
         A payload that does not deserialize (its class is gone, its signature
         is wrong) goes to the dead-letter queue with the reason, and the next
-        item is taken instead.
+        item is taken instead.  But if this object's serializer or key is not
+        the one the queue records, or the payload is signed in the format of
+        0.1.0, the message is handed back untouched and CodecMismatch or
+        UnboundSignatures raised: one consumer with the wrong key must not
+        dead-letter the queue.
         """
         while True:
             messages = self._engine.lease(
@@ -243,8 +265,19 @@ class _QueueBase(Generic[T]):
             if not messages:
                 raise Empty
             msg = messages[0]
+            if not self._codec_ok:
+                self._check_codec(msg)
             try:
-                item = self._codec.decode(msg.data)
+                item = self._codec.load_message(self.name, msg.id, msg.data)
+            except UnboundSignature:
+                self._engine.release(msg.id, msg.lease, attempted=False)
+                raise UnboundSignatures(
+                    "message %d of queue %r in %s is signed in the format of "
+                    "persistqueue_liteq 0.1.0, which does not bind a message to its id "
+                    "and queue (a copied row would pass), so it was refused and handed "
+                    "back untouched; re-sign the queue's messages once with "
+                    "upgrade_signatures() (with the key, by a process you trust) and get "
+                    "again" % (msg.id, self.name, self.path)) from None
             except Exception as exc:
                 self._engine.dead_letter(
                     msg.id, msg.lease, "cannot be deserialized: %s" % _one_line(exc),
@@ -260,6 +293,94 @@ class _QueueBase(Generic[T]):
             else:
                 self._hold(msg)
             return item
+
+    # -- what the queue was written with ----------------------------------------
+
+    def _claim_codec(self):
+        """Before the first put (with the statement lock held): record this
+        object's codec for its queue, or raise CodecMismatch if the queue
+        holds messages of another."""
+        stored = self._engine.claim_codec(self.name, self._fingerprint)
+        if stored != self._fingerprint:
+            raise CodecMismatch(self._mismatch(stored, "nothing was stored"))
+        self._codec_ok = True
+
+    def _check_codec(self, msg):
+        """At the first message leased: compare the codec that its queue
+        records with ours; on a mismatch hand ``msg`` back untouched and raise
+        CodecMismatch.  A queue that records none (written by 0.1.0, or only
+        around the queue objects) is compared again at the next get."""
+        stored = self._engine.codec_of(self.name)
+        if stored is None:
+            return
+        if stored != self._fingerprint:
+            self._engine.release(msg.id, msg.lease, attempted=False)
+            raise CodecMismatch(self._mismatch(
+                stored, "message %d was handed back undecoded, nothing was dead-lettered"
+                % msg.id))
+        self._codec_ok = True
+
+    def _mismatch(self, stored, outcome):
+        theirs = dict(part.split("=", 1) for part in stored.split(";") if "=" in part)
+        ours = dict(part.split("=", 1) for part in self._fingerprint.split(";"))
+        differences = []
+        if theirs.get("serializer") != ours["serializer"]:
+            differences.append("it was written with serializer %s, this %s has %s" % (
+                theirs.get("serializer", "?"), type(self).__name__, ours["serializer"]))
+        if theirs.get("key") != ours["key"]:
+            if theirs.get("key") == "none":
+                differences.append("it was written without hmac_key, this %s has one"
+                                   % type(self).__name__)
+            elif ours["key"] == "none":
+                differences.append("it was written with an hmac_key, this %s has none"
+                                   % type(self).__name__)
+            else:
+                differences.append("it was written with another hmac_key than this %s's"
+                                   % type(self).__name__)
+        return "queue %r in %s: %s; %s" % (
+            self.name, self.path, " and ".join(differences) or "its codec is %s" % stored,
+            outcome)
+
+    def upgrade_signatures(self) -> int:
+        """Re-sign, once, the messages of this queue (dead letters included)
+        that persistqueue_liteq 0.1.0 signed with this object's key, in the
+        format that binds each to its id and queue; return how many.
+
+        Run it from a process you trust, on a file you trust as it is now: a
+        copied row of 0.1.0 is re-signed as genuine too, which is why
+        such rows are refused until then.  Messages whose signature does not
+        match at all are left as they are (refused at delivery).
+        """
+        if not self._codec.signed:
+            raise ValueError("upgrade_signatures() needs the queue's hmac_key")
+        signer, upgraded = self._codec.signer, 0
+        with self._statement_lock:
+            if not self._codec_ok:
+                self._claim_codec()
+            after = 0
+            while True:
+                page = self._engine.messages(self.name, after, 1000)
+                if not page:
+                    break
+                after = page[-1].id
+                upgraded += self._upgrade(signer, page)
+            upgraded += self._upgrade(signer, self._engine.dead_letters(self.name))
+        return upgraded
+
+    def _upgrade(self, signer, messages):
+        upgraded = 0
+        for msg in messages:
+            try:
+                self._codec.unseal(self.name, msg.id, msg.data)
+                continue  # bound already
+            except UnboundSignature:
+                payload = msg.data[signer.SIGNATURE_SIZE:]
+            except SignatureError:
+                continue  # not ours at all: refused when delivered
+            if self._engine.replace_data(msg.id, msg.data,
+                                         self._codec.seal(self.name, msg.id, payload)):
+                upgraded += 1
+        return upgraded
 
     def _wait_for(self, attempt, block, deadline):
         """Return ``attempt()``, waiting while it raises queue.Empty.
