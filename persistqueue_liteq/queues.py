@@ -260,12 +260,14 @@ class _QueueBase(Generic[T]):
         dead-letter the queue.
         """
         while True:
+            if not self._codec_ok:
+                self._check_codec()
             messages = self._engine.lease(
                 self.name, 1, self.visibility_timeout, self._order, self.max_retries + 1)
             if not messages:
                 raise Empty
             msg = messages[0]
-            if not self._codec_ok:
+            if not self._codec_ok:  # none recorded when we looked: look again
                 self._check_codec(msg)
             try:
                 item = self._codec.load_message(self.name, msg.id, msg.data)
@@ -305,19 +307,20 @@ class _QueueBase(Generic[T]):
             raise CodecMismatch(self._mismatch(stored, "nothing was stored"))
         self._codec_ok = True
 
-    def _check_codec(self, msg):
-        """At the first message leased: compare the codec that its queue
-        records with ours; on a mismatch hand ``msg`` back untouched and raise
-        CodecMismatch.  A queue that records none (written by 0.1.0, or only
-        around the queue objects) is compared again at the next get."""
+    def _check_codec(self, msg=None):
+        """Before a get leases (and after, if the queue recorded no codec
+        then): compare the codec that the queue records with ours; on a
+        mismatch hand ``msg`` back untouched and raise CodecMismatch.  A queue
+        that records none (written by 0.1.0, or only around the queue
+        objects) is compared again at the next get."""
         stored = self._engine.codec_of(self.name)
         if stored is None:
             return
         if stored != self._fingerprint:
-            self._engine.release(msg.id, msg.lease, attempted=False)
+            if msg is not None:
+                self._engine.release(msg.id, msg.lease, attempted=False)
             raise CodecMismatch(self._mismatch(
-                stored, "message %d was handed back undecoded, nothing was dead-lettered"
-                % msg.id))
+                stored, "nothing was read, nothing was dead-lettered"))
         self._codec_ok = True
 
     def _mismatch(self, stored, outcome):
