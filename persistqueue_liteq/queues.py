@@ -26,12 +26,16 @@ Data flow (one file, any number of threads and processes; the tables are the
 engine's, see :mod:`.sqlite_engine`)::
 
     put(item)                                  get()
-      _put: serializer.dumps (+ HMAC)            _get: engine.lease: the next
+      _put: serializer.dumps                     _get: engine.lease: the next
       engine.put: INSERT  ---> messages --->       ready row, hidden for
-      engine wakes "put" waiters ------------>     visibility_timeout
-                                                   serializer.loads; a payload
+        (+ HMAC of queue, id and payload,          visibility_timeout
+        once the id is chosen)                     HMAC checked, then
+      engine wakes "put" waiters ------------>     serializer.loads; a payload
                                                    that fails goes to the dead
                                                    letters and _get moves on
+      first put: engine.claim_codec ->  meta  <- first get: engine.codec_of;
+        (serializer, key check)                    another codec: CodecMismatch,
+                                                   nothing leased or dead-lettered
       waits while full: not_full                 heartbeat thread: every
       (this process's gets notify it),             visibility_timeout/3,
       re-counting every _FULL_RECHECK s            engine.set_visibility on
@@ -625,9 +629,15 @@ class PersistentQueue(_QueueBase[T]):
         serializer: pickle (default), "json", "bytes", or any object with
             ``dumps``/``loads``.  Unpickling a file from an untrusted source
             runs code chosen by its author: see ``hmac_key``.
-        hmac_key: bytes; every payload is signed with HMAC-SHA256 and a
-            payload that fails the check is never deserialized (it goes to the
-            dead letters).
+        hmac_key: bytes; every payload is signed with HMAC-SHA256, bound to
+            the queue and the message's id, and a payload that fails the
+            check (written without the key, altered, copied or moved) is
+            never deserialized: it goes to the dead letters.  The queue
+            records its serializer and a check value of its key (never the
+            key) at its first put; a queue object with another serializer or
+            key raises CodecMismatch at its first put or get, storing,
+            leasing and dead-lettering nothing.  An empty queue takes the
+            codec of its next writer (how a key is changed).
         auto_ack: acknowledge each item when ``get`` returns it (at most once
             delivery), for code that never calls ``task_done``.
         timeout_seconds: how long to wait for another connection's lock before

@@ -245,7 +245,7 @@ class Signer:
 
     def seal(self, context, data):
         """``data`` signed for ``context``: the bytes to store."""
-        return hmac.new(self._key, context + data, hashlib.sha256).digest() + data
+        return hmac.digest(self._key, context + data, "sha256") + data
 
     def open(self, context, stored):
         """The payload of ``stored`` if its signature is the one of
@@ -253,11 +253,10 @@ class Signer:
         the format of 0.1.0, which has no context)."""
         size = self.SIGNATURE_SIZE
         signature, data = stored[:size], stored[size:]
-        if hmac.compare_digest(signature, hmac.new(self._key, context + data,
-                                                   hashlib.sha256).digest()):
+        if hmac.compare_digest(signature, hmac.digest(self._key, context + data, "sha256")):
             return data
         if len(stored) >= size and hmac.compare_digest(
-                signature, hmac.new(self._key, data, hashlib.sha256).digest()):
+                signature, hmac.digest(self._key, data, "sha256")):
             raise UnboundSignature(
                 "payload refused: it is signed in the format of persistqueue_liteq "
                 "0.1.0, which does not bind it to its message id and queue (a copy "
@@ -300,7 +299,13 @@ class Codec:
     def __init__(self, serializer, hmac_key=None):
         self.serializer = serializer
         self.signer = None if hmac_key is None else Signer(hmac_key)
-        self._key = None if hmac_key is None else self.signer._key
+        self._contexts = {}  # queue -> the start of its messages' context
+
+    def _context(self, queue, msg_id):
+        start = self._contexts.get(queue)
+        if start is None:
+            start = self._contexts[queue] = Signer.message_context(queue, 0)[:-8]
+        return start + _id_bytes.pack(msg_id)
 
     @property
     def signed(self):
@@ -329,21 +334,20 @@ class Codec:
         of ``queue`` (``data`` itself without a key)."""
         if self.signer is None:
             return data
-        return self.signer.seal(Signer.message_context(queue, msg_id), data)
+        return self.signer.seal(self._context(queue, msg_id), data)
 
     def unseal(self, queue, msg_id, stored):
         """The payload of message ``msg_id`` of ``queue``; SignatureError if
         its signature does not match the key, the id and the queue."""
         if self.signer is None:
             return stored
-        return self.signer.open(Signer.message_context(queue, msg_id), stored)
+        return self.signer.open(self._context(queue, msg_id), stored)
 
     def load_message(self, queue, msg_id, stored):
         """``loads(unseal(queue, msg_id, stored))`` in one call (the get path)."""
         if self.signer is None:
             return self.serializer.loads(stored)
-        return self.serializer.loads(
-            self.signer.open(Signer.message_context(queue, msg_id), stored))
+        return self.serializer.loads(self.signer.open(self._context(queue, msg_id), stored))
 
     def fingerprint(self):
         """What a queue records of the codec of its writers, to refuse a
