@@ -182,8 +182,8 @@ class SQLiteEngine(Engine):
 
     def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None):
         if seal is not None:
-            with self._conns.transaction() as conn:
-                msg_id = self._insert_sealed(conn, queue, data, delay, ttl, priority, seal)
+            msg_id = self._conns.write_transaction(
+                lambda conn: self._insert_sealed(conn, queue, data, delay, ttl, priority, seal))
         else:
             now = clock()
             params = (queue, data, priority, now + delay, now, None if ttl is None else now + ttl)

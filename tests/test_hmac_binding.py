@@ -136,27 +136,35 @@ def test_batches_and_transactions_bind_each_message_to_its_id(path):
         assert engine.put("q", b"j") == ids[-1] + 1  # AUTOINCREMENT goes on from there
         with pytest.raises(ZeroDivisionError):  # a seal that raises stores nothing
             engine.put_many("q", [b"k", b"l"], seal=lambda msg_id, data: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            engine.put("q", b"m", seal=lambda msg_id, data: 1 / 0)
         assert engine.count("q") == 9
+        assert engine.put("q", b"n", seal=seal) == ids[-1] + 2  # and the engine goes on
     finally:
         engine.close()
 
 
-def test_concurrent_signed_writers_each_get_their_own_ids(path, opened):
-    def produce(n):
-        q = PersistentQueue(path, hmac_key=KEY)
-        try:
-            for i in range(50):
-                q.put((n, i))
-        finally:
-            q.close()
+def _produce(path, n):
+    q = PersistentQueue(path, hmac_key=KEY)
+    try:
+        for i in range(100):
+            q.put((n, i))
+    finally:
+        q.close()
 
-    threads = [threading.Thread(target=produce, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+
+def test_concurrent_signed_writers_each_get_their_own_ids(path, opened, fork):
+    # Processes contend for the file's lock (a signed put's BEGIN IMMEDIATE is
+    # retried while busy), threads for this process's write lock.
+    procs = [fork.Process(target=_produce, args=(path, n)) for n in range(3)]
+    threads = [threading.Thread(target=_produce, args=(path, n)) for n in range(3, 5)]
+    for worker in procs + threads:
+        worker.start()
+    for worker in procs + threads:
+        worker.join(30)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
     q = opened(PersistentQueue(path, hmac_key=KEY))
-    assert sorted(drain(q)) == sorted((n, i) for n in range(4) for i in range(50))
+    assert sorted(drain(q)) == sorted((n, i) for n in range(5) for i in range(100))
     assert q.dead_letters() == []
 
 
