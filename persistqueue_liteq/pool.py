@@ -15,6 +15,10 @@ Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
   dead-lettered with their exception; the pool is never broken by a task.
 * ``cancel()`` cancels every task that has not started, even one leased by
   a worker of the pool and waiting in its batch.
+* With ``hmac_key`` every task row and result row is signed (HMAC-SHA256 of
+  the queue, the task's key and the pickle) and one that does not match is
+  never unpickled: whoever can write the file cannot run code in the
+  workers or in the submitting process.
 
 Data flow (process pool; a thread pool has threads for workers and the same
 tables)::

@@ -345,3 +345,10 @@ def test_a_signed_pool_refuses_tasks_of_an_unsigned_one(path, tmp_path, executor
         assert list(pool.map(_double, range(3))) == [0, 2, 4]
     unsigned.shutdown()
     assert not target.exists()
+
+
+def test_the_pools_check_their_key_up_front(path, executor_class):
+    for key, error, words in [("text", TypeError, "encode"), (b"", ValueError, "empty"),
+                              (3, TypeError, "bytes")]:
+        with pytest.raises(error, match=words):
+            executor_class(path, hmac_key=key)
