@@ -183,18 +183,13 @@ class _QueueBase(Generic[T]):
             visibility_timeout, "visibility_timeout", positive=True)
         self.max_retries = _checks.count(max_retries, "max_retries")
         self.serializer = resolve(serializer)
-        self._codec = Codec(self.serializer, hmac_key)
+        self._codec = Codec(self.serializer, hmac_key, queue=self.name)
         self._hmac_key = None if hmac_key is None else bytes(hmac_key)
-        # A signed payload binds its message's id and queue: the engine calls
-        # _seal(msg_id, data) once the id is chosen.
-        self._seal = None
-        if hmac_key is not None:
-            codec, queue = self._codec, self.name
-            self._seal = lambda msg_id, data: codec.seal(queue, msg_id, data)
         # What the file records of the codec of the queue's writers is
         # compared once per object: at its first put, or at the first get
-        # that finds a message (see _claim_codec and _check_codec).
-        self._fingerprint = self._codec.fingerprint()
+        # that finds a message (see _claim_codec and _check_codec).  (One
+        # attribute only: past 30, CPython stops sharing the keys of the
+        # instances' dicts, and every attribute read gets slower.)
         self._codec_ok = False
         self.auto_ack = bool(auto_ack)
         self.timeout_seconds = _checks.seconds(timeout_seconds, "timeout_seconds")
@@ -243,13 +238,14 @@ class _QueueBase(Generic[T]):
         """Serialize ``item`` and store it; nothing is stored if it does not
         serialize, or if the queue was written with another codec
         (CodecMismatch)."""
-        data = self._codec.dumps(item)
+        codec = self._codec
+        data = codec.dumps(item)
         if not self._codec_ok:
             self._claim_codec()
-        if self._seal is None:
+        if codec.sealer is None:
             self._engine.put(self.name, data, priority=priority)
-        else:
-            self._engine.put(self.name, data, priority=priority, seal=self._seal)
+        else:  # the signature binds the id, which the engine chooses
+            self._engine.put(self.name, data, priority=priority, seal=codec.sealer)
 
     def _take(self):
         """Lease the next deliverable item and return it deserialized; raise
@@ -306,8 +302,9 @@ class _QueueBase(Generic[T]):
         """Before the first put (with the statement lock held): record this
         object's codec for its queue, or raise CodecMismatch if the queue
         holds messages of another."""
-        stored = self._engine.claim_codec(self.name, self._fingerprint)
-        if stored != self._fingerprint:
+        ours = self._codec.fingerprint()
+        stored = self._engine.claim_codec(self.name, ours)
+        if stored != ours:
             raise CodecMismatch(self._mismatch(stored, "nothing was stored"))
         self._codec_ok = True
 
@@ -320,7 +317,7 @@ class _QueueBase(Generic[T]):
         stored = self._engine.codec_of(self.name)
         if stored is None:
             return
-        if stored != self._fingerprint:
+        if stored != self._codec.fingerprint():
             if msg is not None:
                 self._engine.release(msg.id, msg.lease, attempted=False)
             raise CodecMismatch(self._mismatch(
@@ -329,7 +326,7 @@ class _QueueBase(Generic[T]):
 
     def _mismatch(self, stored, outcome):
         theirs = dict(part.split("=", 1) for part in stored.split(";") if "=" in part)
-        ours = dict(part.split("=", 1) for part in self._fingerprint.split(";"))
+        ours = dict(part.split("=", 1) for part in self._codec.fingerprint().split(";"))
         differences = []
         if theirs.get("serializer") != ours["serializer"]:
             differences.append("it was written with serializer %s, this %s has %s" % (

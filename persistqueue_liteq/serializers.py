@@ -296,10 +296,15 @@ class Codec:
 
     SIGNATURE_SIZE = Signer.SIGNATURE_SIZE
 
-    def __init__(self, serializer, hmac_key=None):
+    def __init__(self, serializer, hmac_key=None, queue=None):
         self.serializer = serializer
         self.signer = None if hmac_key is None else Signer(hmac_key)
         self._contexts = {}  # queue -> the start of its messages' context
+        #: With a key and a ``queue``: ``sealer(msg_id, data)``, the seal of
+        #: that queue's messages, for the engine's ``put(seal=...)``.
+        self.sealer = None
+        if self.signer is not None and queue is not None:
+            self.sealer = lambda msg_id, data: self.seal(queue, msg_id, data)
 
     def _context(self, queue, msg_id):
         start = self._contexts.get(queue)
