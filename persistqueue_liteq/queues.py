@@ -313,11 +313,14 @@ class _QueueBase(Generic[T]):
         then): compare the codec that the queue records with ours; on a
         mismatch hand ``msg`` back untouched and raise CodecMismatch.  A queue
         that records none (written by 0.1.0, or only around the queue
-        objects) is compared again at the next get."""
+        objects), or another but has no live message (a reader of a new key
+        that starts before its writers), is compared again at the next get."""
         stored = self._engine.codec_of(self.name)
         if stored is None:
             return
         if stored != self._codec.fingerprint():
+            if msg is None and not self._engine.has_live(self.name):
+                return  # nothing to misread: the next writer may change the codec
             if msg is not None:
                 self._engine.release(msg.id, msg.lease, attempted=False)
             raise CodecMismatch(self._mismatch(
