@@ -260,17 +260,16 @@ class _QueueBase(Generic[T]):
         dead-letter the queue.
         """
         while True:
-            if not self._codec_ok:
-                self._check_codec()
+            unchecked = not self._codec_ok and not self._check_codec()
             messages = self._engine.lease(
                 self.name, 1, self.visibility_timeout, self._order, self.max_retries + 1)
             if not messages:
                 raise Empty
             msg = messages[0]
-            if not self._codec_ok:  # none recorded when we looked: look again
+            if unchecked:  # none recorded when we looked: look again
                 self._check_codec(msg)
             try:
-                item = self._codec.load_message(self.name, msg.id, msg.data)
+                item = self._codec.load_message(msg)
             except UnboundSignature:
                 self._engine.release(msg.id, msg.lease, attempted=False)
                 raise UnboundSignatures(
@@ -314,18 +313,20 @@ class _QueueBase(Generic[T]):
         mismatch hand ``msg`` back untouched and raise CodecMismatch.  A queue
         that records none (written by 0.1.0, or only around the queue
         objects), or another but has no live message (a reader of a new key
-        that starts before its writers), is compared again at the next get."""
+        that starts before its writers), is compared again at the next get.
+        True once the codec is ours."""
         stored = self._engine.codec_of(self.name)
         if stored is None:
-            return
+            return False
         if stored != self._codec.fingerprint():
             if msg is None and not self._engine.has_live(self.name):
-                return  # nothing to misread: the next writer may change the codec
+                return False  # nothing to misread: the next writer may change the codec
             if msg is not None:
                 self._engine.release(msg.id, msg.lease, attempted=False)
             raise CodecMismatch(self._mismatch(
                 stored, "nothing was read, nothing was dead-lettered"))
         self._codec_ok = True
+        return True
 
     def _mismatch(self, stored, outcome):
         theirs = dict(part.split("=", 1) for part in stored.split(";") if "=" in part)

@@ -348,11 +348,13 @@ class Codec:
             return stored
         return self.signer.open(self._context(queue, msg_id), stored)
 
-    def load_message(self, queue, msg_id, stored):
-        """``loads(unseal(queue, msg_id, stored))`` in one call (the get path)."""
+    def load_message(self, msg):
+        """The item of a stored message (an engine's Message: ``queue_name``,
+        ``id``, ``data``): ``loads(unseal(...))`` in one call, the get path."""
         if self.signer is None:
-            return self.serializer.loads(stored)
-        return self.serializer.loads(self.signer.open(self._context(queue, msg_id), stored))
+            return self.serializer.loads(msg.data)
+        return self.serializer.loads(
+            self.signer.open(self._context(msg.queue_name, msg.id), msg.data))
 
     def fingerprint(self):
         """What a queue records of the codec of its writers, to refuse a
