@@ -12,12 +12,14 @@ import logging
 
 from .engine import Message, QueueStats
 from .exceptions import (
+    CodecMismatch,
     DatabaseBusy,
     IncompatibleDatabase,
     LiteQueueError,
     ReadOnlyDatabase,
     SerializationError,
     TaskTimeout,
+    UnboundSignatures,
     WorkerDied,
 )
 from .liteq import LiteQueue
@@ -39,6 +41,8 @@ __all__ = [
     "Message",
     "QueueStats",
     "LiteQueueError",
+    "CodecMismatch",
+    "UnboundSignatures",
     "DatabaseBusy",
     "IncompatibleDatabase",
     "ReadOnlyDatabase",

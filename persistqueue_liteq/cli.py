@@ -750,6 +750,7 @@ def _cmd_worker(args):
             task_timeout=args.task_timeout, lease_seconds=args.lease_seconds,
             max_tasks_per_child=args.max_tasks_per_child,
             timeout_seconds=args.timeout, table_prefix=args.table_prefix,
+            hmac_key=args.hmac_key_file,
         )
         print("%s: worker %d started: %d process%s running queue %r of %s" % (
             PROG, os.getpid(), args.workers, "" if args.workers == 1 else "es", args.queue,
@@ -817,6 +818,19 @@ class _Parser(argparse.ArgumentParser):
         command = self.prog[len(PROG):].strip()
         where = "%s: " % command if command else ""
         self.exit(2, "%s: error: %s%s (see %s --help)\n" % (PROG, where, message, self.prog))
+
+
+def _key_file(path):
+    """The key in a file (not on the command line, which ``ps`` shows)."""
+    try:
+        with open(path, "rb") as f:
+            key = f.read()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError("cannot read the key file: %s" % exc) from None
+    key = key[:-1] if key.endswith(b"\n") else key
+    if not key:
+        raise argparse.ArgumentTypeError("the key file %s is empty" % path)
+    return key
 
 
 def _number(kind, minimum, inclusive=True, name="a number"):
@@ -949,6 +963,10 @@ def _build_parser():
     p.add_argument("--lease-seconds", type=_number(float, 0.0, False), default=30.0,
                    metavar="SECONDS")
     p.add_argument("--max-tasks-per-child", type=_number(int, 1, name="an integer"), metavar="N")
+    p.add_argument("--hmac-key-file", type=_key_file, metavar="PATH",
+                   help="the pool's hmac_key: the bytes of PATH, less one trailing newline; "
+                        "tasks and results are signed, and a task whose signature does not "
+                        "match is never unpickled")
     return parser
 
 

@@ -208,6 +208,27 @@ class Connections:
         finally:
             self.writer.release()
 
+    def write_transaction(self, work):
+        """:meth:`transaction` around a short ``work(conn)`` without the
+        context managers (a signed put's hot path): ``BEGIN IMMEDIATE``,
+        ``work``, ``COMMIT``, retried whole while the lock is busy and rolled
+        back on any exception.  Inside a transaction of this thread it joins
+        it."""
+        def whole(conn):
+            if conn.in_transaction:
+                return work(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                value = work(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.rollback()
+                raise
+            return value
+
+        return self.write(whole)
+
     def _changed(self, conn, before):
         """Count the pages that the commit since ``before``
         (conn.total_changes) wrote and, outside any transaction, checkpoint

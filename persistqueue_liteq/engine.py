@@ -204,25 +204,48 @@ class Engine(abc.ABC):
     # -- producing ----------------------------------------------------------
 
     @abc.abstractmethod
-    def put(self, queue, data, delay=0.0, ttl=None, priority=None):
+    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None):
         """Store one message; return its id.
 
         ``delay``: seconds before it may be delivered.  ``ttl``: seconds after
         which it is dropped undelivered (and counted as expired).
         ``priority``: an order key (bytes); messages with one are delivered by
-        ``lease(order="priority")`` in key order.
+        ``lease(order="priority")`` in key order.  ``seal``: for a stored
+        payload that depends on the message's id (a signature that binds
+        it): a function ``seal(msg_id, data) -> bytes``, called in the
+        transaction that stores the message, whose result is stored instead
+        of ``data``.
         """
 
     @abc.abstractmethod
-    def put_many(self, queue, payloads, delay=0.0, ttl=None):
+    def put_many(self, queue, payloads, delay=0.0, ttl=None, seal=None):
         """Store every payload of an iterable in one transaction; return the
-        ids in order.  If the iterable raises, nothing is stored."""
+        ids in order.  If the iterable (or ``seal``) raises, nothing is
+        stored."""
 
     @abc.abstractmethod
     def transaction(self):
         """A context manager yielding an object with ``put`` and ``put_many``
         (as above) whose messages, to any queues, are committed together when
         the block ends, or not at all if it raises."""
+
+    # -- what a queue was written with -----------------------------------------
+
+    @abc.abstractmethod
+    def codec_of(self, queue):
+        """The codec fingerprint recorded for ``queue`` (a str), or None."""
+
+    @abc.abstractmethod
+    def claim_codec(self, queue, fingerprint):
+        """Record ``fingerprint`` as the codec of ``queue``, unless another one
+        is recorded and the queue holds messages (live or dead); return the
+        one that holds, in one transaction (so concurrent first writers
+        agree)."""
+
+    @abc.abstractmethod
+    def replace_data(self, msg_id, old, new):
+        """Store ``new`` as the payload of a message whose payload is
+        ``old`` (and nothing otherwise); True if it did."""
 
     @abc.abstractmethod
     def put_keyed(self, queue, items):

@@ -15,6 +15,8 @@ __all__ = [
     "WorkerDied",
     "TaskTimeout",
     "SerializationError",
+    "CodecMismatch",
+    "UnboundSignatures",
 ]
 
 
@@ -51,3 +53,15 @@ class TaskTimeout(WorkerDied, TimeoutError):
 class SerializationError(LiteQueueError):
     """A task, its arguments, its result or its exception could not be
     pickled or unpickled; the message says which and why."""
+
+
+class CodecMismatch(LiteQueueError, ValueError):
+    """A queue object's serializer or ``hmac_key`` is not the one its queue
+    was written with (as recorded in the file): nothing was stored, and the
+    message it was about to read was handed back untouched."""
+
+
+class UnboundSignatures(LiteQueueError, ValueError):
+    """A queue holds messages signed by persistqueue_liteq 0.1.0, whose
+    signature does not bind a message to its id and queue: refused until
+    re-signed once with the queue's ``upgrade_signatures()``."""

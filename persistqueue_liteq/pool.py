@@ -15,6 +15,10 @@ Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
   dead-lettered with their exception; the pool is never broken by a task.
 * ``cancel()`` cancels every task that has not started, even one leased by
   a worker of the pool and waiting in its batch.
+* With ``hmac_key`` every task row and result row is signed (HMAC-SHA256 of
+  the queue, the task's key and the pickle) and one that does not match is
+  never unpickled: whoever can write the file cannot run code in the
+  workers or in the submitting process.
 
 Data flow (process pool; a thread pool has threads for workers and the same
 tables)::
@@ -64,6 +68,7 @@ from concurrent.futures.thread import BrokenThreadPool
 
 from . import _checks
 from .exceptions import SerializationError, TaskTimeout, WorkerDied
+from .serializers import SignatureError, Signer, _check_key
 from .sql import DEFAULT_PREFIX
 from .sqlite_engine import SQLiteEngine
 
@@ -165,7 +170,7 @@ class _Config:
     """What a worker needs to know; picklable, for spawn."""
 
     def __init__(self, path, queue, engine_options, lease_seconds, max_retries,
-                 retry_backoff, retry_backoff_max):
+                 retry_backoff, retry_backoff_max, hmac_key=None):
         # Read when the pool is made, so that a worker started by spawn or
         # forkserver sees what its pool's process has (tests change it).
         self.batch_seconds = _BATCH_SECONDS
@@ -176,6 +181,46 @@ class _Config:
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.retry_backoff_max = retry_backoff_max
+        self.signer = None if hmac_key is None else Signer(hmac_key)
+
+    # With hmac_key, task rows are signed for their queue and key and result
+    # rows for their queue, key and ok flag (Signer): a row that does not
+    # match is never unpickled.  Without, the pickles are stored as they are.
+
+    def seal_task(self, key, data):
+        if self.signer is None:
+            return data
+        return self.signer.seal(Signer.task_context(self.queue, key), data)
+
+    def open_task(self, msg):
+        """The pickled call of a leased task; SerializationError if its
+        signature does not match."""
+        if self.signer is None:
+            return msg.data
+        try:
+            return self.signer.open(Signer.task_context(self.queue, msg.key), msg.data)
+        except SignatureError:
+            raise SerializationError(
+                "task %s of queue %r refused: its signature does not match the pool's "
+                "hmac_key, queue and task key (written without the key, or altered); it "
+                "was not unpickled" % (msg.key, self.queue)) from None
+
+    def seal_result(self, key, ok, data):
+        if self.signer is None:
+            return data
+        return self.signer.seal(Signer.result_context(self.queue, key, ok), data)
+
+    def open_result(self, key, ok, data):
+        if self.signer is None:
+            return data
+        try:
+            return self.signer.open(Signer.result_context(self.queue, key, ok), data)
+        except SignatureError:
+            raise SerializationError(
+                "the stored %s of task %s of queue %r refused: its signature does not "
+                "match the pool's hmac_key, queue and task key (written without the key, "
+                "or altered); it was not unpickled"
+                % ("result" if ok else "exception", key, self.queue)) from None
 
     def backoff(self, attempts):
         if not self.retry_backoff:
@@ -191,7 +236,8 @@ def _settle_failure(engine, cfg, task_id, lease, key, attempts, exc, reason):
     if attempts > cfg.max_retries:
         summary = "failed %d time%s (max_retries=%d): %s" % (
             attempts, "" if attempts == 1 else "s", cfg.max_retries, reason)
-        engine.complete(task_id, lease, key, False, _failure_payload(exc), dead_reason=summary)
+        engine.complete(task_id, lease, key, False,
+                        cfg.seal_result(key, False, _failure_payload(exc)), dead_reason=summary)
     else:
         engine.release(task_id, lease, cfg.backoff(attempts), error=reason)
 
@@ -204,13 +250,16 @@ def _run_one(engine, cfg, msg, slot):
         reason = "not finished after %d deliveries (max_retries=%d); last error: %s" % (
             msg.attempts - 1, cfg.max_retries, msg.last_error)
         engine.complete(msg.id, msg.lease, msg.key, False,
-                        pickle.dumps(WorkerDied(reason)), dead_reason=reason)
+                        cfg.seal_result(msg.key, False, pickle.dumps(WorkerDied(reason))),
+                        dead_reason=reason)
         return _SETTLED
     try:
-        fn, args, kwargs = pickle.loads(msg.data)
+        fn, args, kwargs = pickle.loads(cfg.open_task(msg))
     except BaseException as exc:  # a task that cannot be loaded will never run
-        error = SerializationError("task %s cannot be unpickled in the worker: %r" % (msg.key, exc))
-        engine.complete(msg.id, msg.lease, msg.key, False, pickle.dumps(error),
+        error = exc if isinstance(exc, SerializationError) else SerializationError(
+            "task %s cannot be unpickled in the worker: %r" % (msg.key, exc))
+        engine.complete(msg.id, msg.lease, msg.key, False,
+                        cfg.seal_result(msg.key, False, pickle.dumps(error)),
                         dead_reason=str(error))
         return None
     slot.running()  # task_timeout counts from here, not from the unpickling
@@ -221,10 +270,11 @@ def _run_one(engine, cfg, msg, slot):
         _settle_failure(engine, cfg, msg.id, msg.lease, msg.key, msg.attempts, exc, reason)
         return None
     try:
-        return pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+        return cfg.seal_result(msg.key, True, pickle.dumps(result, pickle.HIGHEST_PROTOCOL))
     except Exception as exc:
         error = SerializationError("the result of task %s cannot be pickled: %s" % (msg.key, exc))
-        engine.complete(msg.id, msg.lease, msg.key, False, pickle.dumps(error),
+        engine.complete(msg.id, msg.lease, msg.key, False,
+                        cfg.seal_result(msg.key, False, pickle.dumps(error)),
                         dead_reason=str(error))
         return None
 
@@ -367,7 +417,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
     def __init__(self, path, max_workers=None, initializer=None, initargs=(), *,
                  name="tasks", max_retries=3, retry_backoff=0.5, retry_backoff_max=60.0,
                  lease_seconds=30.0, timeout_seconds=5.0, synchronous="NORMAL",
-                 table_prefix=DEFAULT_PREFIX, run_workers=True):
+                 table_prefix=DEFAULT_PREFIX, run_workers=True, hmac_key=None):
         if max_workers is None:
             max_workers = self._default_workers()
         if isinstance(max_workers, bool) or not isinstance(max_workers, int):
@@ -377,6 +427,8 @@ class _PersistentExecutor(concurrent.futures.Executor):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         path = _checks.db_path(path)
+        if hmac_key is not None:
+            hmac_key = _check_key(hmac_key)
         engine_options = dict(timeout=_checks.seconds(timeout_seconds, "timeout_seconds"),
                               synchronous=synchronous, table_prefix=table_prefix)
         self._engine = SQLiteEngine(path, **engine_options)
@@ -386,6 +438,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
             _checks.count(max_retries, "max_retries"),
             _checks.seconds(retry_backoff, "retry_backoff"),
             _checks.seconds(retry_backoff_max, "retry_backoff_max"),
+            hmac_key,
         )
         self._max_workers = max_workers
         self._initializer, self._initargs = initializer, tuple(initargs)
@@ -459,7 +512,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 future = _TaskFuture(self, key)
                 futures.append(future)
                 self._pending.setdefault(key, []).append(future)
-                self._outbox[future] = (key, data)
+                self._outbox[future] = (key, self._cfg.seal_task(key, data))
             self._outbox_filled.notify()
         return futures
 
@@ -572,10 +625,11 @@ class _PersistentExecutor(concurrent.futures.Executor):
                         return
                 waiter.wait(_IDLE_CHECK)
 
-    @staticmethod
-    def _resolve_future(future, ok, data):
+    def _resolve_future(self, future, ok, data):
         try:
-            value = pickle.loads(data)
+            value = pickle.loads(self._cfg.open_result(future._key, ok, data))
+        except SerializationError as exc:  # a signature that does not match
+            value, ok = exc, False
         except BaseException as exc:
             value, ok = SerializationError("the task's %s cannot be unpickled: %r" % (
                 "result" if ok else "exception", exc)), False
@@ -685,6 +739,13 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         run_workers: False to only store tasks and collect results, while
             workers elsewhere (``python -m persistqueue_liteq worker``, or
             another pool on the same file and name) run them.
+        hmac_key: bytes; every task row is signed with HMAC-SHA256 for its
+            queue and key, and every result row for its task, and a row whose
+            signature does not match is never unpickled: its task is
+            dead-lettered, or its future fails, with SerializationError.
+            Whoever can write the file can otherwise run code in the workers
+            and in this process.  Every pool and worker on the queue needs
+            the same key.
     """
 
     _broken_error = BrokenProcessPool
@@ -892,9 +953,9 @@ class _Slot:
 
 class PersistentThreadPoolExecutor(_PersistentExecutor):
     """A ThreadPoolExecutor whose tasks live in a queue file: the same
-    durability as the process pool, for I/O-bound work (same arguments, less
-    mp_context, max_tasks_per_child and task_timeout, which a thread cannot
-    honour)."""
+    durability as the process pool, for I/O-bound work (same arguments,
+    ``hmac_key`` included, less mp_context, max_tasks_per_child and
+    task_timeout, which a thread cannot honour)."""
 
     _broken_error = BrokenThreadPool
 

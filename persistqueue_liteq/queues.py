@@ -26,12 +26,16 @@ Data flow (one file, any number of threads and processes; the tables are the
 engine's, see :mod:`.sqlite_engine`)::
 
     put(item)                                  get()
-      _put: serializer.dumps (+ HMAC)            _get: engine.lease: the next
+      _put: serializer.dumps                     _get: engine.lease: the next
       engine.put: INSERT  ---> messages --->       ready row, hidden for
-      engine wakes "put" waiters ------------>     visibility_timeout
-                                                   serializer.loads; a payload
+        (+ HMAC of queue, id and payload,          visibility_timeout
+        once the id is chosen)                     HMAC checked, then
+      engine wakes "put" waiters ------------>     serializer.loads; a payload
                                                    that fails goes to the dead
                                                    letters and _get moves on
+      first put: engine.claim_codec ->  meta  <- first get: engine.codec_of;
+        (serializer, key check)                    another codec: CodecMismatch,
+                                                   nothing leased or dead-lettered
       waits while full: not_full                 heartbeat thread: every
       (this process's gets notify it),             visibility_timeout/3,
       re-counting every _FULL_RECHECK s            engine.set_visibility on
@@ -57,9 +61,9 @@ from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar
 
 from . import _checks
 from .engine import METRIC_NAMES, Message
-from .exceptions import DatabaseBusy
+from .exceptions import CodecMismatch, DatabaseBusy, UnboundSignatures
 from .liteq import describe_exception
-from .serializers import Codec, order_key, resolve
+from .serializers import Codec, SignatureError, UnboundSignature, order_key, resolve
 from .sql import DEFAULT_PREFIX
 from .sqlite_engine import SQLiteEngine
 
@@ -179,8 +183,14 @@ class _QueueBase(Generic[T]):
             visibility_timeout, "visibility_timeout", positive=True)
         self.max_retries = _checks.count(max_retries, "max_retries")
         self.serializer = resolve(serializer)
-        self._codec = Codec(self.serializer, hmac_key)
+        self._codec = Codec(self.serializer, hmac_key, queue=self.name)
         self._hmac_key = None if hmac_key is None else bytes(hmac_key)
+        # What the file records of the codec of the queue's writers is
+        # compared once per object: at its first put, or at the first get
+        # that finds a message (see _claim_codec and _check_codec).  (One
+        # attribute only: past 30, CPython stops sharing the keys of the
+        # instances' dicts, and every attribute read gets slower.)
+        self._codec_ok = False
         self.auto_ack = bool(auto_ack)
         self.timeout_seconds = _checks.seconds(timeout_seconds, "timeout_seconds")
         self._synchronous = synchronous
@@ -226,8 +236,16 @@ class _QueueBase(Generic[T]):
 
     def _store(self, item, priority=None):
         """Serialize ``item`` and store it; nothing is stored if it does not
-        serialize."""
-        self._engine.put(self.name, self._codec.encode(item), priority=priority)
+        serialize, or if the queue was written with another codec
+        (CodecMismatch)."""
+        codec = self._codec
+        data = codec.dumps(item)
+        if not self._codec_ok:
+            self._claim_codec()
+        if codec.sealer is None:
+            self._engine.put(self.name, data, priority=priority)
+        else:  # the signature binds the id, which the engine chooses
+            self._engine.put(self.name, data, priority=priority, seal=codec.sealer)
 
     def _take(self):
         """Lease the next deliverable item and return it deserialized; raise
@@ -235,16 +253,32 @@ class _QueueBase(Generic[T]):
 
         A payload that does not deserialize (its class is gone, its signature
         is wrong) goes to the dead-letter queue with the reason, and the next
-        item is taken instead.
+        item is taken instead.  But if this object's serializer or key is not
+        the one the queue records, or the payload is signed in the format of
+        0.1.0, the message is handed back untouched and CodecMismatch or
+        UnboundSignatures raised: one consumer with the wrong key must not
+        dead-letter the queue.
         """
         while True:
+            unchecked = not self._codec_ok and not self._check_codec()
             messages = self._engine.lease(
                 self.name, 1, self.visibility_timeout, self._order, self.max_retries + 1)
             if not messages:
                 raise Empty
             msg = messages[0]
+            if unchecked:  # none recorded when we looked: look again
+                self._check_codec(msg)
             try:
-                item = self._codec.decode(msg.data)
+                item = self._codec.load_message(msg)
+            except UnboundSignature:
+                self._engine.release(msg.id, msg.lease, attempted=False)
+                raise UnboundSignatures(
+                    "message %d of queue %r in %s is signed in the format of "
+                    "persistqueue_liteq 0.1.0, which does not bind a message to its id "
+                    "and queue (a copied row would pass), so it was refused and handed "
+                    "back untouched; re-sign the queue's messages once with "
+                    "upgrade_signatures() (with the key, by a process you trust) and get "
+                    "again" % (msg.id, self.name, self.path)) from None
             except Exception as exc:
                 self._engine.dead_letter(
                     msg.id, msg.lease, "cannot be deserialized: %s" % _one_line(exc),
@@ -260,6 +294,101 @@ class _QueueBase(Generic[T]):
             else:
                 self._hold(msg)
             return item
+
+    # -- what the queue was written with ----------------------------------------
+
+    def _claim_codec(self):
+        """Before the first put (with the statement lock held): record this
+        object's codec for its queue, or raise CodecMismatch if the queue
+        holds messages of another."""
+        ours = self._codec.fingerprint()
+        stored = self._engine.claim_codec(self.name, ours)
+        if stored != ours:
+            raise CodecMismatch(self._mismatch(stored, "nothing was stored"))
+        self._codec_ok = True
+
+    def _check_codec(self, msg=None):
+        """Before a get leases (and after, if the queue recorded no codec
+        then): compare the codec that the queue records with ours; on a
+        mismatch hand ``msg`` back untouched and raise CodecMismatch.  A queue
+        that records none (written by 0.1.0, or only around the queue
+        objects), or another but has no live message (a reader of a new key
+        that starts before its writers), is compared again at the next get.
+        True once the codec is ours."""
+        stored = self._engine.codec_of(self.name)
+        if stored is None:
+            return False
+        if stored != self._codec.fingerprint():
+            if msg is None and not self._engine.has_live(self.name):
+                return False  # nothing to misread: the next writer may change the codec
+            if msg is not None:
+                self._engine.release(msg.id, msg.lease, attempted=False)
+            raise CodecMismatch(self._mismatch(
+                stored, "nothing was read, nothing was dead-lettered"))
+        self._codec_ok = True
+        return True
+
+    def _mismatch(self, stored, outcome):
+        theirs = dict(part.split("=", 1) for part in stored.split(";") if "=" in part)
+        ours = dict(part.split("=", 1) for part in self._codec.fingerprint().split(";"))
+        differences = []
+        if theirs.get("serializer") != ours["serializer"]:
+            differences.append("it was written with serializer %s, this %s has %s" % (
+                theirs.get("serializer", "?"), type(self).__name__, ours["serializer"]))
+        if theirs.get("key") != ours["key"]:
+            if theirs.get("key") == "none":
+                differences.append("it was written without hmac_key, this %s has one"
+                                   % type(self).__name__)
+            elif ours["key"] == "none":
+                differences.append("it was written with an hmac_key, this %s has none"
+                                   % type(self).__name__)
+            else:
+                differences.append("it was written with another hmac_key than this %s's"
+                                   % type(self).__name__)
+        return "queue %r in %s: %s; %s" % (
+            self.name, self.path, " and ".join(differences) or "its codec is %s" % stored,
+            outcome)
+
+    def upgrade_signatures(self) -> int:
+        """Re-sign, once, the messages of this queue (dead letters included)
+        that persistqueue_liteq 0.1.0 signed with this object's key, in the
+        format that binds each to its id and queue; return how many.
+
+        Run it from a process you trust, on a file you trust as it is now: a
+        copied row of 0.1.0 is re-signed as genuine too, which is why
+        such rows are refused until then.  Messages whose signature does not
+        match at all are left as they are (refused at delivery).
+        """
+        if not self._codec.signed:
+            raise ValueError("upgrade_signatures() needs the queue's hmac_key")
+        signer, upgraded = self._codec.signer, 0
+        with self._statement_lock:
+            if not self._codec_ok:
+                self._claim_codec()
+            after = 0
+            while True:
+                page = self._engine.messages(self.name, after, 1000)
+                if not page:
+                    break
+                after = page[-1].id
+                upgraded += self._upgrade(signer, page)
+            upgraded += self._upgrade(signer, self._engine.dead_letters(self.name))
+        return upgraded
+
+    def _upgrade(self, signer, messages):
+        upgraded = 0
+        for msg in messages:
+            try:
+                self._codec.unseal(self.name, msg.id, msg.data)
+                continue  # bound already
+            except UnboundSignature:
+                payload = msg.data[signer.SIGNATURE_SIZE:]
+            except SignatureError:
+                continue  # not ours at all: refused when delivered
+            if self._engine.replace_data(msg.id, msg.data,
+                                         self._codec.seal(self.name, msg.id, payload)):
+                upgraded += 1
+        return upgraded
 
     def _wait_for(self, attempt, block, deadline):
         """Return ``attempt()``, waiting while it raises queue.Empty.
@@ -501,9 +630,15 @@ class PersistentQueue(_QueueBase[T]):
         serializer: pickle (default), "json", "bytes", or any object with
             ``dumps``/``loads``.  Unpickling a file from an untrusted source
             runs code chosen by its author: see ``hmac_key``.
-        hmac_key: bytes; every payload is signed with HMAC-SHA256 and a
-            payload that fails the check is never deserialized (it goes to the
-            dead letters).
+        hmac_key: bytes; every payload is signed with HMAC-SHA256, bound to
+            the queue and the message's id, and a payload that fails the
+            check (written without the key, altered, copied or moved) is
+            never deserialized: it goes to the dead letters.  The queue
+            records its serializer and a check value of its key (never the
+            key) at its first put; a queue object with another serializer or
+            key raises CodecMismatch at its first put or get, storing,
+            leasing and dead-lettering nothing.  An empty queue takes the
+            codec of its next writer (how a key is changed).
         auto_ack: acknowledge each item when ``get`` returns it (at most once
             delivery), for code that never calls ``task_done``.
         timeout_seconds: how long to wait for another connection's lock before

@@ -19,7 +19,9 @@ back to ``loads`` as bytes (``json.loads`` takes either).
    dangerous as a script they wrote.  Use the JSON or bytes serializer for
    such files, or pass ``hmac_key=`` so that every payload is signed with
    HMAC-SHA256 and a payload without a valid signature is refused *before*
-   it is unpickled (:class:`Codec`).
+   it is unpickled (:class:`Codec`).  The signature of a queue's message
+   covers its queue and its id as well, so that a signed row copied (it gets
+   a new id) or moved to another queue is refused too.
 
 The module also holds :func:`order_key`, the order-preserving encoding with
 which :class:`~persistqueue_liteq.PersistentPriorityQueue` stores an item's
@@ -47,7 +49,9 @@ __all__ = [
     "JSONSerializer",
     "BytesSerializer",
     "Codec",
+    "Signer",
     "SignatureError",
+    "UnboundSignature",
     "resolve",
     "order_key",
 ]
@@ -55,7 +59,15 @@ __all__ = [
 
 class SignatureError(ValueError):
     """A payload's HMAC signature is missing or wrong: it was not written with
-    this queue's ``hmac_key``, or it was altered since."""
+    this queue's ``hmac_key``, or it was altered since, or copied or moved
+    from another message or queue."""
+
+
+class UnboundSignature(SignatureError):
+    """A payload signed in the format of persistqueue_liteq 0.1.0, which
+    covers the payload only: genuine (it was signed with this key), but a
+    copy of it, in any queue, would pass as well, so it is refused until
+    re-signed (``upgrade_signatures()`` of the queue)."""
 
 
 class PickleSerializer:
@@ -165,18 +177,44 @@ def resolve(serializer):
     return serializer
 
 
-class Codec:
-    """A serializer, plus the bytes check and, with a key, the signature.
+_KEY_CHECK = b"persistqueue_liteq key check"
+_MESSAGE = b"pqlq message v2\x00"
+_TASK = b"pqlq task v2\x00"
+_RESULT = b"pqlq result v2\x00"
+_id_bytes = struct.Struct(">q")
 
-    With ``hmac_key`` every payload is stored as HMAC-SHA256(key, payload)
-    followed by the payload, and :meth:`decode` compares the signature in
-    constant time before handing anything to the serializer: a payload that
-    someone without the key wrote or altered is refused, never unpickled.
 
-        >>> codec = Codec(PickleSerializer(), b"secret")
-        >>> codec.decode(codec.encode({"a": 1}))
-        {'a': 1}
-        >>> Codec(PickleSerializer(), b"other").decode(codec.encode(1))
+def _check_key(hmac_key):
+    if isinstance(hmac_key, str):
+        raise TypeError("hmac_key must be bytes, not str; encode it first, e.g. key.encode()")
+    if not isinstance(hmac_key, (bytes, bytearray, memoryview)):
+        raise TypeError("hmac_key must be bytes, not %s" % type(hmac_key).__name__)
+    hmac_key = bytes(hmac_key)
+    if not hmac_key:
+        raise ValueError("hmac_key must not be empty")
+    return hmac_key
+
+
+def _field(text):
+    """``text`` as a length-prefixed field, so that no two different
+    contexts are the same bytes (a queue "a" and id 1 is not "a1")."""
+    data = text.encode("utf-8", "surrogatepass")
+    return struct.pack(">I", len(data)) + data
+
+
+class Signer:
+    """HMAC-SHA256 signatures bound to a context: the stored bytes are
+    HMAC(key, context + payload) followed by the payload.
+
+    The context says where the payload belongs (a queue's message and its
+    id; a pool's task and its key; its result), so that the same payload
+    signed for one place is refused in any other:
+
+        >>> signer = Signer(b"secret")
+        >>> stored = signer.seal(signer.message_context("jobs", 7), b"payload")
+        >>> signer.open(signer.message_context("jobs", 7), stored)
+        b'payload'
+        >>> signer.open(signer.message_context("jobs", 8), stored)
         ... # doctest: +IGNORE_EXCEPTION_DETAIL
         Traceback (most recent call last):
           ...
@@ -185,21 +223,102 @@ class Codec:
 
     SIGNATURE_SIZE = hashlib.sha256().digest_size
 
-    def __init__(self, serializer, hmac_key=None):
-        self.serializer = serializer
-        if hmac_key is not None:
-            if isinstance(hmac_key, str):
-                raise TypeError("hmac_key must be bytes, not str; encode it first, e.g. key.encode()")
-            if not isinstance(hmac_key, (bytes, bytearray, memoryview)):
-                raise TypeError("hmac_key must be bytes, not %s" % type(hmac_key).__name__)
-            hmac_key = bytes(hmac_key)
-            if not hmac_key:
-                raise ValueError("hmac_key must not be empty")
-        self._key = hmac_key
+    def __init__(self, hmac_key):
+        self._key = _check_key(hmac_key)
 
-    def encode(self, item):
-        """The bytes to store for ``item``; raises whatever the serializer
-        raises for an item it cannot serialize."""
+    @staticmethod
+    def message_context(queue, msg_id):
+        return _MESSAGE + _field(queue) + _id_bytes.pack(msg_id)
+
+    @staticmethod
+    def task_context(queue, task_key):
+        return _TASK + _field(queue) + _field(task_key)
+
+    @staticmethod
+    def result_context(queue, task_key, ok):
+        return _RESULT + _field(queue) + _field(task_key) + (b"\x01" if ok else b"\x00")
+
+    def key_check(self):
+        """A value that tells whether two signers have the same key without
+        saying anything about the key: HMAC(key, a fixed text), shortened."""
+        return hmac.new(self._key, _KEY_CHECK, hashlib.sha256).hexdigest()[:32]
+
+    def seal(self, context, data):
+        """``data`` signed for ``context``: the bytes to store."""
+        return hmac.digest(self._key, context + data, "sha256") + data
+
+    def open(self, context, stored):
+        """The payload of ``stored`` if its signature is the one of
+        ``context``; else SignatureError (UnboundSignature for a payload in
+        the format of 0.1.0, which has no context)."""
+        size = self.SIGNATURE_SIZE
+        signature, data = stored[:size], stored[size:]
+        if hmac.compare_digest(signature, hmac.digest(self._key, context + data, "sha256")):
+            return data
+        if len(stored) >= size and hmac.compare_digest(
+                signature, hmac.digest(self._key, data, "sha256")):
+            raise UnboundSignature(
+                "payload refused: it is signed in the format of persistqueue_liteq "
+                "0.1.0, which does not bind it to its message id and queue (a copy "
+                "of it would pass too); it was not deserialized")
+        raise SignatureError(
+            "payload refused: its HMAC-SHA256 signature does not match this "
+            "queue's hmac_key and this message's id and queue (it was written with "
+            "another key or none, or altered, or copied or moved from another "
+            "message); it was not deserialized, as unpickling data from an "
+            "untrusted source can run arbitrary code"
+        )
+
+
+class Codec:
+    """A serializer, plus the bytes check and, with a key, the signature.
+
+    A queue stores ``seal(queue, msg_id, dumps(item))`` and reads
+    ``loads(unseal(queue, msg_id, stored))``: with ``hmac_key`` the stored
+    bytes are HMAC-SHA256(key, the queue, the id and the payload) followed
+    by the payload (see :class:`Signer`), and the signature is compared in
+    constant time before anything reaches the serializer: a payload that
+    someone without the key wrote, altered, copied or moved is refused,
+    never unpickled.
+
+        >>> codec = Codec(PickleSerializer(), b"secret")
+        >>> stored = codec.seal("jobs", 1, codec.dumps({"a": 1}))
+        >>> codec.loads(codec.unseal("jobs", 1, stored))
+        {'a': 1}
+        >>> codec.unseal("other", 1, stored)  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+          ...
+        SignatureError: payload refused: its HMAC-SHA256 signature does not match
+
+    :meth:`encode` and :meth:`decode` sign the payload alone (the format of
+    0.1.0), for payloads that live outside a queue.
+    """
+
+    SIGNATURE_SIZE = Signer.SIGNATURE_SIZE
+
+    def __init__(self, serializer, hmac_key=None, queue=None):
+        self.serializer = serializer
+        self.signer = None if hmac_key is None else Signer(hmac_key)
+        self._contexts = {}  # queue -> the start of its messages' context
+        #: With a key and a ``queue``: ``sealer(msg_id, data)``, the seal of
+        #: that queue's messages, for the engine's ``put(seal=...)``.
+        self.sealer = None
+        if self.signer is not None and queue is not None:
+            self.sealer = lambda msg_id, data: self.seal(queue, msg_id, data)
+
+    def _context(self, queue, msg_id):
+        start = self._contexts.get(queue)
+        if start is None:
+            start = self._contexts[queue] = Signer.message_context(queue, 0)[:-8]
+        return start + _id_bytes.pack(msg_id)
+
+    @property
+    def signed(self):
+        return self.signer is not None
+
+    def dumps(self, item):
+        """The serialized bytes of ``item``, unsigned; raises whatever the
+        serializer raises for an item it cannot serialize."""
         data = self.serializer.dumps(item)
         if isinstance(data, str):
             data = data.encode("utf-8")
@@ -210,17 +329,56 @@ class Codec:
                 "%r.dumps() returned %s; a serializer must return bytes"
                 % (self.serializer, type(data).__name__)
             )
-        if self._key is None:
+        return data
+
+    def loads(self, data):
+        return self.serializer.loads(data)
+
+    def seal(self, queue, msg_id, data):
+        """The bytes to store for the payload ``data`` of message ``msg_id``
+        of ``queue`` (``data`` itself without a key)."""
+        if self.signer is None:
             return data
-        return self._sign(data) + data
+        return self.signer.seal(self._context(queue, msg_id), data)
+
+    def unseal(self, queue, msg_id, stored):
+        """The payload of message ``msg_id`` of ``queue``; SignatureError if
+        its signature does not match the key, the id and the queue."""
+        if self.signer is None:
+            return stored
+        return self.signer.open(self._context(queue, msg_id), stored)
+
+    def load_message(self, msg):
+        """The item of a stored message (an engine's Message: ``queue_name``,
+        ``id``, ``data``): ``loads(unseal(...))`` in one call, the get path."""
+        if self.signer is None:
+            return self.serializer.loads(msg.data)
+        return self.serializer.loads(
+            self.signer.open(self._context(msg.queue_name, msg.id), msg.data))
+
+    def fingerprint(self):
+        """What a queue records of the codec of its writers, to refuse a
+        reader or writer with another one: the serializer's name and a check
+        value of the key (never the key)."""
+        key = "none" if self.signer is None else "hmac-sha256:" + self.signer.key_check()
+        return "serializer=%s;key=%s" % (serializer_name(self.serializer), key)
+
+    def encode(self, item):
+        """``dumps(item)`` signed alone (no id, no queue: the format of
+        0.1.0); raises whatever the serializer raises."""
+        data = self.dumps(item)
+        if self.signer is None:
+            return data
+        return self.signer.seal(b"", data)
 
     def decode(self, data):
-        """The item stored as ``data``; raises SignatureError for a payload
-        whose signature does not match, before deserializing it."""
-        if self._key is not None:
+        """The item encoded as ``data`` by :meth:`encode`; raises
+        SignatureError for a payload whose signature does not match, before
+        deserializing it."""
+        if self.signer is not None:
             size = self.SIGNATURE_SIZE
             signature, data = data[:size], data[size:]
-            if not hmac.compare_digest(signature, self._sign(data)):
+            if not hmac.compare_digest(signature, self.signer.seal(b"", data)[:size]):
                 raise SignatureError(
                     "payload refused: its HMAC-SHA256 signature does not match this "
                     "queue's hmac_key (it was written with another key or none, or "
@@ -229,8 +387,22 @@ class Codec:
                 )
         return self.serializer.loads(data)
 
-    def _sign(self, data):
-        return hmac.new(self._key, data, hashlib.sha256).digest()
+
+def serializer_name(serializer):
+    """The name under which a queue records ``serializer``: the built-in
+    ones and the modules that read what they write ("pickle", "json",
+    "bytes"), else the module or the class by its qualified name."""
+    if isinstance(serializer, PickleSerializer):
+        return "pickle"
+    if isinstance(serializer, JSONSerializer):
+        return "json"
+    if isinstance(serializer, BytesSerializer):
+        return "bytes"
+    if isinstance(serializer, _ModuleSerializer):
+        name = serializer.module.__name__
+        return name if name in ("pickle", "json") else "module:" + name
+    cls = type(serializer)
+    return "%s.%s" % (cls.__module__, cls.__qualname__)
 
 
 # -- order keys ----------------------------------------------------------------

@@ -154,6 +154,28 @@ VALUES (?, ?, ?, ?, ?, ?)"""
 
 LAST_ID = "SELECT last_insert_rowid()"
 
+# A signed message's payload depends on its id, so the id is chosen before the
+# INSERT, under the write lock: what AUTOINCREMENT would choose.
+NEXT_ID = """
+SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{p}messages'), 0),
+           coalesce((SELECT max(id) FROM {p}messages), 0)) + 1"""
+
+INSERT_WITH_ID = """
+INSERT INTO {p}messages (id, queue, data, priority, visible_at, created_at, expires_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)"""
+
+REPLACE_DATA = "UPDATE {p}messages SET data = ? WHERE id = ? AND data = ?"
+
+# The codec fingerprint of each queue (serializer and key check), in meta
+# under "codec:" + the queue's name.
+READ_CODEC = "SELECT value FROM {p}meta WHERE key = 'codec:' || ?"
+
+WRITE_CODEC = "INSERT OR REPLACE INTO {p}meta (key, value) VALUES ('codec:' || ?, ?)"
+
+ANY_MESSAGE = "SELECT EXISTS (SELECT 1 FROM {p}messages WHERE queue = ?)"
+
+DELETE_QUEUE_CODEC = "DELETE FROM {p}meta WHERE key = 'codec:' || ?"
+
 INSERT_KEYED = """
 INSERT INTO {p}messages (queue, data, key, visible_at, created_at) VALUES (?, ?, ?, ?, ?)"""
 

@@ -348,27 +348,53 @@ class SQLiteEngine(Engine):
 
     # -- producing ------------------------------------------------------------
 
-    def put(self, queue, data, delay=0.0, ttl=None, priority=None):
-        now = self.now()
-        params = (queue, data, priority, now + delay, now, None if ttl is None else now + ttl)
-        insert = self.sql.INSERT
-        msg_id = self._conns.write(lambda conn: conn.execute(insert, params).lastrowid)
+    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None):
+        if seal is not None:
+            msg_id = self._conns.write_transaction(
+                lambda conn: self._insert_sealed(conn, queue, data, delay, ttl, priority, seal))
+        else:
+            now = self.now()
+            params = (queue, data, priority, now + delay, now, None if ttl is None else now + ttl)
+            insert = self.sql.INSERT
+            msg_id = self._conns.write(lambda conn: conn.execute(insert, params).lastrowid)
         self._notifier.notify("put", queue)
         self._count(queue, "puts")
         return msg_id
 
-    def put_many(self, queue, payloads, delay=0.0, ttl=None):
+    def _insert_sealed(self, conn, queue, data, delay, ttl, priority, seal):
+        """INSERT one message whose stored payload is ``seal(id, data)``:
+        the id is chosen first, as AUTOINCREMENT would, under the write lock
+        that the transaction holds."""
+        now = self.now()
+        msg_id = conn.execute(self.sql.NEXT_ID).fetchone()[0]
+        conn.execute(self.sql.INSERT_WITH_ID, (
+            msg_id, queue, seal(msg_id, data), priority, now + delay, now,
+            None if ttl is None else now + ttl))
+        return msg_id
+
+    def put_many(self, queue, payloads, delay=0.0, ttl=None, seal=None):
         with self._conns.transaction() as conn:
-            ids = self._insert_many(conn, queue, payloads, delay, ttl)
+            ids = self._insert_many(conn, queue, payloads, delay, ttl, seal)
         self._notifier.notify("put", queue)
         self._count(queue, "puts", len(ids))
         return ids
 
-    def _insert_many(self, conn, queue, payloads, delay, ttl):
+    def _insert_many(self, conn, queue, payloads, delay, ttl, seal=None):
         now = self.now()
         visible = now + delay
         expires = None if ttl is None else now + ttl
         count = 0
+        if seal is not None:
+            first = conn.execute(self.sql.NEXT_ID).fetchone()[0]
+
+            def sealed_rows():
+                nonlocal count
+                for msg_id, data in enumerate(payloads, first):
+                    count += 1
+                    yield (msg_id, queue, seal(msg_id, data), None, visible, now, expires)
+
+            conn.executemany(self.sql.INSERT_WITH_ID, sealed_rows())
+            return list(range(first, first + count))
 
         def rows():
             nonlocal count
@@ -385,6 +411,25 @@ class SQLiteEngine(Engine):
 
     def transaction(self):
         return _Transaction(self)
+
+    # -- what a queue was written with ----------------------------------------------
+
+    def codec_of(self, queue):
+        rows = self._execute(self.sql.READ_CODEC, (queue,))
+        return rows[0][0] if rows else None
+
+    def claim_codec(self, queue, fingerprint):
+        s = self.sql
+        with self._conns.transaction() as conn:
+            row = conn.execute(s.READ_CODEC, (queue,)).fetchone()
+            if row is not None and (row[0] == fingerprint
+                                    or conn.execute(s.ANY_MESSAGE, (queue,)).fetchone()[0]):
+                return row[0]
+            conn.execute(s.WRITE_CODEC, (queue, fingerprint))
+            return fingerprint
+
+    def replace_data(self, msg_id, old, new):
+        return bool(self._changes(self.sql.REPLACE_DATA, (new, msg_id, old)))
 
     def put_keyed(self, queue, items):
         s = self.sql
@@ -730,6 +775,7 @@ class SQLiteEngine(Engine):
             conn.execute(self.sql.DELETE_QUEUE_COUNTERS, (queue,))
             conn.execute(self.sql.DELETE_QUEUE_ACTIVITY, (queue,))
             conn.execute(self.sql.DELETE_QUEUE_RESULTS, (queue,))
+            conn.execute(self.sql.DELETE_QUEUE_CODEC, (queue,))
         if removed:
             self._notifier.notify("done", queue)
         return removed
@@ -787,16 +833,20 @@ class _Transaction:
                     self._engine._notifier.notify("put", queue)
                     self._engine._count(queue, "puts", n)
 
-    def put(self, queue, data, delay=0.0, ttl=None, priority=None):
-        now = self._engine.now()
-        expires = None if ttl is None else now + ttl
-        msg_id = self._conn.execute(
-            self._engine.sql.INSERT, (queue, data, priority, now + delay, now, expires)
-        ).lastrowid
+    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None):
+        if seal is not None:
+            msg_id = self._engine._insert_sealed(self._conn, queue, data, delay, ttl, priority,
+                                                 seal)
+        else:
+            now = self._engine.now()
+            expires = None if ttl is None else now + ttl
+            msg_id = self._conn.execute(
+                self._engine.sql.INSERT, (queue, data, priority, now + delay, now, expires)
+            ).lastrowid
         self._queues[queue] = self._queues.get(queue, 0) + 1
         return msg_id
 
-    def put_many(self, queue, payloads, delay=0.0, ttl=None):
-        ids = self._engine._insert_many(self._conn, queue, payloads, delay, ttl)
+    def put_many(self, queue, payloads, delay=0.0, ttl=None, seal=None):
+        ids = self._engine._insert_many(self._conn, queue, payloads, delay, ttl, seal)
         self._queues[queue] = self._queues.get(queue, 0) + len(ids)
         return ids

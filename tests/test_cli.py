@@ -823,6 +823,47 @@ def test_worker_runs_tasks_until_sigterm(db, tmp_path):
 
 
 @posix_only
+def test_worker_with_an_hmac_key_file_runs_signed_tasks_only(db, tmp_path):
+    from persistqueue_liteq.serializers import Signer
+
+    (tmp_path / "key").write_bytes(b"worker key\n")
+    proc, out = _start_worker(tmp_path, "--workers", "1", "--hmac-key-file", "key")
+    signer = Signer(b"worker key")
+    engine = SQLiteEngine(db)
+    try:
+        call = pickle.dumps((square, (7,), {}))
+        engine.put_keyed("jobs", [("signed", signer.seal(signer.task_context("jobs", "signed"),
+                                                         call))])
+        _submit(engine, "unsigned", square, 8)
+        ok, data = _wait_for_stored(engine, "signed")
+        assert ok and pickle.loads(signer.open(signer.result_context("jobs", "signed", True),
+                                               data)) == 49
+        ok, data = _wait_for_stored(engine, "unsigned")
+        error = pickle.loads(signer.open(signer.result_context("jobs", "unsigned", False), data))
+        assert "signature does not match" in str(error)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        engine.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (tmp_path / "empty").write_bytes(b"")
+    for key_file, words in [("empty", "is empty"), ("missing", "cannot read the key file")]:
+        result = cli(tmp_path, "worker", "q.db", "--hmac-key-file", key_file)
+        assert result.rc == 2 and words in result.err
+
+
+def _wait_for_stored(engine, key, timeout=20):
+    deadline = time.monotonic() + timeout
+    with engine.waiter("done", "jobs") as waiter:
+        while engine.result("jobs", key) is None:
+            assert time.monotonic() < deadline, "task %s never finished" % key
+            waiter.wait(deadline - time.monotonic())
+    return engine.result("jobs", key)
+
+
+@posix_only
 def test_ctrl_c_on_the_terminal_lets_running_tasks_finish(db, tmp_path):
     # A Ctrl-C reaches every process of the terminal's group: the workers
     # must leave it to the command, which waits for their running tasks.

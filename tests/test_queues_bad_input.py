@@ -13,6 +13,7 @@ import types
 import pytest
 
 from persistqueue_liteq import (
+    CodecMismatch,
     IncompatibleDatabase,
     PersistentPriorityQueue,
     PersistentQueue,
@@ -89,24 +90,34 @@ class Malicious:
 
 def test_hmac_refuses_payloads_that_fail_the_check_without_unpickling_them(path, opened):
     signed = opened(PersistentQueue(path, hmac_key=b"our key"))
-    opened(PersistentQueue(path, hmac_key=b"another key")).put("forged")
-    opened(PersistentQueue(path)).put("unsigned")
-    signed.engine.put(signed.name, pickle.dumps(Malicious()))  # written around the queue
+    signed.put("good")  # records the queue's serializer and key check
+    # Written around the queue objects, straight into the file's engine:
+    other = Codec(PickleSerializer(), b"another key")
+    signed.engine.put(signed.name, other.dumps("forged"),
+                      seal=lambda i, data: other.seal(signed.name, i, data))
+    signed.engine.put(signed.name, pickle.dumps("unsigned"))
+    signed.engine.put(signed.name, pickle.dumps(Malicious()))
     genuine = Codec(PickleSerializer(), b"our key").encode("genuine")
     signed.engine.put(signed.name, genuine[:32] + pickle.dumps(Malicious()))  # altered
-    signed.put("good")
+    signed.put("last")
     assert signed.get_nowait() == "good"
+    assert signed.get_nowait() == "last"
     assert _side_effects == []  # nothing of the others was unpickled
     dead = signed.dead_letters()
     assert len(dead) == 4
     assert all(d.dead_reason.startswith("cannot be deserialized: SignatureError") for d in dead)
     assert "unpickling data from an untrusted source can run arbitrary code" in dead[0].dead_reason
-    # Read without the key, a signed payload does not unpickle either.
+    # A queue object with another key, or none, is refused at its first put
+    # (nothing stored) and at its first get (nothing dead-lettered).
+    for key, words in [(b"another key", "another hmac_key than this PersistentQueue's"),
+                       (None, "with an hmac_key, this PersistentQueue has none")]:
+        with pytest.raises(CodecMismatch, match=words + "; nothing was stored"):
+            opened(PersistentQueue(path, hmac_key=key)).put("forged")
     opened(PersistentQueue(path, name="other", hmac_key=b"k")).put("x")
     plain = opened(PersistentQueue(path, name="other"))
-    with pytest.raises(queue.Empty):
+    with pytest.raises(CodecMismatch, match="nothing was read, nothing was dead-lettered"):
         plain.get_nowait()
-    assert len(plain.dead_letters()) == 1
+    assert plain.dead_letters() == [] and plain.qsize() == 1
 
 
 def test_the_codec_signs_and_checks():
