@@ -7,10 +7,16 @@ Rules kept here so that the engine need not think of them:
   :meth:`Connections.transaction`, which says ``BEGIN IMMEDIATE`` (the write
   lock is taken before anything is read, so no snapshot can go stale) and
   rolls back on any ``BaseException``, KeyboardInterrupt included.
-* A connection is used only by the thread and process that opened it.  After
-  a fork the child opens its own; the parent's connection objects are kept
-  referenced and never closed in the child, because closing them there could
-  disturb the locks the parent still holds.
+* A connection is used only by the thread and process that opened it, and
+  is closed when that thread ends: a small object in the thread's
+  ``threading.local`` slot closes it as the slot is dropped (in the ending
+  thread, after its last statement), so a server that runs a thread per
+  request does not leak two descriptors a request.  After a fork the child
+  opens its own; the parent's connection objects are kept referenced and
+  never closed in the child, because closing them there could disturb the
+  locks the parent still holds.  (In a forked child, CPython drops the slots
+  of the parent's other threads; that object sees another pid and leaves
+  the connection alone.)
 * Waiting for a lock is done here, not by SQLite's busy handler, whose
   shortest sleep is a whole millisecond: under contention between a few
   processes that millisecond, paid again and again, was most of the cost.  A
@@ -45,6 +51,7 @@ import random
 import sqlite3
 import threading
 import time
+import weakref
 
 from . import _fork
 from .exceptions import DatabaseBusy, IncompatibleDatabase, ReadOnlyDatabase
@@ -88,10 +95,11 @@ def _is_busy(exc):
 class Connections:
     """Hands each thread of each process its own connection to one file.
 
-    ``_lock`` guards ``_all``: (thread, connection) for every connection this
-    process opened, so that :meth:`close` can close them; a connection is used
-    only by its thread, and closed by another thread only once its own thread
-    has ended (closing it under a running statement would crash).
+    ``_lock`` guards ``_all``: {connection: its thread} for every connection
+    of this process that is still open, so that :meth:`close` can close them;
+    whoever takes a connection out of ``_all`` closes it.  A connection is
+    used only by its thread, and closed by another thread only once its own
+    thread has ended (closing it under a running statement would crash).
     ``writer`` is held for every write of this process (see the module
     docstring); it is reentrant, for a write inside a transaction.
     """
@@ -117,7 +125,7 @@ class Connections:
         # length that calls for a RESTART one; guarded by writer.
         self._pages = 0
         self._restart_pages = _RESTART_PAGES
-        self._all = []
+        self._all = {}
         self._generation = _fork.generation
         self.closed = False
 
@@ -129,8 +137,8 @@ class Connections:
         conn = getattr(local, "conn", None)
         if self.closed:
             if conn is not None and local.generation == _fork.generation:
-                local.conn = None  # closed by its own thread, now that it is free
-                conn.close()
+                local.conn = local.end = None
+                self._forget(conn)  # closed by its own thread, now that it is free
             raise ValueError("operation on a closed queue (%s)" % self.path)
         if conn is not None and local.generation == _fork.generation:
             return conn
@@ -138,13 +146,14 @@ class Connections:
             _inherited.append(conn)
         conn = self._open()
         local.conn, local.generation = conn, _fork.generation
+        local.end = _ThreadEnd(self, conn)
         return conn
 
     def _open(self):
         with self._lock:
             if self._generation != _fork.generation:  # forked: the parent's are not ours
                 _inherited.extend(self._all)
-                self._all, self._generation = [], _fork.generation
+                self._all, self._generation = {}, _fork.generation
         try:
             conn = sqlite3.connect(
                 self._uri or self._target, timeout=0, isolation_level=None,
@@ -166,8 +175,19 @@ class Connections:
                 conn.close()
                 raise
         with self._lock:
-            self._all.append((threading.current_thread(), conn))
+            self._all[conn] = threading.current_thread()
         return conn
+
+    def _forget(self, conn):
+        """Close ``conn`` unless somebody else already took it out of
+        ``_all`` (and so closes it)."""
+        with self._lock:
+            if self._generation != _fork.generation or self._all.pop(conn, None) is None:
+                return
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
 
     def _set_up(self, conn):
         conn.execute("PRAGMA synchronous=%s" % self.synchronous)
@@ -319,16 +339,39 @@ class Connections:
         me = threading.current_thread()
         with self._lock:
             self.closed = True
-            mine = self._all if self._generation == _fork.generation else []
-            closable = [c for t, c in mine if t is me or not t.is_alive()]
-            self._all = [(t, c) for t, c in mine if not (t is me or not t.is_alive())]
+            mine = self._all if self._generation == _fork.generation else {}
+            closable = [c for c, t in mine.items() if t is me or not t.is_alive()]
+            for conn in closable:
+                del mine[conn]
         if getattr(self._local, "conn", None) in closable:
-            self._local.conn = None
+            self._local.conn = self._local.end = None
         for conn in closable:
             try:
                 conn.close()
             except sqlite3.Error:
                 pass
+
+
+class _ThreadEnd:
+    """Kept in a thread's ``threading.local`` slot beside its connection:
+    when the thread ends, CPython drops the slot, and this closes the
+    connection (in the ending thread, which runs no statement any more)."""
+
+    __slots__ = ("_conns", "_conn", "_pid")
+
+    def __init__(self, conns, conn):
+        self._conns = weakref.ref(conns)
+        self._conn = conn
+        self._pid = os.getpid()
+
+    def __del__(self):
+        # In a forked child the parent's other threads' slots are dropped
+        # too: those connections are inherited, never closed here.
+        if os.getpid() != self._pid:
+            return
+        conns = self._conns()
+        if conns is not None:
+            conns._forget(self._conn)
 
 
 def _chained(error, cause):
