@@ -38,13 +38,20 @@ Rules kept here so that the engine need not think of them:
   should be, runs a RESTART checkpoint, which holds writers back for the
   moment it takes to finish so that the next writer starts the WAL from its
   beginning.
-* Then "database is locked" becomes
-  :class:`~persistqueue_liteq.exceptions.DatabaseBusy`; "file is not a
-  database" and friends become ``IncompatibleDatabase``; "readonly database"
-  becomes ``ReadOnlyDatabase``.  Each names the file.
+* Then every error of the driver becomes one of ours (:meth:`Connections.error`),
+  naming the file, with sqlite3's as its ``__cause__``: "database is locked"
+  becomes :class:`~persistqueue_liteq.exceptions.DatabaseBusy`; "file is not
+  a database", "malformed" and "no such table" become
+  ``IncompatibleDatabase``; "readonly database" becomes ``ReadOnlyDatabase``;
+  "database or disk is full" ``DiskFull``; "string or blob too big"
+  ``PayloadTooLarge``; "unable to open" is ``OutOfFileDescriptors`` when the
+  process cannot open a file just then (SQLite says the same for both),
+  else ``ReadOnlyDatabase``; anything else (a disk I/O error) is a
+  ``StorageError``.  Only ``sqlite3.ProgrammingError``, a bug, passes as it is.
 """
 
 import contextlib
+import errno
 import os
 import pathlib
 import random
@@ -53,8 +60,21 @@ import threading
 import time
 import weakref
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
+
 from . import _fork
-from .exceptions import DatabaseBusy, IncompatibleDatabase, ReadOnlyDatabase
+from .exceptions import (
+    DatabaseBusy,
+    DiskFull,
+    IncompatibleDatabase,
+    OutOfFileDescriptors,
+    PayloadTooLarge,
+    ReadOnlyDatabase,
+    StorageError,
+)
 
 #: The oldest SQLite with everything the engine uses (RETURNING).
 MIN_SQLITE = (3, 35, 0)
@@ -313,24 +333,56 @@ class Connections:
             self._changed(conn, before)
 
     def error(self, exc):
-        """The exception of ours that says what sqlite3's ``exc`` means."""
+        """The exception of ours that says what sqlite3's ``exc`` means,
+        naming the file (sqlite3's own is chained as its cause)."""
         text = str(exc).lower()
-        if isinstance(exc, sqlite3.OperationalError):
-            if "locked" in text or "busy" in text:
-                return DatabaseBusy(
-                    "%s stayed locked by another connection for more than "
-                    "timeout_seconds=%g" % (self.path, self.timeout)
+        if isinstance(exc, sqlite3.ProgrammingError):
+            return exc  # a bug (ours or a caller's thread misuse), not the file's doing
+        if "locked" in text or "busy" in text:
+            return DatabaseBusy(
+                "%s stayed locked by another connection for more than "
+                "timeout_seconds=%g" % (self.path, self.timeout)
+            )
+        if "unable to open" in text or "disk i/o error" in text:
+            # SQLite says the same when the process has no descriptor left
+            # to open the file (or its -wal or -shm) with: ask the OS.
+            starved = _out_of_descriptors()
+            if starved:
+                return OutOfFileDescriptors(
+                    "%s cannot be opened: %s (SQLite said: %s); close files or "
+                    "queues, or raise the limit (ulimit -n)" % (self.path, starved, exc)
                 )
-            if "readonly" in text or "read-only" in text or "read only" in text:
-                return ReadOnlyDatabase("%s cannot be written: %s" % (self.path, exc))
-            if "unable to open" in text:
-                return ReadOnlyDatabase(
-                    "%s cannot be opened for writing (is the file or its directory "
-                    "read-only?): %s" % (self.path, exc)
-                )
-        if isinstance(exc, sqlite3.DatabaseError) and ("not a database" in text or "malformed" in text):
+        if "readonly" in text or "read-only" in text or "read only" in text:
+            return ReadOnlyDatabase("%s cannot be written: %s" % (self.path, exc))
+        if "unable to open" in text:
+            return ReadOnlyDatabase(
+                "%s cannot be opened for writing (is the file or its directory "
+                "read-only?): %s" % (self.path, exc)
+            )
+        if "disk is full" in text:
+            return DiskFull(
+                "%s: no room to write (%s; %s); nothing of this operation was "
+                "stored, the queue works again once there is room"
+                % (self.path, exc, _free_space(self._target))
+            )
+        if "too big" in text:
+            return PayloadTooLarge(
+                "%s: a value is longer than SQLite stores (its length limit is %s "
+                "bytes); nothing was stored" % (self.path, _length_limit(self._local))
+            )
+        if "no such table" in text:
+            return IncompatibleDatabase(
+                "%s no longer has its queue tables (%s): were they dropped by another "
+                "program while this queue had the file open?" % (self.path, exc)
+            )
+        if "not a database" in text or "malformed" in text:
             return IncompatibleDatabase("%s is not a usable SQLite database: %s" % (self.path, exc))
-        return exc
+        if "disk i/o error" in text:
+            return StorageError(
+                "%s: the operating system failed to read or write the file or its "
+                "-wal/-shm (%s); nothing of this operation was stored" % (self.path, exc)
+            )
+        return StorageError("%s: SQLite failed: %s" % (self.path, exc))
 
     def close(self):
         """Close this thread's connection and those of threads that ended;
@@ -372,6 +424,42 @@ class _ThreadEnd:
         conns = self._conns()
         if conns is not None:
             conns._forget(self._conn)
+
+
+def _out_of_descriptors():
+    """What says that this process cannot open a file now (SQLite needs up
+    to three: the database, its -wal and its -shm), or None."""
+    opened = []
+    try:
+        for _ in range(3):
+            opened.append(os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+    except OSError as exc:
+        if exc.errno == errno.ENFILE:
+            return "the system ran out of file descriptors (ENFILE)"
+        if exc.errno == errno.EMFILE:
+            limit = "its limit" if resource is None else "its limit of %d" % (
+                resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+            return "this process ran out of file descriptors (EMFILE: %s open files)" % limit
+    finally:
+        for fd in opened:
+            os.close(fd)
+    return None
+
+
+def _free_space(path):
+    try:
+        st = os.statvfs(os.path.dirname(path))
+    except OSError:
+        return "free space unknown"
+    return "%d bytes free on its file system" % (st.f_bavail * st.f_frsize)
+
+
+def _length_limit(local):
+    """SQLITE_LIMIT_LENGTH of the connection in ``local`` (the thread's)."""
+    try:
+        return "%d" % local.conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+    except (AttributeError, sqlite3.Error):  # Python < 3.11 cannot ask
+        return "1,000,000,000 unless this SQLite was built otherwise"
 
 
 def _chained(error, cause):
