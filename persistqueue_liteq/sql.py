@@ -320,12 +320,18 @@ def render(prefix):
     """Return every statement of this module with the table prefix filled in.
 
     Raises ValueError for a prefix that is not a plain SQL identifier (it is
-    pasted into the statements, so nothing else may pass).
+    pasted into the statements, so nothing else may pass), or that SQLite
+    reserves for itself ("sqlite_", in any case).
     """
     if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
         raise ValueError(
             "table_prefix must be letters, digits and underscores, not "
             "starting with a digit; got %r" % (prefix,)
+        )
+    if prefix.lower().startswith("sqlite_"):
+        raise ValueError(
+            "table_prefix must not start with 'sqlite_': SQLite keeps such names "
+            "reserved for its own tables; got %r" % (prefix,)
         )
     rendered = {}
     for name, value in globals().items():

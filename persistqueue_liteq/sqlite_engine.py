@@ -160,12 +160,24 @@ class SQLiteEngine(Engine):
                 "%s has a table %smeta that is not persistqueue_liteq's; use another "
                 "table_prefix" % (self.location, prefix)
             )
-        version = int(meta.get("schema_version", "0"))
+        try:
+            version = int(meta.get("schema_version", "0"))
+        except ValueError:
+            raise IncompatibleDatabase(
+                "%s: table %smeta says schema version %r, which is not a number; "
+                "the file was changed by another program" % (
+                    self.location, prefix, meta["schema_version"])
+            ) from None
         if version > _sql.SCHEMA_VERSION:
             raise IncompatibleDatabase(
                 "%s was written by a newer persistqueue_liteq (schema version %d; this "
                 "version reads up to %d): upgrade persistqueue_liteq"
                 % (self.location, version, _sql.SCHEMA_VERSION)
+            )
+        if not exists("messages"):
+            raise IncompatibleDatabase(
+                "%s has persistqueue_liteq's table %smeta but no %smessages: was it "
+                "dropped by another program?" % (self.location, prefix, prefix)
             )
         return True
 
