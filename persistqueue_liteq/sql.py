@@ -225,6 +225,16 @@ UPDATE {p}messages
  WHERE id = ? AND lease = ? AND visible_at IS NOT NULL
 RETURNING queue"""
 
+# Rows whose visible_at another program set to text or a blob (SQLite sorts
+# those after every number, so "> now" finds them, on the ready index).
+DEAD_LETTER_BAD_VISIBLE = """
+UPDATE {p}messages
+   SET dead_reason = 'malformed row: visible_at is ' || substr(quote(visible_at), 1, 60)
+                     || ' (' || typeof(visible_at) || '), not a time (seconds since the epoch)',
+       visible_at = NULL, lease = NULL, dead_at = ?
+ WHERE queue = ? AND visible_at > ? AND typeof(visible_at) NOT IN ('integer', 'real')
+RETURNING id, dead_reason"""
+
 DELETE_LEASED = "DELETE FROM {p}messages WHERE id = ? AND lease = ?"
 
 ADD_COUNTER = """
