@@ -46,6 +46,13 @@ Rules kept here so that the engine need not think of them:
   round trips grew the WAL to 782 MB), and so does deleting it, which
   SQLite built with ``secure_delete`` (Debian's) overwrites.  Where the
   ``-shm`` cannot be read, the pages are estimated from the rows changed.
+* Files deleted or replaced under an open queue are refused where SQLite
+  would lose committed data without a word (:meth:`Connections._check_files`):
+  before each write, one ``fstat`` of the ``-shm`` (0.7 us) tells whether
+  it was deleted; the database file's identity (st_dev, st_ino) is checked
+  whenever a connection is opened and at every checkpoint.  Then every use
+  raises ``DatabaseReplaced``, and the connections are never closed, since
+  closing them would checkpoint a stale view and delete the WAL.
 * Then every error of the driver becomes one of ours (:meth:`Connections.error`),
   naming the file, with sqlite3's as its ``__cause__``: "database is locked"
   becomes :class:`~persistqueue_liteq.exceptions.DatabaseBusy`; "file is not
@@ -77,6 +84,7 @@ except ImportError:  # not on Windows
 from . import _fork
 from .exceptions import (
     DatabaseBusy,
+    DatabaseReplaced,
     DiskFull,
     IncompatibleDatabase,
     OutOfFileDescriptors,
@@ -116,6 +124,13 @@ _SHM_HEADER = struct.Struct("=16xI76xI")
 # collector never closes them in the child (see the module docstring).
 _inherited = []
 
+# Descriptors of -shm files opened here to read their header, by (st_dev,
+# st_ino); never closed, because closing any descriptor of a file drops every
+# POSIX lock this process holds on it, SQLite's own included ("How To Corrupt
+# An SQLite Database File", 2.2).  One per database file a process uses.
+_kept = {}
+_kept_lock = threading.Lock()
+
 def check_sqlite_version(version=sqlite3.sqlite_version_info):
     if version < MIN_SQLITE:
         raise RuntimeError(
@@ -132,9 +147,10 @@ def _is_busy(exc):
 class Connections:
     """Hands each thread of each process its own connection to one file.
 
-    ``_lock`` guards ``_all``: {connection: its thread} for every connection
-    of this process that is still open, so that :meth:`close` can close them;
-    whoever takes a connection out of ``_all`` closes it.  A connection is
+    ``_lock`` (reentrant: marking the queue broken takes it again) guards
+    ``_all``: {connection: its thread} for every connection of this process
+    that is still open, so that :meth:`close` can close them; whoever takes a
+    connection out of ``_all`` closes it.  A connection is
     used only by its thread, and closed by another thread only once its own
     thread has ended (closing it under a running statement would crash).
     ``writer`` is held for every write of this process (see the module
@@ -156,14 +172,15 @@ class Connections:
         # Read-only: SQLite's mode=ro, so that the OS refuses any write.
         self._uri = pathlib.Path(self._target).as_uri() + "?mode=ro" if readonly else None
         self._local = threading.local()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.writer = threading.RLock()
         # The -shm file, read-only, for the WAL's length (None: not yet
         # opened, or unreadable); the WAL length at our last checkpoint;
         # pages written since then when they must be estimated; the WAL
         # length that calls for a RESTART checkpoint.  Guarded by writer.
-        self._shm = None  # (descriptor, its finalizer)
-        self._last_header = None
+        self._shm = None  # a descriptor, see _kept_open
+        self._file = None  # (st_dev, st_ino) of the database file we have open
+        self._broken = None  # why every use raises DatabaseReplaced
         self._checked_at = 0
         self._pages = 0
         self._restart_pages = _RESTART_PAGES
@@ -182,6 +199,8 @@ class Connections:
                 local.conn = local.end = None
                 self._forget(conn)  # closed by its own thread, now that it is free
             raise ValueError("operation on a closed queue (%s)" % self.path)
+        if self._broken is not None:
+            raise DatabaseReplaced(self._broken)
         if conn is not None and local.generation == _fork.generation:
             return conn
         if conn is not None:  # inherited through fork
@@ -217,7 +236,14 @@ class Connections:
                 conn.close()
                 raise
         with self._lock:
-            self._all[conn] = threading.current_thread()
+            if not self._all:
+                self._shm = None  # may have been removed with our last connection
+            broken = self._check_same_file(opening=True)
+            if broken is None:
+                self._all[conn] = threading.current_thread()
+        if broken is not None:
+            conn.close()  # a connection to the new file, none of the old one's
+            raise DatabaseReplaced(broken)
         return conn
 
     def _forget(self, conn):
@@ -226,6 +252,8 @@ class Connections:
         with self._lock:
             if self._generation != _fork.generation or self._all.pop(conn, None) is None:
                 return
+        if self._broken is not None:
+            return  # kept open for good by _break
         try:
             conn.close()
         except sqlite3.Error:
@@ -263,6 +291,7 @@ class Connections:
         self._acquire_writer()
         try:
             conn = self.get()
+            self._check_files()
             before = conn.total_changes
             value = self.run(work)
             self._changed(conn, before)
@@ -279,18 +308,22 @@ class Connections:
         wal = self._wal_frames()
         if wal is None:  # estimate what this process wrote
             self._pages += _pages_written(conn.total_changes - before)
-            if self._pages >= _CHECKPOINT_PAGES:
+            if self._pages >= _CHECKPOINT_PAGES and self._check_same_file(opening=False) is None:
                 self._pages = 0
                 self._checkpoint_blind(conn)
             return
         frames, copied = wal
+        restart = frames >= self._restart_pages and copied < frames
+        # (A PASSIVE one that a reader held back is not tried again on every
+        # commit: only once the WAL has grown by as much again.)
+        passive = frames - copied >= _CHECKPOINT_PAGES and not (
+            self._checked_at <= frames < self._checked_at + _CHECKPOINT_PAGES)
+        if not (restart or passive) or self._check_same_file(opening=False) is not None:
+            return  # (if replaced, the next use raises; this commit stands)
         try:
-            if frames >= self._restart_pages and copied < frames:
+            if restart:
                 self._restart(conn, frames)
-            elif frames - copied >= _CHECKPOINT_PAGES and not (
-                    self._checked_at <= frames < self._checked_at + _CHECKPOINT_PAGES):
-                # (One that a reader held back is not tried again on every
-                # commit: only once the WAL has grown by as much again.)
+            else:
                 self._checked_at = frames
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error:
@@ -342,26 +375,66 @@ class Connections:
         """(frames in the WAL, frames of it checkpointed) from the -shm
         file's header, or None where it cannot be read."""
         if self._shm is None:
-            fd = _open_shm(self._target)
-            if fd is None:
+            self._shm = _kept_open(self._target + "-shm")
+            if self._shm is None:
                 return None
-            self._shm = fd, weakref.finalize(self, os.close, fd)
         try:
-            header = _SHM_HEADER.unpack(os.pread(self._shm[0], _SHM_HEADER.size, 0))
+            return _SHM_HEADER.unpack(os.pread(self._shm, _SHM_HEADER.size, 0))
         except (OSError, struct.error):  # too short: not yet made
             return None
-        if header == self._last_header and os.fstat(self._shm[0]).st_nlink == 0:
-            # Frozen: the file was removed (SQLite does so when the last
-            # connection to the database closes) and another one made since.
-            self._forget_shm()
-            return None
-        self._last_header = header
-        return header
 
-    def _forget_shm(self):
-        if self._shm is not None:
-            self._shm[1]()  # closes it
-            self._shm = None
+    def _check_files(self):
+        """Before a write: raise DatabaseReplaced if the -shm file that this
+        process's connections share was deleted or replaced (one fstat).
+
+        SQLite finds the WAL's frames through the -shm index.  A process
+        that opens the file after its -shm was deleted makes a new one and
+        appends to the WAL; a process still on the old one knows nothing of
+        those frames, and its next commit overwrites them: 200 committed
+        puts of another process vanished so.  Only the last connection to a
+        database removes its -shm legitimately, and ours was open since the
+        descriptor was taken (it is dropped when this process has none).
+        """
+        shm = self._shm
+        if shm is not None and os.fstat(shm).st_nlink == 0:
+            self._break(
+                "%s: its -shm index was deleted or replaced while this process had "
+                "the database open; writing on would overwrite what other processes "
+                "committed since, so this queue refuses.  Exit this process (or "
+                "close every queue on the file in it) and open the file again; "
+                "never delete the -shm or -wal of a database in use" % self.path
+            )
+            raise DatabaseReplaced(self._broken)
+
+    def _break(self, reason):
+        """From now on every use raises DatabaseReplaced(reason), and no
+        connection of ours is ever closed (see _keep_forever)."""
+        with self._lock:
+            if self._broken is None:
+                self._broken = reason
+                for conn in self._all:
+                    _keep_forever(conn)
+
+    def _check_same_file(self, opening):
+        """Mark this queue broken (and say why) if the path now names
+        another file than the one this process's connections have open."""
+        try:
+            st = os.stat(self._target)
+        except OSError:
+            st = None
+        now = None if st is None else (st.st_dev, st.st_ino)
+        if self._file is None or (opening and not self._all):
+            self._file = now  # none of ours is open: whatever is there now
+            return None
+        if now != self._file:
+            self._break(
+                "%s was %s while this process had it open; its connections still "
+                "use the old file, which other processes no longer see, so this "
+                "queue refuses to go on.  Exit this process (or close every queue "
+                "on the file in it) and open the file again" % (
+                    self.path, "deleted" if now is None else "replaced by another file")
+            )
+        return self._broken
 
     def run(self, work):
         """Return ``work(conn)``: one autocommit statement, or reads, retried
@@ -412,6 +485,7 @@ class Connections:
             yield conn
             return
         with self.writing():
+            self._check_files()
             before = conn.total_changes
             self.run(_begin_immediate)
             try:
@@ -490,8 +564,8 @@ class Connections:
                 del mine[conn]
         if getattr(self._local, "conn", None) in closable:
             self._local.conn = self._local.end = None
-        with self.writer:  # nobody is reading it
-            self._forget_shm()
+        if self._broken is not None:
+            return  # kept open for good by _break
         for conn in closable:
             try:
                 conn.close()
@@ -557,13 +631,38 @@ def _length_limit(local):
         return "1,000,000,000 unless this SQLite was built otherwise"
 
 
-def _open_shm(target):
-    """A read-only descriptor of the database's -shm file, or None."""
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+def _keep_forever(conn):
+    """Never close ``conn``, not even as the interpreter exits: it is a
+    connection to a database whose -shm or file was replaced, and closing it
+    would checkpoint its stale view of the WAL and then delete the WAL, with
+    what other processes committed since (a normal exit lost 200 puts so).
+    The OS drops its locks when the process ends."""
     try:
-        return os.open(target + "-shm", flags)
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
+    except Exception:  # noqa: BLE001 - no ctypes: at least while we run
+        _inherited.append(conn)
+
+
+def _kept_open(path):
+    """A read-only descriptor of ``path`` (never through a symlink), kept
+    open for good (see ``_kept``); None if it cannot be opened."""
+    try:
+        st = os.lstat(path)
     except OSError:
         return None
+    with _kept_lock:
+        fd = _kept.get((st.st_dev, st.st_ino))
+        if fd is not None:
+            return fd
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        return _kept.setdefault((st.st_dev, st.st_ino), fd)
 
 
 def _chained(error, cause):
