@@ -20,9 +20,10 @@ from .exceptions import (
     OutOfFileDescriptors,
     PayloadTooLarge,
     ReadOnlyDatabase,
-    StorageError,
     SerializationError,
+    StorageError,
     TaskTimeout,
+    UnsafePath,
     WorkerDied,
 )
 from .liteq import LiteQueue
@@ -52,6 +53,7 @@ __all__ = [
     "OutOfFileDescriptors",
     "DatabaseReplaced",
     "PayloadTooLarge",
+    "UnsafePath",
     "SerializationError",
     "TaskTimeout",
     "WorkerDied",

@@ -71,6 +71,7 @@ import os
 import pathlib
 import random
 import sqlite3
+import stat
 import struct
 import threading
 import time
@@ -91,6 +92,7 @@ from .exceptions import (
     PayloadTooLarge,
     ReadOnlyDatabase,
     StorageError,
+    UnsafePath,
 )
 
 #: The oldest SQLite with everything the engine uses (RETURNING).
@@ -215,6 +217,7 @@ class Connections:
             if self._generation != _fork.generation:  # forked: the parent's are not ours
                 _inherited.extend(self._all)
                 self._all, self._generation = {}, _fork.generation
+        _check_path(self.path, self._target)
         try:
             conn = sqlite3.connect(
                 self._uri or self._target, timeout=0, isolation_level=None,
@@ -629,6 +632,64 @@ def _length_limit(local):
         return "%d" % local.conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
     except (AttributeError, sqlite3.Error):  # Python < 3.11 cannot ask
         return "1,000,000,000 unless this SQLite was built otherwise"
+
+
+def _check_path(path, target):
+    """Refuse what SQLite would follow or trust (see UnsafePath).
+
+    SQLite follows a symlink at the database path (and creates the file
+    where it points, as whoever runs it), and takes an existing -wal for
+    the database's own: its frames are read as committed.  It opens the
+    -wal and -shm with O_NOFOLLOW itself, but then says only "unable to open
+    database file".  Called before every new connection (four lstat()s);
+    what changes between this look and SQLite's open is not caught.
+    """
+    sides = {}
+    for suffix in ("-wal", "-shm"):
+        try:
+            sides[suffix] = os.lstat(target + suffix)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass  # SQLite will say what it cannot reach
+    try:
+        main = os.lstat(target)
+    except OSError:
+        main = None
+    if main is not None and stat.S_ISLNK(main.st_mode):
+        raise UnsafePath(
+            "%s is a symbolic link (to %s): a queue does not follow one at its "
+            "database path, since whoever made it chooses where the file is "
+            "created; pass the real path" % (path, os.readlink(target))
+        )
+    if main is not None and not stat.S_ISREG(main.st_mode):
+        raise UnsafePath("%s is not a regular file (mode %o)" % (path, main.st_mode))
+    try:
+        shared = os.stat(os.path.dirname(target)).st_mode & stat.S_IWOTH
+    except OSError:
+        shared = 0
+    trusted = {os.geteuid()} if hasattr(os, "geteuid") else set()
+    if main is not None:
+        trusted.add(main.st_uid)
+    for suffix, st in sides.items():
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+            raise UnsafePath(
+                "%s%s is %s, not a file SQLite made: refused (remove it if no "
+                "process has the queue open)" % (
+                    path, suffix, "a symbolic link" if stat.S_ISLNK(st.st_mode)
+                    else "not a regular file")
+            )
+        if main is None:
+            raise UnsafePath(
+                "%s%s exists but %s does not: SQLite would read its frames as the "
+                "new database's content; remove it" % (path, suffix, path)
+            )
+        if shared and trusted and st.st_uid not in trusted:
+            raise UnsafePath(
+                "%s%s belongs to uid %d, neither the database's owner nor this "
+                "process, in a directory that anyone may write: refused, since "
+                "its content would be taken as committed" % (path, suffix, st.st_uid)
+            )
 
 
 def _keep_forever(conn):

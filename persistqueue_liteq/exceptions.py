@@ -15,6 +15,7 @@ happen (SQLite rolled it back) and nothing committed before it is lost::
      +-- DatabaseBusy                (also TimeoutError)
      +-- IncompatibleDatabase
      +-- PayloadTooLarge             (also ValueError)
+     +-- UnsafePath                  (also PermissionError)
      +-- StorageError                (also OSError)
      |    +-- DiskFull
      |    +-- OutOfFileDescriptors
@@ -35,6 +36,7 @@ __all__ = [
     "OutOfFileDescriptors",
     "DatabaseReplaced",
     "PayloadTooLarge",
+    "UnsafePath",
     "WorkerDied",
     "TaskTimeout",
     "SerializationError",
@@ -60,6 +62,14 @@ class IncompatibleDatabase(LiteQueueError):
 class PayloadTooLarge(LiteQueueError, ValueError):
     """A message, task or result is longer than SQLite stores in one value
     (its length limit, 1,000,000,000 bytes unless the build says otherwise)."""
+
+
+class UnsafePath(LiteQueueError, PermissionError):
+    """The database path is a symbolic link or not a regular file, or its
+    ``-wal``/``-shm`` is, or belongs to another user in a directory others
+    may write: refused rather than followed or trusted, since SQLite would
+    create files where the link points, or read another user's WAL frames
+    as committed data."""
 
 
 class StorageError(LiteQueueError, OSError):
