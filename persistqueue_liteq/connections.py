@@ -48,9 +48,10 @@ Rules kept here so that the engine need not think of them:
   ``-shm`` cannot be read, the pages are estimated from the rows changed.
 * Files deleted or replaced under an open queue are refused where SQLite
   would lose committed data without a word (:meth:`Connections._check_files`):
-  before each write, one ``fstat`` of the ``-shm`` (0.7 us) tells whether
-  it was deleted; the database file's identity (st_dev, st_ino) is checked
-  whenever a connection is opened and at every checkpoint.  Then every use
+  before each write, an ``fstat`` of the ``-shm`` tells whether it was
+  deleted, and a ``stat`` of the path whether the database file is still
+  the one (st_dev, st_ino) our connections have open (2 us together); the
+  latter is also checked whenever a connection is opened.  Then every use
   raises ``DatabaseReplaced``, and the connections are never closed, since
   closing them would checkpoint a stale view and delete the WAL.
 * Then every error of the driver becomes one of ours (:meth:`Connections.error`),
@@ -311,7 +312,7 @@ class Connections:
         wal = self._wal_frames()
         if wal is None:  # estimate what this process wrote
             self._pages += _pages_written(conn.total_changes - before)
-            if self._pages >= _CHECKPOINT_PAGES and self._check_same_file(opening=False) is None:
+            if self._pages >= _CHECKPOINT_PAGES:
                 self._pages = 0
                 self._checkpoint_blind(conn)
             return
@@ -321,8 +322,8 @@ class Connections:
         # commit: only once the WAL has grown by as much again.)
         passive = frames - copied >= _CHECKPOINT_PAGES and not (
             self._checked_at <= frames < self._checked_at + _CHECKPOINT_PAGES)
-        if not (restart or passive) or self._check_same_file(opening=False) is not None:
-            return  # (if replaced, the next use raises; this commit stands)
+        if not (restart or passive):
+            return
         try:
             if restart:
                 self._restart(conn, frames)
@@ -387,8 +388,9 @@ class Connections:
             return None
 
     def _check_files(self):
-        """Before a write: raise DatabaseReplaced if the -shm file that this
-        process's connections share was deleted or replaced (one fstat).
+        """Before a write: raise DatabaseReplaced if the database file or
+        the -shm index that this process's connections use was deleted or
+        replaced (an fstat and a stat: 2 us).
 
         SQLite finds the WAL's frames through the -shm index.  A process
         that opens the file after its -shm was deleted makes a new one and
@@ -397,6 +399,9 @@ class Connections:
         puts of another process vanished so.  Only the last connection to a
         database removes its -shm legitimately, and ours was open since the
         descriptor was taken (it is dropped when this process has none).
+        A database file replaced (a backup restored over it) shares its
+        -wal by name with the old one that our connections still write:
+        their frames would be read into the restored file.
         """
         shm = self._shm
         if shm is not None and os.fstat(shm).st_nlink == 0:
@@ -407,7 +412,9 @@ class Connections:
                 "close every queue on the file in it) and open the file again; "
                 "never delete the -shm or -wal of a database in use" % self.path
             )
-            raise DatabaseReplaced(self._broken)
+        elif self._check_same_file(opening=False) is None:
+            return
+        raise DatabaseReplaced(self._broken)
 
     def _break(self, reason):
         """From now on every use raises DatabaseReplaced(reason), and no
