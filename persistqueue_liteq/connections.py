@@ -218,7 +218,8 @@ class Connections:
             if self._generation != _fork.generation:  # forked: the parent's are not ours
                 _inherited.extend(self._all)
                 self._all, self._generation = {}, _fork.generation
-        _check_path(self.path, self._target)
+        if _check_path(self.path, self._target) is None and self._uri is None:
+            _create(self._target)
         try:
             conn = sqlite3.connect(
                 self._uri or self._target, timeout=0, isolation_level=None,
@@ -697,6 +698,30 @@ def _check_path(path, target):
                 "process, in a directory that anyone may write: refused, since "
                 "its content would be taken as committed" % (path, suffix, st.st_uid)
             )
+    return main
+
+
+def _create(target):
+    """Create the (empty) database file with mode 0666 less the umask, as
+    open() would.  SQLite would make it 0644 less the umask, so a group's
+    umask 002 still gave 0644; it gives the -wal and -shm the database
+    file's mode.  mknod() opens nothing: no descriptor of ours whose close
+    could drop another connection's locks.  It never follows a symlink."""
+    try:
+        os.mknod(target, 0o666 | stat.S_IFREG)
+        return
+    except AttributeError:
+        pass  # no mknod() at all (Windows)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EINVAL, errno.ENOSYS):
+            return  # there already, or cannot be made: SQLite says so as before
+    # No mknod() for files here (macOS): open and close at once, before any
+    # connection of ours has the file.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        os.close(os.open(target, flags | getattr(os, "O_CLOEXEC", 0), 0o666))
+    except OSError:
+        pass
 
 
 def _keep_forever(conn):
