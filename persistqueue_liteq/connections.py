@@ -134,6 +134,15 @@ _inherited = []
 _kept = {}
 _kept_lock = threading.Lock()
 
+
+def _new_kept_lock():
+    global _kept_lock
+    _kept_lock = threading.Lock()  # another thread may have held it at fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_kept_lock)
+
 def check_sqlite_version(version=sqlite3.sqlite_version_info):
     if version < MIN_SQLITE:
         raise RuntimeError(
