@@ -32,10 +32,10 @@ Rules kept here so that the engine need not think of them:
   never caught up: a checkpoint hardly ever found no other writer, so the
   WAL was never restarted, every commit past its 1,000 pages ran one more
   checkpoint with two fsyncs, and the WAL grew without end (316 MB after
-  20,000 items through 2+2 processes).  Here, after each commit, a process
-  reads how long the WAL is and how much of it is checkpointed already
-  (two numbers in the ``-shm`` file's header, read with one ``pread``:
-  0.3 us), and once ``_CHECKPOINT_PAGES`` pages wait to be copied, whoever
+  20,000 items through 2+2 processes).  Here, after a commit (at most once
+  a millisecond), a process reads how long the WAL is and how much of it is
+  checkpointed already (two numbers in the ``-shm`` file's header, read
+  with one ``pread``), and once ``_CHECKPOINT_PAGES`` pages wait to be copied, whoever
   wrote them, checkpoints (PASSIVE: nobody waits).  Once the WAL is longer
   than ``_RESTART_PAGES`` (16 MB), every writer that commits runs a RESTART
   checkpoint before it writes again (:meth:`Connections._restart`), so
@@ -48,10 +48,11 @@ Rules kept here so that the engine need not think of them:
   ``-shm`` cannot be read, the pages are estimated from the rows changed.
 * Files deleted or replaced under an open queue are refused where SQLite
   would lose committed data without a word (:meth:`Connections._check_files`):
-  before each write, an ``fstat`` of the ``-shm`` tells whether it was
-  deleted, and a ``stat`` of the path whether the database file is still
-  the one (st_dev, st_ino) our connections have open (2 us together); the
-  latter is also checked whenever a connection is opened.  Then every use
+  before a write (at most once a millisecond, see :meth:`Connections._look`),
+  an ``fstat`` of the ``-shm`` tells whether it was deleted, and a ``stat``
+  of the path whether the database file is still the one (st_dev, st_ino)
+  our connections have open; the latter is also checked whenever a
+  connection is opened.  Then every use
   raises ``DatabaseReplaced``, and the connections are never closed, since
   closing them would checkpoint a stale view and delete the WAL.
 * Then every error of the driver becomes one of ours (:meth:`Connections.error`),
@@ -122,6 +123,10 @@ _RESTART_WAIT = 0.2
 # the database file, at byte 96.  Read without SQLite's locks it may be a
 # commit behind, which only moves a checkpoint by a commit.
 _SHM_HEADER = struct.Struct("=16xI76xI")
+_UNREADABLE = -1  # no -shm to read: estimate the pages
+
+# Seconds between two looks at the files (see Connections._look).
+_LOOK_INTERVAL = 0.001
 
 # Connections inherited through fork: referenced forever so that the garbage
 # collector never closes them in the child (see the module docstring).
@@ -190,7 +195,8 @@ class Connections:
         # opened, or unreadable); the WAL length at our last checkpoint;
         # pages written since then when they must be estimated; the WAL
         # length that calls for a RESTART checkpoint.  Guarded by writer.
-        self._shm = None  # a descriptor, see _kept_open
+        self._shm = None  # a descriptor (see _kept_open), _UNREADABLE, None: not tried
+        self._look_at = 0.0  # time.monotonic() of the next _look
         self._file = None  # (st_dev, st_ino) of the database file we have open
         self._broken = None  # why every use raises DatabaseReplaced
         self._checked_at = 0
@@ -305,19 +311,32 @@ class Connections:
         self._acquire_writer()
         try:
             conn = self.get()
-            self._check_files()
+            look = self._look()
             before = conn.total_changes
             value = self.run(work)
-            self._changed(conn, before)
+            self._changed(conn, before, look)
             return value
         finally:
             self.writer.release()
 
-    def _changed(self, conn, before):
+    def _look(self):
+        """Before a write, at most every ``_LOOK_INTERVAL`` seconds: check
+        that the files are still ours (:meth:`_check_files`), and say that
+        the WAL's length is to be read after the commit.  (Both on every
+        write cost 3.8 us of a 27 us put; a process writes at most a few MB
+        in that millisecond.)  Called with the write lock held."""
+        now = time.monotonic()
+        if now < self._look_at:
+            return False
+        self._look_at = now + _LOOK_INTERVAL
+        self._check_files()
+        return True
+
+    def _changed(self, conn, before, look):
         """After a commit (since ``before``, conn.total_changes) that wrote,
         checkpoint outside any transaction when enough pages wait in the
-        WAL.  Called with the write lock held."""
-        if conn.in_transaction:
+        WAL (read if ``look``).  Called with the write lock held."""
+        if conn.in_transaction or (not look and self._shm != _UNREADABLE):
             return
         wal = self._wal_frames()
         if wal is None:  # estimate what this process wrote
@@ -389,9 +408,10 @@ class Connections:
         """(frames in the WAL, frames of it checkpointed) from the -shm
         file's header, or None where it cannot be read."""
         if self._shm is None:
-            self._shm = _kept_open(self._target + "-shm")
-            if self._shm is None:
-                return None
+            fd = _kept_open(self._target + "-shm")
+            self._shm = _UNREADABLE if fd is None else fd
+        if self._shm == _UNREADABLE:
+            return None
         try:
             return _SHM_HEADER.unpack(os.pread(self._shm, _SHM_HEADER.size, 0))
         except (OSError, struct.error):  # too short: not yet made
@@ -414,7 +434,7 @@ class Connections:
         their frames would be read into the restored file.
         """
         shm = self._shm
-        if shm is not None and os.fstat(shm).st_nlink == 0:
+        if shm is not None and shm != _UNREADABLE and os.fstat(shm).st_nlink == 0:
             self._break(
                 "%s: its -shm index was deleted or replaced while this process had "
                 "the database open; writing on would overwrite what other processes "
@@ -505,7 +525,7 @@ class Connections:
             yield conn
             return
         with self.writing():
-            self._check_files()
+            look = self._look()
             before = conn.total_changes
             self.run(_begin_immediate)
             try:
@@ -517,7 +537,7 @@ class Connections:
                 if isinstance(exc, sqlite3.Error):
                     raise _chained(self.error(exc), exc)
                 raise
-            self._changed(conn, before)
+            self._changed(conn, before, look)
 
     def error(self, exc):
         """The exception of ours that says what sqlite3's ``exc`` means,

@@ -7,10 +7,11 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
-from persistqueue_liteq import DatabaseReplaced, LiteQueue, StorageError
+from persistqueue_liteq import DatabaseReplaced, LiteQueue, StorageError, connections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,6 +88,9 @@ def test_a_database_file_replaced_is_found_at_the_next_write(q, db, tmp_path):
         o.put(b"new file")
     shutil.copy(other, db + ".new")
     os.replace(db + ".new", db)  # e.g. a backup restored over a queue in use
+    # A writer looks at its files once a millisecond at most (the window
+    # documented in connections.py): let one go by.
+    time.sleep(2 * connections._LOOK_INTERVAL)
     # This thread's connection is still on the old file, which shares the
     # -wal by name with the new one: 298 puts went into the restored file so.
     with pytest.raises(DatabaseReplaced, match="replaced by another file"):
