@@ -167,9 +167,9 @@ class Connections:
     ``_lock`` (reentrant: marking the queue broken takes it again) guards
     ``_all``: {connection: its thread} for every connection of this process
     that is still open, so that :meth:`close` can close them; whoever takes a
-    connection out of ``_all`` closes it.  A connection is
-    used only by its thread, and closed by another thread only once its own
-    thread has ended (closing it under a running statement would crash).
+    connection out of ``_all`` closes it.  A connection is used only by its
+    thread, and closed by another thread only once its own thread has ended
+    (closing it under a running statement would crash).
     ``writer`` is held for every write of this process (see the module
     docstring); it is reentrant, for a write inside a transaction.
     """
@@ -191,17 +191,22 @@ class Connections:
         self._local = threading.local()
         self._lock = threading.RLock()
         self.writer = threading.RLock()
-        # The -shm file, read-only, for the WAL's length (None: not yet
-        # opened, or unreadable); the WAL length at our last checkpoint;
-        # pages written since then when they must be estimated; the WAL
-        # length that calls for a RESTART checkpoint.  Guarded by writer.
-        self._shm = None  # a descriptor (see _kept_open), _UNREADABLE, None: not tried
-        self._look_at = 0.0  # time.monotonic() of the next _look
-        self._file = None  # (st_dev, st_ino) of the database file we have open
-        self._broken = None  # why every use raises DatabaseReplaced
+        # Guarded by writer (but _open, under _lock, forgets _shm when this
+        # process has no connection left, so no writer is running): the
+        # -shm file, read-only, for the WAL's length and to see it deleted
+        # (a descriptor, see _kept_open; _UNREADABLE; None: not tried yet);
+        # when to look at the files next; the WAL length at our last
+        # checkpoint; pages written since then where they must be estimated;
+        # the WAL length that calls for a RESTART checkpoint.
+        self._shm = None
+        self._look_at = 0.0
         self._checked_at = 0
         self._pages = 0
         self._restart_pages = _RESTART_PAGES
+        # Guarded by _lock: (st_dev, st_ino) of the database file our
+        # connections have open, and why every use raises DatabaseReplaced.
+        self._file = None
+        self._broken = None
         self._all = {}
         self._generation = _fork.generation
         self.closed = False
