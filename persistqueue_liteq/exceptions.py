@@ -5,6 +5,25 @@ Where the standard library already has the meaning (``queue.Empty``,
 here is what is new: a database that stayed busy, a file that is not a queue
 database of ours, a lease that no longer holds.  Every message names the file
 and the numbers involved.
+
+Storage faults (what the disk, the file system or the process's limits did)
+are :class:`StorageError`, which is also an ``OSError``; one subclass each
+for the faults a caller may act on.  When one is raised the operation did not
+happen (SQLite rolled it back) and nothing committed before it is lost::
+
+    LiteQueueError
+     +-- DatabaseBusy                (also TimeoutError)
+     +-- IncompatibleDatabase
+     +-- PayloadTooLarge             (also ValueError)
+     +-- UnsafePath                  (also PermissionError)
+     +-- StorageError                (also OSError)
+     |    +-- DiskFull
+     |    +-- OutOfFileDescriptors
+     |    +-- ReadOnlyDatabase       (also PermissionError)
+     |    +-- DatabaseReplaced
+     +-- WorkerDied
+     |    +-- TaskTimeout            (also TimeoutError)
+     +-- SerializationError
 """
 
 __all__ = [
@@ -12,6 +31,12 @@ __all__ = [
     "DatabaseBusy",
     "IncompatibleDatabase",
     "ReadOnlyDatabase",
+    "StorageError",
+    "DiskFull",
+    "OutOfFileDescriptors",
+    "DatabaseReplaced",
+    "PayloadTooLarge",
+    "UnsafePath",
     "WorkerDied",
     "TaskTimeout",
     "SerializationError",
@@ -36,8 +61,44 @@ class IncompatibleDatabase(LiteQueueError):
     was written by a newer schema version than this library reads."""
 
 
-class ReadOnlyDatabase(LiteQueueError, PermissionError):
+class PayloadTooLarge(LiteQueueError, ValueError):
+    """A message, task or result is longer than SQLite stores in one value
+    (its length limit, 1,000,000,000 bytes unless the build says otherwise)."""
+
+
+class UnsafePath(LiteQueueError, PermissionError):
+    """The database path is a symbolic link or not a regular file, or its
+    ``-wal``/``-shm`` is, or belongs to another user in a directory others
+    may write: refused rather than followed or trusted, since SQLite would
+    create files where the link points, or read another user's WAL frames
+    as committed data."""
+
+
+class StorageError(LiteQueueError, OSError):
+    """The database file could not be read or written (the message says what
+    the disk, the file system or SQLite reported).  The operation that raised
+    did not happen; what was committed before it is kept."""
+
+
+class DiskFull(StorageError):
+    """The file system (or SQLite's ``max_page_count``) has no room for the
+    write; it was rolled back, and the queue works again once there is room."""
+
+
+class OutOfFileDescriptors(StorageError):
+    """This process (or the system) ran out of file descriptors, so SQLite
+    could not open the database or its ``-wal``/``-shm`` file."""
+
+
+class ReadOnlyDatabase(StorageError, PermissionError):
     """The database file (or its directory) cannot be written."""
+
+
+class DatabaseReplaced(StorageError):
+    """The database file or its ``-shm`` index was deleted or replaced by
+    another file while the queue had it open.  Writing on would lose or
+    corrupt what other processes commit, so the queue refuses: close it
+    (and every other process's) and open the file again."""
 
 
 class WorkerDied(LiteQueueError):

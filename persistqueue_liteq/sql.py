@@ -267,6 +267,16 @@ UPDATE {p}messages
  WHERE id = ? AND lease = ? AND visible_at IS NOT NULL
 RETURNING queue"""
 
+# Rows whose visible_at another program set to text or a blob (SQLite sorts
+# those after every number, so "> now" finds them, on the ready index).
+DEAD_LETTER_BAD_VISIBLE = """
+UPDATE {p}messages
+   SET dead_reason = 'malformed row: visible_at is ' || substr(quote(visible_at), 1, 60)
+                     || ' (' || typeof(visible_at) || '), not a time (seconds since the epoch)',
+       visible_at = NULL, lease = NULL, dead_at = ?
+ WHERE queue = ? AND visible_at > ? AND typeof(visible_at) NOT IN ('integer', 'real')
+RETURNING id, dead_reason"""
+
 DELETE_LEASED = "DELETE FROM {p}messages WHERE id = ? AND lease = ?"
 
 ADD_COUNTER = """
@@ -362,12 +372,18 @@ def render(prefix):
     """Return every statement of this module with the table prefix filled in.
 
     Raises ValueError for a prefix that is not a plain SQL identifier (it is
-    pasted into the statements, so nothing else may pass).
+    pasted into the statements, so nothing else may pass), or that SQLite
+    reserves for itself ("sqlite_", in any case).
     """
     if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
         raise ValueError(
             "table_prefix must be letters, digits and underscores, not "
             "starting with a digit; got %r" % (prefix,)
+        )
+    if prefix.lower().startswith("sqlite_"):
+        raise ValueError(
+            "table_prefix must not start with 'sqlite_': SQLite keeps such names "
+            "reserved for its own tables; got %r" % (prefix,)
         )
     rendered = {}
     for name, value in globals().items():

@@ -99,6 +99,30 @@ def _check_directory(path):
         raise NotADirectoryError("cannot open queue database %s: %s is not a directory" % (path, directory))
 
 
+_NUMBER = (int, float)
+
+
+def _malformed(m):
+    """What is wrong with leased message ``m``, whose row another program
+    wrote or changed (SQLite stores any type in any column), or None."""
+    if not isinstance(m.data, bytes):
+        return _wrong("data", m.data, "bytes")
+    if not isinstance(m.created_at, _NUMBER):
+        return _wrong("created_at", m.created_at, "a time (seconds since the epoch)")
+    if m.expires_at is not None and not isinstance(m.expires_at, _NUMBER):
+        return _wrong("expires_at", m.expires_at, "a time (seconds since the epoch) or NULL")
+    if m.key is not None and not isinstance(m.key, str):
+        return _wrong("key", m.key, "text or NULL")
+    return None
+
+
+def _wrong(column, value, expected):
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return "malformed row: %s is %s (%s), not %s" % (column, shown, type(value).__name__, expected)
+
+
 def _new_token():
     return random.getrandbits(62) + 1
 
@@ -265,12 +289,24 @@ class SQLiteEngine(Engine):
                 "%s has a table %smeta that is not persistqueue_liteq's; use another "
                 "table_prefix" % (self.location, prefix)
             )
-        version = int(meta.get("schema_version", "0"))
+        try:
+            version = int(meta.get("schema_version", "0"))
+        except ValueError:
+            raise IncompatibleDatabase(
+                "%s: table %smeta says schema version %r, which is not a number; "
+                "the file was changed by another program" % (
+                    self.location, prefix, meta["schema_version"])
+            ) from None
         if version > _sql.SCHEMA_VERSION:
             raise IncompatibleDatabase(
                 "%s was written by a newer persistqueue_liteq (schema version %d; this "
                 "version reads up to %d): upgrade persistqueue_liteq"
                 % (self.location, version, _sql.SCHEMA_VERSION)
+            )
+        if not exists("messages"):
+            raise IncompatibleDatabase(
+                "%s has persistqueue_liteq's table %smeta but no %smessages: was it "
+                "dropped by another program?" % (self.location, prefix, prefix)
             )
         return True
 
@@ -549,7 +585,8 @@ class SQLiteEngine(Engine):
             ]
             unfit = [
                 m for m in messages
-                if (m.expires_at is not None and m.expires_at <= now)
+                if _malformed(m) is not None
+                or (m.expires_at is not None and m.expires_at <= now)
                 or (max_attempts is not None and m.attempts > max_attempts)
             ]
             if unfit:
@@ -574,19 +611,22 @@ class SQLiteEngine(Engine):
         return leased
 
     def _drop_unfit(self, messages, now, max_attempts):
-        """Drop the expired and dead-letter the exhausted, which we hold leased."""
+        """Drop the expired and dead-letter the exhausted and the malformed,
+        which we hold leased."""
         s = self.sql
         counted = []
         with self._conns.transaction() as conn:
             for m in messages:
-                if m.expires_at is not None and m.expires_at <= now:
+                reason = _malformed(m)
+                if reason is None and m.expires_at is not None and m.expires_at <= now:
                     if conn.execute(s.DELETE_LEASED, (m.id, m.lease)).rowcount:
                         conn.execute(s.ADD_COUNTER, (m.queue_name, "expired", 1))
                         counted.append((m.queue_name, "expired"))
                     continue
-                reason = "not acknowledged after %d deliveries (max_retries=%d)" % (
-                    m.attempts - 1, max_attempts - 1,
-                )
+                if reason is None:
+                    reason = "not acknowledged after %d deliveries (max_retries=%d)" % (
+                        m.attempts - 1, max_attempts - 1,
+                    )
                 if conn.execute(s.DEAD_LETTER, (now, reason, None, m.id, m.lease)).fetchall():
                     conn.execute(s.ADD_COUNTER, (m.queue_name, "dead_lettered", 1))
                     counted.append((m.queue_name, "dead_lettered"))
@@ -597,7 +637,26 @@ class SQLiteEngine(Engine):
             self._metrics.add(queue, name, lasting=True)
 
     def next_visible_at(self, queue):
-        return self._execute(self.sql.NEXT_VISIBLE_AT, (queue, self.now()))[0][0]
+        now = self.now()
+        due = self._execute(self.sql.NEXT_VISIBLE_AT, (queue, now))[0][0]
+        if due is None or isinstance(due, _NUMBER):
+            return due
+        # Text or a blob, written by another program: SQLite sorts it after
+        # every number, so it is never leased; it would stop every waiting
+        # consumer here.  Dead-letter it, saying what it was.
+        self._dead_letter_bad_visible(queue, now)
+        return self._execute(self.sql.NEXT_VISIBLE_AT, (queue, now))[0][0]
+
+    def _dead_letter_bad_visible(self, queue, now):
+        with self._conns.transaction() as conn:
+            rows = conn.execute(self.sql.DEAD_LETTER_BAD_VISIBLE, (now, queue, now)).fetchall()
+            if rows:
+                conn.execute(self.sql.ADD_COUNTER, (queue, "dead_lettered", len(rows)))
+        for msg_id, reason in rows:
+            logger.warning("message %d of queue %r dead-lettered: %s", msg_id, queue, reason)
+        if rows:
+            self._notifier.notify("done", queue)
+            self._metrics.add(queue, "dead_lettered", len(rows), lasting=True)
 
     def _settle(self, statement, params, kind):
         """Run one settling statement; wake ``kind`` waiters of its queue."""

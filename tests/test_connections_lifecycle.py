@@ -1,0 +1,106 @@
+"""Connections follow their threads: opened on first use, closed when the
+thread ends, never closed by a forked child."""
+
+import os
+import threading
+
+from persistqueue_liteq import LiteQueue
+
+from .conftest import run_child
+
+
+def _open_descriptors():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_ten_thousand_short_lived_threads_leak_no_descriptors(q):
+    # A thread-per-request server: each request is a thread that puts and
+    # gets once.  Each thread's connection (the file and its -wal: two
+    # descriptors) used to stay open for good, so such a server ran out of
+    # descriptors after a few thousand requests.
+    q.put(b"warm-up")
+    q.ack(q.pop())
+    before = _open_descriptors()
+    errors = []
+
+    def request(i):
+        try:
+            q.put(b"request %d" % i)
+            msg = q.pop()
+            q.ack(msg)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    most = 0
+    for i in range(10_000):
+        thread = threading.Thread(target=request, args=(i,))
+        thread.start()
+        thread.join()
+        if i % 100 == 0:
+            most = max(most, _open_descriptors())
+            assert most <= before + 10, "%d descriptors open after %d threads, %d before" % (
+                most, i + 1, before)
+    assert errors == []
+    assert _open_descriptors() <= before + 2
+    assert q.qsize() == 0
+
+
+def test_a_thread_that_ends_while_another_uses_the_queue(q):
+    # The ending thread closes only its own connection.
+    q.put(b"a")
+    started, finish = threading.Event(), threading.Event()
+
+    def short():
+        q.put(b"b")
+
+    def long():
+        q.put(b"c")
+        started.set()
+        finish.wait(30)
+        q.put(b"d")
+
+    keeper = threading.Thread(target=long)
+    keeper.start()
+    assert started.wait(30)
+    for _ in range(20):
+        t = threading.Thread(target=short)
+        t.start()
+        t.join()
+    finish.set()
+    keeper.join(30)
+    assert q.qsize() == 23
+    assert len(q.engine._conns._all) == 1  # this thread's; the others closed
+
+
+def test_a_forked_child_never_closes_the_parents_connections(q, db, fork):
+    holding, release = threading.Event(), threading.Event()
+    parent_conns = [q.engine._conns.get()]
+
+    def worker():
+        q.put(b"from a parent thread")
+        parent_conns.append(q.engine._conns.get())
+        holding.set()
+        release.wait(30)
+        q.put(b"after the fork")
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert holding.wait(30)
+
+    def child():
+        # The parent's other thread is gone in the child: CPython dropped its
+        # threading.local slot, which must not have closed its connection.
+        for conn in parent_conns:
+            try:
+                conn.total_changes  # raises ProgrammingError once closed
+            except Exception:  # noqa: BLE001
+                os._exit(4)
+        q.put(b"child through the inherited queue")
+        LiteQueue(db).put(b"child through a queue of its own")
+        os._exit(0)
+
+    assert run_child(fork, child) == 0
+    release.set()
+    thread.join(30)
+    assert q.qsize() == 4
+    assert q.integrity_check() == ["ok"]
