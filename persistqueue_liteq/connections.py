@@ -133,10 +133,15 @@ _LOOK_INTERVAL = 0.001
 _inherited = []
 
 # Descriptors of -shm files opened here to read their header, by (st_dev,
-# st_ino); never closed, because closing any descriptor of a file drops every
-# POSIX lock this process holds on it, SQLite's own included ("How To Corrupt
-# An SQLite Database File", 2.2).  One per database file a process uses.
+# st_ino).  Closing any descriptor of a file drops every POSIX lock this
+# process holds on it, SQLite's own included ("How To Corrupt An SQLite
+# Database File", 2.2), so one is closed only once nothing of this process
+# can hold a lock on its file: the -shm was removed (SQLite removes it with
+# the last connection to the database, in any process) and no Connections
+# that read it has a connection left (see _drop_kept).  _kept_users: the
+# Connections that took one.  Both guarded by _kept_lock.
 _kept = {}
+_kept_users = weakref.WeakSet()
 _kept_lock = threading.Lock()
 
 
@@ -434,7 +439,7 @@ class Connections:
         """(frames in the WAL, frames of it checkpointed) from the -shm
         file's header, or None where it cannot be read."""
         if self._shm is None:
-            fd = _kept_open(self._target + "-shm")
+            fd = _kept_open(self._target + "-shm", self)
             self._shm = _UNREADABLE if fd is None else fd
         if self._shm == _UNREADABLE:
             return None
@@ -637,6 +642,8 @@ class Connections:
                 conn.close()
             except sqlite3.Error:
                 pass
+        with _kept_lock:
+            _drop_kept()
 
 
 class _ThreadEnd:
@@ -793,17 +800,20 @@ def _keep_forever(conn):
         _inherited.append(conn)
 
 
-def _kept_open(path):
+def _kept_open(path, user):
     """A read-only descriptor of ``path`` (never through a symlink), kept
-    open for good (see ``_kept``); None if it cannot be opened."""
+    open while ``user`` (a Connections) or others may need it (see
+    ``_kept``); None if it cannot be opened."""
     try:
         st = os.lstat(path)
     except OSError:
         return None
     with _kept_lock:
+        _kept_users.add(user)
         fd = _kept.get((st.st_dev, st.st_ino))
         if fd is not None:
             return fd
+        _drop_kept()  # a new -shm: the one it replaced may be let go now
         flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
         try:
             fd = os.open(path, flags)
@@ -811,6 +821,23 @@ def _kept_open(path):
             return None
         st = os.fstat(fd)
         return _kept.setdefault((st.st_dev, st.st_ino), fd)
+
+
+def _drop_kept():
+    """Close the kept descriptors of -shm files that were removed and that
+    no connection of ours uses any more (see ``_kept``); called with
+    ``_kept_lock`` held.  Without this, a process that opens and closes
+    queues again and again kept a descriptor for every -shm it ever read."""
+    users = list(_kept_users)
+    for key, fd in list(_kept.items()):
+        try:
+            removed = os.fstat(fd).st_nlink == 0
+        except OSError:
+            continue
+        if removed and not any(c._shm == fd and (c._all or c._broken is not None)
+                               for c in users):
+            del _kept[key]
+            os.close(fd)
 
 
 def _chained(error, cause):

@@ -104,3 +104,24 @@ def test_a_forked_child_never_closes_the_parents_connections(q, db, fork):
     thread.join(30)
     assert q.qsize() == 4
     assert q.integrity_check() == ["ok"]
+
+
+def test_opening_and_closing_queues_again_and_again_leaks_no_descriptors(tmp_path):
+    # A process that opens a queue per request (or a script per file) and
+    # closes it: the -shm descriptor the engine keeps to read the WAL's
+    # length must go once SQLite has removed that -shm with the last
+    # connection, or every open costs one descriptor for good.
+    def cycle(path):
+        q = LiteQueue(str(path))
+        q.put(b"x")
+        q.ack(q.pop())
+        q.close()
+
+    cycle(tmp_path / "warm-up.db")
+    before = _open_descriptors()
+    for _ in range(200):
+        cycle(tmp_path / "same.db")
+    assert _open_descriptors() <= before + 2
+    for i in range(200):
+        cycle(tmp_path / ("file%d.db" % i))
+    assert _open_descriptors() <= before + 2
