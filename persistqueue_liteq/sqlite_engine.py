@@ -227,6 +227,11 @@ class SQLiteEngine(Engine):
             "lifo": self.sql.LEASE_LIFO,
             "priority": self.sql.LEASE_PRIORITY,
         }
+        self._lease_one_sql = {
+            "fifo": self.sql.LEASE_FIFO_ONE,
+            "lifo": self.sql.LEASE_LIFO_ONE,
+            "priority": self.sql.LEASE_PRIORITY_ONE,
+        }
         self._meta = {}
         self._open_schema()
         self._open_clock()
@@ -566,15 +571,16 @@ class SQLiteEngine(Engine):
     # -- consuming ------------------------------------------------------------
 
     def lease(self, queue, n, seconds, order="fifo", max_attempts=None):
-        statement = self._lease_sql[order]
+        many, one = self._lease_sql[order], self._lease_one_sql[order]
         leased = []
         while len(leased) < n:
             now = self.now()
             token = _new_token()
             until = now + seconds
+            wanted = n - len(leased)
             rows = self._write(
-                statement,
-                {"queue": queue, "now": now, "until": until, "lease": token, "n": n - len(leased)},
+                one if wanted == 1 else many,
+                {"queue": queue, "now": now, "until": until, "lease": token, "n": wanted},
             )
             if not rows:
                 break
