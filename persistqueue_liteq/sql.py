@@ -109,6 +109,13 @@ CREATE TABLE IF NOT EXISTS {p}activity (
 ACTIVITY_BUCKET = 10
 ACTIVITY_KEPT = 3600
 
+# What the metrics flush prunes by: without it, "bucket < ?" scans the whole
+# table under the write lock (28 ms at a million rows, an hour of 1,000
+# active queues).  Files made before it get it at their next open.
+ACTIVITY_INDEX = "{p}activity_bucket"
+CREATE_ACTIVITY_INDEX = """
+CREATE INDEX IF NOT EXISTS {p}activity_bucket ON {p}activity (bucket)"""
+
 CREATE_TABLES = (
     CREATE_META,
     CREATE_MESSAGES,
@@ -118,11 +125,13 @@ CREATE_TABLES = (
     CREATE_RESULTS,
     CREATE_COUNTERS,
     CREATE_ACTIVITY,
+    CREATE_ACTIVITY_INDEX,
 )
 
 # -- schema bookkeeping -----------------------------------------------------
 
 TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+INDEX_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?"
 READ_META = "SELECT key, value FROM {p}meta"
 WRITE_META = "INSERT OR REPLACE INTO {p}meta (key, value) VALUES (?, ?)"
 

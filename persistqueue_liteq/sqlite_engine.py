@@ -257,6 +257,7 @@ class SQLiteEngine(Engine):
                 )
             return
         if self._conns.run(self._wal_and_schema_ready):
+            self._add_missing_indexes()
             return
         with self._conns.transaction() as conn:
             if not self._check_schema(conn):
@@ -270,6 +271,21 @@ class SQLiteEngine(Engine):
                 if _clock.SUPPORTED:  # anchored now, not in a transaction of its own
                     self._anchor(conn)
                     self._meta = dict(conn.execute(self.sql.READ_META).fetchall())
+
+    def _add_missing_indexes(self):
+        """Add to a file made by an older version the indexes it lacks (a
+        read of the schema when it has them).  An index only makes a query
+        faster: a file we may not write to keeps working without it."""
+        index = self.sql.ACTIVITY_INDEX
+        if self._conns.execute(self.sql.INDEX_EXISTS, (index,)):
+            return
+        try:
+            with self._conns.transaction() as conn:
+                conn.execute(self.sql.CREATE_ACTIVITY_INDEX)
+        except Exception as exc:
+            logger.debug("index %s not added to %s: %s", index, self.location, exc)
+        else:
+            logger.info("added index %s to %s", index, self.location)
 
     def _wal_and_schema_ready(self, conn):
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
