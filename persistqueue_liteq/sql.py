@@ -116,6 +116,54 @@ ACTIVITY_INDEX = "{p}activity_bucket"
 CREATE_ACTIVITY_INDEX = """
 CREATE INDEX IF NOT EXISTS {p}activity_bucket ON {p}activity (bucket)"""
 
+# How many live messages (visible_at not NULL) each queue has, kept by the
+# triggers below in the transaction of every change to the messages table,
+# whoever makes it (any process, any version since, another program): so
+# qsize(), full() and a bounded put read one row instead of counting the
+# queue (11 ms at 100,000 messages).  A file made before them gets them,
+# counted once, at its next open by a writer (SIZES_TRIGGER tells).
+CREATE_SIZES = """
+CREATE TABLE IF NOT EXISTS {p}sizes (
+    queue TEXT    PRIMARY KEY,
+    live  INTEGER NOT NULL
+) WITHOUT ROWID"""
+
+SIZES_TRIGGER = "{p}sizes_insert"
+
+CREATE_SIZES_TRIGGERS = (
+    """
+CREATE TRIGGER IF NOT EXISTS {p}sizes_insert AFTER INSERT ON {p}messages
+ WHEN new.visible_at IS NOT NULL
+BEGIN
+    INSERT INTO {p}sizes (queue, live) VALUES (new.queue, 1)
+    ON CONFLICT (queue) DO UPDATE SET live = live + 1;
+END""",
+    """
+CREATE TRIGGER IF NOT EXISTS {p}sizes_delete AFTER DELETE ON {p}messages
+ WHEN old.visible_at IS NOT NULL
+BEGIN
+    UPDATE {p}sizes SET live = live - 1 WHERE queue = old.queue;
+END""",
+    # Dead-lettered, redriven, or moved to another queue (nothing of ours
+    # moves a message; another program may).
+    """
+CREATE TRIGGER IF NOT EXISTS {p}sizes_update AFTER UPDATE OF visible_at, queue ON {p}messages
+ WHEN (old.visible_at IS NULL) IS NOT (new.visible_at IS NULL) OR old.queue IS NOT new.queue
+BEGIN
+    UPDATE {p}sizes SET live = live - 1
+     WHERE queue = old.queue AND old.visible_at IS NOT NULL;
+    INSERT INTO {p}sizes (queue, live) SELECT new.queue, 1 WHERE new.visible_at IS NOT NULL
+    ON CONFLICT (queue) DO UPDATE SET live = live + 1;
+END""",
+)
+
+# Run with the triggers' creation, in one transaction: exact from then on.
+COUNT_SIZES = """
+INSERT OR REPLACE INTO {p}sizes (queue, live)
+SELECT queue, count(*) FROM {p}messages WHERE visible_at IS NOT NULL GROUP BY queue"""
+
+CLEAR_SIZES = "DELETE FROM {p}sizes"
+
 CREATE_TABLES = (
     CREATE_META,
     CREATE_MESSAGES,
@@ -126,11 +174,13 @@ CREATE_TABLES = (
     CREATE_COUNTERS,
     CREATE_ACTIVITY,
     CREATE_ACTIVITY_INDEX,
-)
+    CREATE_SIZES,
+) + CREATE_SIZES_TRIGGERS
 
 # -- schema bookkeeping -----------------------------------------------------
 
 TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+TRIGGER_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?"
 INDEX_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?"
 READ_META = "SELECT key, value FROM {p}meta"
 WRITE_META = "INSERT OR REPLACE INTO {p}meta (key, value) VALUES (?, ?)"
@@ -345,6 +395,16 @@ COUNT_WAITING = """
 SELECT count(*) FROM {p}messages
  WHERE queue = ? AND visible_at IS NOT NULL AND (lease IS NULL OR visible_at <= ?)"""
 
+# The same from {p}sizes: one row, less the messages in flight (leased until
+# after now), found on the ready index's range after now (delayed and in
+# flight: not the queue's depth).  One statement, one snapshot.
+KEPT_LIVE = "SELECT coalesce((SELECT live FROM {p}sizes WHERE queue = ?), 0)"
+
+KEPT_WAITING = """
+SELECT coalesce((SELECT live FROM {p}sizes WHERE queue = :queue), 0)
+     - (SELECT count(*) FROM {p}messages
+         WHERE queue = :queue AND visible_at > :now AND lease IS NOT NULL)"""
+
 COUNT_DEAD = """
 SELECT count(*) FROM {p}messages WHERE queue = ? AND visible_at IS NULL"""
 
@@ -412,5 +472,7 @@ def render(prefix):
         if name.isupper() and not name.startswith("_") and isinstance(value, str):
             rendered[name] = value.replace("{p}", prefix).strip()
     rendered["CREATE_TABLES"] = tuple(s.replace("{p}", prefix).strip() for s in CREATE_TABLES)
+    rendered["CREATE_SIZES_TRIGGERS"] = tuple(
+        s.replace("{p}", prefix).strip() for s in CREATE_SIZES_TRIGGERS)
     rendered["PREFIX"] = prefix
     return types.SimpleNamespace(**rendered)

@@ -243,6 +243,7 @@ class SQLiteEngine(Engine):
     # -- schema ---------------------------------------------------------------
 
     def _open_schema(self):
+        self._sizes_kept = True  # a new file: made with CREATE_TABLES
         if self.readonly:
             try:
                 ours = self._conns.run(self._check_schema)
@@ -255,9 +256,10 @@ class SQLiteEngine(Engine):
                     "%s has no persistqueue_liteq queue tables (table prefix %r)"
                     % (self.location, self.sql.PREFIX)
                 )
+            self._add_missing_schema()  # only looks
             return
         if self._conns.run(self._wal_and_schema_ready):
-            self._add_missing_indexes()
+            self._add_missing_schema()
             return
         with self._conns.transaction() as conn:
             if not self._check_schema(conn):
@@ -272,20 +274,34 @@ class SQLiteEngine(Engine):
                     self._anchor(conn)
                     self._meta = dict(conn.execute(self.sql.READ_META).fetchall())
 
-    def _add_missing_indexes(self):
-        """Add to a file made by an older version the indexes it lacks (a
-        read of the schema when it has them).  An index only makes a query
-        faster: a file we may not write to keeps working without it."""
-        index = self.sql.ACTIVITY_INDEX
-        if self._conns.execute(self.sql.INDEX_EXISTS, (index,)):
+    def _add_missing_schema(self):
+        """Add to a file made by an older version the index and the kept
+        sizes it lacks (a read of the schema when it has them).  Both only
+        make queries faster: a file we may not write to keeps working
+        without them (counting its messages)."""
+        s = self.sql
+        self._sizes_kept = self._has(s.TRIGGER_EXISTS, s.SIZES_TRIGGER)
+        if self.readonly or (self._sizes_kept and self._has(s.INDEX_EXISTS, s.ACTIVITY_INDEX)):
             return
         try:
             with self._conns.transaction() as conn:
-                conn.execute(self.sql.CREATE_ACTIVITY_INDEX)
+                conn.execute(s.CREATE_ACTIVITY_INDEX)
+                if not conn.execute(s.TRIGGER_EXISTS, (s.SIZES_TRIGGER,)).fetchone():
+                    # Counted in the transaction that makes the triggers:
+                    # no change of another process falls in between.
+                    conn.execute(s.CREATE_SIZES)
+                    for statement in s.CREATE_SIZES_TRIGGERS:
+                        conn.execute(statement)
+                    conn.execute(s.CLEAR_SIZES)
+                    conn.execute(s.COUNT_SIZES)
         except Exception as exc:
-            logger.debug("index %s not added to %s: %s", index, self.location, exc)
+            logger.debug("sizes and indexes not added to %s: %s", self.location, exc)
         else:
-            logger.info("added index %s to %s", index, self.location)
+            self._sizes_kept = True
+            logger.info("added kept sizes and indexes to %s", self.location)
+
+    def _has(self, statement, name):
+        return bool(self._conns.execute(statement, (name,)))
 
     def _wal_and_schema_ready(self, conn):
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
@@ -758,8 +774,12 @@ class SQLiteEngine(Engine):
     def count(self, queue, what="live"):
         s = self.sql
         if what == "live":
+            if self._sizes_kept:
+                return self._execute(s.KEPT_LIVE, (queue,))[0][0]
             return self._execute(s.COUNT_LIVE, (queue,))[0][0]
         if what == "waiting":
+            if self._sizes_kept:
+                return self._execute(s.KEPT_WAITING, {"queue": queue, "now": self.now()})[0][0]
             return self._execute(s.COUNT_WAITING, (queue, self.now()))[0][0]
         if what == "ready":
             return self._execute(s.COUNT_READY, (queue, self.now()))[0][0]
