@@ -309,8 +309,10 @@ class Engine(abc.ABC):
         ready, or None if there is none."""
 
     @abc.abstractmethod
-    def ack(self, msg_id, lease):
-        """Delete a leased message: its processing is done."""
+    def ack(self, msg_id, lease, queue=None):
+        """Delete a leased message: its processing is done.  ``queue``, if
+        the caller knows it, is the message's queue (saves looking it up;
+        a message of another queue is not deleted)."""
 
     @abc.abstractmethod
     def delete(self, msg_id):

@@ -154,7 +154,7 @@ class LiteQueue:
         except BaseException:
             self._engine.release(msg.id, msg.lease)
             raise
-        self._engine.ack(msg.id, msg.lease)
+        self._engine.ack(msg.id, msg.lease, getattr(msg, "queue_name", None))
 
     def process_failed(self, msg, reason, *, delay_seconds=0):
         """Record that processing ``msg`` failed with ``reason``.
@@ -178,7 +178,7 @@ class LiteQueue:
         """Acknowledge a leased message (delete it); False if the lease no
         longer holds."""
         self._check_leased(msg, "ack")
-        return self._engine.ack(msg.id, msg.lease)
+        return self._engine.ack(msg.id, msg.lease, getattr(msg, "queue_name", None))
 
     def delete(self, msg_id):
         """Delete a message by id (or Message), whatever its state; False if

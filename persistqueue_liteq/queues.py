@@ -288,7 +288,7 @@ class _QueueBase(Generic[T]):
                 self._engine.release(msg.id, msg.lease)
                 raise
             if self.auto_ack:
-                self._engine.ack(msg.id, msg.lease)
+                self._engine.ack(msg.id, msg.lease, self.name)
                 with self._leases_lock:
                     self._auto_unfinished += 1
             else:
@@ -472,7 +472,7 @@ class _QueueBase(Generic[T]):
                 return
             lease.settling = True
         try:
-            acknowledged = self._engine.ack(lease.id, lease.token)
+            acknowledged = self._engine.ack(lease.id, lease.token, self.name)
         except BaseException:
             lease.settling = False  # still held: task_done() may be called again
             raise

@@ -310,6 +310,11 @@ SELECT min(visible_at) FROM {p}messages WHERE queue = ? AND visible_at > ?"""
 
 ACK = "DELETE FROM {p}messages WHERE id = ? AND lease = ? RETURNING queue"
 
+# When the caller knows the queue (RETURNING costs a sixth of an ack):
+# "AND queue" makes a wrong one delete nothing rather than wake the wrong
+# waiters.
+ACK_IN_QUEUE = "DELETE FROM {p}messages WHERE id = ? AND lease = ? AND queue = ?"
+
 DELETE = "DELETE FROM {p}messages WHERE id = ? RETURNING queue"
 
 DELETE_UNLEASED = "DELETE FROM {p}messages WHERE id = ? AND lease IS NULL RETURNING queue"

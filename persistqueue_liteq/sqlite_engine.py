@@ -703,12 +703,16 @@ class SQLiteEngine(Engine):
             self._notifier.notify(kind, rows[0][0])
         return bool(rows)
 
-    def ack(self, msg_id, lease):
-        rows = self._write(self.sql.ACK, (msg_id, lease))
-        if not rows:
+    def ack(self, msg_id, lease, queue=None):
+        if queue is None:
+            rows = self._write(self.sql.ACK, (msg_id, lease))
+            if not rows:
+                return False
+            queue = rows[0][0]
+        elif not self._changes(self.sql.ACK_IN_QUEUE, (msg_id, lease, queue)):
             return False
-        self._notifier.notify("done", rows[0][0])
-        self._count(rows[0][0], "acks")
+        self._notifier.notify("done", queue)
+        self._count(queue, "acks")
         return True
 
     def delete(self, msg_id):

@@ -125,6 +125,26 @@ def test_ack_needs_the_current_lease(engine):
     assert not engine.ack(msg.id, msg.lease)  # once
 
 
+def test_ack_given_the_queue_deletes_only_a_message_of_that_queue(engine):
+    engine.put("q", b"x")
+    msg = lease_one(engine)
+    assert not engine.ack(msg.id, msg.lease, "other")  # not its queue: nothing
+    assert engine.count("q") == 1
+    assert not engine.ack(msg.id, msg.lease + 1, "q")
+    assert engine.ack(msg.id, msg.lease, "q")
+    assert engine.count("q") == 0
+    assert not engine.ack(msg.id, msg.lease, "q")  # once
+    assert engine.metrics()["q"]["acks"] == 1
+
+
+def test_an_ack_given_the_queue_wakes_the_waiters_of_that_queue(engine):
+    engine.put("q", b"x")
+    msg = lease_one(engine)
+    with engine.waiter("done", "q") as waiter:
+        assert engine.ack(msg.id, msg.lease, "q")
+        assert waiter.wait(10.0)
+
+
 def test_a_lease_that_ran_out_is_delivered_again_with_a_new_token(engine):
     engine.put("q", b"x")
     first = lease_one(engine, seconds=0)
