@@ -6,9 +6,11 @@ changed", so the engine says it itself, through the file system::
 
     waiting thread                        notifying thread (after COMMIT)
     --------------                        -------------------------------
-    bind a datagram socket in             lstat the channel's directory, and
-      <TMPDIR>/pqlq-<euid>/                 list it again if it changed (or
-      <file>/<channel>/                     changed too recently to trust)
+    bind a datagram socket in             no channel directory: nobody waits,
+      <TMPDIR>/pqlq-<euid>/                 done (one access(), the usual case)
+      <file>/<channel>/                   lstat the channel's directory, and
+                                            list it again if it changed (or
+                                            changed too recently to trust)
     look at the queue once more    <----  send an empty datagram to every
     block in recv() until woken             socket listed there
       or the deadline
@@ -370,6 +372,13 @@ class Notifier:
                       "within %g s anyway)" % (exc, queue, SAFETY_INTERVAL))
 
     def _notify(self, directory):
+        # No channel directory, no waiter: its first waiter makes it before
+        # its last look at the queue, so that look sees what we committed.
+        # One access() and no exception: the cost of most notifications.
+        # Nothing is trusted from this look; what is sent is found below,
+        # once the base directory is checked.
+        if not os.access(directory, os.F_OK):
+            return
         if _checked_base(self._base, create=False) is None:
             return  # no waiter of ours anywhere
         try:
