@@ -12,9 +12,10 @@ row                 raw sqlite3 (the baseline)                  LiteQueue
 ==================  ==========================================  =======================
 put                 one ``sql.INSERT`` in autocommit,           ``q.put(payload)``
                     ``time.time()`` per call
-pop + delete        ``sql.LEASE_FIFO`` (``UPDATE ... RETURNING``  ``m = q.pop()``;
-                    with named parameters), then ``sql.ACK``      ``q.delete(m.id)``
-                    (``DELETE ... WHERE id=? AND lease=?``)
+pop + delete        ``sql.LEASE_FIFO_ONE`` (``UPDATE ...       ``m = q.pop()``;
+                    RETURNING``, named parameters), then       ``q.delete(m.id)``
+                    ``sql.ACK_IN_QUEUE`` (``DELETE ... WHERE
+                    id=? AND lease=? AND queue=?``)
 pop + ack           the same raw baseline                       ``q.ack(q.pop())``
 put_batch(1000)     ``BEGIN IMMEDIATE``; ``executemany(INSERT,  ``q.put_batch(list)``
                     1000 rows)``; ``COMMIT``
@@ -197,7 +198,7 @@ def raw_pop_ack(path, n):
         conn.execute("COMMIT")
 
     def run():
-        execute, lease, ack = conn.execute, SQL.LEASE_FIFO, SQL.ACK
+        execute, lease, ack = conn.execute, SQL.LEASE_FIFO_ONE, SQL.ACK_IN_QUEUE
         clock, getrandbits = time.time, random.getrandbits
         for _ in range(n):
             now = clock()
@@ -205,7 +206,7 @@ def raw_pop_ack(path, n):
             params = {"queue": QUEUE, "now": now, "until": now + LEASE_SECONDS,
                       "lease": token, "n": 1}
             msg_id = execute(lease, params).fetchall()[0][0]
-            execute(ack, (msg_id, token)).fetchall()
+            execute(ack, (msg_id, token, QUEUE))
 
     return Contender("raw sqlite3", n, run, _raw_checkpoint(conn), conn.close, prepare)
 

@@ -18,8 +18,9 @@ Measurements
                                lease``; WAL, ``synchronous=NORMAL``,
                                ``isolation_level=None``
    raw sqlite3, the engine's   the same loop running the engine's own
-   statements                  ``sql.INSERT``, ``sql.LEASE_FIFO``, ``sql.ACK``
-                               on the tables of ``sql.render("liteq_")``
+   statements                  ``sql.INSERT``, ``sql.LEASE_FIFO_ONE``,
+                               ``sql.ACK_IN_QUEUE`` on the tables (and
+                               triggers) of ``sql.render("liteq_")``
    queue.Queue                 in memory: for reference only
    PersistentQueue             ``q.put(item)``; ``q.get()``; ``q.task_done()``
    persist-queue SQLiteAckQueue  ``q.put(item)``; ``q.ack(q.get())``, at
@@ -161,7 +162,7 @@ def st_raw(directory, n):
     conn = open_raw(os.path.join(directory, "raw.sqlite"))
 
     def run(count):
-        execute, insert, lease, ack = conn.execute, SQL.INSERT, SQL.LEASE_FIFO, SQL.ACK
+        execute, insert, lease, ack = conn.execute, SQL.INSERT, SQL.LEASE_FIFO_ONE, SQL.ACK_IN_QUEUE
         dumps, loads, proto = pickle.dumps, pickle.loads, pickle.HIGHEST_PROTOCOL
         clock, getrandbits = time.time, random.getrandbits
         for i in range(count):
@@ -170,9 +171,9 @@ def st_raw(directory, n):
             now = clock()
             token = getrandbits(62) + 1
             row = execute(lease, {"queue": QUEUE, "now": now, "until": now + LEASE_SECONDS,
-                                  "lease": token, "n": 1}).fetchall()[0]
+                                  "lease": token}).fetchall()[0]
             loads(row[1])
-            execute(ack, (row[0], token)).fetchall()
+            execute(ack, (row[0], token, QUEUE))
 
     return run, conn.close
 

@@ -451,7 +451,7 @@ def raw_round_trip(path, n, synchronous):
     sql = bench_engine.SQL
 
     def run():
-        execute, insert, lease, ack = conn.execute, sql.INSERT, sql.LEASE_FIFO, sql.ACK
+        execute, insert, lease, ack = conn.execute, sql.INSERT, sql.LEASE_FIFO_ONE, sql.ACK_IN_QUEUE
         clock, getrandbits, payload, name = time.time, random.getrandbits, bench_engine.PAYLOAD, \
             bench_engine.QUEUE
         for _ in range(n):
@@ -461,7 +461,7 @@ def raw_round_trip(path, n, synchronous):
             token = getrandbits(62) + 1
             msg_id = execute(lease, {"queue": name, "now": now, "until": now + 60.0,
                                      "lease": token, "n": 1}).fetchall()[0][0]
-            execute(ack, (msg_id, token)).fetchall()
+            execute(ack, (msg_id, token, name))
 
     return bench_engine.Contender("raw sqlite3 %s" % synchronous, n, run,
                                   bench_engine._raw_checkpoint(conn), conn.close)
