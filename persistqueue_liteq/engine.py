@@ -89,7 +89,8 @@ class Metrics:
     def add(self, queue, name, n=1, lasting=False):
         """Count ``n`` of ``name`` for ``queue``; True when a flush is due."""
         with self._lock:
-            self._forget_if_forked()
+            if self._generation != _fork.generation:  # _forget_if_forked, inlined: per operation
+                self._reset()
             row = self._done.get(queue)
             if row is None:
                 row = self._done[queue] = [0] * len(METRIC_NAMES)

@@ -616,30 +616,27 @@ class SQLiteEngine(Engine):
             )
             if not rows:
                 break
-            messages = [
-                Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, until,
-                        row[5], row[6], row[7], None, None, row[8])
-                for row in rows
-            ]
-            unfit = [
-                m for m in messages
-                if _malformed(m) is not None
-                or (m.expires_at is not None and m.expires_at <= now)
-                or (max_attempts is not None and m.attempts > max_attempts)
-            ]
-            if unfit:
-                self._drop_unfit(unfit, now, max_attempts)
-                messages = [m for m in messages if m not in unfit]
-            leased.extend(messages)
+            unfit = []
+            for row in rows:  # a plain loop: most leases are of one message
+                m = Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, until,
+                            row[5], row[6], row[7], None, None, row[8])
+                if (_malformed(m) is not None
+                        or (m.expires_at is not None and m.expires_at <= now)
+                        or (max_attempts is not None and m.attempts > max_attempts)):
+                    unfit.append(m)
+                else:
+                    leased.append(m)
             if not unfit:
                 break
+            self._drop_unfit(unfit, now, max_attempts)
         if not leased:
             if self._metrics.unflushed():
                 self.flush_metrics()  # idle: a good moment
             return leased
-        self._count_deliveries(queue, *(m.attempts for m in leased))
-        if len(leased) < 2:
+        if len(leased) == 1:
+            self._count_deliveries(queue, leased[0].attempts)
             return leased
+        self._count_deliveries(queue, *(m.attempts for m in leased))
         if order == "lifo":
             leased.sort(key=lambda m: m.id, reverse=True)
         elif order == "priority":
@@ -815,7 +812,7 @@ class SQLiteEngine(Engine):
 
     def _count_deliveries(self, queue, *attempts):
         self._count(queue, "gets", len(attempts))
-        retries = sum(a > 1 for a in attempts)
+        retries = attempts[0] > 1 if len(attempts) == 1 else sum(a > 1 for a in attempts)
         if retries:
             self._count(queue, "retries", retries)
 
