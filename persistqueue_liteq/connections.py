@@ -323,7 +323,15 @@ class Connections:
             conn = self.get()
             look = self._look()
             before = conn.total_changes
-            value = self.run(work)
+            busy = False
+            try:  # run(work), inlined: one get() per write, not two
+                value = work(conn)
+            except sqlite3.Error as exc:
+                if not _is_busy(exc) or conn.in_transaction:
+                    raise _chained(self.error(exc), exc)
+                busy = True
+            if busy:
+                value = self._retry(work, conn)
             self._changed(conn, before, look)
             return value
         finally:
