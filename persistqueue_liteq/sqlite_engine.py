@@ -243,7 +243,6 @@ class SQLiteEngine(Engine):
     # -- schema ---------------------------------------------------------------
 
     def _open_schema(self):
-        self._sizes_kept = True  # a new file: made with CREATE_TABLES
         if self.readonly:
             try:
                 ours = self._conns.run(self._check_schema)
@@ -273,6 +272,9 @@ class SQLiteEngine(Engine):
                 if _clock.SUPPORTED:  # anchored now, not in a transaction of its own
                     self._anchor(conn)
                     self._meta = dict(conn.execute(self.sql.READ_META).fetchall())
+        # Made here, or just now by another process (perhaps of an older
+        # version, without kept sizes).
+        self._add_missing_schema()
 
     def _add_missing_schema(self):
         """Add to a file made by an older version the index and the kept

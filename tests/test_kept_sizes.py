@@ -181,3 +181,25 @@ def test_a_bounded_queue_counts_in_flight_messages_out(db):
         assert q.full()
     finally:
         q.close()
+
+
+def test_a_file_an_older_version_made_while_we_opened_it_gets_kept_sizes(db, monkeypatch):
+    # Another process (an older version) makes the tables between our look
+    # at the file and our transaction: we must not believe ours were made.
+    older = SQLiteEngine(db)
+    older.put("default", b"x")
+    older.close()
+    with sqlite3.connect(db) as conn:
+        for name in ("insert", "delete", "update"):
+            conn.execute("DROP TRIGGER liteq_sizes_%s" % name)
+        conn.execute("DROP TABLE liteq_sizes")
+    monkeypatch.setattr(SQLiteEngine, "_wal_and_schema_ready", lambda self, conn: False)
+    engine = SQLiteEngine(db)
+    try:
+        assert engine._sizes_kept
+        assert engine.count("default") == 1
+        engine.put("default", b"y")
+        assert engine.count("default") == 2
+    finally:
+        engine.close()
+    assert counted(db) == (2, 2)
