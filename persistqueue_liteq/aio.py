@@ -44,6 +44,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -87,29 +88,40 @@ except ImportError:  # Python < 3.13
         (on 3.13 and later this name *is* ``asyncio.QueueShutDown``)."""
 
 
-#: Threads per process that run the storage calls of every async queue.
+#: Threads per process that run the storage calls of every async queue.  Each
+#: queue object uses one of them, so that its calls run in the order made
+#: (they would take turns on the sync queue's lock anyway); queues on
+#: different threads run in parallel.
 STORAGE_THREADS = 4
 
-_executor = None
-_executor_pid = None
-_executor_lock = threading.Lock()
+_lanes = []
+_lanes_pid = None
+_lanes_lock = threading.Lock()
+_next_lane = itertools.count()
 
 
-def storage_executor():
-    """The process's pool of storage threads (made on first use, and again
-    in a forked child)."""
-    global _executor, _executor_pid
-    with _executor_lock:
-        if _executor_pid != os.getpid():
-            _executor = concurrent.futures.ThreadPoolExecutor(
-                STORAGE_THREADS, thread_name_prefix="persistqueue_liteq storage")
-            _executor_pid = os.getpid()
-        return _executor
+def storage_thread(index):
+    """The executor (one thread) of storage lane ``index``: made on first
+    use, and again in a forked child."""
+    global _lanes, _lanes_pid
+    with _lanes_lock:
+        if _lanes_pid != os.getpid():
+            _lanes = [None] * STORAGE_THREADS
+            _lanes_pid = os.getpid()
+        lane = _lanes[index]
+        if lane is None:
+            lane = _lanes[index] = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="persistqueue_liteq storage %d" % index)
+        return lane
+
+
+def _after_fork():
+    global _lanes_lock
+    _lanes_lock = threading.Lock()  # a thread of the parent may have held it
 
 
 if hasattr(os, "register_at_fork"):
-    # A thread of the parent may have held the lock.
-    os.register_at_fork(after_in_child=lambda: globals().update(_executor_lock=threading.Lock()))
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def _seconds_until(due):
@@ -123,31 +135,36 @@ def _seconds_until(due):
 
 
 class _Offloader:
-    """Runs storage calls on the storage threads and counts those in flight."""
+    """Runs one queue object's storage calls, in order, on its storage
+    thread, and counts those in flight."""
 
     def __init__(self):
         self.in_flight = 0
+        self._lane = next(_next_lane) % STORAGE_THREADS
+
+    def submit(self, fn, *args):
+        """``fn(*args)`` on the storage thread: a concurrent Future."""
+        return storage_thread(self._lane).submit(fn, *args)
 
     async def run(self, fn, *args, undo=None):
         """``fn(*args)`` on a storage thread.  If the awaiting task is
         cancelled while it runs, its result is passed to ``undo`` (on a
         storage thread) once it is there: what it leased goes back."""
-        cf = storage_executor().submit(fn, *args)
+        cf = self.submit(fn, *args)
         self.in_flight += 1
         try:
             return await asyncio.wrap_future(cf)
         except asyncio.CancelledError:
             if undo is not None:
-                cf.add_done_callback(lambda done: _undo(done, undo))
+                cf.add_done_callback(lambda done: self._undo(done, undo))
             raise
         finally:
             self.in_flight -= 1
 
-
-def _undo(done, undo):
-    if done.cancelled() or done.exception() is not None:
-        return  # it never ran, or it took nothing
-    storage_executor().submit(undo, done.result())
+    def _undo(self, done, undo):
+        if done.cancelled() or done.exception() is not None:
+            return  # it never ran, or it took nothing
+        self.submit(undo, done.result())
 
 
 def _wake_one(waiters):
@@ -430,13 +447,16 @@ class AsyncPersistentQueue(Generic[T]):
         return getattr(self._sync, name)
 
     def __repr__(self):
-        return "<%s at %#x %s>" % (type(self).__name__, id(self), self._format())
+        return "<%s at %#x %r name=%r %s>" % (
+            type(self).__name__, id(self), self._sync.path, self._sync.name, self._format())
 
     def __str__(self):
-        return "<%s %s>" % (type(self).__name__, self._format())
+        return "<%s %r name=%r %s>" % (
+            type(self).__name__, self._sync.path, self._sync.name, self._format())
 
     def _format(self):
-        result = "path=%r name=%r maxsize=%r" % (self._sync.path, self._sync.name, self.maxsize)
+        # asyncio.Queue's, without the items (they are in the file).
+        result = "maxsize=%r" % (self.maxsize,)
         if self._getters:
             result += " _getters[%d]" % len(self._getters)
         if self._putters:
@@ -586,7 +606,7 @@ class AsyncPersistentQueue(Generic[T]):
         except RuntimeError:  # called outside the loop: acknowledge here
             self._sync._acknowledge(lease)
             return
-        future = loop.run_in_executor(storage_executor(), self._sync._acknowledge, lease)
+        future = asyncio.wrap_future(self._offload.submit(self._sync._acknowledge, lease))
         self._acks.add(future)
         future.add_done_callback(self._acknowledged)
 
