@@ -147,24 +147,42 @@ class _Offloader:
         return storage_thread(self._lane).submit(fn, *args)
 
     async def run(self, fn, *args, undo=None):
-        """``fn(*args)`` on a storage thread.  If the awaiting task is
-        cancelled while it runs, its result is passed to ``undo`` (on a
-        storage thread) once it is there: what it leased goes back."""
+        """``fn(*args)`` on the storage thread.
+
+        A cancelled caller does not leave the call behind: if it has not
+        started it never runs; if it is running, the cancellation waits for
+        it to end and passes its result to ``undo`` (on the storage thread:
+        what it leased goes back), so that when CancelledError is raised
+        nothing is left half done."""
         cf = self.submit(fn, *args)
         self.in_flight += 1
         try:
             return await asyncio.wrap_future(cf)
         except asyncio.CancelledError:
-            if undo is not None:
-                cf.add_done_callback(lambda done: self._undo(done, undo))
+            if not cf.cancel():
+                await _uncancellable(self._undo(cf, undo))
             raise
         finally:
             self.in_flight -= 1
 
-    def _undo(self, done, undo):
-        if done.cancelled() or done.exception() is not None:
-            return  # it never ran, or it took nothing
-        self.submit(undo, done.result())
+    async def _undo(self, cf, undo):
+        try:
+            result = await asyncio.wrap_future(cf)
+        except Exception:
+            return  # it took nothing
+        if undo is not None:
+            await asyncio.wrap_future(self.submit(undo, result))
+
+
+async def _uncancellable(coro):
+    """Await ``coro`` to its end, whatever cancellations come meanwhile."""
+    task = asyncio.ensure_future(coro)
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            pass
+    return task.result()
 
 
 def _wake_one(waiters):
@@ -489,8 +507,8 @@ class AsyncPersistentQueue(Generic[T]):
     async def put(self, item: T) -> None:
         """Put an item into the queue (committed when this returns),
         waiting while it is full.  Raises QueueShutDown if the queue was
-        shut down.  If cancelled while its commit is under way, the item
-        may be stored all the same."""
+        shut down.  Cancelled while its commit is under way, it raises
+        CancelledError once the commit is over: the item is stored."""
         loop = self._channels.loop()
         while True:
             freed = self._freed
