@@ -186,12 +186,14 @@ async def _uncancellable(coro):
 
 
 def _wake_one(waiters):
-    """asyncio.Queue's _wakeup_next: wake the first waiter still waiting."""
+    """asyncio.Queue's _wakeup_next: wake the first waiter still waiting;
+    False if there was none."""
     while waiters:
         waiter = waiters.popleft()
         if not waiter.done():
             waiter.set_result(None)
-            break
+            return True
+    return False
 
 
 class _Channel:
@@ -199,10 +201,17 @@ class _Channel:
 
     The engine's waiter is entered (bound) when the channel is made and left
     at close, so a change committed after any look that follows is never
-    missed: its wake-up makes the socket readable, and ``version`` changes.
-    ``waiters`` are futures; ``wake_all`` says whether a wake-up resolves
-    all of them (join) or the first (get: each getter that finds an item
-    wakes the next).
+    missed: its wake-up makes the socket readable.  ``waiters`` are futures;
+    ``wake_all`` says whether a wake-up resolves all of them (join) or the
+    first (get: each getter that finds an item wakes the next).
+
+    A wake-up can come while a look is under way, too late for that look
+    and with nobody waiting yet.  Joiners compare ``version`` (bumped by
+    every wake-up) from before their look.  Getters share one flag,
+    ``_missed``: the first that would wait looks again instead.  One is
+    enough, however many wake-ups were missed: a getter that finds an item
+    wakes the next, so the others follow while items remain, and the
+    looks stay one per item plus one, not one per getter and wake-up.
     """
 
     def __init__(self, engine, kind, queue, loop, waiters, wake_all):
@@ -210,6 +219,7 @@ class _Channel:
         self.waiters = waiters
         self._wake_all = wake_all
         self.version = 0
+        self._missed = False
         self._timer = None
         self._context = engine.waiter(kind, queue)
         self._waiter = self._context.__enter__()
@@ -233,8 +243,8 @@ class _Channel:
                 waiter = self.waiters.popleft()
                 if not waiter.done():
                     waiter.set_result(None)
-        else:
-            _wake_one(self.waiters)
+        elif not _wake_one(self.waiters):
+            self._missed = True
 
     def arm(self, seconds=None):
         """Make sure a waiter looks again within ``seconds`` (and within the
@@ -252,8 +262,14 @@ class _Channel:
         self.wake()
 
     async def wait(self, seen, seconds=None):
-        """Wait until woken, unless ``version`` moved on from ``seen``."""
-        if self.version != seen:
+        """Wait until woken, unless a wake-up came since the look: for a
+        joiner, ``version`` moved on from ``seen``; for a getter, one was
+        missed."""
+        if self._wake_all:
+            if self.version != seen:
+                return
+        elif self._missed:
+            self._missed = False
             return
         waiter = self._loop.create_future()
         self.waiters.append(waiter)
@@ -265,7 +281,7 @@ class _Channel:
             with contextlib.suppress(ValueError):
                 self.waiters.remove(waiter)
             if not self._wake_all and waiter.done() and not waiter.cancelled():
-                _wake_one(self.waiters)  # it was woken: the turn goes on
+                self.wake()  # it was woken: the turn goes on
             raise
 
     def close(self):
@@ -295,6 +311,10 @@ class _Channels:
             raise RuntimeError("%r is bound to a different event loop" % (self,))
         return loop
 
+    def find(self, kind, queue):
+        """The channel if some waiter made it, else None."""
+        return self._by_key.get((kind, queue))
+
     def get(self, kind, queue, waiters=None, wake_all=False):
         key = (kind, queue)
         channel = self._by_key.get(key)
@@ -315,6 +335,76 @@ class _Channels:
 
 
 # -- the asyncio.Queue drop-ins -------------------------------------------------
+
+
+class _PutGroups:
+    """Group commit: the puts awaited while a commit of the queue is under
+    way are stored together, in the next transaction (one commit and one
+    wake-up for all of them instead of one each).
+
+    ``_lock`` guards ``_waiting`` (the (item, future) not yet taken by a
+    storage thread) and ``_scheduled``; the loop appends, the storage thread
+    takes the whole list.
+    """
+
+    def __init__(self, sync, offload, stored):
+        self._sync = sync
+        self._offload = offload
+        self._stored = stored
+        self._lock = threading.Lock()
+        self._waiting = []
+        self._scheduled = False
+
+    async def put(self, item):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._lock:
+            self._waiting.append((item, future))
+            start, self._scheduled = not self._scheduled, True
+        if start:
+            self._offload.submit(self._store, loop)
+        self._offload.in_flight += 1
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not self._withdraw(future):  # taken: wait for its commit
+                with contextlib.suppress(Exception):
+                    await _uncancellable(future)
+            raise
+        finally:
+            self._offload.in_flight -= 1
+
+    def _withdraw(self, future):
+        """Take back a put that no storage thread took yet; True if done."""
+        with self._lock:
+            for i, (_, waiting) in enumerate(self._waiting):
+                if waiting is future:
+                    del self._waiting[i]
+                    return True
+        return False
+
+    def _store(self, loop):
+        with self._lock:
+            group, self._waiting, self._scheduled = self._waiting, [], False
+        if not group:
+            return
+        try:
+            outcomes = self._sync._store_group([item for item, _ in group])
+        except BaseException as exc:  # DatabaseBusy: none of them stored
+            outcomes = [exc] * len(group)
+        with contextlib.suppress(RuntimeError):  # the loop was closed
+            loop.call_soon_threadsafe(self._settle, group, outcomes)
+
+    def _settle(self, group, outcomes):
+        for (_, future), outcome in zip(group, outcomes):
+            if future.done():
+                continue
+            if outcome is None:
+                future.set_result(None)
+            else:
+                future.set_exception(outcome)
+        if any(outcome is None for outcome in outcomes):
+            self._stored()
 
 
 _owning = threading.local()
@@ -388,6 +478,33 @@ class _TaskLeases:
         with self.mutex:
             return self._engine.has_live(self.name)
 
+    def _store_group(self, items):
+        """Store what fits of ``items`` in one transaction, on a storage
+        thread; for each, None (stored) or the exception it gets: Full,
+        ShutDown, or what serializing it raised (nothing of it stored)."""
+        order_key = getattr(self, "_order_key", None)
+        with self.mutex:
+            if self.is_shutdown:
+                return [ShutDown()] * len(items)
+            free = len(items) if self.maxsize <= 0 else self.maxsize - self._qsize()
+            outcomes, rows = [], []
+            for item in items:
+                if len(rows) >= free:
+                    outcomes.append(Full())
+                    continue
+                try:
+                    rows.append((self._codec.encode(item),
+                                 None if order_key is None else order_key(item)))
+                except Exception as exc:
+                    outcomes.append(exc)
+                else:
+                    outcomes.append(None)
+            if rows:
+                with self._engine.transaction() as tx:
+                    for data, priority in rows:
+                        tx.put(self.name, data, priority=priority)
+            return outcomes
+
 
 class _SyncQueue(_TaskLeases, PersistentQueue):
     pass
@@ -445,6 +562,7 @@ class AsyncPersistentQueue(Generic[T]):
         self._putters = collections.deque()
         self._channels = _Channels(self._sync.engine)
         self._offload = _Offloader()
+        self._puts = _PutGroups(self._sync, self._offload, self._wake_getter)
         self._acks = set()  # futures of the acknowledgements under way
         self._freed = 0  # slots freed by this object's gets (for putters)
 
@@ -513,13 +631,12 @@ class AsyncPersistentQueue(Generic[T]):
         while True:
             freed = self._freed
             try:
-                await self._offload.run(self._sync.put, item, False)
+                await self._puts.put(item)
             except Full:
                 pass
             except ShutDown:
                 raise QueueShutDown from None
             else:
-                _wake_one(self._getters)
                 return
             if self._freed != freed:
                 continue
@@ -550,7 +667,7 @@ class AsyncPersistentQueue(Generic[T]):
             raise asyncio.QueueFull from None
         except ShutDown:
             raise QueueShutDown from None
-        _wake_one(self._getters)
+        self._wake_getter()
 
     # -- getting -------------------------------------------------------------
 
@@ -594,12 +711,18 @@ class AsyncPersistentQueue(Generic[T]):
                 lease = mine[-1] if mine else None
         return self._delivered(item, lease)
 
+    def _wake_getter(self):
+        """Wake the first waiting getter, or the next one to wait."""
+        channel = self._channels.find("put", self._sync.name)
+        if channel is not None:
+            channel.wake()
+
     def _delivered(self, item, lease):
         """An item leased for a caller that gets it: wake a putter (a slot is
         free) and the next getter (there may be more)."""
         self._freed += 1
         _wake_one(self._putters)
-        _wake_one(self._getters)
+        self._wake_getter()
         if self.auto_ack and lease is not None:
             lease.settling = True
             with self._sync._leases_lock:
@@ -810,8 +933,8 @@ class AsyncLiteQueue:
                 self._look, qname, max_messages, invisible_seconds, undo=self._give_back)
             remaining = None if deadline is None else deadline - loop.time()
             if messages or (remaining is not None and remaining <= 0):
-                if messages:
-                    _wake_one(channel.waiters if channel is not None else ())
+                if messages and channel is not None:
+                    channel.wake()  # there may be more: the next popper looks
                 return messages
             if due is not None:
                 remaining = due if remaining is None else min(remaining, due)

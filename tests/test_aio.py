@@ -634,3 +634,26 @@ def test_pool_futures_wrap_and_the_pool_runs_in_executor(db):
             assert results == [2 * i for i in range(10)]
 
     run(main())
+
+
+def test_puts_committed_together_fail_alone(db):
+    """Puts awaited at once are committed in one transaction: an item that
+    does not serialize fails its own put only."""
+
+    async def main():
+        async with AsyncPersistentQueue(db, maxsize=3) as q:
+            blocker = threading.Event()
+            q._offload.submit(blocker.wait, 10)  # the puts queue up meanwhile
+            puts = [asyncio.ensure_future(q.put(item))
+                    for item in ("a", lambda: None, "b", "c", "d")]
+            await asyncio.sleep(0.01)
+            blocker.set()
+            done, _ = await asyncio.wait(puts[:4])
+            assert puts[1].exception() is not None  # a lambda does not pickle
+            assert [p.exception() for p in (puts[0], puts[2], puts[3])] == [None] * 3
+            assert not puts[4].done()  # full: it waits for a slot
+            assert [q.get_nowait() for _ in range(3)] == ["a", "b", "c"]
+            await asyncio.wait_for(puts[4], 10)
+            assert q.get_nowait() == "d"
+
+    run(main())
