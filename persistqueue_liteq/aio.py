@@ -28,6 +28,10 @@ run on a small pool of threads shared by every queue of the process
 return its result; ``task_done`` picks the item at once and acknowledges it
 on a storage thread (``join`` waits for those acknowledgements).
 
+Puts awaited while one of the same queue object is being committed are
+committed together, in the next transaction (group commit): many producer
+tasks cost few commits.  An item that fails to serialize fails its own put.
+
 A waiting getter costs a future and nothing else: no thread, no timer of its
 own, no polling.  One socket per queue object and channel is watched by the
 loop; where there are no Unix sockets (Windows), or wake-ups cannot be used
@@ -196,6 +200,22 @@ def _wake_one(waiters):
     return False
 
 
+async def _wait_turn(waiters, waiter, pass_on):
+    """Await ``waiter``, one of ``waiters``.  Cancelled, it leaves them; if
+    it had been woken already, ``pass_on()`` wakes another in its place (as
+    asyncio.Queue does), so that no wake-up is lost with it."""
+    try:
+        await waiter
+    except BaseException:
+        woken = waiter.done() and not waiter.cancelled()
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            waiters.remove(waiter)
+        if woken and pass_on is not None:
+            pass_on()
+        raise
+
+
 class _Channel:
     """One wake-up channel of a queue, watched by the event loop.
 
@@ -274,15 +294,7 @@ class _Channel:
         waiter = self._loop.create_future()
         self.waiters.append(waiter)
         self.arm(seconds)
-        try:
-            await waiter
-        except BaseException:
-            waiter.cancel()
-            with contextlib.suppress(ValueError):
-                self.waiters.remove(waiter)
-            if not self._wake_all and waiter.done() and not waiter.cancelled():
-                self.wake()  # it was woken: the turn goes on
-            raise
+        await _wait_turn(self.waiters, waiter, None if self._wake_all else self.wake)
 
     def close(self):
         if self._timer is not None:
@@ -316,12 +328,13 @@ class _Channels:
         return self._by_key.get((kind, queue))
 
     def get(self, kind, queue, waiters=None, wake_all=False):
+        loop = self.loop()
         key = (kind, queue)
         channel = self._by_key.get(key)
         if channel is None:
             waiters = collections.deque() if waiters is None else waiters
             channel = self._by_key[key] = _Channel(
-                self._engine, kind, queue, self.loop(), waiters, wake_all)
+                self._engine, kind, queue, loop, waiters, wake_all)
         return channel
 
     def wake(self):
@@ -645,14 +658,7 @@ class AsyncPersistentQueue(Generic[T]):
             # Another process's get frees a slot without a wake-up.
             timer = loop.call_later(_FULL_RECHECK, _resolve, putter)
             try:
-                await putter
-            except BaseException:
-                putter.cancel()
-                with contextlib.suppress(ValueError):
-                    self._putters.remove(putter)
-                if not self.full() and not putter.cancelled():
-                    _wake_one(self._putters)
-                raise
+                await _wait_turn(self._putters, putter, lambda: _wake_one(self._putters))
             finally:
                 timer.cancel()
             if self._sync.is_shutdown:

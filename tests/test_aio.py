@@ -260,11 +260,16 @@ def test_an_item_of_a_killed_asyncio_consumer_comes_back(db, fork):
     assert LiteQueue(db).qsize() == 0
 
 
-def _sync_consumer(path, out_path, stop_after):
+def _sync_consumer(path, out_path, stop):
     q = PersistentQueue(path)
     with open(out_path, "w") as out:
-        for _ in range(stop_after):
-            out.write("%r\n" % (q.get(timeout=30),))
+        while not stop.is_set():
+            try:
+                item = q.get(timeout=0.1)  # then look at the stop flag
+            except Empty:
+                continue
+            out.write("%r\n" % (item,))
+            out.flush()
             q.task_done()
     q.close()
 
@@ -282,7 +287,9 @@ def test_sync_and_async_processes_share_one_file(db, fork, tmp_path):
     """An asyncio producer process and a sync producer (this one), a sync
     consumer process and asyncio consumers (here): every item once."""
     out = str(tmp_path / "child-got.txt")
-    consumer = fork.Process(target=_sync_consumer, args=(db, out, 100))
+    stop = fork.Event()
+    PersistentQueue(db).close()  # the file exists before the children open it
+    consumer = fork.Process(target=_sync_consumer, args=(db, out, stop))
     consumer.start()
     producer = fork.Process(target=_async_producer, args=(db, list(range(100, 200))))
     producer.start()
@@ -295,32 +302,27 @@ def test_sync_and_async_processes_share_one_file(db, fork, tmp_path):
             got = []
 
             async def consume():
-                while len(got) < 100:
-                    try:
-                        item = await asyncio.wait_for(q.get(), 0.5)
-                    except asyncio.TimeoutError:
-                        continue
-                    got.append(item)
+                while True:
+                    got.append(await q.get())
                     q.task_done()
 
-            await asyncio.wait_for(asyncio.gather(*[consume() for _ in range(5)]), 50)
+            consumers = [asyncio.ensure_future(consume()) for _ in range(5)]
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, producer.join, 30)
+            await asyncio.wait_for(q.join(), 30)  # every item done, by either side
+            for task in consumers:
+                task.cancel()
+            await asyncio.gather(*consumers, return_exceptions=True)
             return got
 
     got = run(main())
-    producer.join(30)
+    stop.set()
     consumer.join(30)
     assert (producer.exitcode, consumer.exitcode) == (0, 0)
     with open(out) as f:
         child_got = [int(line) for line in f]
-    everything = got[:] + child_got
-    extra = []
-    while True:  # what the asyncio consumers got beyond their 100
-        try:
-            extra.append(sync.get_nowait())
-            sync.task_done()
-        except Empty:
-            break
-    assert sorted(everything + extra) == list(range(200))
+    assert sorted(got + child_got) == list(range(200))
+    assert got and child_got  # both sides took part
     sync.close()
 
 
@@ -393,6 +395,7 @@ def test_get_cancelled_before_its_look_runs_takes_nothing(db):
             getter = asyncio.ensure_future(q.get())
             await asyncio.sleep(0.01)
             getter.cancel()
+            await asyncio.wait([getter])  # over before its look could run
             blocker.set()
             with pytest.raises(asyncio.CancelledError):
                 await getter
@@ -426,6 +429,7 @@ def test_put_cancelled_before_its_commit_runs_stores_nothing(db):
             putter = asyncio.ensure_future(q.put("never"))
             await asyncio.sleep(0.01)
             putter.cancel()
+            await asyncio.wait([putter])  # over before its commit could run
             blocker.set()
             with pytest.raises(asyncio.CancelledError):
                 await putter
@@ -657,3 +661,21 @@ def test_puts_committed_together_fail_alone(db):
             assert q.get_nowait() == "d"
 
     run(main())
+
+
+def test_close_hands_back_unfinished_items_and_the_loop_is_checked(db):
+    q = AsyncPersistentQueue(db, visibility_timeout=60)
+
+    async def first():
+        await q.put("x")
+        assert await q.get() == "x"
+
+    run(first())
+    with pytest.raises(RuntimeError, match="different event loop"):
+        run(q.get())
+    q.close()
+    # Back at once, not after the 60 s lease.
+    sync = PersistentQueue(db)
+    assert sync.get_nowait() == "x"
+    sync.task_done()
+    sync.close()
