@@ -812,9 +812,11 @@ class AsyncPersistentQueue(Generic[T]):
 
     def close(self) -> None:
         """Stop watching for wake-ups, hand back the unfinished items and
-        close the connections (on the calling thread: see :meth:`aclose`)."""
+        close the connections.  It waits for the storage thread: in a
+        coroutine, prefer :meth:`aclose`."""
         self._channels.close()
-        self._sync.close()
+        self._offload.submit(self._sync.close).result()
+        self._sync.engine.close()  # the calling thread's connection (the _nowait methods')
 
     async def aclose(self) -> None:
         """close(), with the acknowledgements under way finished first and
@@ -823,6 +825,7 @@ class AsyncPersistentQueue(Generic[T]):
             await asyncio.wait(set(self._acks))
         self._channels.close()
         await self._offload.run(self._sync.close)
+        self._sync.engine.close()
 
     async def __aenter__(self):
         return self
@@ -1048,12 +1051,16 @@ class AsyncLiteQueue:
         return self.listen()
 
     def close(self):
+        """Stop watching for wake-ups and close the connections (it waits
+        for the storage thread: in a coroutine, prefer :meth:`aclose`)."""
         self._channels.close()
-        self._sync.close()
+        self._offload.submit(self._sync.close).result()
+        self._sync.engine.close()  # the connection that opened the file
 
     async def aclose(self):
         self._channels.close()
         await self._run(self._sync.close)
+        self._sync.engine.close()
 
     async def __aenter__(self):
         return self

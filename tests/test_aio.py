@@ -43,9 +43,10 @@ async def until(predicate, timeout=10.0):
         await asyncio.sleep(0.001)
 
 
-def stored(path, msg_id):
+def on_file(path, method, *args, **kwargs):
+    """``LiteQueue(path).method(*args)``, the queue closed after."""
     with LiteQueue(path) as lq:
-        return lq.get(msg_id)
+        return getattr(lq, method)(*args, **kwargs)
 
 
 # -- the queue.Queue shapes ------------------------------------------------------
@@ -66,7 +67,7 @@ def test_items_are_shared_with_the_sync_queue_and_survive_reopening(db):
             q.task_done()
             await q.join()
         sync.close()
-        assert LiteQueue(db).qsize() == 0
+        assert on_file(db, "qsize") == 0
 
     run(main())
 
@@ -113,13 +114,13 @@ def test_auto_ack_acknowledges_what_is_delivered(db):
                 q.task_done()
 
     run(main())
-    assert LiteQueue(db).qsize() == 0
+    assert on_file(db, "qsize") == 0
 
 
 def test_bad_payload_goes_to_the_dead_letters(db):
     async def main():
         async with AsyncPersistentQueue(db, hmac_key=b"k" * 32) as q:
-            LiteQueue(db).put(b"forged, unsigned", qname="default")
+            on_file(db, "put", b"forged, unsigned", qname="default")
             await q.put("good")
             assert await q.get() == "good"
             q.task_done()
@@ -169,7 +170,8 @@ def test_waiting_falls_back_to_a_timer_without_sockets(db, monkeypatch):
 
     def put_soon(path):
         time.sleep(0.05)
-        PersistentQueue(path).put("late")
+        with PersistentQueue(path) as q:
+            q.put("late")
 
     async def main():
         async with AsyncPersistentQueue(db) as q:
@@ -257,7 +259,7 @@ def test_an_item_of_a_killed_asyncio_consumer_comes_back(db, fork):
     assert sync.get(timeout=10) == "precious"
     sync.task_done()
     sync.close()
-    assert LiteQueue(db).qsize() == 0
+    assert on_file(db, "qsize") == 0
 
 
 def _sync_consumer(path, out_path, stop):
@@ -380,7 +382,7 @@ def test_get_cancelled_while_its_lease_is_taken_hands_the_item_back_at_once(db):
             assert q.sync._unfinished_here() == 0
             # Ready at once (not after the 60 s lease), the delivery not counted.
             assert q.qsize() == 1
-            (msg,) = LiteQueue(db).engine.peek_many("default", 1)
+            msg = on_file(db, "peek")
             assert msg.attempts == 0
 
     run(main())
@@ -487,8 +489,8 @@ def test_a_task_that_returned_keeps_its_item_leased_for_another_to_finish(db):
         async with AsyncPersistentQueue(db, visibility_timeout=0.6) as q:
             await q.put("handed off")
             item = await asyncio.ensure_future(q.get())  # its task ends here
-            with pytest.raises(Empty):
-                PersistentQueue(db).get(timeout=1.5)  # renewed meanwhile
+            with PersistentQueue(db) as other, pytest.raises(Empty):
+                other.get(timeout=1.5)  # renewed meanwhile
             assert item == "handed off"
             q.task_done()
             await q.join()
