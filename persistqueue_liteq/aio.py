@@ -314,6 +314,7 @@ class _Channels:
         self._engine = engine
         self._loop = None
         self._by_key = {}
+        self._holders = collections.Counter()  # key -> joins using the channel
 
     def loop(self):
         loop = asyncio.get_running_loop()
@@ -336,6 +337,25 @@ class _Channels:
             channel = self._by_key[key] = _Channel(
                 self._engine, kind, queue, loop, waiters, wake_all)
         return channel
+
+    @contextlib.contextmanager
+    def held(self, kind, queue):
+        """A wake-all channel for the ``with`` block, left when its last
+        holder leaves: joins are rare, and a bound socket costs every
+        acknowledgement of any process a datagram (the getters' channel,
+        used all the time, stays)."""
+        key = (kind, queue)
+        channel = self.get(kind, queue, wake_all=True)
+        self._holders[key] += 1
+        try:
+            yield channel
+        finally:
+            self._holders[key] -= 1
+            if not self._holders[key]:
+                del self._holders[key]
+                if self._by_key.get(key) is channel:
+                    del self._by_key[key]
+                    channel.close()
 
     def wake(self):
         for channel in list(self._by_key.values()):
@@ -764,24 +784,26 @@ class AsyncPersistentQueue(Generic[T]):
             logger.warning("task_done() of queue %r in %s: the acknowledgement failed "
                            "(%s); the item will be delivered again",
                            self._sync.name, self._sync.path, future.exception())
-        self._channels.get("done", self._sync.name, wake_all=True).wake()
+        channel = self._channels.find("done", self._sync.name)
+        if channel is not None:  # a join() is under way
+            channel.wake()
 
     async def join(self) -> None:
         """Wait until every item put by any process is got and done (or
         dead-lettered).  After ``shutdown(immediate=True)``, only until the
         items this process got are done."""
-        channel = self._channels.get("done", self._sync.name, wake_all=True)
-        while True:
-            seen = channel.version
-            if self._acks:
-                await asyncio.wait(set(self._acks))
-                continue
-            if self._sync._shutdown_immediate:
-                if not self._sync._unfinished_here():
+        with self._channels.held("done", self._sync.name) as channel:
+            while True:
+                seen = channel.version
+                if self._acks:
+                    await asyncio.wait(set(self._acks))
+                    continue
+                if self._sync._shutdown_immediate:
+                    if not self._sync._unfinished_here():
+                        return
+                elif not await self._offload.run(self._sync._has_live):
                     return
-            elif not await self._offload.run(self._sync._has_live):
-                return
-            await channel.wait(seen)
+                await channel.wait(seen)
 
     # -- shutting down and closing ------------------------------------------------
 
@@ -1008,15 +1030,15 @@ class AsyncLiteQueue:
         timeout = _checks.seconds(timeout, "timeout", allow_none=True)
         loop = self._channels.loop()
         deadline = None if timeout is None else loop.time() + timeout
-        channel = self._channels.get("done", qname, wake_all=True)
-        while True:
-            seen = channel.version
-            if not await self._run(self._sync.engine.has_live, qname):
-                return True
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                return False
-            await channel.wait(seen, remaining)
+        with self._channels.held("done", qname) as channel:
+            while True:
+                seen = channel.version
+                if not await self._run(self._sync.engine.has_live, qname):
+                    return True
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    return False
+                await channel.wait(seen, remaining)
 
     @contextlib.asynccontextmanager
     async def consume(self, qname="default", invisible_on_receive=60, wait_seconds=20):
