@@ -39,9 +39,9 @@ safely, that channel's timer looks again every few milliseconds instead.
 
 Cancellation loses nothing: an item leased for a get that was cancelled
 before it returned is handed back at once (its delivery not counted as an
-attempt), and an item whose task was cancelled, or failed, between ``get``
-and ``task_done`` is no longer kept alive by the heartbeat: it comes back
-after ``visibility_timeout``.
+attempt), and an item whose task was cancelled between ``get`` and
+``task_done`` is no longer kept alive by the heartbeat: it comes back after
+``visibility_timeout``.
 """
 
 import asyncio
@@ -451,18 +451,18 @@ def _current_task():
 
 
 def _abandoned(owner):
-    """True for a task that ended cancelled or failed: what it got and did
-    not finish is not kept alive any more."""
-    if not isinstance(owner, asyncio.Task) or not owner.done():
-        return False
-    return owner.cancelled() or owner.exception() is not None
+    """True for a task that was cancelled: what it got and did not finish is
+    not kept alive any more.  (A task that failed is not asked: exception()
+    would silence asyncio's "exception was never retrieved"; its items stay
+    leased while the process lives, as a sync thread's do.)"""
+    return isinstance(owner, asyncio.Task) and owner.cancelled()
 
 
 class _TaskLeases:
     """What the sync queues inside the async ones do differently: a lease is
     held by the asyncio task that got it (task_done settles the oldest of the
     calling task's first), and the heartbeat stops renewing those of a task
-    that was cancelled or failed."""
+    that was cancelled."""
 
     def _owner(self):
         owner = getattr(_owning, "task", None)
