@@ -428,8 +428,13 @@ class _QueueBase(Generic[T]):
 
     # -- leases and acknowledgements -------------------------------------------
 
+    def _owner(self):
+        """Who holds the leases got now: the calling thread (the asyncio
+        front end says the task)."""
+        return threading.get_ident()
+
     def _hold(self, msg):
-        lease = _Lease(msg.id, msg.lease, threading.get_ident())
+        lease = _Lease(msg.id, msg.lease, self._owner())
         with self._leases_lock:
             self._held[lease.token] = lease
             self._held_by_thread.setdefault(lease.thread, collections.deque()).append(lease)
@@ -463,14 +468,25 @@ class _QueueBase(Generic[T]):
     def _finish_one(self):
         """Acknowledge the oldest item the calling thread got and has not
         done, or else this process's oldest; ValueError if there is none."""
+        lease = self._pick_finished()
+        if lease is not None:
+            self._acknowledge(lease)
+
+    def _pick_finished(self):
+        """The lease that a task_done() settles, marked as settling; None
+        for an item got with auto_ack (only counted)."""
         with self._leases_lock:
             lease = self._oldest_held()
             if lease is None:
                 if not self._auto_unfinished:
                     raise ValueError('task_done() called too many times')
                 self._auto_unfinished -= 1
-                return
+                return None
             lease.settling = True
+            return lease
+
+    def _acknowledge(self, lease):
+        """Acknowledge a lease that _pick_finished() gave, and forget it."""
         try:
             acknowledged = self._engine.ack(lease.id, lease.token)
         except BaseException:
@@ -484,11 +500,11 @@ class _QueueBase(Generic[T]):
                 "before it was acknowledged (this process stalled for longer than "
                 "visibility_timeout=%g s?); the item may be delivered again"
                 % (lease.id, self.name, self.path, self.visibility_timeout),
-                RuntimeWarning, stacklevel=3,
+                RuntimeWarning, stacklevel=4,
             )
 
     def _oldest_held(self):
-        for lease in self._held_by_thread.get(threading.get_ident(), ()):
+        for lease in self._held_by_thread.get(self._owner(), ()):
             if not lease.settling:
                 return lease
         for lease in self._held.values():
