@@ -58,7 +58,7 @@ from types import GenericAlias
 from typing import Any, Callable, Generic, Optional, TypeVar
 
 from . import _checks
-from .engine import clock
+from .exceptions import CodecMismatch
 from .liteq import LiteQueue, describe_exception
 from .queues import (
     PersistentLifoQueue,
@@ -128,11 +128,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
-def _seconds_until(due):
-    """Seconds from now until ``due`` (the engine's clock), 1 ms at least: a
-    message due now is leased by the next look.  The one place this module
+def _seconds_until(engine, due):
+    """Seconds from now until ``due`` (on ``engine``'s clock), 1 ms at least:
+    a message due now is leased by the next look.  The one place this module
     reads the engine's clock."""
-    return None if due is None else max(due - clock(), 0.001)
+    return None if due is None else max(due - engine.now(), 0.001)
 
 
 # -- running off the loop ----------------------------------------------------------
@@ -491,7 +491,7 @@ class _TaskLeases:
         except Empty:
             with self.mutex:
                 due = self._engine.next_visible_at(self.name)
-            raise Empty(_seconds_until(due)) from None
+            raise Empty(_seconds_until(self._engine, due)) from None
         finally:
             _owning.task = None
 
@@ -520,22 +520,29 @@ class _TaskLeases:
             if self.is_shutdown:
                 return [ShutDown()] * len(items)
             free = len(items) if self.maxsize <= 0 else self.maxsize - self._qsize()
+            codec = self._codec
             outcomes, rows = [], []
             for item in items:
                 if len(rows) >= free:
                     outcomes.append(Full())
                     continue
                 try:
-                    rows.append((self._codec.encode(item),
+                    rows.append((codec.dumps(item),
                                  None if order_key is None else order_key(item)))
                 except Exception as exc:
                     outcomes.append(exc)
                 else:
                     outcomes.append(None)
             if rows:
+                if not self._codec_ok:
+                    try:
+                        self._claim_codec()  # as PersistentQueue._store does
+                    except CodecMismatch as exc:
+                        return [exc if outcome is None else outcome for outcome in outcomes]
                 with self._engine.transaction() as tx:
                     for data, priority in rows:
-                        tx.put(self.name, data, priority=priority)
+                        # The signature binds the id, which the engine chooses.
+                        tx.put(self.name, data, priority=priority, seal=codec.sealer)
             return outcomes
 
 
@@ -769,7 +776,7 @@ class AsyncPersistentQueue(Generic[T]):
 
     def _acknowledge(self, lease):
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:  # called outside the loop: acknowledge here
             self._sync._acknowledge(lease)
             return
@@ -973,7 +980,8 @@ class AsyncLiteQueue:
 
     def _look(self, qname, n, invisible_seconds):
         messages = self._sync.pop_batch(qname, n, invisible_seconds, 0)
-        due = None if messages else _seconds_until(self._sync.engine.next_visible_at(qname))
+        engine = self._sync.engine
+        due = None if messages else _seconds_until(engine, engine.next_visible_at(qname))
         return messages, due
 
     def _give_back(self, looked):

@@ -12,7 +12,7 @@ from queue import Empty
 
 import pytest
 
-from persistqueue_liteq import LiteQueue, PersistentQueue
+from persistqueue_liteq import CodecMismatch, LiteQueue, PersistentQueue
 from persistqueue_liteq.aio import (
     AsyncLiteQueue,
     AsyncPersistentLifoQueue,
@@ -681,3 +681,24 @@ def test_close_hands_back_unfinished_items_and_the_loop_is_checked(db):
     assert sync.get_nowait() == "x"
     sync.task_done()
     sync.close()
+
+
+def test_signed_items_are_bound_like_the_sync_queue_s(db):
+    # An awaited put signs as PersistentQueue.put does (the id and the
+    # queue bound in), so sync and async code read each other's items, and
+    # a queue of another codec refuses the put, storing nothing.
+    async def main():
+        async with AsyncPersistentQueue(db, hmac_key=b"k" * 32) as q:
+            await q.put("from async")
+        async with AsyncPersistentQueue(db, hmac_key=b"other" * 8) as wrong:
+            with pytest.raises(CodecMismatch):
+                await wrong.put("refused")
+
+    run(main())
+    sync = PersistentQueue(db, hmac_key=b"k" * 32)
+    try:
+        assert sync.get(timeout=5) == "from async"
+        sync.task_done()
+        assert sync.qsize() == 0 and sync.dead_letters() == []
+    finally:
+        sync.close()
