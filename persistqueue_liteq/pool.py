@@ -10,9 +10,12 @@ Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
 * ``submit`` pickles the call and returns; the storer thread writes the
   calls in batches.  No task runs before it is stored; shutdown and the
   interpreter's exit wait until all are.
-* A worker that dies costs its task one attempt; the worker is replaced and
-  the task retried.  Failing tasks are retried with backoff, then
-  dead-lettered with their exception; the pool is never broken by a task.
+* A task's exception is its outcome at once, as with the stdlib's pools
+  (and the task is dead-lettered with its traceback, for ``redrive()``);
+  exceptions of the ``retry_on`` classes are retried with backoff, up to
+  ``max_retries`` times.  A worker that dies (or is killed by task_timeout)
+  costs its task one of its ``max_retries``; the worker is replaced and the
+  task retried.  The pool is never broken by a task.
 * ``cancel()`` cancels every task that has not started, even one leased by
   a worker of the pool and waiting in its batch.
 
@@ -27,9 +30,14 @@ tables)::
               |                                       |         work)       |
               |     collector thread                  |                     |
               +---- results_since(seq) <------------- results <- complete --+
-                    (woken by "done")                 (one transaction: the batch's
-                                                       outcomes stored, its tasks
-                                                       acked, the next batch leased)
+                    (woken by "done"; marks           (one transaction: the batch's
+                    RUNNING the futures of            outcomes stored, its tasks
+                    the tasks the slots               acked, the next batch leased;
+                    show running)                     or, by the worker's overseer
+                                                      thread once a task has run
+                                                      1 ms: the outcomes so far,
+                                                      and the unstarted tasks
+                                                      handed back if a worker idles)
                     manager thread
                     - waits on worker sentinels: a dead worker's task is
                       released at once (one attempt) or, past max_retries,
@@ -84,9 +92,10 @@ _WAITING, _STARTED, _DROPPED = 0, 1, 2
 # Most tasks a worker leases at once, and about how long a batch should run.
 _BATCH_MAX = 64
 _BATCH_SECONDS = 0.002
-_SETTLED = object()  # _run_one: the task was settled without running
 # Most tasks the storer writes in one transaction.
 _STORE_BATCH = 1000
+# How often a worker's overseer looks at the task it runs (see _Overseer).
+_WATCH_EVERY = 0.001
 # How often an idle worker looks for a stop request or a dead parent even
 # without a wake-up.
 _IDLE_CHECK = 1.0
@@ -166,7 +175,7 @@ class _Config:
     """What a worker needs to know; picklable, for spawn."""
 
     def __init__(self, path, queue, engine_options, lease_seconds, max_retries,
-                 retry_backoff, retry_backoff_max):
+                 retry_backoff, retry_backoff_max, retry_on=()):
         # Read when the pool is made, so that a worker started by spawn or
         # forkserver sees what its pool's process has (tests change it).
         self.batch_seconds = _BATCH_SECONDS
@@ -177,6 +186,7 @@ class _Config:
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.retry_backoff_max = retry_backoff_max
+        self.retry_on = retry_on
 
     def backoff(self, attempts):
         if not self.retry_backoff:
@@ -188,7 +198,8 @@ class _Config:
 
 
 def _settle_failure(engine, cfg, task_id, lease, key, attempts, exc, reason):
-    """A task's attempt failed: retry it later, or store the failure for good."""
+    """A worker died or timed out on a task: retry it later, or store the
+    failure for good."""
     if attempts > cfg.max_retries:
         summary = "failed %d time%s (max_retries=%d): %s" % (
             attempts, "" if attempts == 1 else "s", cfg.max_retries, reason)
@@ -197,92 +208,238 @@ def _settle_failure(engine, cfg, task_id, lease, key, attempts, exc, reason):
         engine.release(task_id, lease, cfg.backoff(attempts), error=reason)
 
 
+def _failed(msg, error, reason, text=None):
+    """The outcome of a task that failed for good: its exception, stored
+    with the task dead-lettered for ``reason``, ``text`` its last error."""
+    return (msg.id, msg.lease, msg.key, False, _failure_payload(error), reason,
+            reason if text is None else text)
+
+
+def _raised(engine, cfg, msg, exc):
+    """The task raised ``exc``: its outcome, as with the stdlib's pools,
+    unless it is one of ``retry_on`` and retries are left (then it is
+    released for a later attempt and there is no outcome yet: None)."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    retryable = isinstance(exc, cfg.retry_on)
+    if retryable and msg.attempts <= cfg.max_retries:
+        engine.release(msg.id, msg.lease, cfg.backoff(msg.attempts), error=text)
+        return None
+    if retryable:
+        reason = "failed %d time%s (max_retries=%d): %s" % (
+            msg.attempts, "" if msg.attempts == 1 else "s", cfg.max_retries, reason)
+    else:
+        reason = "raised %s" % reason
+    return _failed(msg, exc, reason, text)
+
+
 def _run_one(engine, cfg, msg, slot):
-    """Run one leased task; store a failure (None), or return the pickled
-    result for the caller to store with others; _SETTLED if the task was
-    not run (delivered too often already).  Never raises."""
+    """Run one leased task; return ``(ran, outcome)``: the outcome to store
+    (a result or a failure for good), or None if the task was released for a
+    retry.  ``ran`` is False if the task was not run (delivered too often
+    already).  Never raises."""
     if msg.attempts > cfg.max_retries + 1:  # its last holders died unnoticed
         reason = "not finished after %d deliveries (max_retries=%d); last error: %s" % (
             msg.attempts - 1, cfg.max_retries, msg.last_error)
-        engine.complete(msg.id, msg.lease, msg.key, False,
-                        pickle.dumps(WorkerDied(reason)), dead_reason=reason)
-        return _SETTLED
+        return False, _failed(msg, WorkerDied(reason), reason)
     try:
         fn, args, kwargs = pickle.loads(msg.data)
     except BaseException as exc:  # a task that cannot be loaded will never run
         error = SerializationError("task %s cannot be unpickled in the worker: %r" % (msg.key, exc))
-        engine.complete(msg.id, msg.lease, msg.key, False, pickle.dumps(error),
-                        dead_reason=str(error))
-        return None
+        return True, _failed(msg, error, str(error))
     slot.running()  # task_timeout counts from here, not from the unpickling
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
-        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        _settle_failure(engine, cfg, msg.id, msg.lease, msg.key, msg.attempts, exc, reason)
-        return None
+        return True, _raised(engine, cfg, msg, exc)
     try:
-        return pickle.dumps(result, pickle.HIGHEST_PROTOCOL)
+        return True, (msg.id, msg.lease, msg.key, True,
+                      pickle.dumps(result, pickle.HIGHEST_PROTOCOL))
     except Exception as exc:
         error = SerializationError("the result of task %s cannot be pickled: %s" % (msg.key, exc))
-        engine.complete(msg.id, msg.lease, msg.key, False, pickle.dumps(error),
-                        dead_reason=str(error))
-        return None
+        return True, _failed(msg, error, str(error))
 
 
-def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None):
+class _Idle:
+    """How many workers of a pool wait for work: shared by its workers (in
+    shared memory for process workers, ``ctx``), so that a worker holding
+    unstarted tasks behind a slow one hands them back when another is idle."""
+
+    def __init__(self, ctx=None):
+        self._value = None if ctx is None else ctx.Value(ctypes.c_int, 0)
+        self._lock = threading.Lock() if ctx is None else None
+        self._count = 0
+
+    def add(self, n):
+        if self._value is None:
+            with self._lock:
+                self._count += n
+        else:
+            with self._value.get_lock():
+                self._value.value += n
+
+    def __bool__(self):
+        return (self._count if self._value is None else self._value.value) > 0
+
+
+class _Overseer:
+    """A worker's second thread, which looks every _WATCH_EVERY seconds at
+    the task the worker runs.  Once a task has run that long it
+
+    * stores the outcomes of the tasks the worker finished before it (so no
+      future waits for a slow task of the same batch);
+    * tells the pool that the task runs (its future enters RUNNING);
+    * hands the batch's unstarted tasks back if another worker is idle.
+
+    Quick tasks never wait for it: their outcomes are stored with the next
+    lease, many to a transaction.
+
+    ``lock`` guards ``outcomes`` and is held while they are written, by
+    either thread, so that outcomes reach the file in the order the tasks
+    finished."""
+
+    def __init__(self, engine, cfg, slot, idle):
+        self.engine, self.cfg, self.slot, self.idle = engine, cfg, slot, idle
+        self.lock = threading.Lock()
+        self.outcomes = []
+        self.oldest = 0.0  # when the oldest outcome not stored was added
+        self.started = 0  # how many tasks the worker started: a new one changes it
+        self.busy = threading.Event()  # the worker holds a batch
+        self.done = False
+        self._thread = threading.Thread(target=self._watch, daemon=True,
+                                        name="persistqueue_liteq overseer")
+        self._thread.start()
+
+    def add(self, outcome):
+        with self.lock:
+            if not self.outcomes:
+                self.oldest = time.monotonic()
+            self.outcomes.append(outcome)
+
+    def take(self):
+        """The outcomes to store (call with ``lock`` held)."""
+        outcomes, self.outcomes = self.outcomes, []
+        return outcomes
+
+    def stop(self):
+        self.done = True
+        self.busy.set()
+        self._thread.join()
+
+    def _watch(self):
+        told = None  # the task the pool was told about
+        while True:
+            self.busy.wait()
+            if self.done:
+                return
+            seen = self.started
+            time.sleep(_WATCH_EVERY)
+            if self.done:
+                return
+            slow = self.started == seen and self.slot.task_id and self.busy.is_set()
+            if slow or (self.outcomes and time.monotonic() - self.oldest > 2 * _WATCH_EVERY):
+                self._store()
+            if slow and told != seen:
+                told = seen
+                self.engine.wake("done", self.cfg.queue)  # the pool looks at the slots
+            if slow and self.idle:
+                self._hand_back()
+
+    def _store(self):
+        try:
+            with self.lock:
+                if self.outcomes:
+                    self.engine.complete_many(self.cfg.queue, self.outcomes)
+                    self.outcomes = []
+        except Exception:  # busy for a moment: the worker stores them with its next lease
+            pass
+
+    def _hand_back(self):
+        lease, ids = self.slot.take_back_waiting()
+        for task_id in ids:
+            try:
+                self.engine.release(task_id, lease, attempted=False)
+            except Exception:
+                pass  # busy: its lease runs out and it is delivered again
+
+
+def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None, idle=None):
     """Lease tasks, run them and store their outcomes, until told to stop.
 
     A worker leases as many ready tasks at once as it runs in about
     ``cfg.batch_seconds`` (one at a time for slower tasks, at most _BATCH_MAX) and
-    stores their results in the transaction that leases the next ones.  It
-    publishes in ``slot`` what it holds, so that the pool can cancel a task
-    that has not started, extend the leases, and hand them back if the
-    worker dies."""
-    done = 0
-    size = 1
-    batch, outcomes = [], []
-    with engine.waiter("put", cfg.queue) as waiter:
-        while True:
-            stopping = should_stop() or (max_tasks is not None and done >= max_tasks)
-            want = 0 if stopping else size if max_tasks is None else min(size, max_tasks - done)
-            if outcomes or want:
-                batch = engine.complete_many(cfg.queue, outcomes, want, cfg.lease_seconds)
-                outcomes = []
-                slot.publish(batch)
-            if stopping:
-                return
-            if not batch:
-                # Until a put wakes us, or a retry's backoff or a lease ends.
-                due = engine.next_visible_at(cfg.queue)
-                waiter.wait(_IDLE_CHECK if due is None else
-                            min(_IDLE_CHECK, max(due - clock(), 0.001)))
-                continue
-            began, ran = time.monotonic(), 0
-            for i, msg in enumerate(batch):
-                if should_stop() or (max_tasks is not None and done >= max_tasks):
-                    for j in range(i, len(batch)):  # leased, never started: hand back
-                        if slot.take_back(j):
-                            engine.release(batch[j].id, batch[j].lease, attempted=False)
-                    break
-                if not slot.claim(i):
-                    continue  # cancelled by the pool
-                try:
-                    data = _run_one(engine, cfg, msg, slot)
-                finally:
-                    slot.finish()
-                ran += 1
-                if data is not _SETTLED:
-                    done += 1
-                if data is not None and data is not _SETTLED:
-                    outcomes.append((msg.id, msg.lease, msg.key, True, data))
-            if ran:
-                per_task = (time.monotonic() - began) / ran
-                size = max(1, min(_BATCH_MAX, int(cfg.batch_seconds / per_task) if per_task else
-                                  _BATCH_MAX))
+    stores their outcomes in the transaction that leases the next ones; its
+    overseer stores them sooner, and hands back the tasks not started, when
+    a task turns out slow (see _Overseer).  It publishes in ``slot`` what it
+    holds, so that the pool can cancel a task that has not started, extend
+    the leases, and hand them back if the worker dies."""
+    idle = _Idle() if idle is None else idle
+    overseer = _Overseer(engine, cfg, slot, idle)
+    is_idle = False
+    try:
+        with engine.waiter("put", cfg.queue) as waiter:
+            done, size, batch = 0, 1, []
+            while True:
+                stopping = should_stop() or (max_tasks is not None and done >= max_tasks)
+                want = 0 if stopping else size if max_tasks is None else min(size, max_tasks - done)
+                with overseer.lock:
+                    outcomes = overseer.take()
+                    if outcomes or want:
+                        batch = engine.complete_many(cfg.queue, outcomes, want, cfg.lease_seconds)
+                        slot.publish(batch)
+                if stopping:
+                    return
+                if batch and is_idle:
+                    idle.add(-1)
+                    is_idle = False
+                if not batch:
+                    overseer.busy.clear()
+                    if not is_idle:
+                        idle.add(1)
+                        is_idle = True
+                    # Until a put wakes us, or a retry's backoff or a lease ends.
+                    due = engine.next_visible_at(cfg.queue)
+                    waiter.wait(_IDLE_CHECK if due is None else
+                                min(_IDLE_CHECK, max(due - clock(), 0.001)))
+                    continue
+                overseer.busy.set()
+                ran, done = _run_batch(engine, cfg, slot, batch, overseer, should_stop,
+                                       max_tasks, done)
+                if ran:
+                    per_task = ran[1] / ran[0]
+                    size = max(1, min(_BATCH_MAX, int(cfg.batch_seconds / per_task)
+                                      if per_task else _BATCH_MAX))
+    finally:
+        if is_idle:
+            idle.add(-1)
+        overseer.stop()
 
 
-def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks):
+def _run_batch(engine, cfg, slot, batch, overseer, should_stop, max_tasks, done):
+    """Run the tasks of ``batch`` that were not cancelled or handed back;
+    return ((how many ran, seconds), tasks done in all) or (None, done)."""
+    began, ran = time.monotonic(), 0
+    for i, msg in enumerate(batch):
+        if should_stop() or (max_tasks is not None and done >= max_tasks):
+            for j in range(i, len(batch)):  # leased, never started: hand back
+                if slot.take_back(j):
+                    engine.release(batch[j].id, batch[j].lease, attempted=False)
+            break
+        if not slot.claim(i):
+            continue  # cancelled by the pool, or handed back by the overseer
+        overseer.started += 1
+        try:
+            counted, outcome = _run_one(engine, cfg, msg, slot)
+        finally:
+            slot.finish()
+        ran += 1
+        done += counted
+        if outcome is not None:
+            overseer.add(outcome)
+    return ((ran, time.monotonic() - began) if ran else None), done
+
+
+def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks, idle):
     if initializer is not None:
         try:
             initializer(*initargs)
@@ -306,7 +463,7 @@ def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks):
     def should_stop():
         return stop.is_set() or orphaned()
 
-    _worker_loop(engine, cfg, slot, should_stop, max_tasks)
+    _worker_loop(engine, cfg, slot, should_stop, max_tasks, idle)
 
 
 def _extend_leases(engine, cfg, slots):
@@ -318,6 +475,18 @@ def _extend_leases(engine, cfg, slots):
                 engine.set_visibility(task_id, lease, cfg.lease_seconds)
             except Exception:
                 pass  # busy: the next beat comes well before the lease ends
+
+
+def _exception_types(retry_on):
+    """``retry_on`` as a tuple of exception classes (one class, or an iterable)."""
+    try:
+        types = (retry_on,) if isinstance(retry_on, type) else tuple(retry_on)
+    except TypeError:
+        raise TypeError("retry_on takes exception classes, not %r" % (retry_on,)) from None
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError("retry_on takes exception classes, not %r" % (t,))
+    return types
 
 
 # -- the executors ------------------------------------------------------------------
@@ -340,6 +509,14 @@ class _TaskFuture(Future):
         super().__init__()
         self._executor, self._key = executor, key
         self._task_id = None  # set once stored
+
+    def _start(self):
+        """Enter RUNNING (if not there yet); False if it was cancelled (the
+        stdlib's set_running_or_notify_cancel, which may be called twice)."""
+        with self._condition:
+            if self._state == "RUNNING":
+                return True
+        return self.set_running_or_notify_cancel()
 
     def cancel(self):
         with self._condition:
@@ -366,9 +543,9 @@ class _PersistentExecutor(concurrent.futures.Executor):
     _broken_error = BrokenExecutor
 
     def __init__(self, path, max_workers=None, initializer=None, initargs=(), *,
-                 name="tasks", max_retries=3, retry_backoff=0.5, retry_backoff_max=60.0,
-                 lease_seconds=30.0, timeout_seconds=5.0, synchronous="NORMAL",
-                 table_prefix=DEFAULT_PREFIX, run_workers=True):
+                 name="tasks", max_retries=3, retry_on=(), retry_backoff=0.5,
+                 retry_backoff_max=60.0, lease_seconds=30.0, timeout_seconds=5.0,
+                 synchronous="NORMAL", table_prefix=DEFAULT_PREFIX, run_workers=True):
         if max_workers is None:
             max_workers = self._default_workers()
         if isinstance(max_workers, bool) or not isinstance(max_workers, int):
@@ -387,12 +564,14 @@ class _PersistentExecutor(concurrent.futures.Executor):
             _checks.count(max_retries, "max_retries"),
             _checks.seconds(retry_backoff, "retry_backoff"),
             _checks.seconds(retry_backoff_max, "retry_backoff_max"),
+            _exception_types(retry_on),
         )
         self._max_workers = max_workers
         self._initializer, self._initargs = initializer, tuple(initargs)
         # _lock guards _pending, _outbox, _occurrences, _shutdown and _broken.
         self._lock = threading.Lock()
         self._pending = {}  # key -> [futures]
+        self._keys = {}  # task id -> key, of the stored tasks with futures pending
         self._outbox = {}  # future -> (key, pickled call): submitted, not yet stored
         self._outbox_filled = threading.Condition(self._lock)
         self._stored = threading.Condition(self._lock)  # outbox empty, nothing in flight
@@ -505,8 +684,13 @@ class _PersistentExecutor(concurrent.futures.Executor):
         for (future, (key, _)), (_, task_id) in zip(batch, statuses):
             future._task_id = task_id
             answer = answers.get(key)
-            if answer is not None and self._forget(key, future):
-                self._resolve_future(future, *answer)
+            if answer is not None:
+                if self._forget(key, future):
+                    self._resolve_future(future, *answer)
+            elif task_id is not None:
+                with self._lock:
+                    if key in self._pending:
+                        self._keys[task_id] = key
 
     def _flush(self):
         """Wait until everything submitted so far is stored (or cancelled)."""
@@ -564,14 +748,28 @@ class _PersistentExecutor(concurrent.futures.Executor):
                     self._seq = seq
                     with self._lock:
                         futures = self._pending.pop(key, ())
+                        for future in futures:
+                            self._keys.pop(future._task_id, None)
                     for future in futures:
                         self._resolve_future(future, ok, data)
                 if rows:
                     continue
+                self._mark_running()
                 with self._lock:
                     if self._shutdown and not self._pending:
                         return
                 waiter.wait(_IDLE_CHECK)
+
+    def _mark_running(self):
+        """The futures of the tasks our workers run enter RUNNING (their
+        overseers wake us once a task has run for a moment)."""
+        for slot in self._slots_of_workers():
+            task_id = slot.task_id
+            if task_id and slot.started:
+                with self._lock:
+                    futures = list(self._pending.get(self._keys.get(task_id), ()))
+                for future in futures:
+                    future._start()
 
     @staticmethod
     def _resolve_future(future, ok, data):
@@ -580,7 +778,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
         except BaseException as exc:
             value, ok = SerializationError("the task's %s cannot be unpickled: %r" % (
                 "result" if ok else "exception", exc)), False
-        if not future.set_running_or_notify_cancel():
+        if not future._start():
             return
         if ok:
             future.set_result(value)
@@ -609,6 +807,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 futures.remove(future)
             if not futures:
                 self._pending.pop(key, None)
+                self._keys.pop(future._task_id, None)
             return found
 
     def _mark_broken(self, reason):
@@ -621,7 +820,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
         error = self._broken_error(reason)
         for futures in pending.values():
             for future in futures:
-                if future.set_running_or_notify_cancel():
+                if future._start():
                     future.set_exception(error)
 
     # -- shutting down -------------------------------------------------------------
@@ -675,8 +874,13 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         max_workers, mp_context, initializer, initargs, max_tasks_per_child:
             as for ProcessPoolExecutor.
         name: the queue of this pool's tasks in the file.
-        max_retries: how many times a failed task (an exception, a dead
-            worker, a timeout) runs again before it is dead-lettered.
+        max_retries: how many times a task whose worker died (or was
+            killed by task_timeout), or that raised one of ``retry_on``, runs
+            again before it is dead-lettered.
+        retry_on: exception classes (or one) worth retrying, such as
+            ``(ConnectionError,)``.  Any other exception is the task's
+            outcome at once, as with ProcessPoolExecutor; the task is
+            dead-lettered with its traceback (see dead_letters, redrive).
         retry_backoff, retry_backoff_max: seconds before the first retry,
             doubled at each further one, up to the maximum.
         task_timeout: seconds a task may run before its worker is killed
@@ -716,6 +920,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         self._workers = {}  # process -> slot
         self._killed = {}  # pid -> why the manager killed it
         self._wake_reader, self._wake_writer = multiprocessing.Pipe(duplex=False)
+        self._idle = _Idle(self._mp)
         for _ in range(self._max_workers):
             self._spawn()
         self._manager = threading.Thread(target=self._manage, daemon=True,
@@ -727,7 +932,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         proc = self._mp.Process(
             target=_process_worker,
             args=(self._cfg, slot, self._stop, self._initializer,
-                  self._initargs, self._max_tasks_per_child),
+                  self._initargs, self._max_tasks_per_child, self._idle),
             daemon=True,
         )
         proc.start()
@@ -858,6 +1063,16 @@ class _Slot:
             self._states[i] = _DROPPED
             return True
 
+    def take_back_waiting(self):
+        """The worker hands back every task still waiting: (lease, their ids)."""
+        with self._lock:
+            ids = []
+            for i in range(_BATCH_MAX):
+                if self._ids[i] and self._states[i] == _WAITING:
+                    self._states[i] = _DROPPED
+                    ids.append(self._ids[i])
+            return self._ints[1], ids
+
     def cancel(self, task_id):
         """The pool cancels ``task_id`` if it waits here; True if it did."""
         with self._lock:
@@ -906,6 +1121,7 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
     def _start_workers(self):
         self._stop_event = threading.Event()
         self._slots = [_Slot() for _ in range(self._max_workers)]
+        self._idle = _Idle()
         self._threads = [
             threading.Thread(target=self._thread_worker, args=(slot,), daemon=True,
                              name="persistqueue_liteq worker %d" % i)
@@ -925,7 +1141,7 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
                 self._mark_broken("A thread initializer failed, the thread pool is not usable anymore")
                 self._stop_event.set()
                 return
-        _worker_loop(self._engine, self._cfg, slot, self._stop_event.is_set)
+        _worker_loop(self._engine, self._cfg, slot, self._stop_event.is_set, idle=self._idle)
 
     def _slots_of_workers(self):
         return self._slots if self._run_workers else []

@@ -256,11 +256,15 @@ class SQLiteEngine(Engine):
         return held
 
     def complete_many(self, queue, outcomes, lease=0, seconds=0.0):
-        acks = 0
+        acks = dead = 0
         with self._conns.transaction() as conn:
-            for msg_id, token, key, ok, data in outcomes:
-                if self._complete_in(conn, msg_id, token, key, ok, data, None)[1]:
-                    acks += 1
+            for msg_id, token, key, ok, data, *failure in outcomes:
+                dead_reason, error = failure or (None, None)
+                if self._complete_in(conn, msg_id, token, key, ok, data, dead_reason, error)[1]:
+                    if dead_reason is None:
+                        acks += 1
+                    else:
+                        dead += 1
             rows = []
             if lease:
                 now = clock()
@@ -273,6 +277,8 @@ class SQLiteEngine(Engine):
             self._notifier.notify("done", queue)
             if acks:
                 self._count(queue, "acks", acks)
+            if dead:
+                self._count(queue, "dead_lettered", dead, lasting=True)
         if not rows:
             return []
         self._count_deliveries(queue, *(row[3] for row in rows))
@@ -280,7 +286,7 @@ class SQLiteEngine(Engine):
                                now + seconds, row[5], row[6], row[7], None, None, row[8])
                        for row in rows), key=lambda m: m.id)
 
-    def _complete_in(self, conn, msg_id, lease, key, ok, data, dead_reason):
+    def _complete_in(self, conn, msg_id, lease, key, ok, data, dead_reason, error=None):
         s = self.sql
         now = clock()
         row = conn.execute(s.GET, (msg_id,)).fetchone()
@@ -290,7 +296,7 @@ class SQLiteEngine(Engine):
         conn.execute(s.STORE_RESULT, (queue, key, int(bool(ok)), data, now))
         if dead_reason is None:
             return queue, bool(conn.execute(s.ACK, (msg_id, lease)).fetchall())
-        held = bool(conn.execute(s.DEAD_LETTER, (now, dead_reason, None, msg_id, lease)).fetchall())
+        held = bool(conn.execute(s.DEAD_LETTER, (now, dead_reason, error, msg_id, lease)).fetchall())
         if held:
             conn.execute(s.ADD_COUNTER, (queue, "dead_lettered", 1))
             logger.warning("task %s of queue %r dead-lettered: %s", key, queue, dead_reason)

@@ -278,12 +278,12 @@ def test_a_task_over_its_timeout_is_killed_and_counted(db):
 
 
 def test_a_failing_task_is_retried_then_succeeds(make_pool, tmp_path):
-    ex = make_pool()
+    ex = make_pool(retry_on=(RuntimeError,))
     assert ex.submit(fail_once, str(tmp_path / "marker")).result(60) == "recovered"
 
 
 def test_a_poison_task_lands_in_the_dead_letter_queue_and_can_be_redriven(make_pool, tmp_path):
-    ex = make_pool(max_retries=2)
+    ex = make_pool(max_retries=2, retry_on=(ValueError,))
     with pytest.raises(ValueError):
         ex.submit(fail, "poison").result(60)
     (dead,) = ex.dead_letters()
@@ -298,7 +298,7 @@ def test_a_retry_runs_when_its_backoff_ends(db, tmp_path, monkeypatch):
     """No idle look-around (an hour): the worker wakes for the retry itself."""
     monkeypatch.setattr(pool_module, "_IDLE_CHECK", 3600.0)
     monkeypatch.setattr(wakeup, "SAFETY_INTERVAL", 3600.0)
-    with PersistentThreadPoolExecutor(db, max_workers=1, max_retries=1,
+    with PersistentThreadPoolExecutor(db, max_workers=1, max_retries=1, retry_on=RuntimeError,
                                       retry_backoff=0.05) as ex:
         assert ex.submit(fail_once, str(tmp_path / "marker")).result(60) == "recovered"
 
@@ -553,3 +553,107 @@ def test_a_foreign_file_is_refused(tmp_path):
 
     with pytest.raises(IncompatibleDatabase):
         PersistentThreadPoolExecutor(str(path))
+
+
+# -- failures as concurrent.futures reports them ------------------------------------
+
+def record_and_fail(path, value):
+    record(path, value)
+    raise ValueError("bug %s" % value)
+
+
+def test_an_exception_is_the_outcome_at_once_not_retried(make_pool, tmp_path):
+    """max_retries (2 here) is for a dead worker or a timeout; a task that
+    raises ran once, and its exception is its outcome, dead-lettered with
+    its traceback."""
+    log = str(tmp_path / "log")
+    ex = make_pool(retry_backoff=30)
+    with pytest.raises(ValueError, match="bug 1"):
+        ex.submit(record_and_fail, log, 1).result(20)
+    with open(log) as f:
+        assert f.read().split() == ["1"]
+    (dead,) = ex.dead_letters()
+    assert dead.attempts == 1
+    assert "ValueError: bug 1" in dead.dead_reason
+    assert "Traceback" in dead.last_error and "in record_and_fail" in dead.last_error
+
+
+def test_retries_of_exceptions_are_opt_in(make_pool, tmp_path):
+    ex = make_pool(retry_on=(RuntimeError,))
+    assert ex.submit(fail_once, str(tmp_path / "marker")).result(60) == "recovered"
+    log = str(tmp_path / "log")
+    with pytest.raises(ValueError):  # not one of retry_on: at once
+        ex.submit(record_and_fail, log, 2).result(60)
+    with open(log) as f:
+        assert f.read().split() == ["2"]
+
+
+def test_retry_on_is_checked(db):
+    for cls in (PersistentProcessPoolExecutor, PersistentThreadPoolExecutor):
+        with pytest.raises(TypeError, match="retry_on"):
+            cls(db, retry_on=(ValueError, "nope"))
+
+
+# -- no task waits behind another --------------------------------------------------
+
+def test_a_finished_task_is_not_held_back_by_a_slow_one_of_its_batch(make_pool, tmp_path,
+                                                                     big_batches):
+    gate = str(tmp_path / "gate")
+    ex = make_pool(max_workers=1)
+    assert ex.submit(square, 2).result(60) == 4  # the next lease takes a batch
+    quick, slow = ex._submit_many([(None, square, (3,), {}),
+                                   (None, block_until, (gate,), {})])
+    try:
+        assert quick.result(20) == 9  # while the slow one still runs
+    finally:
+        open(gate, "w").close()
+    assert slow.result(60) == "released"
+
+
+def test_no_task_waits_behind_a_slow_one_while_a_worker_is_idle(make_pool, tmp_path,
+                                                                big_batches):
+    gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
+    ex = make_pool(max_workers=2)
+    assert [f.result(60) for f in [ex.submit(square, i) for i in range(8)]] == [
+        i * i for i in range(8)]  # both workers now lease batches
+    slow, *quick = ex._submit_many([(None, block_until, (gate, started), {})]
+                                   + [(None, square, (i,), {}) for i in range(5)])
+    try:
+        wait_for_file(started)
+        assert [f.result(20) for f in quick] == [i * i for i in range(5)]
+    finally:
+        open(gate, "w").close()
+    assert slow.result(60) == "released"
+
+
+def test_a_future_is_running_while_its_task_runs(make_pool, tmp_path):
+    gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
+    ex = make_pool(max_workers=1)
+    future = ex.submit(block_until, gate, started)
+    try:
+        wait_for_file(started)
+        deadline = time.monotonic() + 20
+        while not future.running():
+            assert time.monotonic() < deadline, "the future never entered RUNNING"
+            time.sleep(0.005)
+        assert not future.cancel()
+    finally:
+        open(gate, "w").close()
+    assert future.result(60) == "released"
+    assert not future.running()
+
+
+def test_first_exception_sees_the_earlier_success(make_pool, tmp_path, big_batches):
+    """CPython's test_first_exception, with a gate instead of sleeps."""
+    gate = str(tmp_path / "gate")
+    ex = make_pool(max_workers=2)
+    assert [f.result(60) for f in [ex.submit(square, i) for i in range(8)]] == [
+        i * i for i in range(8)]
+    ok, bad, blocked = ex._submit_many([(None, square, (6,), {}), (None, fail, ("x",), {}),
+                                        (None, block_until, (gate,), {})])
+    try:
+        done, pending = concurrent.futures.wait(
+            [ok, bad, blocked], timeout=20, return_when=concurrent.futures.FIRST_EXCEPTION)
+        assert done == {ok, bad} and pending == {blocked}
+    finally:
+        open(gate, "w").close()
