@@ -244,6 +244,12 @@ class Engine(abc.ABC):
     def forget_results(self, queue, key=None):
         """Delete the stored outcome under ``key`` (or all of ``queue``'s)."""
 
+    @abc.abstractmethod
+    def forget_results_matching(self, queue, pattern, up_to_seq=None, failed_only=False):
+        """Delete the outcomes of ``queue`` whose keys match the GLOB
+        ``pattern``, stored up to ``up_to_seq`` (None: all), only the
+        failures if ``failed_only``; return how many."""
+
     # -- consuming ----------------------------------------------------------
 
     @abc.abstractmethod

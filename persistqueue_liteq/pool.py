@@ -62,6 +62,7 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import sqlite3
 import threading
 import time
 import traceback
@@ -70,7 +71,7 @@ from concurrent.futures import BrokenExecutor, Future
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 
-from . import _checks
+from . import _checks, sql
 from .engine import clock
 from .exceptions import SerializationError, TaskTimeout, WorkerDied
 from .sql import DEFAULT_PREFIX
@@ -96,6 +97,11 @@ _BATCH_SECONDS = 0.002
 _STORE_BATCH = 1000
 # How often a worker's overseer looks at the task it runs (see _Overseer).
 _WATCH_EVERY = 0.001
+# How many distinct calls a pool counts in memory; the counts of any more go
+# to a temporary file (see _Occurrences).
+_OCCURRENCES_IN_MEMORY = 65536
+# The keys submit() and map() give their calls: a digest and a number.
+_CALL_KEYS = "[0-9a-f]" * 32 + "#*"
 # How often an idle worker looks for a stop request or a dead parent even
 # without a wake-up.
 _IDLE_CHECK = 1.0
@@ -489,6 +495,39 @@ def _exception_types(retry_on):
     return types
 
 
+class _Occurrences:
+    """How many identical calls (by digest) a pool was given so far, so that
+    the n-th identical call gets the same key in every run of a script.  The
+    first _OCCURRENCES_IN_MEMORY digests are counted in a dict, any more in
+    a private temporary SQLite database (on disk, deleted when closed), so
+    that the pool's memory does not grow with the number of distinct calls.
+    Used under the pool's lock."""
+
+    def __init__(self):
+        self._counts = {}
+        self._spill = None
+        self._cap = _OCCURRENCES_IN_MEMORY
+
+    def next(self, digest):
+        """How many calls with ``digest`` came before this one."""
+        n = self._counts.get(digest)
+        if n is not None:
+            self._counts[digest] = n + 1
+            return n
+        if len(self._counts) < self._cap:
+            self._counts[digest] = 1
+            return 0
+        if self._spill is None:
+            self._spill = sqlite3.connect("", isolation_level=None, check_same_thread=False)
+            self._spill.execute(sql.CREATE_OCCURRENCES)
+        return self._spill.execute(sql.NEXT_OCCURRENCE, (digest,)).fetchone()[0]
+
+    def close(self):
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+
+
 # -- the executors ------------------------------------------------------------------
 
 # Pools not shut down when the interpreter exits still store what was submitted.
@@ -533,6 +572,7 @@ class _TaskFuture(Future):
         executor._forget(self._key, self)
         if not super().cancel():
             return False
+        executor._cancelled = True  # the run is not complete: keep its results
         # No worker will ever dequeue it, which is where the stdlib's pools
         # notify wait() and as_completed(): do it now.
         self.set_running_or_notify_cancel()
@@ -577,10 +617,13 @@ class _PersistentExecutor(concurrent.futures.Executor):
         self._stored = threading.Condition(self._lock)  # outbox empty, nothing in flight
         self._storing = threading.Lock()  # held while the storer writes a batch
         self._in_flight = False  # the storer took a batch it has not written yet
-        self._occurrences = {}  # digest -> how many submitted so far
+        self._occurrences = _Occurrences()
         self._shutdown = False
         self._broken = None
-        self._seq = self._engine.last_result_seq()
+        # Whether this run submitted calls under digests, had a future
+        # cancelled, and forgot the failures of earlier runs' calls.
+        self._made_call_keys = self._cancelled = self._failures_forgotten = False
+        self._seq = self._start_seq = self._engine.last_result_seq()
         # Workers first: with mp_context=fork, a child forked while another
         # thread of this process is inside SQLite can inherit SQLite's
         # process-wide mutex locked, and hang at its first statement.
@@ -633,9 +676,8 @@ class _PersistentExecutor(concurrent.futures.Executor):
             for key, data in items:
                 if key is None:
                     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-                    n = self._occurrences.get(digest, 0)
-                    self._occurrences[digest] = n + 1
-                    key = "%s#%d" % (digest, n)
+                    key = "%s#%d" % (digest, self._occurrences.next(digest))
+                    self._made_call_keys = True
                 future = _TaskFuture(self, key)
                 futures.append(future)
                 self._pending.setdefault(key, []).append(future)
@@ -671,6 +713,11 @@ class _PersistentExecutor(concurrent.futures.Executor):
         if not batch:
             return  # cancelled meanwhile
         try:
+            if self._made_call_keys and not self._failures_forgotten:
+                # A run that did not end cleanly left these: run them again.
+                engine.forget_results_matching(queue, _CALL_KEYS, self._start_seq,
+                                               failed_only=True)
+                self._failures_forgotten = True
             statuses = engine.put_keyed(queue, [call for _, call in batch])
             answers = {key: engine.result(queue, key)
                        for (_, (key, _)), (status, _) in zip(batch, statuses)
@@ -756,7 +803,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                     continue
                 self._mark_running()
                 with self._lock:
-                    if self._shutdown and not self._pending:
+                    if self._shutdown and not self._pending and not self._outbox:
                         return
                 waiter.wait(_IDLE_CHECK)
 
@@ -825,12 +872,31 @@ class _PersistentExecutor(concurrent.futures.Executor):
 
     # -- shutting down -------------------------------------------------------------
 
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        # A with block that ends with an exception did not end cleanly: the
+        # results stay, for a rerun to resume.
+        self._shutdown_and_forget(exc_type is None)
+        return False
+
     def shutdown(self, wait=True, *, cancel_futures=False):
+        """As Executor.shutdown.  A pool without workers (run_workers=False)
+        does not wait for its results: it returns once every call is
+        stored, and its futures are resolved if results come meanwhile.
+
+        A run that ends cleanly -- shut down (or its with block ended
+        without an exception) with every future done, none cancelled --
+        forgets the stored results of its queue's submit() and map() calls,
+        so that none answers a call of a later run; submit_keyed results
+        stay until forget_results()."""
         if not wait:  # pending tasks still run, as with the stdlib's pools
-            threading.Thread(target=self.shutdown, kwargs={"cancel_futures": cancel_futures},
+            threading.Thread(target=self._shutdown_and_forget, args=(True, cancel_futures),
                              daemon=True).start()
             return
+        self._shutdown_and_forget(True, cancel_futures)
+
+    def _shutdown_and_forget(self, clean, cancel_futures=False):
         with self._lock:
+            already = self._shutdown
             self._shutdown = True
             pending = [f for futures in self._pending.values() for f in futures]
             self._outbox_filled.notify()
@@ -839,11 +905,19 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 future.cancel()
         self._storer.join()
         _live_executors.discard(self)
-        concurrent.futures.wait(pending)
         if self._run_workers:
+            concurrent.futures.wait(pending)
             self._stop_workers()
+        with self._lock:
+            complete = not self._pending and not self._cancelled and self._broken is None
+            forget, self._made_call_keys = clean and complete and self._made_call_keys, False
+        if forget and not already:
+            self._engine.forget_results_matching(self._cfg.queue, _CALL_KEYS)
         self._engine.wake("done", self._cfg.queue)
-        self._collector.join()
+        if self._run_workers:
+            self._collector.join()
+        with self._lock:
+            self._occurrences.close()
 
     # -- information -----------------------------------------------------------------
 

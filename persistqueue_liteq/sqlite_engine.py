@@ -320,6 +320,11 @@ class SQLiteEngine(Engine):
             return self._changes(self.sql.PURGE_RESULTS, (queue,))
         return self._changes(self.sql.FORGET_RESULT, (queue, key))
 
+    def forget_results_matching(self, queue, pattern, up_to_seq=None, failed_only=False):
+        up_to = (1 << 63) - 1 if up_to_seq is None else up_to_seq
+        return self._changes(self.sql.FORGET_RESULTS_MATCHING,
+                             (queue, pattern, up_to, int(not failed_only)))
+
     # -- consuming ------------------------------------------------------------
 
     def lease(self, queue, n, seconds, order="fifo", max_attempts=None):

@@ -503,10 +503,10 @@ def test_a_pool_without_workers_collects_what_another_runs(db, tmp_path):
     assert not any(f.done() for f in futures)
     with PersistentThreadPoolExecutor(db, max_workers=2):  # the service
         assert [f.result(60) for f in futures] == [i * i for i in range(5)]
-    client.shutdown()
     later = PersistentProcessPoolExecutor(db, run_workers=False)  # collect later:
     assert later.submit(square, 3).result(60) == 9  # no worker anywhere: from the file
     later.shutdown()
+    client.shutdown()
 
 
 # -- bad input -------------------------------------------------------------------------
@@ -590,8 +590,10 @@ def test_retries_of_exceptions_are_opt_in(make_pool, tmp_path):
 
 def test_retry_on_is_checked(db):
     for cls in (PersistentProcessPoolExecutor, PersistentThreadPoolExecutor):
-        with pytest.raises(TypeError, match="retry_on"):
+        with pytest.raises(TypeError, match="retry_on takes exception classes, not 'nope'"):
             cls(db, retry_on=(ValueError, "nope"))
+        with pytest.raises(TypeError, match="retry_on takes exception classes, not 5"):
+            cls(db, retry_on=5)
 
 
 # -- no task waits behind another --------------------------------------------------
@@ -657,3 +659,95 @@ def test_first_exception_sees_the_earlier_success(make_pool, tmp_path, big_batch
         assert done == {ok, bad} and pending == {blocked}
     finally:
         open(gate, "w").close()
+
+
+# -- resume without stale results -----------------------------------------------------
+
+def random_number():
+    import random
+
+    return random.random()
+
+
+@pytest.mark.parametrize("kind", [PersistentProcessPoolExecutor, PersistentThreadPoolExecutor])
+def test_a_clean_run_leaves_no_result_to_a_later_one(db, tmp_path, kind):
+    log = str(tmp_path / "log")
+    numbers = []
+    for _ in range(2):
+        with kind(db, max_workers=1) as ex:
+            numbers.append(ex.submit(random_number).result(60))
+            assert ex.submit(record, log, "x").result(60) == "x"
+            assert list(ex.map(square, range(3))) == [0, 1, 4]
+    assert numbers[0] != numbers[1]
+    with open(log) as f:
+        assert f.read().split() == ["x", "x"]  # ran in each run
+
+
+@pytest.mark.parametrize("kind", [PersistentProcessPoolExecutor, PersistentThreadPoolExecutor])
+def test_keyed_results_outlive_a_clean_run(db, tmp_path, kind):
+    log = str(tmp_path / "log")
+    for value in ("first", "second"):
+        with kind(db, max_workers=1) as ex:
+            assert ex.submit_keyed("report", record, log, value).result(60) == "first"
+    with open(log) as f:
+        assert f.read().split() == ["first"]
+
+
+@pytest.mark.parametrize("kind", [PersistentProcessPoolExecutor, PersistentThreadPoolExecutor])
+def test_a_run_that_did_not_end_cleanly_resumes_and_reruns_its_failures(db, tmp_path, kind):
+    log, marker = str(tmp_path / "log"), str(tmp_path / "marker")
+    with pytest.raises(KeyboardInterrupt):  # the with block ends with an exception
+        with kind(db, max_workers=1) as ex:
+            assert ex.submit(record, log, "a").result(60) == "a"
+            with pytest.raises(RuntimeError, match="transient"):
+                ex.submit(fail_once, marker).result(60)
+            raise KeyboardInterrupt
+    with kind(db, max_workers=1) as ex:
+        assert ex.submit(record, log, "a").result(60) == "a"  # from the file
+        assert ex.submit(fail_once, marker).result(60) == "recovered"  # run again
+    with open(log) as f:
+        assert f.read().split() == ["a"]
+
+
+def test_the_occurrence_counts_do_not_grow_in_memory(make_pool, tmp_path, monkeypatch):
+    """Identical calls stay distinct tasks with the same keys in every run,
+    though only 4 calls' counts are kept in memory."""
+    monkeypatch.setattr(pool_module, "_OCCURRENCES_IN_MEMORY", 4)
+    log = str(tmp_path / "log")
+    calls = [(None, record, (log, i % 10), {}) for i in range(30)]
+    runs = []
+    for _ in range(2):
+        ex = make_pool()
+        futures = ex._submit_many(calls)
+        assert [f.result(60) for f in futures] == [i % 10 for i in range(30)]
+        assert len(ex._occurrences._counts) == 4
+        runs.append([f._key for f in futures])
+        ex.shutdown()
+    assert runs[0] == runs[1] and len(set(runs[0])) == 30
+    with open(log) as f:
+        assert sorted(map(int, f.read().split())) == sorted([i % 10 for i in range(30)] * 2)
+
+
+# -- detached use ------------------------------------------------------------------------
+
+def test_a_pool_without_workers_returns_once_its_calls_are_stored(db, tmp_path):
+    """Submit, leave, collect later: by submitting the same calls, or by key."""
+    log = str(tmp_path / "log")
+    left = threading.Event()
+
+    def submit_and_leave():
+        with PersistentProcessPoolExecutor(db, run_workers=False) as client:
+            for i in range(5):
+                client.submit(record, log, i)
+            client.submit_keyed("report", record, log, "report")
+        left.set()
+
+    threading.Thread(target=submit_and_leave, daemon=True).start()
+    assert left.wait(20), "leaving the with block waited for results no worker makes"
+    with PersistentThreadPoolExecutor(db, max_workers=2) as service:
+        with PersistentProcessPoolExecutor(db, run_workers=False) as later:
+            assert [later.submit(record, log, i).result(60) for i in range(5)] == list(range(5))
+            assert later.submit_keyed("report", square, 0).result(60) == "report"
+        assert service.dead_letters() == []
+    with open(log) as f:
+        assert sorted(f.read().split()) == sorted([str(i) for i in range(5)] + ["report"])
