@@ -5,8 +5,12 @@ Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
 * A task is stored under a key (the caller's, or a digest of the function
   and its arguments with an occurrence number), so a script killed in the
   middle of a batch and run again runs only what is left: finished tasks
-  answer from the stored results, tasks that were in flight run again
-  (at-least-once: their side effects may happen twice).
+  answer from the stored results, tasks that were in flight or had failed
+  run again (at-least-once: their side effects may happen twice).  A run
+  that ends cleanly (shutdown(), or a with block ended without an
+  exception, every future done and none cancelled) forgets the results of
+  its queue's submit() and map() calls, so a later run computes afresh;
+  results of submit_keyed() last until forget_results().
 * ``submit`` pickles the call and returns; the storer thread writes the
   calls in batches.  No task runs before it is stored; shutdown and the
   interpreter's exit wait until all are.
@@ -963,7 +967,9 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
             stopped answering (the pool extends it while the worker lives).
         run_workers: False to only store tasks and collect results, while
             workers elsewhere (``python -m persistqueue_liteq worker``, or
-            another pool on the same file and name) run them.
+            another pool on the same file and name) run them.  Shutting
+            such a pool down returns once every call is stored; a later run
+            collects the results by submitting the same calls (or keys).
     """
 
     _broken_error = BrokenProcessPool
