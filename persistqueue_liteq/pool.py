@@ -793,7 +793,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         _extend_leases(self._engine, self._cfg, self._slots_of_workers())
 
     def _enforce_timeout(self):
-        now = time.time()
+        now = time.monotonic()  # as slot.running(): see there
         for proc, slot in self._workers.items():
             started = slot.started
             if (slot.task_id and started and now - started > self._task_timeout
@@ -812,8 +812,8 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
 class _Slot:
     """What one worker holds, shared with the pool: the tasks of its last
     lease (ids, one lease token), each waiting, started or dropped; the task
-    it runs now (0: none) and since when its function runs (0.0 while it is
-    being unpickled).  In shared memory for a process worker (``ctx``).
+    it runs now (0: none) and since when its function runs (time.monotonic();
+    0.0 while it is being unpickled).  In shared memory for a process worker (``ctx``).
 
     The worker claims a task before it starts it and the pool cancels one
     only while it waits, both under the slot's lock, so a task is either
@@ -877,7 +877,12 @@ class _Slot:
                                    if self._ids[i] and self._states[i] != _DROPPED]
 
     def running(self):
-        self._started[0] = time.time()
+        # Monotonic, so that a step of the wall clock neither kills a healthy
+        # task nor spares a hung one.  The pool's process compares it with its
+        # own time.monotonic(): on Linux, macOS and Windows that clock is one
+        # for the whole machine (CLOCK_MONOTONIC, mach_absolute_time,
+        # QueryPerformanceCounter), not one per process.
+        self._started[0] = time.monotonic()
 
     def finish(self):
         self._ints[0] = 0
