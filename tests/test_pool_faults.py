@@ -1,6 +1,10 @@
 """The pools under faults: clock steps, storage errors, a killed parent."""
 
+import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -32,6 +36,18 @@ def step_clock(seconds):
     """Initializer: this worker's wall clock is ``seconds`` off."""
     real = time.time
     time.time = lambda: real() + seconds
+
+
+def exit_with(code):
+    sys.exit(code)
+
+
+def start_a_process(method, code):
+    """A task that starts a process of its own and returns its exit code."""
+    child = multiprocessing.get_context(method).Process(target=exit_with, args=(code,))
+    child.start()
+    child.join()
+    return child.exitcode
 
 
 def wait_for_file(path, timeout=30):
@@ -85,3 +101,92 @@ def test_a_worker_clock_ahead_does_not_spare_a_hung_task(db):
                                        initializer=step_clock, initargs=(HOUR,)) as ex:
         with pytest.raises(TaskTimeout, match="task_timeout=0.5s"):
             ex.submit(hang).result(10)
+
+
+# -- workers follow their parent --------------------------------------------------------
+
+PARENT_SCRIPT = r"""
+import multiprocessing.forkserver, multiprocessing.resource_tracker, sys
+from persistqueue_liteq.pool import PersistentProcessPoolExecutor
+from tests.test_pool_faults import block_until
+
+db, started = sys.argv[1], sys.argv[2]
+ex = PersistentProcessPoolExecutor(db, max_workers=2, lease_seconds=2)
+future = ex.submit(block_until, started + ".never", started)  # a 60 s task, or longer
+pids = [p.pid for p in ex._workers]
+pids.append(multiprocessing.forkserver._forkserver._forkserver_pid)
+pids.append(multiprocessing.resource_tracker._resource_tracker._pid)
+print(" ".join(map(str, pids)), flush=True)
+future.result()
+"""
+
+
+def alive(pid):
+    """True while ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_gone(pids, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [pid for pid in pids if alive(pid)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_workers_forkserver_and_tracker_exit_when_the_parent_is_killed(db, tmp_path):
+    started = str(tmp_path / "started")
+    driver = subprocess.Popen([sys.executable, "-c", PARENT_SCRIPT, db, started],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=ROOT))
+    pids = []
+    try:
+        pids = [int(pid) for pid in driver.stdout.readline().split()]
+        assert len(pids) == 4 and all(pids), pids
+        wait_for_file(started)  # a worker runs the long task
+        driver.kill()
+        driver.wait()
+        left = wait_gone(pids, 5)
+        assert not left, "still running after their parent was killed: %s" % left
+    finally:
+        driver.kill()
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_a_task_may_start_a_process(db, method):
+    with PersistentProcessPoolExecutor(db, max_workers=1, max_retries=0,
+                                       mp_context=multiprocessing.get_context(method)) as ex:
+        assert ex.submit(start_a_process, "spawn", 7).result(60) == 7
+        assert ex.submit(start_a_process, "fork", 5).result(60) == 5
+
+
+LEFT_OPEN_SCRIPT = r"""
+import sys
+from persistqueue_liteq.pool import PersistentProcessPoolExecutor
+from tests.test_pool_faults import block_until
+
+ex = PersistentProcessPoolExecutor(sys.argv[1], max_workers=2)
+future = ex.submit(block_until, sys.argv[2] + ".never", sys.argv[2])
+while not __import__("os").path.exists(sys.argv[2]):
+    pass
+print("exiting", flush=True)
+"""
+
+
+def test_an_interpreter_exits_with_a_pool_left_running(db, tmp_path):
+    """Its workers are not daemonic, yet they do not keep it waiting."""
+    started = str(tmp_path / "started")
+    done = subprocess.run([sys.executable, "-c", LEFT_OPEN_SCRIPT, db, started], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "exiting\n"
