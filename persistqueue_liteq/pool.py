@@ -106,8 +106,7 @@ _WATCH_EVERY = 0.001
 _OCCURRENCES_IN_MEMORY = 65536
 # The keys submit() and map() give their calls: a digest and a number.
 _CALL_KEYS = "[0-9a-f]" * 32 + "#*"
-# How often an idle worker looks for a stop request or a dead parent even
-# without a wake-up.
+# How often an idle worker looks for a stop request even without a wake-up.
 _IDLE_CHECK = 1.0
 
 
@@ -450,6 +449,7 @@ def _run_batch(engine, cfg, slot, batch, overseer, should_stop, max_tasks, done)
 
 
 def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks, idle):
+    _follow_parent()
     if initializer is not None:
         try:
             initializer(*initargs)
@@ -458,22 +458,29 @@ def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks, idle):
             slot.fail_init()
             return
     engine = cfg.open_engine()
-    # The pool's process (not always our OS parent: think forkserver).  If it
-    # was killed, stop after the current task: a rerun will take over.  Asking
-    # builds a selector each time, so ask once a second at most.
-    pool = multiprocessing.parent_process()
-    checked = [0.0, False]  # when last asked, and whether it was gone
+    _worker_loop(engine, cfg, slot, stop.is_set, max_tasks, idle)
 
-    def orphaned():
-        now = time.monotonic()
-        if pool is not None and now - checked[0] >= _IDLE_CHECK:
-            checked[0], checked[1] = now, not pool.is_alive()
-        return checked[1]
 
-    def should_stop():
-        return stop.is_set() or orphaned()
+def _follow_parent():
+    """Die at once, with the task running, when the pool's process dies.
 
-    _worker_loop(engine, cfg, slot, should_stop, max_tasks, idle)
+    Its tasks come back after their lease, and a rerun of the script takes
+    them over: a worker that went on running one would run it twice at once
+    with the rerun.  The forkserver and the resource tracker stay up while
+    any worker holds their pipes, so they go too.  The pool's process is
+    ``parent_process()``, not the OS parent (think forkserver): its sentinel
+    is a pipe whose other end only that process holds, which reads as ended
+    when it dies, however it dies (PR_SET_PDEATHSIG would watch the
+    forkserver instead)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        multiprocessing.connection.wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="persistqueue_liteq parent watch").start()
 
 
 def _extend_leases(engine, cfg, slots):
@@ -542,6 +549,22 @@ _live_executors = weakref.WeakSet()
 def _store_at_exit():
     for executor in list(_live_executors):
         executor._flush()
+
+
+def _end_workers_at_exit():
+    """Before the interpreter joins its threads and children: terminate the
+    workers of pools not shut down, as it did when they were daemonic (the
+    tasks they ran come back after their lease)."""
+    for executor in list(_live_executors):
+        executor._end_workers_at_exit()
+
+
+# Run before multiprocessing's own exit handler, which would wait for the
+# (non-daemonic) workers forever; the standard library's pools register the same way.
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_end_workers_at_exit)
+else:  # pragma: no cover (not CPython)
+    atexit.register(_end_workers_at_exit)
 
 
 class _TaskFuture(Future):
@@ -1013,7 +1036,9 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
             target=_process_worker,
             args=(self._cfg, slot, self._stop, self._initializer,
                   self._initargs, self._max_tasks_per_child, self._idle),
-            daemon=True,
+            # Not daemonic, so that a task may start processes, as in the
+            # standard library's pool; _end_workers_at_exit ends them.
+            daemon=False,
         )
         proc.start()
         self._workers[proc] = slot
@@ -1078,7 +1103,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         _extend_leases(self._engine, self._cfg, self._slots_of_workers())
 
     def _enforce_timeout(self):
-        now = time.time()
+        now = time.monotonic()  # as slot.running(): see there
         for proc, slot in self._workers.items():
             started = slot.started
             if (slot.task_id and started and now - started > self._task_timeout
@@ -1093,12 +1118,18 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         self._wake_writer.send(None)
         self._manager.join()
 
+    def _end_workers_at_exit(self):
+        if self._run_workers:
+            self._stop.set()  # the manager starts no more
+            for proc in list(self._workers):
+                proc.terminate()
+
 
 class _Slot:
     """What one worker holds, shared with the pool: the tasks of its last
     lease (ids, one lease token), each waiting, started or dropped; the task
-    it runs now (0: none) and since when its function runs (0.0 while it is
-    being unpickled).  In shared memory for a process worker (``ctx``).
+    it runs now (0: none) and since when its function runs (time.monotonic();
+    0.0 while it is being unpickled).  In shared memory for a process worker (``ctx``).
 
     The worker claims a task before it starts it and the pool cancels one
     only while it waits, both under the slot's lock, so a task is either
@@ -1172,7 +1203,12 @@ class _Slot:
                                    if self._ids[i] and self._states[i] != _DROPPED]
 
     def running(self):
-        self._started[0] = time.time()
+        # Monotonic, so that a step of the wall clock neither kills a healthy
+        # task nor spares a hung one.  The pool's process compares it with its
+        # own time.monotonic(): on Linux, macOS and Windows that clock is one
+        # for the whole machine (CLOCK_MONOTONIC, mach_absolute_time,
+        # QueryPerformanceCounter), not one per process.
+        self._started[0] = time.monotonic()
 
     def finish(self):
         self._ints[0] = 0
@@ -1229,6 +1265,9 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
     def _heartbeat_loop(self):
         while not self._stop_event.wait(self._cfg.lease_seconds / 3):
             _extend_leases(self._engine, self._cfg, self._slots)
+
+    def _end_workers_at_exit(self):
+        pass  # daemon threads
 
     def _stop_workers(self):
         self._stop_event.set()
