@@ -90,7 +90,13 @@ __all__ = ["PersistentProcessPoolExecutor", "PersistentThreadPoolExecutor"]
 
 logger = logging.getLogger("persistqueue_liteq")
 
-_IDLE, _INIT_FAILED = 0, 1
+# A worker's state: starting (until its initializer ran and its engine is
+# open), its initializer failed, or up.
+_IDLE, _INIT_FAILED, _UP = 0, 1, 2
+# Workers that die before they are up, in a row, that break a process pool.
+_FAILED_STARTS = 3
+# The stdlib's pools log an initializer's failure there, with its traceback.
+_futures_logger = logging.getLogger("concurrent.futures")
 # A task of a worker's batch: leased and waiting, started, or cancelled (or
 # handed back) before it started.
 _WAITING, _STARTED, _DROPPED = 0, 1, 2
@@ -453,12 +459,17 @@ def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks, idle):
     if initializer is not None:
         try:
             initializer(*initargs)
-        except BaseException:
-            traceback.print_exc()
-            slot.fail_init()
+        except BaseException as exc:
+            _futures_logger.critical("Exception in initializer:", exc_info=True)
+            slot.fail_init(_exception_line(exc))
             return
     engine = cfg.open_engine()
+    slot.up()
     _worker_loop(engine, cfg, slot, stop.is_set, max_tasks, idle)
+
+
+def _exception_line(exc):
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
 def _follow_parent():
@@ -794,12 +805,16 @@ class _PersistentExecutor(concurrent.futures.Executor):
         def results():
             try:
                 while window:
-                    future, _ = window.pop(0)
                     remaining = None if deadline is None else deadline - time.monotonic()
-                    chunk_results = future.result(remaining)
+                    chunk_results = window[0][0].result(remaining)
+                    del window[0]
                     if len(window) <= buffersize // 2:  # one transaction per half window
                         refill()
-                    yield from chunk_results
+                    # Popped as yielded: no result stays alive here (nor in
+                    # the future, which holds the same list) once yielded.
+                    chunk_results.reverse()
+                    while chunk_results:
+                        yield chunk_results.pop()
             finally:
                 for future, _ in window:
                     future.cancel()
@@ -1024,6 +1039,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         self._killed = {}  # pid -> why the manager killed it
         self._wake_reader, self._wake_writer = multiprocessing.Pipe(duplex=False)
         self._idle = _Idle(self._mp)
+        self._failed_starts = 0  # workers in a row that died before they were up
         for _ in range(self._max_workers):
             self._spawn()
         self._manager = threading.Thread(target=self._manage, daemon=True,
@@ -1073,12 +1089,19 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         slot = self._workers.pop(proc)
         proc.join()
         if slot.state == _INIT_FAILED:
-            self._mark_broken("A child process terminated abruptly: its initializer raised "
-                              "(see the traceback it printed)")
-            self._stop.set()
-            for other in list(self._workers):
-                other.terminate()
-            return
+            return self._break("A child process terminated abruptly: its initializer raised "
+                               "%s (its traceback is logged on the 'concurrent.futures' "
+                               "logger)" % slot.failure)
+        if slot.state == _IDLE and not self._stop.is_set():
+            self._failed_starts += 1
+            why = "worker process %d died with %s before it could start" % (
+                proc.pid, _describe_exit(proc.exitcode))
+            if self._failed_starts >= _FAILED_STARTS:
+                return self._break("%d worker processes in a row could not start; the last: "
+                                   "%s (see its stderr)" % (self._failed_starts, why))
+            logger.warning("%s; starting another", why)
+        elif slot.state == _UP:
+            self._failed_starts = 0
         task_id, (lease, held) = slot.task_id, slot.held()
         for other, _ in held:  # waiting, or done but not stored: no attempt lost
             if other != task_id:
@@ -1095,6 +1118,13 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         exc_text = "%s (attempt %d of %d)" % (reason, msg.attempts, self._cfg.max_retries + 1)
         _settle_failure(self._engine, self._cfg, task_id, lease, msg.key, msg.attempts,
                         type(exc)(exc_text), exc_text)
+
+    def _break(self, reason):
+        """Workers cannot run: fail every future, stop the others."""
+        self._mark_broken(reason)
+        self._stop.set()
+        for other in list(self._workers):
+            other.terminate()
 
     def _slots_of_workers(self):
         return list(self._workers.values()) if self._run_workers else []
@@ -1141,12 +1171,14 @@ class _Slot:
             self._lock = threading.Lock()
             self._ids, self._states = [0] * _BATCH_MAX, [_WAITING] * _BATCH_MAX
             self._ints, self._started = [0, 0, _IDLE], [0.0]  # task id, lease, state
+            self._failure = [b""]
         else:
             self._lock = ctx.Lock()
             self._ids = ctx.RawArray(ctypes.c_longlong, _BATCH_MAX)
             self._states = ctx.RawArray(ctypes.c_byte, _BATCH_MAX)
             self._ints = ctx.RawArray(ctypes.c_longlong, 3)
             self._started = ctx.RawArray(ctypes.c_double, 1)
+            self._failure = ctx.RawArray(ctypes.c_char, 256)
 
     def publish(self, messages):
         """The worker leased ``messages`` (one lease): they wait their turn."""
@@ -1213,8 +1245,22 @@ class _Slot:
     def finish(self):
         self._ints[0] = 0
 
-    def fail_init(self):
+    def up(self):
+        self._ints[2] = _UP
+
+    def fail_init(self, text):
+        """The initializer raised: ``text`` says what, for the pool's message."""
+        data = text.encode("utf-8", "replace")[:255]
+        if isinstance(self._failure, list):
+            self._failure[0] = data
+        else:
+            self._failure.value = data
         self._ints[2] = _INIT_FAILED
+
+    @property
+    def failure(self):
+        data = self._failure[0] if isinstance(self._failure, list) else self._failure.value
+        return data.decode("utf-8", "replace")
 
     task_id = property(lambda self: self._ints[0])
     lease = property(lambda self: self._ints[1])
@@ -1252,9 +1298,10 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
         if self._initializer is not None:
             try:
                 self._initializer(*self._initargs)
-            except BaseException:
-                traceback.print_exc()
-                self._mark_broken("A thread initializer failed, the thread pool is not usable anymore")
+            except BaseException as exc:
+                _futures_logger.critical("Exception in initializer:", exc_info=True)
+                self._mark_broken("A thread initializer failed, the thread pool is not usable "
+                                  "anymore: %s" % _exception_line(exc))
                 self._stop_event.set()
                 return
         _worker_loop(self._engine, self._cfg, slot, self._stop_event.is_set, idle=self._idle)

@@ -751,3 +751,93 @@ def test_a_pool_without_workers_returns_once_its_calls_are_stored(db, tmp_path):
         assert service.dead_letters() == []
     with open(log) as f:
         assert sorted(f.read().split()) == sorted([str(i) for i in range(5)] + ["report"])
+
+
+# -- broken means broken ---------------------------------------------------------------
+
+def _explode_in_a_child(parent_pid):
+    if os.getpid() != parent_pid:
+        raise ImportError("this worker cannot load what it needs")
+    return Bomb()
+
+
+class Bomb:
+    """An initarg that cannot be loaded in a worker: the worker cannot start."""
+
+    def __reduce__(self):
+        return _explode_in_a_child, (os.getpid(),)
+
+
+def noop(*args):
+    return None
+
+
+def test_workers_that_cannot_start_break_the_pool(db):
+    ex = PersistentProcessPoolExecutor(db, max_workers=2, initializer=noop, initargs=(Bomb(),))
+    try:
+        future = ex.submit(square, 3)
+        with pytest.raises(BrokenProcessPool, match=r"could not start.*exit code 1"):
+            future.result(30)
+        with pytest.raises(BrokenProcessPool, match="could not start"):
+            ex.submit(square, 3)
+    finally:
+        ex.shutdown(cancel_futures=True)
+
+
+def init_fail_logging_to(log_queue):
+    import logging
+    from logging.handlers import QueueHandler
+
+    logger = logging.getLogger("concurrent.futures")
+    logger.addHandler(QueueHandler(log_queue))
+    logger.setLevel("CRITICAL")
+    logger.propagate = False
+    raise ValueError("error in initializer")
+
+
+def test_a_failing_initializer_is_logged_and_named(db):
+    ctx = multiprocessing.get_context("forkserver")
+    log_queue = ctx.Queue()
+    ex = PersistentProcessPoolExecutor(db, max_workers=1, mp_context=ctx,
+                                       initializer=init_fail_logging_to, initargs=(log_queue,))
+    try:
+        with pytest.raises(BrokenProcessPool, match="ValueError: error in initializer"):
+            ex.submit(square, 3).result(30)
+    finally:
+        ex.shutdown(cancel_futures=True)
+    record = log_queue.get(timeout=10)  # formatted by the QueueHandler, traceback included
+    assert record.levelname == "CRITICAL"
+    assert record.getMessage().startswith("Exception in initializer:\nTraceback")
+    assert "ValueError: error in initializer" in record.getMessage()
+
+
+def test_a_failing_thread_initializer_is_logged(db, caplog):
+    with caplog.at_level("CRITICAL", logger="concurrent.futures"):
+        ex = PersistentThreadPoolExecutor(db, max_workers=1, initializer=bad_initializer)
+        with pytest.raises(concurrent.futures.thread.BrokenThreadPool,
+                           match="RuntimeError: cannot initialise"):
+            ex.submit(square, 3).result(30)
+        ex.shutdown()
+    (record,) = [r for r in caplog.records if r.name == "concurrent.futures"]
+    assert record.getMessage() == "Exception in initializer:" and record.exc_info
+
+
+class Dummy:
+    pass
+
+
+def make_dummy(_):
+    return Dummy()
+
+
+def test_map_holds_no_result_it_has_yielded(make_pool):
+    """CPython's test_free_reference."""
+    import gc
+    import weakref
+
+    ex = make_pool()
+    for obj in ex.map(make_dummy, range(10), chunksize=3):
+        ref = weakref.ref(obj)
+        del obj
+        gc.collect()
+        assert ref() is None
