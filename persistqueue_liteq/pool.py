@@ -577,6 +577,30 @@ if hasattr(threading, "_register_atexit"):
 else:  # pragma: no cover (not CPython)
     atexit.register(_end_workers_at_exit)
 
+# The threads of pools told shutdown(wait=False).
+_shutting_down = set()
+# The interpreter is exiting: no more submissions.
+_exiting = False
+
+
+def _finish_at_exit():
+    """As the stdlib's pools do when the interpreter exits: no more
+    submissions, and the pending tasks of the pools still open (or shut down
+    without waiting) run first.  Runs before _end_workers_at_exit (these run
+    last registered first)."""
+    global _exiting
+    _exiting = True
+    for thread in list(_shutting_down):
+        thread.join()
+    for executor in list(_live_executors):
+        executor._finish_pending()
+
+
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_finish_at_exit)
+else:  # pragma: no cover (not CPython)
+    atexit.register(_finish_at_exit)
+
 
 class _TaskFuture(Future):
     """A Future whose ``cancel()`` also removes its task from the file, which
@@ -710,6 +734,8 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 raise self._broken_error(self._broken)
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             futures = []
             for key, data in items:
                 if key is None:
@@ -776,6 +802,14 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 with self._lock:
                     if key in self._pending:
                         self._keys[task_id] = key
+
+    def _finish_pending(self):
+        """Store what was submitted; if our workers run it, wait for it."""
+        self._flush()
+        if self._run_workers:
+            with self._lock:
+                pending = [f for futures in self._pending.values() for f in futures]
+            concurrent.futures.wait(pending)
 
     def _flush(self):
         """Wait until everything submitted so far is stored (or cancelled)."""
@@ -931,10 +965,18 @@ class _PersistentExecutor(concurrent.futures.Executor):
         so that none answers a call of a later run; submit_keyed results
         stay until forget_results()."""
         if not wait:  # pending tasks still run, as with the stdlib's pools
-            threading.Thread(target=self._shutdown_and_forget, args=(True, cancel_futures),
-                             daemon=True).start()
+            thread = threading.Thread(target=self._shutdown_in_background,
+                                      args=(cancel_futures,), daemon=True)
+            _shutting_down.add(thread)
+            thread.start()
             return
         self._shutdown_and_forget(True, cancel_futures)
+
+    def _shutdown_in_background(self, cancel_futures):
+        try:
+            self._shutdown_and_forget(True, cancel_futures)
+        finally:
+            _shutting_down.discard(threading.current_thread())
 
     def _shutdown_and_forget(self, clean, cancel_futures=False):
         with self._lock:
