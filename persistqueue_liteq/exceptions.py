@@ -15,6 +15,7 @@ __all__ = [
     "WorkerDied",
     "TaskTimeout",
     "SerializationError",
+    "StorageFault",
 ]
 
 
@@ -51,3 +52,11 @@ class TaskTimeout(WorkerDied, TimeoutError):
 class SerializationError(LiteQueueError):
     """A task, its arguments, its result or its exception could not be
     pickled or unpickled; the message says which and why."""
+
+
+class StorageFault(LiteQueueError):
+    """A pool could not write (or read) what it needed in its queue file for
+    longer than it waits out a passing fault: a result too big to store, a
+    disk that stayed full, a lock that another program held too long.  The
+    futures it held up fail with it (the cause is chained); the pool goes on
+    and works again once the file does."""

@@ -67,6 +67,7 @@ import os
 import pickle
 import signal
 import sqlite3
+import sys
 import threading
 import time
 import traceback
@@ -77,7 +78,8 @@ from concurrent.futures.thread import BrokenThreadPool
 
 from . import _checks, sql
 from .engine import clock
-from .exceptions import SerializationError, TaskTimeout, WorkerDied
+from .exceptions import (DatabaseBusy, LiteQueueError, SerializationError, StorageFault,
+                         TaskTimeout, WorkerDied)
 from .sql import DEFAULT_PREFIX
 from .sqlite_engine import SQLiteEngine
 
@@ -114,6 +116,13 @@ _OCCURRENCES_IN_MEMORY = 65536
 _CALL_KEYS = "[0-9a-f]" * 32 + "#*"
 # How often an idle worker looks for a stop request even without a wake-up.
 _IDLE_CHECK = 1.0
+# What a storage fault raises: ours (DatabaseBusy, ReadOnlyDatabase, ...),
+# the OS's, and what sqlite3 raises that the engine has no name for (a full
+# disk, a blob too big, an I/O error).  Anything else is a bug, not a fault.
+_STORAGE_ERRORS = (LiteQueueError, OSError, sqlite3.Error)
+# Waits between two tries of a failing storage call: doubling, up to the last.
+_FAULT_FIRST_RETRY = 0.05
+_FAULT_LONGEST_RETRY = 1.0
 
 
 # -- what crosses the file -----------------------------------------------------
@@ -202,6 +211,11 @@ class _Config:
         self.retry_backoff = retry_backoff
         self.retry_backoff_max = retry_backoff_max
         self.retry_on = retry_on
+        # How long a storage fault may last before it fails what it holds up:
+        # a lease, which the heartbeat could not extend meanwhile, so that a
+        # worker's tasks are no longer its own by then; and at least two
+        # timeout_seconds, so that one lock held a little too long is waited out.
+        self.fault_seconds = max(lease_seconds, 2 * engine_options["timeout"])
 
     def backoff(self, attempts):
         if not self.retry_backoff:
@@ -210,6 +224,92 @@ class _Config:
 
     def open_engine(self):
         return SQLiteEngine(self.path, **self.engine_options)
+
+
+def _patiently(cfg, what, fn, *args, **kwargs):
+    """Return ``fn(*args, **kwargs)``, a storage call, trying it again after
+    a backoff while it fails, for at most ``cfg.fault_seconds``; then raise
+    StorageFault, which names the file, what failed and why.  Safe for any
+    engine method: each is one transaction, which a failure rolls back."""
+    began, delay, failures = time.monotonic(), _FAULT_FIRST_RETRY, 0
+    while True:
+        try:
+            value = fn(*args, **kwargs)
+        except StorageFault:
+            raise
+        except _STORAGE_ERRORS as exc:
+            failures += 1
+            waited = time.monotonic() - began
+            if waited >= cfg.fault_seconds:
+                raise StorageFault(
+                    "%s: %s failed for more than %gs (lease_seconds, or twice timeout_seconds): %s"
+                    % (cfg.path, what, cfg.fault_seconds, exc)) from exc
+            if failures == 1:
+                logger.warning("%s: %s failed, retrying for up to %gs: %s",
+                               cfg.path, what, cfg.fault_seconds, exc)
+            time.sleep(min(delay, cfg.fault_seconds - waited))
+            delay = min(delay * 2, _FAULT_LONGEST_RETRY)
+            continue
+        if failures:
+            logger.info("%s: %s works again, after %d failure%s in %.1fs", cfg.path, what,
+                        failures, "" if failures == 1 else "s", time.monotonic() - began)
+        return value
+
+
+class _Patient:
+    """An engine whose every call waits out a passing storage fault
+    (:func:`_patiently`); ``raw`` is the engine itself."""
+
+    def __init__(self, engine, cfg):
+        self.raw, self._cfg = engine, cfg
+
+    def __getattr__(self, name):
+        method = getattr(self.raw, name)
+        if name in ("waiter", "wake", "location"):  # not storage
+            return method
+        return lambda *args, **kwargs: _patiently(self._cfg, name, method, *args, **kwargs)
+
+
+def _complete_batch(engine, cfg, batch, outcomes, want):
+    """Store the ``outcomes`` of ``batch`` and lease up to ``want`` more
+    tasks, in one transaction, waiting out a passing fault (``engine`` is a
+    _Patient).  If the file refuses the transaction for another reason than
+    a lock, the results are stored one at a time, and one that the file
+    refuses (too big for SQLite, or for the disk) fails its task instead:
+    counted as an attempt, as if the task had raised StorageFault, so it is
+    retried up to max_retries, then dead-lettered, never run forever."""
+    attempts = {msg.id: msg.attempts for msg in batch}
+    raw = engine.raw
+
+    def attempt():
+        try:
+            return raw.complete_many(cfg.queue, outcomes, want, cfg.lease_seconds)
+        except DatabaseBusy:
+            raise
+        except _STORAGE_ERRORS:
+            if not outcomes:
+                raise
+        while outcomes:  # stored ones leave the list: a retry stores no result twice
+            _store_result(raw, cfg, outcomes[0], attempts[outcomes[0][0]])
+            del outcomes[0]
+        return raw.complete_many(cfg.queue, [], want, cfg.lease_seconds)
+
+    return _patiently(cfg, "storing results", attempt)
+
+
+def _store_result(engine, cfg, outcome, attempts):
+    msg_id, lease, key, ok, data = outcome[:5]
+    try:
+        engine.complete_many(cfg.queue, [outcome])  # a success, or a failure for good
+    except DatabaseBusy:
+        raise
+    except _STORAGE_ERRORS as exc:
+        error = StorageFault("the result of task %s (%d bytes pickled) cannot be stored in %s: %s"
+                             % (key, len(data), cfg.path, exc))
+        error.__cause__ = exc
+        # If the file refuses this small write too, the fault is not the
+        # result's: the caller tries again.
+        _settle_failure(engine, cfg, msg_id, lease, key, attempts, error, str(error))
 
 
 def _settle_failure(engine, cfg, task_id, lease, key, attempts, exc, reason):
@@ -389,7 +489,8 @@ def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None, idle=None):
     holds, so that the pool can cancel a task that has not started, extend
     the leases, and hand them back if the worker dies."""
     idle = _Idle() if idle is None else idle
-    overseer = _Overseer(engine, cfg, slot, idle)
+    overseer = _Overseer(engine, cfg, slot, idle)  # never waits out a fault: leaves it to us
+    engine = _Patient(engine, cfg)  # a fault that lasts raises StorageFault: the worker ends
     is_idle = False
     try:
         with engine.waiter("put", cfg.queue) as waiter:
@@ -400,7 +501,7 @@ def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None, idle=None):
                 with overseer.lock:
                     outcomes = overseer.take()
                     if outcomes or want:
-                        batch = engine.complete_many(cfg.queue, outcomes, want, cfg.lease_seconds)
+                        batch = _complete_batch(engine, cfg, batch, outcomes, want)
                         slot.publish(batch)
                 if stopping:
                     return
@@ -463,9 +564,16 @@ def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks, idle):
             _futures_logger.critical("Exception in initializer:", exc_info=True)
             slot.fail_init(_exception_line(exc))
             return
-    engine = cfg.open_engine()
-    slot.up()
-    _worker_loop(engine, cfg, slot, stop.is_set, max_tasks, idle)
+    try:
+        engine = cfg.open_engine()
+        slot.up()
+        _worker_loop(engine, cfg, slot, stop.is_set, max_tasks, idle)
+    except BaseException:
+        # Said on stderr (the last resort of logging, if nothing else
+        # handles it); the pool hands back what this worker held and
+        # starts another.
+        logger.error("worker process %d stopped", os.getpid(), exc_info=True)
+        sys.exit(1)
 
 
 def _exception_line(exc):
@@ -495,14 +603,20 @@ def _follow_parent():
 
 
 def _extend_leases(engine, cfg, slots):
-    """The heartbeat: extend the leases of every task a live worker holds."""
+    """The heartbeat: extend the leases of every task a live worker holds.
+
+    A beat that finds the file failing stops there: the next one, a third
+    of a lease later, tries again; if the fault outlasts the leases, the
+    tasks come back to whichever worker can run them.  Never raises."""
     for slot in slots:
         lease, held = slot.held()
         for task_id, _ in held:
             try:
                 engine.set_visibility(task_id, lease, cfg.lease_seconds)
-            except Exception:
-                pass  # busy: the next beat comes well before the lease ends
+            except Exception as exc:
+                logger.warning("%s: could not extend the lease of task %d: %s",
+                               cfg.path, task_id, exc)
+                return
 
 
 def _exception_types(retry_on):
@@ -668,6 +782,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
             _checks.seconds(retry_backoff_max, "retry_backoff_max"),
             _exception_types(retry_on),
         )
+        self._patient = _Patient(self._engine, self._cfg)  # for the pool's own threads
         self._max_workers = max_workers
         self._initializer, self._initargs = initializer, tuple(initargs)
         # _lock guards _pending, _outbox, _occurrences, _shutdown and _broken.
@@ -779,17 +894,17 @@ class _PersistentExecutor(concurrent.futures.Executor):
         try:
             if self._made_call_keys and not self._failures_forgotten:
                 # A run that did not end cleanly left these: run them again.
-                engine.forget_results_matching(queue, _CALL_KEYS, self._start_seq,
+                self._patient.forget_results_matching(queue, _CALL_KEYS, self._start_seq,
                                                failed_only=True)
                 self._failures_forgotten = True
-            statuses = engine.put_keyed(queue, [call for _, call in batch])
-            answers = {key: engine.result(queue, key)
+            statuses = self._patient.put_keyed(queue, [call for _, call in batch])
+            answers = {key: self._patient.result(queue, key)
                        for (_, (key, _)), (status, _) in zip(batch, statuses)
                        if status == "done"}
         except Exception as exc:  # the file refused them: say so to their callers
             logger.error("could not store %d tasks in %s: %s", len(batch), engine.location, exc)
             for future, (key, _) in batch:
-                if self._forget(key, future) and future.set_running_or_notify_cancel():
+                if self._forget(key, future) and future._start():
                     future.set_exception(exc)
             return
         for (future, (key, _)), (_, task_id) in zip(batch, statuses):
@@ -859,14 +974,25 @@ class _PersistentExecutor(concurrent.futures.Executor):
     # -- results ----------------------------------------------------------------
 
     def _collect(self):
-        """Follow the results table and resolve the futures waiting for them."""
+        """Follow the results table and resolve the futures waiting for them.
+
+        While the table cannot be read, look again after a wait; if that
+        lasts longer than the pool waits out a storage fault, fail every
+        future of a stored task with StorageFault (and so on, each time it
+        lasts that long again)."""
         engine, queue = self._engine, self._cfg.queue
+        failing_since = None
         with engine.waiter("done", queue) as waiter:
             while True:
                 try:
                     rows = engine.results_since(queue, self._seq)
-                except Exception:
-                    rows = []  # busy for a moment: look again after a wait
+                except _STORAGE_ERRORS as exc:
+                    rows = []
+                    failing_since = self._collect_failed(exc, failing_since)
+                else:
+                    if failing_since is not None:
+                        logger.info("%s: results can be read again", engine.location)
+                        failing_since = None
                 for seq, key, ok, data in rows:
                     self._seq = seq
                     with self._lock:
@@ -893,6 +1019,66 @@ class _PersistentExecutor(concurrent.futures.Executor):
                     futures = list(self._pending.get(self._keys.get(task_id), ()))
                 for future in futures:
                     future._start()
+
+    def _collect_failed(self, exc, failing_since):
+        """The collector could not read the results: say so, and fail the
+        futures waiting for them once it lasts; return when the failures
+        that count began."""
+        now = time.monotonic()
+        if failing_since is None:
+            logger.warning("%s: cannot read the results of the pool's tasks; retrying: %s",
+                           self._engine.location, exc, exc_info=True)
+            return now
+        if now - failing_since < self._cfg.fault_seconds:
+            return failing_since
+        error = StorageFault(
+            "%s: the results of the pool's tasks could not be read for more than %gs "
+            "(lease_seconds, or twice timeout_seconds): %s"
+            % (self._engine.location, self._cfg.fault_seconds, exc))
+        error.__cause__ = exc
+        logger.error("%s", error)
+        with self._lock:
+            stored = [f for futures in self._pending.values() for f in futures
+                      if f not in self._outbox]
+        self._fail_futures(stored, error)
+        return now
+
+    def _fail_tasks(self, task_ids, error):
+        """Fail the futures of these stored tasks with ``error``."""
+        ids = set(task_ids)
+        with self._lock:
+            futures = [f for fs in self._pending.values() for f in fs if f._task_id in ids]
+        self._fail_futures(futures, error)
+
+    def _fail_futures(self, futures, error):
+        for future in futures:
+            if self._forget(future._key, future) and future._start():
+                future.set_exception(error)
+
+    def _hand_back(self, slot, reason, error_type):
+        """A worker ended (``reason``): hand back the tasks it held; the one
+        it was running (if any) costs an attempt and, past max_retries, fails
+        with ``error_type``.  If the file cannot be written for longer than
+        the pool waits out a fault, fail their futures with StorageFault
+        instead: their leases, no longer extended, run out, and the tasks
+        run again later, for another run of the script."""
+        task_id, (lease, held) = slot.task_id, slot.held()
+        try:
+            for other, _ in held:  # waiting, or done but not stored: no attempt lost
+                if other != task_id:
+                    self._patient.release(other, lease, attempted=False)
+            if not task_id:
+                return  # it stopped between tasks (max_tasks_per_child, shutdown, a fault)
+            logger.warning("%s while running task %d; replacing it", reason, task_id)
+            msg = self._patient.get(task_id)
+            if msg is None or msg.visible_at is None:
+                return
+            exc_text = "%s (attempt %d of %d)" % (reason, msg.attempts, self._cfg.max_retries + 1)
+            _settle_failure(self._patient, self._cfg, task_id, lease, msg.key, msg.attempts,
+                            error_type(exc_text), exc_text)
+        except StorageFault as exc:
+            logger.error("cannot hand back the tasks of a worker that ended: %s", exc)
+            self._fail_tasks([task_id] + [other for other, _ in held], exc)
 
     @staticmethod
     def _resolve_future(future, ok, data):
@@ -996,7 +1182,11 @@ class _PersistentExecutor(concurrent.futures.Executor):
             complete = not self._pending and not self._cancelled and self._broken is None
             forget, self._made_call_keys = clean and complete and self._made_call_keys, False
         if forget and not already:
-            self._engine.forget_results_matching(self._cfg.queue, _CALL_KEYS)
+            try:
+                self._engine.forget_results_matching(self._cfg.queue, _CALL_KEYS)
+            except _STORAGE_ERRORS as exc:  # shutdown still ends
+                logger.warning("%s: could not forget the results of this run's calls (a "
+                               "later run may find them): %s", self._engine.location, exc)
         self._engine.wake("done", self._cfg.queue)
         if self._run_workers:
             self._collector.join()
@@ -1102,6 +1292,17 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         self._workers[proc] = slot
 
     def _manage(self):
+        """The manager thread: never ends before the pool, whatever fails."""
+        while True:
+            try:
+                self._manage_workers()
+                return
+            except Exception:
+                logger.error("the manager of the pool on %s failed; it goes on",
+                             self._engine.location, exc_info=True)
+                self._stop.wait(_FAULT_LONGEST_RETRY)
+
+    def _manage_workers(self):
         heartbeat_every = self._cfg.lease_seconds / 3
         next_heartbeat = time.monotonic() + heartbeat_every
         while True:
@@ -1144,22 +1345,9 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
             logger.warning("%s; starting another", why)
         elif slot.state == _UP:
             self._failed_starts = 0
-        task_id, (lease, held) = slot.task_id, slot.held()
-        for other, _ in held:  # waiting, or done but not stored: no attempt lost
-            if other != task_id:
-                self._engine.release(other, lease, attempted=False)
-        if not task_id:
-            return  # it stopped between tasks (max_tasks_per_child, shutdown)
         why = self._killed.pop(proc.pid, None)
         reason = why or "worker process %d died with %s" % (proc.pid, _describe_exit(proc.exitcode))
-        logger.warning("%s while running task %d; replacing it", reason, task_id)
-        msg = self._engine.get(task_id)
-        if msg is None or msg.visible_at is None:
-            return
-        exc = TaskTimeout(reason) if why else WorkerDied(reason)
-        exc_text = "%s (attempt %d of %d)" % (reason, msg.attempts, self._cfg.max_retries + 1)
-        _settle_failure(self._engine, self._cfg, task_id, lease, msg.key, msg.attempts,
-                        type(exc)(exc_text), exc_text)
+        self._hand_back(slot, reason, TaskTimeout if why else WorkerDied)
 
     def _break(self, reason):
         """Workers cannot run: fail every future, stop the others."""
@@ -1326,18 +1514,28 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
         self._stop_event = threading.Event()
         self._slots = [_Slot() for _ in range(self._max_workers)]
         self._idle = _Idle()
-        self._threads = [
-            threading.Thread(target=self._thread_worker, args=(slot,), daemon=True,
-                             name="persistqueue_liteq worker %d" % i)
-            for i, slot in enumerate(self._slots)
-        ]
-        for thread in self._threads:
-            thread.start()
+        # _threads_lock guards _threads and the setting of _stop_event: no
+        # thread is added once it is set, so that _stop_workers joins them all.
+        self._threads_lock = threading.Lock()
+        self._threads = []
+        self._thread_names = itertools.count()
+        for slot in self._slots:
+            self._start_thread(slot, initialize=True)
         self._heart = threading.Thread(target=self._heartbeat_loop, daemon=True)
         self._heart.start()
 
-    def _thread_worker(self, slot):
-        if self._initializer is not None:
+    def _start_thread(self, slot, initialize):
+        with self._threads_lock:
+            if self._stop_event.is_set():
+                return
+            thread = threading.Thread(target=self._thread_worker, args=(slot, initialize),
+                                      daemon=True, name="persistqueue_liteq worker %d"
+                                      % next(self._thread_names))
+            self._threads.append(thread)
+            thread.start()
+
+    def _thread_worker(self, slot, initialize):
+        if initialize and self._initializer is not None:
             try:
                 self._initializer(*self._initargs)
             except BaseException as exc:
@@ -1346,20 +1544,38 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
                                   "anymore: %s" % _exception_line(exc))
                 self._stop_event.set()
                 return
-        _worker_loop(self._engine, self._cfg, slot, self._stop_event.is_set, idle=self._idle)
+        try:
+            _worker_loop(self._engine, self._cfg, slot, self._stop_event.is_set,
+                         idle=self._idle)
+        except BaseException as exc:
+            # A fault that lasted (StorageFault) or a bug: the thread's tasks
+            # go back and another thread takes its place, with the same
+            # initialisation (the initializer ran in this process already).
+            name = threading.current_thread().name
+            logger.error("%s stopped; a new thread replaces it", name, exc_info=True)
+            try:
+                self._hand_back(slot, "%s stopped: %r" % (name, exc), WorkerDied)
+            finally:
+                slot.publish([])  # the heartbeat extends its leases no more
+                self._start_thread(slot, initialize=False)
 
     def _slots_of_workers(self):
         return self._slots if self._run_workers else []
 
     def _heartbeat_loop(self):
         while not self._stop_event.wait(self._cfg.lease_seconds / 3):
-            _extend_leases(self._engine, self._cfg, self._slots)
+            try:
+                _extend_leases(self._engine, self._cfg, self._slots)
+            except Exception:  # never expected: the beat goes on
+                logger.error("heartbeat of the pool on %s failed", self._engine.location,
+                             exc_info=True)
 
     def _end_workers_at_exit(self):
         pass  # daemon threads
 
     def _stop_workers(self):
-        self._stop_event.set()
+        with self._threads_lock:
+            self._stop_event.set()
         self._engine.wake("put", self._cfg.queue)
         for thread in self._threads:
             thread.join()

@@ -1,8 +1,10 @@
 """The pools under faults: clock steps, storage errors, a killed parent."""
 
+import logging
 import multiprocessing
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -10,8 +12,10 @@ import time
 
 import pytest
 
-from persistqueue_liteq.exceptions import TaskTimeout
-from persistqueue_liteq.pool import PersistentProcessPoolExecutor
+from persistqueue_liteq import pool as pool_module
+from persistqueue_liteq.exceptions import StorageFault, TaskTimeout
+from persistqueue_liteq.pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
+from persistqueue_liteq.sqlite_engine import SQLiteEngine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOUR = 3600.0
@@ -26,6 +30,43 @@ def block_until(path, started=None):
     while not os.path.exists(path):
         time.sleep(0.01)
     return "released"
+
+
+def square(x):
+    return x * x
+
+
+def payload(n, log=None):
+    """A result of ``n`` bytes; each execution appends a line to ``log``."""
+    if log is not None:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, b"ran\n")
+        os.close(fd)
+    return b"x" * n
+
+
+def meet(directory, me, others):
+    """Return once ``others`` other tasks have called meet too: proof that
+    that many workers run at once."""
+    open(os.path.join(directory, "here.%d" % me), "w").close()
+    deadline = time.monotonic() + 30
+    while len([n for n in os.listdir(directory) if n.startswith("here.")]) <= others:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    return me
+
+
+def limit_blobs(size):
+    """Initializer: every SQLite connection of this process refuses a
+    string or blob over ``size`` bytes (SQLite's own limit is about 1e9)."""
+    connect = sqlite3.connect
+
+    def limited(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, size)
+        return conn
+
+    sqlite3.connect = limited
 
 
 def hang():
@@ -199,3 +240,213 @@ def test_an_interpreter_exits_with_a_pool_left_running(db, tmp_path):
         proc.wait()
     assert proc.returncode == 0, err
     assert out == ""
+
+
+# -- storage faults ---------------------------------------------------------------------
+
+FAULTY = dict(max_workers=2, max_retries=1, retry_backoff=0, lease_seconds=1.5,
+              timeout_seconds=0.2)
+
+
+@pytest.fixture(params=["process", "thread"])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture
+def make_faulty_pool(kind, request):
+    pools = []
+
+    def make(path, **options):
+        options = {**FAULTY, **options}
+        cls = PersistentProcessPoolExecutor if kind == "process" else PersistentThreadPoolExecutor
+        pools.append(cls(path, **options))
+        return pools[-1]
+
+    yield make
+    for ex in pools:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+class Logged(logging.Handler):
+    """Tells when the pool logged a record that contains ``text``."""
+
+    def __init__(self, text):
+        super().__init__(logging.DEBUG)
+        self.text, self.seen = text, threading.Event()
+
+    def emit(self, record):
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+@pytest.fixture
+def logged():
+    handlers = []
+
+    def watch(text):
+        handlers.append(Logged(text))
+        logging.getLogger("persistqueue_liteq").addHandler(handlers[-1])
+        return handlers[-1].seen
+
+    yield watch
+    for handler in handlers:
+        logging.getLogger("persistqueue_liteq").removeHandler(handler)
+
+
+def outcome(future, timeout=30):
+    """The future's result, or its exception if that is a StorageFault."""
+    try:
+        return future.result(timeout)
+    except StorageFault as exc:
+        return exc
+
+
+def check_still_works(ex, tmp_path):
+    """Both workers of ``ex`` live (2 tasks run at once), and results come back."""
+    meeting = tmp_path / ("meeting%d" % time.monotonic_ns())
+    meeting.mkdir()
+    first = ex.submit(meet, str(meeting), 0, 1)
+    wait_for_file(str(meeting / "here.0"))  # one worker is busy: the other runs the next
+    second = ex.submit(meet, str(meeting), 1, 1)
+    assert (first.result(30), second.result(30)) == (0, 1)
+    assert list(ex.map(square, range(20))) == [i * i for i in range(20)]
+
+
+def hold_write_lock(path, seconds):
+    """Another program's connection holds the write lock for ``seconds``,
+    in a thread; returns the thread once the lock is held."""
+    held = threading.Event()
+
+    def hold():
+        other = sqlite3.connect(path, isolation_level=None, timeout=30)
+        other.execute("BEGIN EXCLUSIVE")
+        held.set()
+        time.sleep(seconds)  # the fault's duration, not a synchronisation
+        other.execute("COMMIT")
+        other.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(30)
+    return thread
+
+
+def test_a_lock_held_longer_than_timeout_seconds_is_waited_out(make_faulty_pool, db, tmp_path,
+                                                               logged):
+    ex = make_faulty_pool(db)
+    assert ex.submit(square, 2).result(30) == 4
+    retrying = logged("retrying")
+    locked = hold_write_lock(db, 5 * FAULTY["timeout_seconds"])
+    futures = [ex.submit(square, i) for i in range(200)]
+    assert retrying.wait(30)
+    locked.join()
+    assert [f.result(30) for f in futures] == [i * i for i in range(200)]
+    check_still_works(ex, tmp_path)
+
+
+def test_a_lock_held_too_long_fails_the_futures_it_holds_up(make_faulty_pool, db, tmp_path,
+                                                            logged):
+    ex = make_faulty_pool(db)
+    assert ex.submit(square, 2).result(30) == 4
+    retrying, given_up = logged("retrying"), logged("for more than")
+    locked = hold_write_lock(db, 2 * FAULTY["lease_seconds"])
+    futures = [ex.submit(square, i) for i in range(200)]
+    assert retrying.wait(30)
+    locked.join()
+    outcomes = [outcome(f) for f in futures]
+    assert given_up.is_set()
+    faults = [o for o in outcomes if isinstance(o, StorageFault)]
+    assert faults and all("for more than" in str(f) and db in str(f) for f in faults)
+    assert all(o == i * i for i, o in enumerate(outcomes) if not isinstance(o, StorageFault))
+    check_still_works(ex, tmp_path)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs (root only), and a way to fill it up and free it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip("cannot mount a tmpfs here: %s" % done.stderr.strip())
+
+    class Disk:
+        path = str(mount)
+        filler = str(mount / "filler")
+
+        def fill(self, leave=0):
+            """Fill the disk up, but for about ``leave`` bytes."""
+            fd = os.open(self.filler, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            try:
+                while True:
+                    os.write(fd, b"\0" * 4096)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+            if leave:
+                os.truncate(self.filler, max(0, os.path.getsize(self.filler) - leave))
+
+        def free(self):
+            os.unlink(self.filler)
+
+    yield Disk()
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("lasting", [False, True], ids=["passing", "lasting"])
+def test_a_full_disk_is_survived(make_faulty_pool, small_disk, tmp_path, logged, lasting):
+    db = os.path.join(small_disk.path, "queue.db")
+    ex = make_faulty_pool(db)
+    assert list(ex.map(square, range(10))) == [i * i for i in range(10)]
+    retrying, given_up = logged("retrying"), logged("for more than")
+    small_disk.fill()
+    futures = [ex.submit(payload, 20000) for _ in range(100)]
+    assert retrying.wait(30)
+    if lasting:
+        assert given_up.wait(30)
+    small_disk.free()
+    outcomes = [outcome(f) for f in futures]
+    if lasting:
+        assert any(isinstance(o, StorageFault) for o in outcomes)
+    assert all(o == b"x" * 20000 for o in outcomes if not isinstance(o, StorageFault))
+    check_still_works(ex, tmp_path)
+
+
+def test_a_result_too_big_for_the_disk_fails_its_task(make_faulty_pool, small_disk, tmp_path):
+    db = os.path.join(small_disk.path, "queue.db")
+    log = str(tmp_path / "executions")
+    ex = make_faulty_pool(db)
+    assert list(ex.map(square, range(10))) == [i * i for i in range(10)]
+    small_disk.fill(leave=200000)
+    with pytest.raises(StorageFault, match="result of task .* cannot be stored"):
+        ex.submit(payload, 2000000, log).result(30)
+    with open(log) as f:
+        assert len(f.readlines()) == FAULTY["max_retries"] + 1  # each attempt counted
+    assert len(ex.dead_letters()) == 1
+    assert ex.submit(square, 3).result(30) == 9  # the pool goes on
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Connection.setlimit is new in 3.11")
+def test_a_result_over_the_blob_limit_fails_its_task(kind, db, tmp_path, monkeypatch):
+    log = str(tmp_path / "executions")
+    if kind == "thread":
+        monkeypatch.setattr(sqlite3, "connect", sqlite3.connect)  # undone after the test
+        limit_blobs(100000)  # the pool's threads connect after this
+        options = {}
+    else:
+        options = dict(initializer=limit_blobs, initargs=(100000,))
+    cls = PersistentProcessPoolExecutor if kind == "process" else PersistentThreadPoolExecutor
+    with cls(db, max_workers=1, max_retries=2, retry_backoff=0, **options) as ex:
+        future = ex.submit(payload, 200000, log)
+        with pytest.raises(StorageFault, match="result of task .* cannot be stored.*too big"):
+            future.result(30)
+        assert ex.submit(payload, 1000).result(30) == b"x" * 1000
+        [dead] = ex.dead_letters()
+        assert "cannot be stored" in dead.dead_reason
+    with open(log) as f:
+        assert len(f.readlines()) == 2 + 1  # max_retries + 1 executions, then no more
