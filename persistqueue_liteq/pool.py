@@ -13,13 +13,18 @@ Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
   results of submit_keyed() last until forget_results().
 * ``submit`` pickles the call and returns; the storer thread writes the
   calls in batches.  No task runs before it is stored; shutdown and the
-  interpreter's exit wait until all are.
+  interpreter's exit wait until all are (and, as with the stdlib's pools,
+  until the pending tasks of a pool that runs workers are done).  A pool
+  without workers (run_workers=False) waits for nothing more: a later run
+  collects its results by submitting the same calls.
 * A task's exception is its outcome at once, as with the stdlib's pools
   (and the task is dead-lettered with its traceback, for ``redrive()``);
   exceptions of the ``retry_on`` classes are retried with backoff, up to
   ``max_retries`` times.  A worker that dies (or is killed by task_timeout)
   costs its task one of its ``max_retries``; the worker is replaced and the
-  task retried.  The pool is never broken by a task.
+  task retried.  The pool is never broken by a task; it is broken
+  (BrokenProcessPool, naming the cause) by an initializer that raises, or
+  by workers that die before they start, 3 in a row.
 * ``cancel()`` cancels every task that has not started, even one leased by
   a worker of the pool and waiting in its batch.
 
@@ -47,6 +52,7 @@ tables)::
                       released at once (one attempt) or, past max_retries,
                       completed with WorkerDied; the tasks it had not started
                       are released without an attempt; the worker is replaced
+                      (3 in a row that die before they are up break the pool)
                     - extends the leases of held tasks (heartbeat)
                     - kills a worker whose task is over task_timeout
 
