@@ -512,12 +512,12 @@ def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None, idle=None):
                 if stopping:
                     return
                 if batch and is_idle:
-                    idle.add(-1)
+                    slot.count_idle(idle, False)
                     is_idle = False
                 if not batch:
                     overseer.busy.clear()
                     if not is_idle:
-                        idle.add(1)
+                        slot.count_idle(idle, True)
                         is_idle = True
                     # Until a put wakes us, or a retry's backoff or a lease ends.
                     due = engine.next_visible_at(cfg.queue)
@@ -533,7 +533,7 @@ def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None, idle=None):
                                       if per_task else _BATCH_MAX))
     finally:
         if is_idle:
-            idle.add(-1)
+            slot.count_idle(idle, False)
         overseer.stop()
 
 
@@ -1337,6 +1337,8 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
     def _reap(self, proc):
         slot = self._workers.pop(proc)
         proc.join()
+        if slot.counted_idle:  # killed while it waited for work
+            slot.count_idle(self._idle, False)
         if slot.state == _INIT_FAILED:
             return self._break("A child process terminated abruptly: its initializer raised "
                                "%s (its traceback is logged on the 'concurrent.futures' "
@@ -1406,13 +1408,14 @@ class _Slot:
         if ctx is None:
             self._lock = threading.Lock()
             self._ids, self._states = [0] * _BATCH_MAX, [_WAITING] * _BATCH_MAX
-            self._ints, self._started = [0, 0, _IDLE], [0.0]  # task id, lease, state
+            # task id, lease, state, counted among the idle workers (0/1)
+            self._ints, self._started = [0, 0, _IDLE, 0], [0.0]
             self._failure = [b""]
         else:
             self._lock = ctx.Lock()
             self._ids = ctx.RawArray(ctypes.c_longlong, _BATCH_MAX)
             self._states = ctx.RawArray(ctypes.c_byte, _BATCH_MAX)
-            self._ints = ctx.RawArray(ctypes.c_longlong, 3)
+            self._ints = ctx.RawArray(ctypes.c_longlong, 4)
             self._started = ctx.RawArray(ctypes.c_double, 1)
             self._failure = ctx.RawArray(ctypes.c_char, 256)
 
@@ -1498,7 +1501,14 @@ class _Slot:
         data = self._failure[0] if isinstance(self._failure, list) else self._failure.value
         return data.decode("utf-8", "replace")
 
+    def count_idle(self, idle, flag):
+        """The worker waits for work (``flag``) or has some: count it in
+        ``idle`` (an _Idle), and note it here for the pool if it dies so."""
+        idle.add(1 if flag else -1)
+        self._ints[3] = int(flag)
+
     task_id = property(lambda self: self._ints[0])
+    counted_idle = property(lambda self: bool(self._ints[3]))
     lease = property(lambda self: self._ints[1])
     state = property(lambda self: self._ints[2])
     started = property(lambda self: self._started[0])

@@ -841,3 +841,22 @@ def test_map_holds_no_result_it_has_yielded(make_pool):
         del obj
         gc.collect()
         assert ref() is None
+
+
+def wait_until(predicate, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_worker_killed_while_idle_no_longer_counts_as_idle(db):
+    """Else busy workers would go on handing their tasks back to nobody."""
+    with PersistentProcessPoolExecutor(db, max_workers=2) as ex:
+        assert ex.submit(square, 2).result(60) == 4
+        wait_until(lambda: all(s.counted_idle for s in ex._workers.values()), "never idle")
+        victim = next(iter(ex._workers))
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_until(lambda: victim not in ex._workers and len(ex._workers) == 2
+                   and all(s.counted_idle for s in ex._workers.values()), "not replaced")
+        assert ex._idle._value.value == 2
