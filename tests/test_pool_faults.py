@@ -269,10 +269,10 @@ def make_faulty_pool(kind, request):
 
 
 class Logged(logging.Handler):
-    """Tells when the pool logged a record that contains ``text``."""
+    """Tells when the pool logged a warning (or worse) that contains ``text``."""
 
     def __init__(self, text):
-        super().__init__(logging.DEBUG)
+        super().__init__(logging.WARNING)
         self.text, self.seen = text, threading.Event()
 
     def emit(self, record):
@@ -336,12 +336,12 @@ def test_a_lock_held_longer_than_timeout_seconds_is_waited_out(make_faulty_pool,
                                                                logged):
     ex = make_faulty_pool(db)
     assert ex.submit(square, 2).result(30) == 4
-    retrying = logged("retrying")
+    faulted = logged(db)
     locked = hold_write_lock(db, 5 * FAULTY["timeout_seconds"])
-    futures = [ex.submit(square, i) for i in range(200)]
-    assert retrying.wait(30)
+    futures = [ex.submit(square, i) for i in range(200)]  # the storer waits for the lock
     locked.join()
     assert [f.result(30) for f in futures] == [i * i for i in range(200)]
+    assert faulted.is_set()  # the pool did meet the lock
     check_still_works(ex, tmp_path)
 
 
@@ -349,13 +349,10 @@ def test_a_lock_held_too_long_fails_the_futures_it_holds_up(make_faulty_pool, db
                                                             logged):
     ex = make_faulty_pool(db)
     assert ex.submit(square, 2).result(30) == 4
-    retrying, given_up = logged("retrying"), logged("for more than")
     locked = hold_write_lock(db, 2 * FAULTY["lease_seconds"])
     futures = [ex.submit(square, i) for i in range(200)]
-    assert retrying.wait(30)
     locked.join()
     outcomes = [outcome(f) for f in futures]
-    assert given_up.is_set()
     faults = [o for o in outcomes if isinstance(o, StorageFault)]
     assert faults and all("for more than" in str(f) and db in str(f) for f in faults)
     assert all(o == i * i for i, o in enumerate(outcomes) if not isinstance(o, StorageFault))
@@ -403,12 +400,12 @@ def test_a_full_disk_is_survived(make_faulty_pool, small_disk, tmp_path, logged,
     db = os.path.join(small_disk.path, "queue.db")
     ex = make_faulty_pool(db)
     assert list(ex.map(square, range(10))) == [i * i for i in range(10)]
-    retrying, given_up = logged("retrying"), logged("for more than")
+    faulted = logged(db)
     small_disk.fill()
     futures = [ex.submit(payload, 20000) for _ in range(100)]
-    assert retrying.wait(30)
+    assert faulted.wait(30)  # the pool met the full disk
     if lasting:
-        assert given_up.wait(30)
+        time.sleep(2 * FAULTY["lease_seconds"])  # the fault's duration, not a synchronisation
     small_disk.free()
     outcomes = [outcome(f) for f in futures]
     if lasting:
