@@ -7,7 +7,7 @@ measures what a user sees when tasks differ in length: whether a short task
 waits behind a long one, and how soon a finished task's future is done.
 
 ==========  ===================================================================
-workload    tasks (busy-waiting the given time: CPU-bound work)
+workload    tasks (busy-waiting the given time: CPU-bound work; --sleep: asleep)
 ==========  ===================================================================
 95/5        400 tasks: 95% of 0.1 ms, 5% of 50 ms (in a seeded random order)
 exp-1ms     1,000 tasks of exponentially distributed length, mean 1 ms
@@ -84,6 +84,13 @@ def work(seconds):
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
+    return time.monotonic()
+
+
+def nap(seconds):
+    """Asleep for ``seconds`` (I/O-like work, which lets the worker's other
+    threads run); returns when it ended, on the shared clock."""
+    time.sleep(seconds)
     return time.monotonic()
 
 
@@ -176,7 +183,7 @@ def contenders():
 
 # -- one measurement ------------------------------------------------------------------------
 
-def run_workload(pool, lengths):
+def run_workload(pool, lengths, work=work):
     """(makespan, [task end -> future done, per task])."""
     done_at = [0.0] * len(lengths)
 
@@ -235,13 +242,17 @@ def main(argv=None):
     parser.add_argument("--output", metavar="FILE", help="also write the report to FILE")
     parser.add_argument("--only", metavar="WORKLOAD", action="append",
                         help="run this workload only (repeatable); 'trivial' for the last row")
+    parser.add_argument("--sleep", action="store_true",
+                        help="tasks sleep instead of busy-waiting (I/O-like tasks)")
     args = parser.parse_args(argv)
     s = _common.settings(parser, args, Settings(), QUICK)
+    task = nap if args.sleep else work
     found, skipped = contenders()
     began = time.monotonic()
     lines = ["# Mixed-duration workloads", "", _common.machine(),
-             "- Python %s; forkserver context for every pool; %d repetition%s"
-             % (sys.version.split()[0], s.repeat, "" if s.repeat == 1 else "s")]
+             "- Python %s; forkserver context for every pool; %d repetition%s; tasks %s"
+             % (sys.version.split()[0], s.repeat, "" if s.repeat == 1 else "s",
+                "sleep (--sleep)" if args.sleep else "busy-wait (CPU-bound)")]
     lines += ["- Skipped: %s" % ", ".join(skipped)] if skipped else []
     lines += ["", "| workload | workers | pool | makespan, s: median (min-max) | ratio "
               "| task end -> future done: p50 / p99, ms |",
@@ -257,7 +268,7 @@ def main(argv=None):
                 order = found if r % 2 == 0 else found[::-1]
                 for label, opener in order:
                     makespan, gap = measure(opener, workers,
-                                            lambda pool: run_workload(pool, lengths))
+                                            lambda pool: run_workload(pool, lengths, task))
                     makespans[label].append(makespan)
                     gaps[label].extend(gap)
             base = statistics.median(makespans[BASELINE])
