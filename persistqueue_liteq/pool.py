@@ -63,6 +63,7 @@ starting it, and the pool cancels a waiting one there, under the slot's lock.
 
 import atexit
 import concurrent.futures
+import contextlib
 import ctypes
 import hashlib
 import itertools
@@ -115,6 +116,8 @@ _BATCH_SECONDS = 0.002
 _STORE_BATCH = 1000
 # How often a worker's overseer looks at the task it runs (see _Overseer).
 _WATCH_EVERY = 0.001
+# The GIL's switch interval while a worker's overseer stores outcomes.
+_PROMPT_SWITCH = 0.0002
 # How many distinct calls a pool counts in memory; the counts of any more go
 # to a temporary file (see _Occurrences).
 _OCCURRENCES_IN_MEMORY = 65536
@@ -403,6 +406,19 @@ class _Idle:
         return (self._count if self._value is None else self._value.value) > 0
 
 
+@contextlib.contextmanager
+def _prompt_switching():
+    """While the overseer works: a task that runs Python code holds the GIL,
+    and would give it back only every switch interval (5 ms) each time the
+    overseer's storing lets go of it; ask for it back sooner meanwhile."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, _PROMPT_SWITCH))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+
+
 class _Overseer:
     """A worker's second thread, which looks every _WATCH_EVERY seconds at
     the task the worker runs.  Once a task has run that long it
@@ -458,13 +474,20 @@ class _Overseer:
             if self.done:
                 return
             slow = self.started == seen and self.slot.task_id and self.busy.is_set()
-            if slow or (self.outcomes and time.monotonic() - self.oldest > 2 * _WATCH_EVERY):
-                self._store()
-            if slow and told != seen:
-                told = seen
-                self.engine.wake("done", self.cfg.queue)  # the pool looks at the slots
-            if slow and self.idle:
-                self._hand_back()
+            store = self.outcomes and (
+                slow or time.monotonic() - self.oldest > 2 * _WATCH_EVERY)
+            tell = slow and told != seen
+            hand_back = slow and self.idle and self.slot.has_waiting()
+            if not (store or tell or hand_back):
+                continue
+            with _prompt_switching():
+                if store:
+                    self._store()
+                if tell:
+                    told = seen
+                    self.engine.wake("done", self.cfg.queue)  # the pool looks at the slots
+                if hand_back:
+                    self._hand_back()
 
     def _store(self):
         try:
@@ -1444,6 +1467,11 @@ class _Slot:
                 return False
             self._states[i] = _DROPPED
             return True
+
+    def has_waiting(self):
+        """Whether a task of the batch still waits its turn."""
+        with self._lock:
+            return any(self._ids[i] and self._states[i] == _WAITING for i in range(_BATCH_MAX))
 
     def take_back_waiting(self):
         """The worker hands back every task still waiting: (lease, their ids)."""
