@@ -923,6 +923,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
 
     def _start_workers(self):
         self._stop = self._mp.Event()
+        self._pid = os.getpid()
         self._workers = {}  # process -> slot
         self._killed = {}  # pid -> why the manager killed it
         self._wake_reader, self._wake_writer = multiprocessing.Pipe(duplex=False)
@@ -1019,7 +1020,9 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         self._manager.join()
 
     def _end_workers_at_exit(self):
-        if self._run_workers:
+        # A worker forked from this process inherits this pool, and its
+        # exit runs the same handlers: only the pool's own process may act.
+        if self._run_workers and os.getpid() == self._pid:
             self._stop.set()  # the manager starts no more
             for proc in list(self._workers):
                 proc.terminate()

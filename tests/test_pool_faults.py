@@ -438,3 +438,17 @@ def test_a_result_over_the_blob_limit_fails_its_task(kind, db, tmp_path, monkeyp
         assert "cannot be stored" in dead.dead_reason
     with open(log) as f:
         assert len(f.readlines()) == 2 + 1  # max_retries + 1 executions, then no more
+
+
+def test_a_forked_worker_that_ends_leaves_its_siblings_alone(db, tmp_path):
+    """A worker forked from the pool's process inherits the pool; when it
+    ends (max_tasks_per_child) the exit handlers must not stop the pool."""
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    with PersistentProcessPoolExecutor(db, max_workers=2, max_tasks_per_child=1,
+                                       mp_context=multiprocessing.get_context("fork")) as ex:
+        first = ex.submit(meet, str(meeting), 0, 1)
+        wait_for_file(str(meeting / "here.0"))
+        assert ex.submit(square, 3).result(30) == 9  # the other worker runs it, then ends
+        assert ex.submit(meet, str(meeting), 1, 1).result(30) == 1
+        assert first.result(30) == 0
