@@ -15,6 +15,19 @@ Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
   dead-lettered with their exception; the pool is never broken by a task.
 * ``cancel()`` cancels every task that has not started, even one leased by
   a worker of the pool and waiting in its batch.
+* A storage fault (a full disk, a lock another program holds, an I/O error)
+  is waited out, with backoff, by every thread and worker.  One that lasts
+  longer than ``lease_seconds`` (and twice ``timeout_seconds``) fails the
+  futures it holds up with StorageFault: the batch the storer could not
+  write, the tasks of a worker that gave up (which is replaced), every
+  stored task's future if the results cannot be read; the pool goes on and
+  works again once the file does.  A result the file refuses (too big for
+  SQLite or for the disk) fails its task as an exception would: an attempt,
+  then the dead-letter queue.  Every such event is logged, with a traceback
+  where a thread or worker ended, on the "persistqueue_liteq" logger.
+* Workers die with the pool's process, however it dies, so that a rerun of
+  the script never runs a task twice at once; they are not daemonic, so a
+  task may start processes, as in the standard library's pool.
 
 Data flow (process pool; a thread pool has threads for workers and the same
 tables)::
@@ -240,7 +253,7 @@ class _Patient:
 
     def __getattr__(self, name):
         method = getattr(self.raw, name)
-        if name in ("waiter", "wake", "location"):  # not storage
+        if not callable(method) or name in ("waiter", "wake"):  # not storage
             return method
         return lambda *args, **kwargs: _patiently(self._cfg, name, method, *args, **kwargs)
 
@@ -393,7 +406,8 @@ def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks):
             slot.fail_init()
             return
     try:
-        engine = cfg.open_engine()
+        # Patiently: a worker that failed at once would be replaced at once.
+        engine = _patiently(cfg, "opening the queue file", cfg.open_engine)
         _worker_loop(engine, cfg, slot, stop.is_set, max_tasks)
     except BaseException:
         # Said on stderr (the last resort of logging, if nothing else
@@ -691,6 +705,17 @@ class _PersistentExecutor(concurrent.futures.Executor):
     # -- results ----------------------------------------------------------------
 
     def _collect(self):
+        """The collector thread: never ends before the pool, whatever fails."""
+        while True:
+            try:
+                self._collect_results()
+                return
+            except Exception:
+                logger.error("the collector of the pool on %s failed; it goes on",
+                             self._engine.location, exc_info=True)
+                time.sleep(_FAULT_LONGEST_RETRY)
+
+    def _collect_results(self):
         """Follow the results table and resolve the futures waiting for them.
 
         While the table cannot be read, look again after a wait; if that
@@ -892,7 +917,12 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         task_timeout: seconds a task may run before its worker is killed
             (counted as a failed attempt); None for no limit.
         lease_seconds: how long a task stays reserved for a worker that
-            stopped answering (the pool extends it while the worker lives).
+            stopped answering (the pool extends it while the worker lives);
+            also how long a storage fault is waited out (at least twice
+            ``timeout_seconds``) before the futures it holds up fail with
+            StorageFault.
+        timeout_seconds: how long one statement waits for another
+            connection's lock before it counts as failed (and is retried).
         run_workers: False to only store tasks and collect results, while
             workers elsewhere (``python -m persistqueue_liteq worker``, or
             another pool on the same file and name) run them.
