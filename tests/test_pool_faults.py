@@ -452,3 +452,24 @@ def test_a_forked_worker_that_ends_leaves_its_siblings_alone(db, tmp_path):
         assert ex.submit(square, 3).result(30) == 9  # the other worker runs it, then ends
         assert ex.submit(meet, str(meeting), 1, 1).result(30) == 1
         assert first.result(30) == 0
+
+
+def test_a_worker_thread_that_dies_is_replaced_and_its_task_handed_back(db, monkeypatch, logged):
+    """A bug (not a storage fault) ends a worker thread while it holds a
+    task: the death is logged with its traceback, the task goes back at once
+    (not after its 60 s lease: the heartbeat no longer extends it) and a new
+    thread runs it."""
+    complete_many = SQLiteEngine.complete_many
+    failed = []
+
+    def complete_many_with_a_bug(self, queue, outcomes, *args, **kwargs):
+        if outcomes and not failed:
+            failed.append(outcomes)
+            raise RuntimeError("a bug")
+        return complete_many(self, queue, outcomes, *args, **kwargs)
+
+    monkeypatch.setattr(SQLiteEngine, "complete_many", complete_many_with_a_bug)
+    died = logged("stopped")
+    with PersistentThreadPoolExecutor(db, max_workers=1, lease_seconds=60) as ex:
+        assert ex.submit(square, 5).result(10) == 25
+    assert failed and died.is_set()
