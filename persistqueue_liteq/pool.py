@@ -27,6 +27,19 @@ Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
   by workers that die before they start, 3 in a row.
 * ``cancel()`` cancels every task that has not started, even one leased by
   a worker of the pool and waiting in its batch.
+* A storage fault (a full disk, a lock another program holds, an I/O error)
+  is waited out, with backoff, by every thread and worker.  One that lasts
+  longer than ``lease_seconds`` (and twice ``timeout_seconds``) fails the
+  futures it holds up with StorageFault: the batch the storer could not
+  write, the tasks of a worker that gave up (which is replaced), every
+  stored task's future if the results cannot be read; the pool goes on and
+  works again once the file does.  A result the file refuses (too big for
+  SQLite or for the disk) fails its task as an exception would: an attempt,
+  then the dead-letter queue.  Every such event is logged, with a traceback
+  where a thread or worker ended, on the "persistqueue_liteq" logger.
+* Workers die with the pool's process, however it dies, so that a rerun of
+  the script never runs a task twice at once; they are not daemonic, so a
+  task may start processes, as in the standard library's pool.
 
 Data flow (process pool; a thread pool has threads for workers and the same
 tables)::
@@ -274,7 +287,7 @@ class _Patient:
 
     def __getattr__(self, name):
         method = getattr(self.raw, name)
-        if name in ("waiter", "wake", "location"):  # not storage
+        if not callable(method) or name in ("waiter", "wake"):  # not storage
             return method
         return lambda *args, **kwargs: _patiently(self._cfg, name, method, *args, **kwargs)
 
@@ -594,7 +607,8 @@ def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks, idle):
             slot.fail_init(_exception_line(exc))
             return
     try:
-        engine = cfg.open_engine()
+        # Patiently: a worker that failed at once would be replaced at once.
+        engine = _patiently(cfg, "opening the queue file", cfg.open_engine)
         slot.up()
         _worker_loop(engine, cfg, slot, stop.is_set, max_tasks, idle)
     except BaseException:
@@ -702,7 +716,8 @@ _live_executors = weakref.WeakSet()
 @atexit.register
 def _store_at_exit():
     for executor in list(_live_executors):
-        executor._flush()
+        if os.getpid() == executor._owner_pid:  # not in a forked worker
+            executor._flush()
 
 
 def _end_workers_at_exit():
@@ -734,7 +749,8 @@ def _finish_at_exit():
     global _exiting
     _exiting = True
     for thread in list(_shutting_down):
-        thread.join()
+        if thread.is_alive():  # not a forked worker's copy of the pool's thread
+            thread.join()
     for executor in list(_live_executors):
         executor._finish_pending()
 
@@ -823,6 +839,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
         self._stored = threading.Condition(self._lock)  # outbox empty, nothing in flight
         self._storing = threading.Lock()  # held while the storer writes a batch
         self._in_flight = False  # the storer took a batch it has not written yet
+        self._owner_pid = os.getpid()
         self._occurrences = _Occurrences()
         self._shutdown = False
         self._broken = None
@@ -948,7 +965,11 @@ class _PersistentExecutor(concurrent.futures.Executor):
                         self._keys[task_id] = key
 
     def _finish_pending(self):
-        """Store what was submitted; if our workers run it, wait for it."""
+        """Store what was submitted; if our workers run it, wait for it.
+        Only in the pool's own process: a worker forked from it inherits
+        the pool, but none of its threads."""
+        if os.getpid() != self._owner_pid:
+            return
         self._flush()
         if self._run_workers:
             with self._lock:
@@ -1003,6 +1024,17 @@ class _PersistentExecutor(concurrent.futures.Executor):
     # -- results ----------------------------------------------------------------
 
     def _collect(self):
+        """The collector thread: never ends before the pool, whatever fails."""
+        while True:
+            try:
+                self._collect_results()
+                return
+            except Exception:
+                logger.error("the collector of the pool on %s failed; it goes on",
+                             self._engine.location, exc_info=True)
+                time.sleep(_FAULT_LONGEST_RETRY)
+
+    def _collect_results(self):
         """Follow the results table and resolve the futures waiting for them.
 
         While the table cannot be read, look again after a wait; if that
@@ -1263,7 +1295,12 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         task_timeout: seconds a task may run before its worker is killed
             (counted as a failed attempt); None for no limit.
         lease_seconds: how long a task stays reserved for a worker that
-            stopped answering (the pool extends it while the worker lives).
+            stopped answering (the pool extends it while the worker lives);
+            also how long a storage fault is waited out (at least twice
+            ``timeout_seconds``) before the futures it holds up fail with
+            StorageFault.
+        timeout_seconds: how long one statement waits for another
+            connection's lock before it counts as failed (and is retried).
         run_workers: False to only store tasks and collect results, while
             workers elsewhere (``python -m persistqueue_liteq worker``, or
             another pool on the same file and name) run them.  Shutting
@@ -1296,6 +1333,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
 
     def _start_workers(self):
         self._stop = self._mp.Event()
+        self._pid = os.getpid()
         self._workers = {}  # process -> slot
         self._killed = {}  # pid -> why the manager killed it
         self._wake_reader, self._wake_writer = multiprocessing.Pipe(duplex=False)
@@ -1410,7 +1448,9 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         self._manager.join()
 
     def _end_workers_at_exit(self):
-        if self._run_workers:
+        # A worker forked from this process inherits this pool, and its
+        # exit runs the same handlers: only the pool's own process may act.
+        if self._run_workers and os.getpid() == self._pid:
             self._stop.set()  # the manager starts no more
             for proc in list(self._workers):
                 proc.terminate()

@@ -447,3 +447,38 @@ def test_a_result_over_the_blob_limit_fails_its_task(kind, db, tmp_path, monkeyp
         assert "cannot be stored" in dead.dead_reason
     with open(log) as f:
         assert len(f.readlines()) == 2 + 1  # max_retries + 1 executions, then no more
+
+
+def test_a_forked_worker_that_ends_leaves_its_siblings_alone(db, tmp_path):
+    """A worker forked from the pool's process inherits the pool; when it
+    ends (max_tasks_per_child) the exit handlers must not stop the pool."""
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    with PersistentProcessPoolExecutor(db, max_workers=2, max_tasks_per_child=1,
+                                       mp_context=multiprocessing.get_context("fork")) as ex:
+        first = ex.submit(meet, str(meeting), 0, 1)
+        wait_for_file(str(meeting / "here.0"))
+        assert ex.submit(square, 3).result(30) == 9  # the other worker runs it, then ends
+        assert ex.submit(meet, str(meeting), 1, 1).result(30) == 1
+        assert first.result(30) == 0
+
+
+def test_a_worker_thread_that_dies_is_replaced_and_its_task_handed_back(db, monkeypatch, logged):
+    """A bug (not a storage fault) ends a worker thread while it holds a
+    task: the death is logged with its traceback, the task goes back at once
+    (not after its 60 s lease: the heartbeat no longer extends it) and a new
+    thread runs it."""
+    complete_many = SQLiteEngine.complete_many
+    failed = []
+
+    def complete_many_with_a_bug(self, queue, outcomes, *args, **kwargs):
+        if outcomes and not failed:
+            failed.append(outcomes)
+            raise RuntimeError("a bug")
+        return complete_many(self, queue, outcomes, *args, **kwargs)
+
+    monkeypatch.setattr(SQLiteEngine, "complete_many", complete_many_with_a_bug)
+    died = logged("stopped")
+    with PersistentThreadPoolExecutor(db, max_workers=1, lease_seconds=60) as ex:
+        assert ex.submit(square, 5).result(10) == 25
+    assert failed and died.is_set()
