@@ -278,11 +278,14 @@ def main(argv=None):
                     name, workers, label, spread(makespans[label], "%.3f"), ratio,
                     1000 * statistics.median(gaps[label]), 1000 * p99(gaps[label])))
                 if label == PERSISTENT:
-                    verdicts.append(("%s, %d workers: makespan %.2fx (floor %.2fx); p99 %.1f ms "
-                                     "(floor %.0f ms)" % (name, workers, ratio, MAKESPAN_FLOOR,
-                                                          1000 * p99(gaps[label]),
-                                                          1000 * LATENCY_FLOOR),
-                                     ratio <= MAKESPAN_FLOOR and p99(gaps[label]) <= LATENCY_FLOOR))
+                    verdicts.append(("%s, %d workers: makespan %.2fx (floor %.2fx)"
+                                     % (name, workers, ratio, MAKESPAN_FLOOR),
+                                     ratio <= MAKESPAN_FLOOR))
+                    verdicts.append(("%s, %d workers: p99 task end -> future done %.1f ms "
+                                     "(floor %.0f ms; ProcessPoolExecutor: %.1f ms)"
+                                     % (name, workers, 1000 * p99(gaps[label]),
+                                        1000 * LATENCY_FLOOR, 1000 * p99(gaps[BASELINE])),
+                                     p99(gaps[label]) <= LATENCY_FLOOR))
             print("\n".join(lines[-len(found):]), flush=True)
     rates = {label: [] for label, _ in found}
     for r in range(s.repeat if not args.only or "trivial" in args.only else 0):
