@@ -19,9 +19,9 @@ Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
   is waited out, with backoff, by every thread and worker.  One that lasts
   longer than ``lease_seconds`` (and twice ``timeout_seconds``) fails the
   futures it holds up with StorageFault: the batch the storer could not
-  write, the tasks of a worker that gave up (which is replaced), every
-  stored task's future if the results cannot be read; the pool goes on and
-  works again once the file does.  A result the file refuses (too big for
+  write; once a worker gave up (it is replaced) or the results could not be
+  read, the future of every stored task (the tasks stay in the file, for a
+  rerun).  The pool goes on, and works again once the file does.  A result the file refuses (too big for
   SQLite or for the disk) fails its task as an exception would: an attempt,
   then the dead-letter queue.  Every such event is logged, with a traceback
   where a thread or worker ended, on the "persistqueue_liteq" logger.
@@ -93,7 +93,9 @@ __all__ = ["PersistentProcessPoolExecutor", "PersistentThreadPoolExecutor"]
 
 logger = logging.getLogger("persistqueue_liteq")
 
-_IDLE, _INIT_FAILED = 0, 1
+# A worker's state, in its slot: running, or ended by its initializer or by
+# a storage fault that lasted.
+_IDLE, _INIT_FAILED, _STORAGE_FAILED = 0, 1, 2
 # A task of a worker's batch: leased and waiting, started, or cancelled (or
 # handed back) before it started.
 _WAITING, _STARTED, _DROPPED = 0, 1, 2
@@ -409,11 +411,13 @@ def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks):
         # Patiently: a worker that failed at once would be replaced at once.
         engine = _patiently(cfg, "opening the queue file", cfg.open_engine)
         _worker_loop(engine, cfg, slot, stop.is_set, max_tasks)
-    except BaseException:
+    except BaseException as exc:
         # Said on stderr (the last resort of logging, if nothing else
         # handles it); the pool hands back what this worker held and
         # starts another.
         logger.error("worker process %d stopped", os.getpid(), exc_info=True)
+        if isinstance(exc, StorageFault):
+            slot.fail_storage()
         sys.exit(1)
 
 
@@ -764,12 +768,19 @@ class _PersistentExecutor(concurrent.futures.Executor):
             "(lease_seconds, or twice timeout_seconds): %s"
             % (self._engine.location, self._cfg.fault_seconds, exc))
         error.__cause__ = exc
-        logger.error("%s", error)
+        self._storage_lost(error)
+        return now
+
+    def _storage_lost(self, error):
+        """A storage fault lasted (``error``, a StorageFault): fail the
+        future of every stored task, which would otherwise wait for as long
+        as the fault lasts.  The tasks stay in the file and run once it
+        works again; their results answer a rerun of the script."""
+        logger.error("%s; the futures of the stored tasks fail with it", error)
         with self._lock:
             stored = [f for futures in self._pending.values() for f in futures
                       if f not in self._outbox]
         self._fail_futures(stored, error)
-        return now
 
     def _fail_tasks(self, task_ids, error):
         """Fail the futures of these stored tasks with ``error``."""
@@ -1026,6 +1037,11 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         why = self._killed.pop(proc.pid, None)
         reason = why or "worker process %d died with %s" % (proc.pid, _describe_exit(proc.exitcode))
         self._hand_back(slot, reason, TaskTimeout if why else WorkerDied)
+        if slot.state == _STORAGE_FAILED:
+            self._storage_lost(StorageFault(
+                "%s: worker process %d could not use the file for more than %gs "
+                "(lease_seconds, or twice timeout_seconds); its log says why"
+                % (self._engine.location, proc.pid, self._cfg.fault_seconds)))
 
     def _slots_of_workers(self):
         return list(self._workers.values()) if self._run_workers else []
@@ -1136,6 +1152,9 @@ class _Slot:
     def finish(self):
         self._ints[0] = 0
 
+    def fail_storage(self):
+        self._ints[2] = _STORAGE_FAILED
+
     def fail_init(self):
         self._ints[2] = _INIT_FAILED
 
@@ -1199,6 +1218,8 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
             logger.error("%s stopped; a new thread replaces it", name, exc_info=True)
             try:
                 self._hand_back(slot, "%s stopped: %r" % (name, exc), WorkerDied)
+                if isinstance(exc, StorageFault):
+                    self._storage_lost(exc)
             finally:
                 slot.publish([])  # the heartbeat extends its leases no more
                 self._start_thread(slot, initialize=False)

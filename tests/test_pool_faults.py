@@ -352,12 +352,12 @@ def test_a_lock_held_too_long_fails_the_futures_it_holds_up(make_faulty_pool, db
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 4 MB tmpfs (root only), and a way to fill it up and free it."""
+    """An 8 MB tmpfs (root only), and a way to fill it up and free it."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
                           capture_output=True, text=True)
     if done.returncode:
         pytest.skip("cannot mount a tmpfs here: %s" % done.stderr.strip())
