@@ -93,9 +93,7 @@ __all__ = ["PersistentProcessPoolExecutor", "PersistentThreadPoolExecutor"]
 
 logger = logging.getLogger("persistqueue_liteq")
 
-# A worker's state, in its slot: running, or ended by its initializer or by
-# a storage fault that lasted.
-_IDLE, _INIT_FAILED, _STORAGE_FAILED = 0, 1, 2
+_IDLE, _INIT_FAILED = 0, 1
 # A task of a worker's batch: leased and waiting, started, or cancelled (or
 # handed back) before it started.
 _WAITING, _STARTED, _DROPPED = 0, 1, 2
@@ -411,13 +409,13 @@ def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks):
         # Patiently: a worker that failed at once would be replaced at once.
         engine = _patiently(cfg, "opening the queue file", cfg.open_engine)
         _worker_loop(engine, cfg, slot, stop.is_set, max_tasks)
-    except BaseException as exc:
+    except BaseException:
         # Said on stderr (the last resort of logging, if nothing else
         # handles it); the pool hands back what this worker held and
         # starts another.
         logger.error("worker process %d stopped", os.getpid(), exc_info=True)
-        if isinstance(exc, StorageFault):
-            slot.fail_storage()
+        if isinstance(sys.exc_info()[1], StorageFault):
+            slot.give_up()
         sys.exit(1)
 
 
@@ -496,6 +494,7 @@ class _TaskFuture(Future):
         super().__init__()
         self._executor, self._key = executor, key
         self._task_id = None  # set once stored
+        self._stored_at = None  # and when (time.monotonic())
 
     def cancel(self):
         with self._condition:
@@ -660,7 +659,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                     future.set_exception(exc)
             return
         for (future, (key, _)), (_, task_id) in zip(batch, statuses):
-            future._task_id = task_id
+            future._task_id, future._stored_at = task_id, time.monotonic()
             answer = answers.get(key)
             if answer is not None and self._forget(key, future):
                 self._resolve_future(future, *answer)
@@ -768,18 +767,19 @@ class _PersistentExecutor(concurrent.futures.Executor):
             "(lease_seconds, or twice timeout_seconds): %s"
             % (self._engine.location, self._cfg.fault_seconds, exc))
         error.__cause__ = exc
-        self._storage_lost(error)
+        self._storage_lost(error, now)
         return now
 
-    def _storage_lost(self, error):
-        """A storage fault lasted (``error``, a StorageFault): fail the
-        future of every stored task, which would otherwise wait for as long
-        as the fault lasts.  The tasks stay in the file and run once it
-        works again; their results answer a rerun of the script."""
-        logger.error("%s; the futures of the stored tasks fail with it", error)
+    def _storage_lost(self, error, when):
+        """A storage fault lasted until ``when`` (``error``, a StorageFault):
+        fail the future of every task stored before, which would otherwise
+        wait for as long as the fault lasts.  The tasks stay in the file and
+        run once it works again; their results answer a rerun of the script.
+        (Those stored since waited out no fault.)"""
+        logger.error("%s; the futures of the tasks stored before fail with it", error)
         with self._lock:
             stored = [f for futures in self._pending.values() for f in futures
-                      if f not in self._outbox]
+                      if f._stored_at is not None and f._stored_at < when]
         self._fail_futures(stored, error)
 
     def _fail_tasks(self, task_ids, error):
@@ -1037,11 +1037,11 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         why = self._killed.pop(proc.pid, None)
         reason = why or "worker process %d died with %s" % (proc.pid, _describe_exit(proc.exitcode))
         self._hand_back(slot, reason, TaskTimeout if why else WorkerDied)
-        if slot.state == _STORAGE_FAILED:
+        if slot.gave_up_at:
             self._storage_lost(StorageFault(
                 "%s: worker process %d could not use the file for more than %gs "
                 "(lease_seconds, or twice timeout_seconds); its log says why"
-                % (self._engine.location, proc.pid, self._cfg.fault_seconds)))
+                % (self._engine.location, proc.pid, self._cfg.fault_seconds)), slot.gave_up_at)
 
     def _slots_of_workers(self):
         return list(self._workers.values()) if self._run_workers else []
@@ -1089,13 +1089,13 @@ class _Slot:
         if ctx is None:
             self._lock = threading.Lock()
             self._ids, self._states = [0] * _BATCH_MAX, [_WAITING] * _BATCH_MAX
-            self._ints, self._started = [0, 0, _IDLE], [0.0]  # task id, lease, state
+            self._ints, self._started = [0, 0, _IDLE], [0.0, 0.0]  # task id, lease, state
         else:
             self._lock = ctx.Lock()
             self._ids = ctx.RawArray(ctypes.c_longlong, _BATCH_MAX)
             self._states = ctx.RawArray(ctypes.c_byte, _BATCH_MAX)
             self._ints = ctx.RawArray(ctypes.c_longlong, 3)
-            self._started = ctx.RawArray(ctypes.c_double, 1)
+            self._started = ctx.RawArray(ctypes.c_double, 2)  # and when it gave up
 
     def publish(self, messages):
         """The worker leased ``messages`` (one lease): they wait their turn."""
@@ -1152,9 +1152,6 @@ class _Slot:
     def finish(self):
         self._ints[0] = 0
 
-    def fail_storage(self):
-        self._ints[2] = _STORAGE_FAILED
-
     def fail_init(self):
         self._ints[2] = _INIT_FAILED
 
@@ -1162,6 +1159,12 @@ class _Slot:
     lease = property(lambda self: self._ints[1])
     state = property(lambda self: self._ints[2])
     started = property(lambda self: self._started[0])
+    gave_up_at = property(lambda self: self._started[1])
+
+    def give_up(self):
+        """The worker ends on a storage fault that lasted (time.monotonic(),
+        which the pool's process shares)."""
+        self._started[1] = time.monotonic()
 
 
 class PersistentThreadPoolExecutor(_PersistentExecutor):
@@ -1219,7 +1222,7 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
             try:
                 self._hand_back(slot, "%s stopped: %r" % (name, exc), WorkerDied)
                 if isinstance(exc, StorageFault):
-                    self._storage_lost(exc)
+                    self._storage_lost(exc, time.monotonic())
             finally:
                 slot.publish([])  # the heartbeat extends its leases no more
                 self._start_thread(slot, initialize=False)
