@@ -1188,22 +1188,22 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
         self._threads = []
         self._thread_names = itertools.count()
         for slot in self._slots:
-            self._start_thread(slot, initialize=True)
+            self._start_thread(slot)
         self._heart = threading.Thread(target=self._heartbeat_loop, daemon=True)
         self._heart.start()
 
-    def _start_thread(self, slot, initialize):
+    def _start_thread(self, slot):
         with self._threads_lock:
             if self._stop_event.is_set():
                 return
-            thread = threading.Thread(target=self._thread_worker, args=(slot, initialize),
+            thread = threading.Thread(target=self._thread_worker, args=(slot,),
                                       daemon=True, name="persistqueue_liteq worker %d"
                                       % next(self._thread_names))
             self._threads.append(thread)
             thread.start()
 
-    def _thread_worker(self, slot, initialize):
-        if initialize and self._initializer is not None:
+    def _thread_worker(self, slot):
+        if self._initializer is not None:
             try:
                 self._initializer(*self._initargs)
             except BaseException:
@@ -1215,8 +1215,8 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
             _worker_loop(self._engine, self._cfg, slot, self._stop_event.is_set)
         except BaseException as exc:
             # A fault that lasted (StorageFault) or a bug: the thread's tasks
-            # go back and another thread takes its place, with the same
-            # initialisation (the initializer ran in this process already).
+            # go back and another thread takes its place (which runs the
+            # initializer, as every thread of the pool does).
             name = threading.current_thread().name
             logger.error("%s stopped; a new thread replaces it", name, exc_info=True)
             try:
@@ -1225,7 +1225,7 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
                     self._storage_lost(exc, time.monotonic())
             finally:
                 slot.publish([])  # the heartbeat extends its leases no more
-                self._start_thread(slot, initialize=False)
+                self._start_thread(slot)
 
     def _slots_of_workers(self):
         return self._slots if self._run_workers else []
