@@ -31,9 +31,9 @@ Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
   is waited out, with backoff, by every thread and worker.  One that lasts
   longer than ``lease_seconds`` (and twice ``timeout_seconds``) fails the
   futures it holds up with StorageFault: the batch the storer could not
-  write, the tasks of a worker that gave up (which is replaced), every
-  stored task's future if the results cannot be read; the pool goes on and
-  works again once the file does.  A result the file refuses (too big for
+  write; once a worker gave up (it is replaced) or the results could not be
+  read, the future of every stored task (the tasks stay in the file, for a
+  rerun).  The pool goes on, and works again once the file does.  A result the file refuses (too big for
   SQLite or for the disk) fails its task as an exception would: an attempt,
   then the dead-letter queue.  Every such event is logged, with a traceback
   where a thread or worker ended, on the "persistqueue_liteq" logger.
@@ -616,6 +616,8 @@ def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks, idle):
         # handles it); the pool hands back what this worker held and
         # starts another.
         logger.error("worker process %d stopped", os.getpid(), exc_info=True)
+        if isinstance(sys.exc_info()[1], StorageFault):
+            slot.give_up()
         sys.exit(1)
 
 
@@ -769,6 +771,7 @@ class _TaskFuture(Future):
         super().__init__()
         self._executor, self._key = executor, key
         self._task_id = None  # set once stored
+        self._stored_at = None  # and when (time.monotonic())
 
     def _start(self):
         """Enter RUNNING (if not there yet); False if it was cancelled (the
@@ -954,7 +957,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                     future.set_exception(exc)
             return
         for (future, (key, _)), (_, task_id) in zip(batch, statuses):
-            future._task_id = task_id
+            future._task_id, future._stored_at = task_id, time.monotonic()
             answer = answers.get(key)
             if answer is not None:
                 if self._forget(key, future):
@@ -1097,12 +1100,20 @@ class _PersistentExecutor(concurrent.futures.Executor):
             "(lease_seconds, or twice timeout_seconds): %s"
             % (self._engine.location, self._cfg.fault_seconds, exc))
         error.__cause__ = exc
-        logger.error("%s", error)
+        self._storage_lost(error, now)
+        return now
+
+    def _storage_lost(self, error, when):
+        """A storage fault lasted until ``when`` (``error``, a StorageFault):
+        fail the future of every task stored before, which would otherwise
+        wait for as long as the fault lasts.  The tasks stay in the file and
+        run once it works again; their results answer a rerun of the script.
+        (Those stored since waited out no fault.)"""
+        logger.error("%s; the futures of the tasks stored before fail with it", error)
         with self._lock:
             stored = [f for futures in self._pending.values() for f in futures
-                      if f not in self._outbox]
+                      if f._stored_at is not None and f._stored_at < when]
         self._fail_futures(stored, error)
-        return now
 
     def _fail_tasks(self, task_ids, error):
         """Fail the futures of these stored tasks with ``error``."""
@@ -1417,6 +1428,11 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         why = self._killed.pop(proc.pid, None)
         reason = why or "worker process %d died with %s" % (proc.pid, _describe_exit(proc.exitcode))
         self._hand_back(slot, reason, TaskTimeout if why else WorkerDied)
+        if slot.gave_up_at:
+            self._storage_lost(StorageFault(
+                "%s: worker process %d could not use the file for more than %gs "
+                "(lease_seconds, or twice timeout_seconds); its log says why"
+                % (self._engine.location, proc.pid, self._cfg.fault_seconds)), slot.gave_up_at)
 
     def _break(self, reason):
         """Workers cannot run: fail every future, stop the others."""
@@ -1472,14 +1488,14 @@ class _Slot:
             self._lock = threading.Lock()
             self._ids, self._states = [0] * _BATCH_MAX, [_WAITING] * _BATCH_MAX
             # task id, lease, state, counted among the idle workers (0/1)
-            self._ints, self._started = [0, 0, _IDLE, 0], [0.0]
+            self._ints, self._started = [0, 0, _IDLE, 0], [0.0, 0.0]
             self._failure = [b""]
         else:
             self._lock = ctx.Lock()
             self._ids = ctx.RawArray(ctypes.c_longlong, _BATCH_MAX)
             self._states = ctx.RawArray(ctypes.c_byte, _BATCH_MAX)
             self._ints = ctx.RawArray(ctypes.c_longlong, 4)
-            self._started = ctx.RawArray(ctypes.c_double, 1)
+            self._started = ctx.RawArray(ctypes.c_double, 2)  # and when it gave up
             self._failure = ctx.RawArray(ctypes.c_char, 256)
 
     def publish(self, messages):
@@ -1580,6 +1596,12 @@ class _Slot:
     lease = property(lambda self: self._ints[1])
     state = property(lambda self: self._ints[2])
     started = property(lambda self: self._started[0])
+    gave_up_at = property(lambda self: self._started[1])
+
+    def give_up(self):
+        """The worker ends on a storage fault that lasted (time.monotonic(),
+        which the pool's process shares)."""
+        self._started[1] = time.monotonic()
 
 
 class PersistentThreadPoolExecutor(_PersistentExecutor):
@@ -1604,22 +1626,22 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
         self._threads = []
         self._thread_names = itertools.count()
         for slot in self._slots:
-            self._start_thread(slot, initialize=True)
+            self._start_thread(slot)
         self._heart = threading.Thread(target=self._heartbeat_loop, daemon=True)
         self._heart.start()
 
-    def _start_thread(self, slot, initialize):
+    def _start_thread(self, slot):
         with self._threads_lock:
             if self._stop_event.is_set():
                 return
-            thread = threading.Thread(target=self._thread_worker, args=(slot, initialize),
+            thread = threading.Thread(target=self._thread_worker, args=(slot,),
                                       daemon=True, name="persistqueue_liteq worker %d"
                                       % next(self._thread_names))
             self._threads.append(thread)
             thread.start()
 
-    def _thread_worker(self, slot, initialize):
-        if initialize and self._initializer is not None:
+    def _thread_worker(self, slot):
+        if self._initializer is not None:
             try:
                 self._initializer(*self._initargs)
             except BaseException as exc:
@@ -1633,15 +1655,17 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
                          idle=self._idle)
         except BaseException as exc:
             # A fault that lasted (StorageFault) or a bug: the thread's tasks
-            # go back and another thread takes its place, with the same
-            # initialisation (the initializer ran in this process already).
+            # go back and another thread takes its place (which runs the
+            # initializer, as every thread of the pool does).
             name = threading.current_thread().name
             logger.error("%s stopped; a new thread replaces it", name, exc_info=True)
             try:
                 self._hand_back(slot, "%s stopped: %r" % (name, exc), WorkerDied)
+                if isinstance(exc, StorageFault):
+                    self._storage_lost(exc, time.monotonic())
             finally:
                 slot.publish([])  # the heartbeat extends its leases no more
-                self._start_thread(slot, initialize=False)
+                self._start_thread(slot)
 
     def _slots_of_workers(self):
         return self._slots if self._run_workers else []

@@ -361,12 +361,12 @@ def test_a_lock_held_too_long_fails_the_futures_it_holds_up(make_faulty_pool, db
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 4 MB tmpfs (root only), and a way to fill it up and free it."""
+    """An 8 MB tmpfs (root only), and a way to fill it up and free it."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
                           capture_output=True, text=True)
     if done.returncode:
         pytest.skip("cannot mount a tmpfs here: %s" % done.stderr.strip())
@@ -482,3 +482,26 @@ def test_a_worker_thread_that_dies_is_replaced_and_its_task_handed_back(db, monk
     with PersistentThreadPoolExecutor(db, max_workers=1, lease_seconds=60) as ex:
         assert ex.submit(square, 5).result(10) == 25
     assert failed and died.is_set()
+
+
+def test_a_worker_that_gives_up_fails_the_futures_of_stored_tasks(make_faulty_pool, db,
+                                                                  tmp_path):
+    """The storer has nothing to store and the results can be read: only the
+    workers meet the fault.  When they give up, the futures of the tasks
+    waiting in the file fail too, instead of waiting as long as the fault."""
+    ex = make_faulty_pool(db)
+    release = str(tmp_path / "release")
+    started = [str(tmp_path / ("started%d" % i)) for i in range(2)]
+    running = [ex.submit(block_until, release, path) for path in started]
+    for path in started:
+        wait_for_file(path)  # each worker runs one
+    waiting = [ex.submit(square, i) for i in range(10)]
+    ex._flush()  # stored
+    locked = hold_write_lock(db, 3 * FAULTY["lease_seconds"])
+    open(release, "w").close()  # the running tasks end; their results cannot be stored
+    for future in waiting:
+        with pytest.raises(StorageFault, match="for more than"):
+            future.result(30)
+    locked.join()
+    assert all(isinstance(outcome(f), (str, StorageFault)) for f in running)
+    check_still_works(ex, tmp_path)
