@@ -269,7 +269,9 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def complete_many(self, queue, outcomes, lease=0, seconds=0.0):
         """:meth:`complete` for each ``(msg_id, lease, key, ok, data)`` of
-        ``outcomes`` (messages of ``queue``), and in the same transaction
+        ``outcomes`` (messages of ``queue``; an outcome may add
+        ``dead_reason, error``: the message is dead-lettered with that reason
+        and ``error`` as its last error), in order, and in the same transaction
         lease up to ``lease`` ready messages of ``queue`` for ``seconds``
         (one token for all): a worker's one write per batch of tasks.
         Returns the messages leased, oldest first.  For keyed queues only: no
@@ -290,6 +292,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def forget_results(self, queue, key=None):
         """Delete the stored outcome under ``key`` (or all of ``queue``'s)."""
+
+    @abc.abstractmethod
+    def forget_results_matching(self, queue, pattern, up_to_seq=None, failed_only=False):
+        """Delete the outcomes of ``queue`` whose keys match the GLOB
+        ``pattern``, stored up to ``up_to_seq`` (None: all), only the
+        failures if ``failed_only``; return how many."""
 
     # -- consuming ----------------------------------------------------------
 

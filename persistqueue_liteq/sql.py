@@ -206,6 +206,22 @@ FORGET_RESULT = "DELETE FROM {p}results WHERE queue = ? AND key = ?"
 
 PURGE_RESULTS = "DELETE FROM {p}results WHERE queue = ?"
 
+# The outcomes whose keys match a GLOB pattern (a pool's digest-keyed calls),
+# stored up to a seq; failures only, or all.
+FORGET_RESULTS_MATCHING = """
+DELETE FROM {p}results WHERE queue = ? AND key GLOB ? AND seq <= ? AND (ok = 0 OR ?)"""
+
+# -- a pool's count of identical calls, beyond what it keeps in memory ----------
+# (in a private temporary database of its own, not in the queue file)
+
+CREATE_OCCURRENCES = """
+CREATE TABLE occurrences (digest TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID"""
+
+NEXT_OCCURRENCE = """
+INSERT INTO occurrences (digest, n) VALUES (?, 1)
+    ON CONFLICT (digest) DO UPDATE SET n = n + 1
+RETURNING n - 1"""
+
 # -- leasing ----------------------------------------------------------------
 # One statement leases up to :n messages atomically: the subquery walks the
 # index in delivery order and the UPDATE moves each chosen row out of the

@@ -505,11 +505,15 @@ class SQLiteEngine(Engine):
         return held
 
     def complete_many(self, queue, outcomes, lease=0, seconds=0.0):
-        acks = 0
+        acks = dead = 0
         with self._conns.transaction() as conn:
-            for msg_id, token, key, ok, data in outcomes:
-                if self._complete_in(conn, msg_id, token, key, ok, data, None)[1]:
-                    acks += 1
+            for msg_id, token, key, ok, data, *failure in outcomes:
+                dead_reason, error = failure or (None, None)
+                if self._complete_in(conn, msg_id, token, key, ok, data, dead_reason, error)[1]:
+                    if dead_reason is None:
+                        acks += 1
+                    else:
+                        dead += 1
             rows = []
             if lease:
                 now = self.now()
@@ -522,6 +526,8 @@ class SQLiteEngine(Engine):
             self._notifier.notify("done", queue)
             if acks:
                 self._count(queue, "acks", acks)
+            if dead:
+                self._count(queue, "dead_lettered", dead, lasting=True)
         if not rows:
             return []
         self._count_deliveries(queue, *(row[3] for row in rows))
@@ -529,7 +535,7 @@ class SQLiteEngine(Engine):
                                now + seconds, row[5], row[6], row[7], None, None, row[8])
                        for row in rows), key=lambda m: m.id)
 
-    def _complete_in(self, conn, msg_id, lease, key, ok, data, dead_reason):
+    def _complete_in(self, conn, msg_id, lease, key, ok, data, dead_reason, error=None):
         s = self.sql
         now = self.now()
         row = conn.execute(s.GET, (msg_id,)).fetchone()
@@ -539,7 +545,7 @@ class SQLiteEngine(Engine):
         conn.execute(s.STORE_RESULT, (queue, key, int(bool(ok)), data, now))
         if dead_reason is None:
             return queue, bool(conn.execute(s.ACK, (msg_id, lease)).fetchall())
-        held = bool(conn.execute(s.DEAD_LETTER, (now, dead_reason, None, msg_id, lease)).fetchall())
+        held = bool(conn.execute(s.DEAD_LETTER, (now, dead_reason, error, msg_id, lease)).fetchall())
         if held:
             conn.execute(s.ADD_COUNTER, (queue, "dead_lettered", 1))
             logger.warning("task %s of queue %r dead-lettered: %s", key, queue, dead_reason)
@@ -562,6 +568,11 @@ class SQLiteEngine(Engine):
         if key is None:
             return self._changes(self.sql.PURGE_RESULTS, (queue,))
         return self._changes(self.sql.FORGET_RESULT, (queue, key))
+
+    def forget_results_matching(self, queue, pattern, up_to_seq=None, failed_only=False):
+        up_to = (1 << 63) - 1 if up_to_seq is None else up_to_seq
+        return self._changes(self.sql.FORGET_RESULTS_MATCHING,
+                             (queue, pattern, up_to, int(not failed_only)))
 
     # -- consuming ------------------------------------------------------------
 
