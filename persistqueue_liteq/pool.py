@@ -36,11 +36,12 @@ Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
   longer than ``lease_seconds`` (and twice ``timeout_seconds``) fails the
   futures it holds up with StorageFault: the batch the storer could not
   write; once a worker gave up (it is replaced) or the results could not be
-  read, the future of every stored task (the tasks stay in the file, for a
-  rerun).  The pool goes on, and works again once the file does.  A result the file refuses (too big for
-  SQLite or for the disk) fails its task as an exception would: an attempt,
-  then the dead-letter queue.  Every such event is logged, with a traceback
-  where a thread or worker ended, on the "persistqueue_liteq" logger.
+  read, the future of every task stored before (the tasks stay in the file,
+  for a rerun).  The pool goes on, and works again once the file does.  A
+  result the file refuses (too big for SQLite or for the disk) fails its
+  task as an exception would: an attempt, then the dead-letter queue.
+  Every such event is logged, with a traceback where a thread or worker
+  ended, on the "persistqueue_liteq" logger.
 * Workers die with the pool's process, however it dies, so that a rerun of
   the script never runs a task twice at once; they are not daemonic, so a
   task may start processes, as in the standard library's pool.
