@@ -910,7 +910,10 @@ class PersistentPriorityQueue(PersistentQueue[T]):
 
     Items are ordered as Python orders them, through a key stored with each:
     numbers (int, float, bool, mixed, of any size; ints compare exactly), str,
-    bytes, and tuples and lists of these.  A tuple such as
+    bytes, tuples and lists of these, and ``@dataclass(order=True)`` items
+    (the ``queue`` module's recipe, ``PrioritizedItem(priority, item)`` with
+    ``item`` a ``field(compare=False)``), ordered as the tuple of their
+    compared fields, as the class itself compares them.  A tuple such as
     ``(priority, task)`` whose later element has no stored order (``task`` is
     some object) is ordered by the part before it, and equal parts by arrival,
     so that tasks need not be comparable.  Anything else raises TypeError at
