@@ -395,6 +395,29 @@ class Engine(abc.ABC):
     def dead_letters(self, queue, limit=None):
         """The dead letters of ``queue``, oldest first, with reasons."""
 
+    # -- moving messages between databases ---------------------------------------
+
+    @abc.abstractmethod
+    def snapshot(self, queue, after_id=0, limit=1000):
+        """Every message of ``queue`` with an id above ``after_id``, live and
+        dead, in id order, at most ``limit``, each with its state: ``lease``
+        is the token of an in-flight message (None otherwise), ``visible_at``
+        None for a dead letter.  What an export writes."""
+
+    @abc.abstractmethod
+    def restore(self, queue, messages):
+        """Store :class:`Message` objects taken from another database (or a
+        snapshot of this one) into ``queue``, with their state, in one
+        transaction; return their new ids in order.
+
+        Kept: ``data``, ``attempts``, ``created_at``, ``expires_at``,
+        ``visible_at`` (a delay), ``last_error``, ``priority``, ``key``, and a
+        dead letter's ``dead_at`` and ``dead_reason`` (a message with
+        ``dead_at`` set is stored dead).  A message that was in flight
+        (``lease`` set) is stored ready: its holder is not here.  Ids are new.
+        Not counted as puts.  ValueError (nothing stored) if a ``key`` is
+        already live in ``queue``."""
+
     # -- operating ------------------------------------------------------------
 
     @abc.abstractmethod

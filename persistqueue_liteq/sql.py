@@ -336,6 +336,21 @@ SELECT {c} FROM {{p}}messages
  WHERE queue = ? AND visible_at IS NULL
  ORDER BY dead_at, id LIMIT ?""".format(c=_COLUMNS)
 
+# -- moving messages between files (export and import) ------------------------
+
+# Every message of a queue, live and dead, with its lease token: what an
+# export writes, state and all.
+SNAPSHOT = """
+SELECT {c}, lease FROM {{p}}messages
+ WHERE queue = ? AND id > ?
+ ORDER BY id LIMIT ?""".format(c=_COLUMNS)
+
+# A message stored with the state it had elsewhere (a new id, no lease).
+INSERT_RESTORED = """
+INSERT INTO {p}messages (queue, data, priority, visible_at, created_at, expires_at, attempts,
+                         last_error, dead_at, dead_reason, key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+
 # -- operating --------------------------------------------------------------
 
 REDRIVE_ALL = """

@@ -69,6 +69,7 @@ import logging
 import os
 import random
 import time
+import sqlite3
 import weakref
 
 from . import _clock
@@ -747,6 +748,44 @@ class SQLiteEngine(Engine):
         return [self._stored(row) for row in rows]
 
     # -- operating --------------------------------------------------------------
+
+    def snapshot(self, queue, after_id=0, limit=1000):
+        rows = self._execute(self.sql.SNAPSHOT, (queue, after_id, limit))
+        messages = []
+        for row in rows:
+            msg = self._stored(row)
+            if row[12] is not None and msg.visible_at is not None:
+                msg.lease = row[12]
+            messages.append(msg)
+        return messages
+
+    def restore(self, queue, messages):
+        now = self.now()
+
+        def row(msg):
+            dead = msg.dead_at is not None
+            if dead:
+                visible = None
+            elif msg.lease is not None or msg.visible_at is None:
+                visible = now if msg.visible_at is None else min(msg.visible_at, now)
+            else:
+                visible = msg.visible_at
+            return (queue, msg.data, msg.priority, visible, msg.created_at, msg.expires_at,
+                    msg.attempts, msg.last_error, msg.dead_at if dead else None,
+                    msg.dead_reason if dead else None, msg.key)
+
+        ids = []
+        try:
+            with self._conns.transaction() as conn:
+                for msg in messages:
+                    ids.append(conn.execute(self.sql.INSERT_RESTORED, row(msg)).lastrowid)
+        except sqlite3.IntegrityError as exc:
+            raise ValueError("cannot restore into queue %r of %s: %s (a message with that key "
+                             "is already there); nothing was stored"
+                             % (queue, self.location, exc)) from None
+        if ids:
+            self._notifier.notify("put", queue)
+        return ids
 
     def redrive(self, queue, ids=None):
         now = self.now()
