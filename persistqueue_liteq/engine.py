@@ -304,6 +304,12 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
+    def lease_id(self, queue, msg_id, seconds):
+        """Lease the message ``msg_id`` of ``queue`` for ``seconds`` if it is
+        ready (not delayed, in flight, dead or past its TTL); return it, or
+        None.  Counted as a delivery, as :meth:`lease` is."""
+
+    @abc.abstractmethod
     def next_visible_at(self, queue):
         """When the earliest delayed or leased message of ``queue`` becomes
         ready, or None if there is none."""

@@ -227,6 +227,15 @@ LEASE_LIFO = _LEASE.format(where="", order="visible_at DESC, id DESC")
 LEASE_PRIORITY = _LEASE.format(where="priority IS NOT NULL AND ", order="priority, id").replace(
     "AND visible_at <= :now", "AND +visible_at <= :now")
 
+# One ready message chosen by its id (persist-queue's get(id=...)); one
+# past its TTL is not leased.
+LEASE_ID = """
+UPDATE {p}messages
+   SET visible_at = :until, lease = :lease, attempts = attempts + 1
+ WHERE id = :id AND queue = :queue AND visible_at <= :now
+   AND (expires_at IS NULL OR expires_at > :now)
+RETURNING id, data, queue, attempts, created_at, expires_at, last_error, priority, key"""
+
 NEXT_VISIBLE_AT = """
 SELECT min(visible_at) FROM {p}messages WHERE queue = ? AND visible_at > ?"""
 

@@ -194,6 +194,11 @@ class SQLiteEngine(Engine):
                 "got %r" % (path,)
             )
         _check_directory(path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(
+                "cannot open queue database %s: it is a directory; give the path of a file "
+                "(e.g. %s), or use persistqueue_liteq.persistqueue_compat, whose queues take "
+                "a directory as persist-queue's do" % (path, os.path.join(path, "queue.db")))
         if readonly and not os.path.isfile(path):
             raise FileNotFoundError("no such queue file: %s" % path)
         self.location = path
@@ -596,6 +601,19 @@ class SQLiteEngine(Engine):
             self._notifier.notify("done", queue)
         for queue, name in counted:
             self._metrics.add(queue, name, lasting=True)
+
+    def lease_id(self, queue, msg_id, seconds):
+        now = self.now()
+        token = _new_token()
+        until = now + seconds
+        rows = self._write(self.sql.LEASE_ID, {"queue": queue, "id": msg_id, "now": now,
+                                               "until": until, "lease": token})
+        if not rows:
+            return None
+        row = rows[0]
+        self._count_deliveries(queue, row[3])
+        return Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, until,
+                       row[5], row[6], row[7], None, None, row[8])
 
     def next_visible_at(self, queue):
         return self._execute(self.sql.NEXT_VISIBLE_AT, (queue, self.now()))[0][0]

@@ -444,3 +444,21 @@ def test_restore_is_all_or_nothing_and_refuses_a_live_key(engine):
     with pytest.raises(ValueError, match="nothing was stored"):
         engine.restore("q", [engine.snapshot("q2")[0]] + snap)
     assert [m.data for m in engine.snapshot("q")] == before
+
+
+def test_lease_id_leases_that_message_only_if_it_is_ready(engine):
+    first = engine.put("q", b"a")
+    second = engine.put("q", b"b")
+    later = engine.put("q", b"later", delay=600)
+    expired = engine.put("q", b"gone", ttl=0.001)
+    other = engine.put("other", b"x")
+    wait_until(lambda: engine.now() > engine.get(expired).expires_at)
+    msg = engine.lease_id("q", second, 30.0)
+    assert (msg.id, msg.data, msg.attempts) == (second, b"b", 1) and msg.lease is not None
+    assert engine.lease_id("q", second, 30.0) is None  # in flight now
+    assert engine.lease_id("q", later, 30.0) is None  # delayed
+    assert engine.lease_id("q", expired, 30.0) is None  # past its TTL
+    assert engine.lease_id("q", other, 30.0) is None  # another queue's
+    assert engine.lease_id("q", 10 ** 6, 30.0) is None
+    assert [m.id for m in engine.lease("q", 5, 30.0)] == [first]
+    assert engine.ack(msg.id, msg.lease)
