@@ -42,7 +42,6 @@ The read-only commands open the file with ``SQLiteEngine(..., readonly=True)``.
 """
 
 import argparse
-import base64
 import contextlib
 import json
 import logging
