@@ -30,8 +30,8 @@ is held under a lease that this process renews while it lives, and comes back
 
 * ``path`` is a directory, created if missing, holding ``db_file_name``
   (default ``data.db``) as theirs; a path that is an existing file is used as
-  the database itself.  ``":memory:"`` is refused: a queue here is shared
-  through its file.  The tables are this library's, not persist-queue's: a
+  the database itself.  ``":memory:"`` is a private file in a temporary
+  directory, removed at ``close`` (as private to the object as theirs).  The tables are this library's, not persist-queue's: a
   file written by persist-queue is not read (move its items with a loop of
   ``get``/``put``).
 * ``multithreading`` is accepted and changes nothing: every queue is safe to
@@ -67,6 +67,8 @@ is held under a lease that this process renews while it lives, and comes back
 
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
 from queue import Empty
 from typing import Any, Dict, List, Optional
@@ -99,10 +101,6 @@ def _database_file(path, db_file_name):
     """persist-queue's directory convention: ``path/db_file_name``, the
     directory made if missing; an existing file is the database itself."""
     path = os.fspath(path)
-    if path == ":memory:":
-        raise ValueError(
-            "persistqueue_compat: ':memory:' is not supported: these queues are shared "
-            "through a file; give a directory (or a file) path")
     if os.path.isfile(path):
         return path
     os.makedirs(path, exist_ok=True)
@@ -138,6 +136,10 @@ class _Compat(PersistentQueue):
         # persist-queue does) and its lease; guarded by _cache_lock.
         self._cache_lock = threading.Lock()
         self._unack_cache = {}
+        # ":memory:": a private file in a temporary directory, removed at close.
+        self._memory_dir = None
+        if os.fspath(path) == ":memory:":
+            path = self._memory_dir = tempfile.mkdtemp(prefix="persistqueue_compat-")
         super().__init__(
             _database_file(path, db_file_name), name=name,
             visibility_timeout=visibility_timeout,
@@ -380,6 +382,11 @@ class _Compat(PersistentQueue):
 
     def full(self) -> bool:
         return False
+
+    def close(self) -> None:
+        super().close()
+        if self._memory_dir is not None:
+            shutil.rmtree(self._memory_dir, ignore_errors=True)
 
     def __del__(self):
         try:

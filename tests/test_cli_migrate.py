@@ -7,7 +7,6 @@ shown decoded by peek.
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import pytest
 from persistqueue_liteq import LiteQueue, PersistentQueue
 from persistqueue_liteq.sqlite_engine import SQLiteEngine
 
-from .test_cli import PREFIX, ROOT, Result, cli, one_error_line
+from .test_cli import ROOT, Result, cli, one_error_line
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX shell")
 

@@ -303,9 +303,18 @@ def test_an_existing_directory_works_and_an_existing_file_is_the_database(tmp_pa
     assert opened(SQLiteQueue(own)).get() == "ours"
 
 
-def test_memory_is_refused_with_the_reason(opened):
-    with pytest.raises(ValueError, match="shared through a file"):
-        SQLiteQueue(":memory:")
+def test_memory_is_a_private_file_removed_at_close():
+    q = SQLiteAckQueue(":memory:")
+    other = SQLiteAckQueue(":memory:")
+    try:
+        q.put("mine")
+        assert other.qsize() == 0
+        where = os.path.dirname(q.path)
+        assert os.path.isdir(where) and q.get() == "mine"
+    finally:
+        q.close()
+        other.close()
+    assert not os.path.exists(where)
 
 
 # -- what changing the import buys -----------------------------------------------------
