@@ -111,7 +111,8 @@ def _writing(args, create=False):
         with _reading(args):
             pass
     log.debug("opening %s read-write", args.db)
-    queue = LiteQueue(args.db, timeout_seconds=args.timeout, table_prefix=args.table_prefix)
+    queue = LiteQueue(args.db, timeout_seconds=args.timeout, table_prefix=args.table_prefix,
+                      journal_mode=args.journal_mode)
     try:
         yield queue
     finally:
@@ -977,6 +978,10 @@ def _add_common(parser, defaults):
     parser.add_argument("--timeout", type=_number(float, 0.0), metavar="SECONDS",
                         default=5.0 if defaults else keep,
                         help="how long to wait for another connection's lock (default 5)"
+                        if defaults else argparse.SUPPRESS)
+    parser.add_argument("--journal-mode", choices=["wal", "keep"], default=None if defaults else keep,
+                        help="for an application's database not in WAL mode: switch it to WAL, "
+                        "or keep its mode (by default such a file is refused)"
                         if defaults else argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="count", default=0 if defaults else keep,
                         help="log to stderr: -v at INFO, -vv at DEBUG")

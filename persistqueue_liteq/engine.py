@@ -224,6 +224,22 @@ class Engine(abc.ABC):
         stored."""
 
     @abc.abstractmethod
+    def put_on(self, conn, queue, data, delay=0.0, ttl=None, seal=None, codec=None,
+               priority=None):
+        """Store one message through the application's own connection
+        ``conn`` (to this database), inside the application's transaction:
+        it is committed or rolled back with the application's writes (the
+        transactional outbox).  Returns its id.  Nothing is committed here,
+        nothing runs on the engine's own connections (which would wait for
+        the lock ``conn`` holds), so no waiter is woken: consumers see the
+        message at their next look once ``conn`` commits (call
+        :meth:`wake` after the commit to wake them at once), and the put is
+        not counted in :meth:`metrics`.  ``codec``: a codec fingerprint to
+        claim for ``queue`` in the same transaction (see
+        :meth:`claim_codec`); the one that holds is returned as
+        ``(id, codec)`` then."""
+
+    @abc.abstractmethod
     def transaction(self):
         """A context manager yielding an object with ``put`` and ``put_many``
         (as above) whose messages, to any queues, are committed together when

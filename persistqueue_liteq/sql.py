@@ -123,6 +123,17 @@ CREATE_TABLES = (
 # -- schema bookkeeping -----------------------------------------------------
 
 TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+
+# Tables of the file that are not ours (an application's database): their
+# names, for the message that refuses to change its journal mode.
+OTHER_TABLES = """
+SELECT name FROM sqlite_master
+ WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+   AND substr(name, 1, length(?)) != ? ORDER BY name LIMIT 5"""
+
+# Which file a connection has open as "main" (to check an application's
+# connection before putting through it).
+MAIN_FILE = "SELECT file FROM pragma_database_list WHERE name = 'main'"
 READ_META = "SELECT key, value FROM {p}meta"
 WRITE_META = "INSERT OR REPLACE INTO {p}meta (key, value) VALUES (?, ?)"
 

@@ -83,6 +83,10 @@ __all__ = ["SQLiteEngine"]
 
 logger = logging.getLogger("persistqueue_liteq")
 
+#: journal_mode: None (WAL, but an application's database is not switched
+#: unless asked), "wal" (switch it), "keep" (leave the file's mode alone).
+JOURNAL_MODES = (None, "wal", "keep")
+
 
 def _check_directory(path):
     directory = os.path.dirname(os.path.abspath(path))
@@ -171,6 +175,12 @@ class SQLiteEngine(Engine):
             application's own database.
         readonly: open an existing queue file only to look at it: nothing is
             created or changed, and any write raises ReadOnlyDatabase.
+        journal_mode: None (default): the file is put in WAL mode, unless it
+            is an application's database (it holds tables that are not
+            ours) in another mode: then IncompatibleDatabase, naming the two
+            ways out.  "wal": switch any file to WAL mode.  "keep": leave the
+            file's journal mode as it is (in rollback-journal modes a reader
+            waits for a writer, and a writer for readers).
 
     Raises:
         FileNotFoundError: the file's directory does not exist (or, with
@@ -182,8 +192,12 @@ class SQLiteEngine(Engine):
     """
 
     def __init__(self, path, timeout=5.0, synchronous="NORMAL", table_prefix=_sql.DEFAULT_PREFIX,
-                 readonly=False):
+                 readonly=False, journal_mode=None):
         check_sqlite_version()
+        if journal_mode not in JOURNAL_MODES:
+            raise ValueError("journal_mode must be None, 'wal' or 'keep'; got %r"
+                             % (journal_mode,))
+        self._journal_mode = journal_mode
         self.sql = _sql.render(table_prefix)
         path = os.fspath(path)
         if not isinstance(path, str):
@@ -249,10 +263,27 @@ class SQLiteEngine(Engine):
                     self._meta = dict(conn.execute(self.sql.READ_META).fetchall())
 
     def _wal_and_schema_ready(self, conn):
-        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-        if mode.lower() != "wal":
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0].lower()
+        if mode != "wal" and self._journal_mode != "keep":
+            if self._journal_mode is None:
+                self._refuse_foreign_wal(conn, mode)
             conn.execute("PRAGMA journal_mode=WAL")
         return self._check_schema(conn)
+
+    def _refuse_foreign_wal(self, conn, mode):
+        """An application's database (tables that are not ours) is not moved
+        to WAL mode unless ``journal_mode="wal"`` says so: WAL changes how
+        every connection of the application works (the -wal and -shm files,
+        no network file systems)."""
+        prefix = self.sql.PREFIX
+        theirs = [row[0] for row in conn.execute(self.sql.OTHER_TABLES, (prefix, prefix))]
+        if theirs:
+            raise IncompatibleDatabase(
+                "%s is in journal mode %s and holds tables that are not persistqueue_liteq's "
+                "(%s): an application's database, which a queue would switch to WAL mode, "
+                "changing how every connection to it works.  Pass journal_mode='wal' to "
+                "allow the switch, or journal_mode='keep' to keep mode %s (readers then "
+                "wait for writers)" % (self.location, mode, ", ".join(theirs), mode))
 
     def _check_schema(self, conn):
         """True if the tables exist and are ours; False if they must be made."""
@@ -417,6 +448,45 @@ class SQLiteEngine(Engine):
 
     def transaction(self):
         return _Transaction(self)
+
+    def put_on(self, conn, queue, data, delay=0.0, ttl=None, seal=None, codec=None,
+               priority=None):
+        if not isinstance(conn, sqlite3.Connection):
+            raise TypeError("put_on needs the application's sqlite3.Connection, not %s"
+                            % type(conn).__name__)
+        self._check_same_file(conn)
+        s = self.sql
+        held = None
+        if codec is not None:
+            row = conn.execute(s.READ_CODEC, (queue,)).fetchone()
+            if row is not None and (row[0] == codec
+                                    or conn.execute(s.ANY_MESSAGE, (queue,)).fetchone()[0]):
+                held = row[0]
+            else:
+                conn.execute(s.WRITE_CODEC, (queue, codec))
+                held = codec
+            if held != codec:
+                return None, held
+        now = self.now()
+        expires = None if ttl is None else now + ttl
+        if seal is None:
+            msg_id = conn.execute(s.INSERT, (queue, data, priority, now + delay, now,
+                                             expires)).lastrowid
+        else:
+            msg_id = conn.execute(s.NEXT_ID).fetchone()[0]
+            conn.execute(s.INSERT_WITH_ID, (msg_id, queue, seal(msg_id, data), priority,
+                                            now + delay, now, expires))
+        return msg_id if codec is None else (msg_id, held)
+
+    def _check_same_file(self, conn):
+        try:
+            (where,) = conn.execute(self.sql.MAIN_FILE).fetchone()
+        except sqlite3.Error as exc:
+            raise ValueError("cannot use that connection: %s" % exc) from None
+        ours = os.path.realpath(self.location)
+        if not where or os.path.realpath(where) != ours:
+            raise ValueError("the connection is to %s, not to the queue's database %s"
+                             % (where or "an in-memory database", ours))
 
     # -- what a queue was written with ----------------------------------------------
 

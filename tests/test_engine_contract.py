@@ -462,3 +462,25 @@ def test_lease_id_leases_that_message_only_if_it_is_ready(engine):
     assert engine.lease_id("q", 10 ** 6, 30.0) is None
     assert [m.id for m in engine.lease("q", 5, 30.0)] == [first]
     assert engine.ack(msg.id, msg.lease)
+
+
+def test_put_on_joins_the_applications_transaction(engine):
+    import sqlite3
+
+    conn = sqlite3.connect(engine.location, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        msg_id = engine.put_on(conn, "q", b"outbox", codec=None)
+        conn.execute("ROLLBACK")
+        assert engine.get(msg_id) is None
+        conn.execute("BEGIN IMMEDIATE")
+        msg_id, held = engine.put_on(conn, "q", b"outbox", codec="serializer=bytes;key=none")
+        conn.execute("COMMIT")
+        assert held == "serializer=bytes;key=none" == engine.codec_of("q")
+        assert lease_one(engine).id == msg_id
+        conn.execute("BEGIN IMMEDIATE")
+        assert engine.put_on(conn, "q", b"x", codec="serializer=json;key=none") == (
+            None, "serializer=bytes;key=none")  # the queue holds a message of another codec
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
