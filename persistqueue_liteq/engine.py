@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Optional
 
-from . import _fork
+from . import _fork, metrics_hooks
 
 __all__ = ["Engine", "Message", "Metrics", "QueueStats", "clock", "lease_waiting",
            "wait_drained"]
@@ -70,8 +70,10 @@ class Metrics:
     A forked child starts from nothing: its parent flushes its own counts.
     """
 
-    def __init__(self, flush_interval=1.0):
+    def __init__(self, flush_interval=1.0, location=None):
         self.flush_interval = flush_interval
+        #: The database, for the metrics hooks (see :mod:`.metrics_hooks`).
+        self.location = location
         self._lock = threading.Lock()
         self._reset()
 
@@ -87,7 +89,8 @@ class Metrics:
             self._reset()
 
     def add(self, queue, name, n=1, lasting=False):
-        """Count ``n`` of ``name`` for ``queue``; True when a flush is due."""
+        """Count ``n`` of ``name`` for ``queue``, and hand it to the metrics
+        hooks (:mod:`.metrics_hooks`); True when a flush is due."""
         with self._lock:
             self._forget_if_forked()
             row = self._done.get(queue)
@@ -97,7 +100,10 @@ class Metrics:
             if not lasting:
                 key = (queue, name)
                 self._unflushed[key] = self._unflushed.get(key, 0) + n
-            return time.monotonic() >= self._next_flush
+            due = time.monotonic() >= self._next_flush
+        if metrics_hooks._hooks:
+            metrics_hooks.emit(self.location, queue, name, n)
+        return due
 
     def take(self):
         """The counts to add to the file: {(queue, name): n}, now cleared."""

@@ -227,7 +227,7 @@ class SQLiteEngine(Engine):
         self._open_schema()
         self._open_clock()
         self._notifier = Notifier(path, table_prefix)
-        self._metrics = Metrics()
+        self._metrics = Metrics(location=path)
         if not readonly:
             _open_engines.add(self)
 
