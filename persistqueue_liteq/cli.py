@@ -785,6 +785,12 @@ def _cmd_checkpoint(args):
 
 
 def _cmd_vacuum(args):
+    if args.auto is not None:
+        with _writing(args) as q:
+            q.engine.set_auto_vacuum(None if args.auto == "off" else args.auto)
+        print("%s: automatic vacuum: %s" % (args.db, "off" if args.auto == "off" else
+                                            "past %d free pages" % args.auto))
+        return 0
     before = (_size(args.db) or 0) + (_size(args.db + "-wal") or 0)
     with _writing(args) as q:
         q.vacuum()
@@ -953,6 +959,12 @@ def _number(kind, minimum, inclusive=True, name="a number"):
     return convert
 
 
+def _auto_pages(text):
+    if text == "off":
+        return text
+    return _number(int, 0, name="a number of pages or off")(text)
+
+
 def _queue_name(text):
     if not text:
         raise argparse.ArgumentTypeError("a queue name must not be empty")
@@ -1115,7 +1127,10 @@ def _build_parser():
     p = _command(commands, "checkpoint", _cmd_checkpoint, "copy the WAL into the file")
     p.add_argument("--mode", default="TRUNCATE", type=str.upper,
                    choices=["PASSIVE", "FULL", "RESTART", "TRUNCATE"])
-    _command(commands, "vacuum", _cmd_vacuum, "give free pages back to the file system")
+    p = _command(commands, "vacuum", _cmd_vacuum, "give free pages back to the file system")
+    p.add_argument("--auto", type=_auto_pages, metavar="PAGES|off",
+                   help="instead: store in the file that a process finding more than PAGES "
+                        "free pages vacuums it (off: never, the default)")
     _command(commands, "check", _cmd_check, "integrity check and WAL size (exit 1 if not ok)")
 
     p = _command(commands, "worker", _cmd_worker,

@@ -137,6 +137,14 @@ MAIN_FILE = "SELECT file FROM pragma_database_list WHERE name = 'main'"
 READ_META = "SELECT key, value FROM {p}meta"
 WRITE_META = "INSERT OR REPLACE INTO {p}meta (key, value) VALUES (?, ?)"
 
+# -- automatic vacuum -----------------------------------------------------------
+# The threshold of free pages past which an engine runs VACUUM, in {p}meta
+# (absent: never); free pages are counted by SQLite in the file's header.
+AUTO_VACUUM_KEY = "auto_vacuum_free_pages"
+DELETE_META = "DELETE FROM {p}meta WHERE key = ?"
+FREE_PAGES = "PRAGMA freelist_count"
+VACUUM = "VACUUM"
+
 # -- the file's clock ---------------------------------------------------------
 # The anchor of the engine's clock, in {p}meta: the boot it was made in, and
 # the wall clock and CLOCK_BOOTTIME read together then (see sqlite_engine).

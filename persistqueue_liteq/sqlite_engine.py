@@ -225,6 +225,8 @@ class SQLiteEngine(Engine):
         }
         self._meta = {}
         self._open_schema()
+        auto_vacuum = self._meta.get(_sql.AUTO_VACUUM_KEY)
+        self._auto_vacuum = None if auto_vacuum is None else int(auto_vacuum)
         self._open_clock()
         self._notifier = Notifier(path, table_prefix)
         self._metrics = Metrics(location=path)
@@ -822,6 +824,49 @@ class SQLiteEngine(Engine):
             # Busy, closed, file gone: keep them for the next flush.
             logger.debug("metrics not flushed to %s: %s", self.location, exc)
             self._metrics.give_back(pending)
+            return
+        if self.auto_vacuum_free_pages is not None:
+            self._vacuum_if_due()
+
+    # -- automatic vacuum ----------------------------------------------------------
+
+    @property
+    def auto_vacuum_free_pages(self):
+        """The file's threshold of free pages for an automatic VACUUM, or
+        None (the default: never).  Read when the engine opens."""
+        return self._auto_vacuum
+
+    def set_auto_vacuum(self, free_pages):
+        """Store in the file that an engine finding more than ``free_pages``
+        free pages after it flushes its counts (at most once a second while
+        it works) runs VACUUM; None turns it off.  Engines read the setting
+        when they open.  A vacuum rewrites the whole file while holding the
+        write lock: choose a threshold well above the pages a busy hour
+        frees and fills again."""
+        if free_pages is not None and (isinstance(free_pages, bool)
+                                       or not isinstance(free_pages, int) or free_pages < 0):
+            raise ValueError("free_pages must be a whole number >= 0 or None; got %r"
+                             % (free_pages,))
+        key = _sql.AUTO_VACUUM_KEY
+        if free_pages is None:
+            self._write(self.sql.DELETE_META, (key,))
+        else:
+            self._write(self.sql.WRITE_META, (key, str(free_pages)))
+        self._auto_vacuum = free_pages
+
+    def _vacuum_if_due(self):
+        """VACUUM if the file has more free pages than its threshold; a busy
+        file or any other error is logged and skipped, never raised (this
+        runs after an operation committed)."""
+        try:
+            free = self._execute(self.sql.FREE_PAGES)[0][0]
+            if free <= self.auto_vacuum_free_pages:
+                return
+            logger.info("%s has %d free pages (auto_vacuum_free_pages=%d): vacuuming",
+                        self.location, free, self.auto_vacuum_free_pages)
+            self._write(self.sql.VACUUM)
+        except Exception as exc:
+            logger.warning("automatic vacuum of %s skipped: %s", self.location, exc)
 
     def activity(self, seconds=60.0):
         now = self.now()
@@ -925,7 +970,7 @@ class SQLiteEngine(Engine):
 
     def vacuum(self):
         """Rebuild the file to give free pages back to the file system."""
-        self._write("VACUUM")
+        self._write(self.sql.VACUUM)
 
     def integrity_check(self):
         """SQLite's ``PRAGMA integrity_check``: ["ok"] when the file is sound."""
