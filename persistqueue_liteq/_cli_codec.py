@@ -25,16 +25,20 @@ import json
 import pickle
 
 from .exceptions import LiteQueueError
-from .serializers import Codec, JSONSerializer, PickleSerializer
+from .serializers import BytesSerializer, Codec, JSONSerializer, PickleSerializer, SignatureError
 
-__all__ = ["QueueCodec", "Unshowable"]
+__all__ = ["QueueCodec", "Unshowable", "BadSignature"]
 
 # The serializers whose bytes the command line can write and read.
-_KNOWN = {"pickle": PickleSerializer, "json": JSONSerializer}
+_KNOWN = {"pickle": PickleSerializer, "json": JSONSerializer, "bytes": BytesSerializer}
 
 
 class Unshowable(Exception):
     """A stored item that the command line cannot turn into text."""
+
+
+class BadSignature(Unshowable):
+    """A signed queue's item whose signature does not match the key."""
 
 
 def _fields(fingerprint):
@@ -91,7 +95,7 @@ class QueueCodec:
         is what a queue without a codec stores) into the payload; ``seal`` is
         for the engine's ``put(seal=...)``.  Raises LiteQueueError for a queue
         it cannot write."""
-        if self.fingerprint is None or self.serializer == "bytes" and not self.signed:
+        if self.fingerprint is None or (self.serializer == "bytes" and not self.signed):
             return (lambda kind, value, raw: raw), None
         if self._codec is None:
             raise self._refuse(
@@ -105,6 +109,8 @@ class QueueCodec:
                 raise self._refuse("its items are signed with another hmac_key than the one "
                                    "of --hmac-key-file")
         codec = self._codec
+        if self.serializer == "bytes":
+            return (lambda kind, value, raw: raw), codec.sealer
         if self.serializer == "json":
             def encode(kind, value, raw):
                 if kind == "bytes":
@@ -123,31 +129,58 @@ class QueueCodec:
         return data
 
     def value(self, data):
-        """The item stored as ``data``; Unshowable if it is not plain data.
-        For a queue without a record: the bytes themselves."""
+        """The item stored as ``data`` (its signature skipped, not checked);
+        Unshowable if it is not plain data.  For a queue without a record:
+        the bytes themselves."""
+        return self._loads(self.payload(data))
+
+    def _loads(self, payload):
         if self.serializer == "json":
             try:
-                return json.loads(self.payload(data).decode("utf-8"))
+                return json.loads(payload.decode("utf-8"))
             except ValueError as exc:
-                raise Unshowable("<%d bytes that are not JSON: %s>" % (len(data), exc)) from None
+                raise Unshowable("<%d bytes that are not JSON: %s>" % (len(payload), exc)) from None
         if self.serializer == "pickle":
-            return _safe_unpickle(self.payload(data))
-        return data
+            return _safe_unpickle(payload)
+        return payload
 
     def decoded(self):
         """True if :meth:`value` gives items rather than stored bytes."""
-        return self.serializer in _KNOWN
+        return self.serializer in ("pickle", "json")
 
-    def text(self, data):
-        """The item for a shell command's stdin: bytes as they are, a str as
-        UTF-8, anything else as its JSON text.  Unshowable if none fits."""
-        value = self.value(data)
+    def check_readable(self):
+        """Before handing items to a command: a signed queue needs its key
+        (LiteQueueError otherwise, nothing read)."""
+        if not self.signed:
+            return
+        if self.hmac_key is None:
+            raise LiteQueueError("queue %r in %s: its items are signed with an hmac_key; give "
+                                 "it with --hmac-key-file; nothing was read"
+                                 % (self.queue, self.location))
+        if self._codec is None or self._codec.fingerprint() != self.fingerprint:
+            raise LiteQueueError("queue %r in %s: its items are signed with another hmac_key "
+                                 "than the one of --hmac-key-file (or a serializer the command "
+                                 "line cannot read, %s); nothing was read"
+                                 % (self.queue, self.location, self.serializer))
+
+    def text(self, msg):
+        """The item of a stored message for a shell command's stdin: bytes
+        as they are, a str as UTF-8, anything else as its JSON text; its
+        signature checked first (:meth:`check_readable`).  BadSignature or
+        Unshowable if it cannot be given."""
+        payload = msg.data
+        if self.signed:
+            try:
+                payload = self._codec.unseal(msg.queue_name, msg.id, payload)
+            except SignatureError as exc:
+                raise BadSignature(str(exc)) from None
+        value = self._loads(payload)
         if isinstance(value, bytes):
             return value
         if isinstance(value, str):
             return value.encode("utf-8", "surrogatepass")
         if self.serializer == "json":
-            return self.payload(data)
+            return payload
         try:
             return json.dumps(value, ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError):

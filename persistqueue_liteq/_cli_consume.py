@@ -6,6 +6,9 @@ its stdin (decoded by the queue's codec, see :mod:`._cli_codec`) and with
 ``PERSISTQUEUE_LITEQ_ATTEMPT`` in its environment; its stdout is ours.
 
 * exit status 0: the message is acknowledged (deleted);
+* a message of a signed queue (give its key with ``--hmac-key-file``) whose
+  signature does not match: dead-lettered at once, never given to the
+  command;
 * anything else (or a message that cannot be given to a command): released
   with ``--retry-delay`` seconds of delay and the command's exit status and
   the end of its stderr as the message's last error; past ``--max-retries``
@@ -23,7 +26,7 @@ import signal
 import subprocess
 import sys
 
-from ._cli_codec import QueueCodec, Unshowable
+from ._cli_codec import BadSignature, QueueCodec, Unshowable
 from .engine import lease_waiting
 
 __all__ = ["consume"]
@@ -55,7 +58,8 @@ def _failure(status, err):
 def consume(engine, args, command, out=sys.stdout):
     """Consume ``args.queue`` of ``engine`` with ``command`` (a list);
     returns (done, failed)."""
-    codec = QueueCodec(engine, args.queue)
+    codec = QueueCodec(engine, args.queue, args.hmac_key_file)
+    codec.check_readable()
     stop = []
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum))
                 for s in (signal.SIGINT, signal.SIGTERM)}
@@ -86,7 +90,11 @@ def _one(engine, codec, args, command, msg):
                PERSISTQUEUE_LITEQ_MESSAGE_ID=str(msg.id),
                PERSISTQUEUE_LITEQ_ATTEMPT=str(msg.attempts))
     try:
-        data = codec.text(msg.data)
+        data = codec.text(msg)
+    except BadSignature as exc:
+        # Written without the key (or altered): never given to the command.
+        engine.dead_letter(msg.id, msg.lease, "refused: %s" % exc)
+        return False
     except Unshowable as exc:
         why, error = "cannot be given to a command: %s" % exc, None
     else:

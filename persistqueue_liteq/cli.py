@@ -679,6 +679,12 @@ class _Importer:
     def _claim(self, line_no, queue, codec):
         if self._claimed.get(queue) == codec:
             return
+        if "key=none" not in codec.split(";"):
+            raise CLIError(
+                "line %d: a record of queue %r, whose items are signed: the signature binds "
+                "the message's id, which an import changes, so it would be refused; copy the "
+                "file itself, or move the items with a PersistentQueue that has the key"
+                % (line_no, queue))
         held = self.engine.claim_codec(queue, codec)
         if held != codec:
             raise CLIError("line %d: queue %r records codec %s, the record says %s"
@@ -1163,6 +1169,7 @@ def _build_parser():
                    "runs (default 60)")
     p.add_argument("--until-empty", action="store_true",
                    help="stop when no message is ready instead of waiting for more")
+    _add_key_file(p)
     p.epilog = "The command follows --: consume DB [options] -- COMMAND [ARG ...]"
     return parser
 

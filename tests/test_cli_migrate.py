@@ -330,3 +330,36 @@ def test_peek_shows_items_decoded_without_running_pickles(db, tmp_path):
 class _Evil:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
+
+
+@posix_only
+def test_consume_of_a_signed_queue_checks_signatures(db, tmp_path):
+    key = b"k" * 32
+    (tmp_path / "key").write_bytes(key)
+    q = PersistentQueue(db, name="jobs", hmac_key=key, serializer="json")
+    q.put({"n": 1})
+    q.close()
+    with LiteQueue(db) as raw:  # a row written without the key, as an attacker would
+        raw.put(b"x" * 32 + b'{"n": 666}', "jobs")
+    one_error_line(cli(tmp_path, "consume", "q.db", "--queue", "jobs", "--until-empty",
+                       "--", "cat"), "jobs", "--hmac-key-file")
+    out = tmp_path / "seen.txt"
+    result = cli(tmp_path, "consume", "q.db", "--queue", "jobs", "--until-empty",
+                 "--hmac-key-file", "key", "--", "sh", "-c", 'cat >> "%s"' % out)
+    assert result.rc == 0, result.err
+    assert json.loads(out.read_text()) == {"n": 1}  # the forged one never reached the command
+    engine = SQLiteEngine(db, readonly=True)
+    try:
+        (dead,) = engine.dead_letters("jobs")
+        assert dead.data.endswith(b'{"n": 666}') and "signature" in dead.dead_reason
+    finally:
+        engine.close()
+
+
+def test_exported_records_of_a_signed_queue_are_refused_on_import(db, tmp_path):
+    q = PersistentQueue(db, name="jobs", hmac_key=b"k" * 32)
+    q.put(1)
+    q.close()
+    assert cli(tmp_path, "export-jsonl", "q.db", "all.jsonl", "--all").rc == 0
+    one_error_line(cli(tmp_path, "import-jsonl", "copy.db", "all.jsonl", "--exported"),
+                   "line 1", "signed", "the 0 messages before it were imported")
