@@ -179,8 +179,11 @@ class SQLiteEngine(Engine):
             is an application's database (it holds tables that are not
             ours) in another mode: then IncompatibleDatabase, naming the two
             ways out.  "wal": switch any file to WAL mode.  "keep": leave the
-            file's journal mode as it is (in rollback-journal modes a reader
-            waits for a writer, and a writer for readers).
+            file's journal mode as it is.  In the rollback-journal modes
+            every reader blocks every commit: fine for one process that puts
+            and gets now and then (or a file system without the shared
+            memory WAL needs), not for many busy consumers, and not for the
+            pools, which refuse it.
 
     Raises:
         FileNotFoundError: the file's directory does not exist (or, with

@@ -180,3 +180,18 @@ def test_the_command_line_says_so_too_and_takes_the_option(app_db, tmp_path):
     assert journal_mode(app_db) == "delete"
     with LiteQueue(app_db, table_prefix="q_", journal_mode="keep") as q:
         assert q.pop().data == b"x"
+
+
+def test_a_pool_in_an_applications_database_takes_the_option(app_db):
+    from persistqueue_liteq import PersistentThreadPoolExecutor
+
+    with pytest.raises(IncompatibleDatabase, match="journal_mode='wal'"):
+        PersistentThreadPoolExecutor(app_db, table_prefix="q_")
+    assert journal_mode(app_db) == "delete"
+    with pytest.raises(ValueError, match="WAL"):  # its readers would block every commit
+        PersistentThreadPoolExecutor(app_db, table_prefix="q_", journal_mode="keep")
+    assert journal_mode(app_db) == "delete"
+    with PersistentThreadPoolExecutor(app_db, max_workers=1, table_prefix="q_",
+                                      journal_mode="wal") as pool:
+        assert pool.submit(pow, 2, 5).result(timeout=30) == 32
+    assert journal_mode(app_db) == "wal"
