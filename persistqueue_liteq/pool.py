@@ -861,7 +861,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                  name="tasks", max_retries=3, retry_on=(), retry_backoff=0.5,
                  retry_backoff_max=60.0, lease_seconds=30.0, timeout_seconds=5.0,
                  synchronous="NORMAL", table_prefix=DEFAULT_PREFIX, run_workers=True,
-                 hmac_key=None):
+                 hmac_key=None, journal_mode=None):
         if max_workers is None:
             max_workers = self._default_workers()
         if isinstance(max_workers, bool) or not isinstance(max_workers, int):
@@ -873,8 +873,14 @@ class _PersistentExecutor(concurrent.futures.Executor):
         path = _checks.db_path(path)
         if hmac_key is not None:
             hmac_key = _check_key(hmac_key)
+        if journal_mode == "keep":
+            # Its workers and result followers read while others commit:
+            # outside WAL mode every reader blocks every commit.
+            raise ValueError("a pool needs its file in WAL mode: journal_mode='keep' is for "
+                             "LiteQueue and the queue family; pass journal_mode='wal'")
         engine_options = dict(timeout=_checks.seconds(timeout_seconds, "timeout_seconds"),
-                              synchronous=synchronous, table_prefix=table_prefix)
+                              synchronous=synchronous, table_prefix=table_prefix,
+                              journal_mode=journal_mode)
         self._engine = SQLiteEngine(path, **engine_options)
         self._cfg = _Config(
             self._engine.location, _checks.queue_name(name, "name"), engine_options,
@@ -1380,6 +1386,9 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
             Whoever can write the file can otherwise run code in the workers
             and in this process.  Every pool and worker on the queue needs
             the same key.
+        table_prefix, journal_mode: as for PersistentQueue (an application's
+            database is switched to WAL mode only with journal_mode="wal";
+            a pool refuses "keep": it needs WAL mode).
     """
 
     _broken_error = BrokenProcessPool

@@ -203,6 +203,7 @@ class _QueueBase(Generic[T]):
         self._engine = SQLiteEngine(
             self.path, self.timeout_seconds,
             synchronous=self._synchronous, table_prefix=self._table_prefix,
+            journal_mode=self._journal_mode,
         )
 
     def _reset_process_state(self):
@@ -294,6 +295,27 @@ class _QueueBase(Generic[T]):
             else:
                 self._hold(msg)
             return item
+
+    def put_in(self, conn, item: T) -> int:
+        """Put ``item`` in the application's own transaction: through
+        ``conn``, the application's sqlite3 connection to this file, so that
+        it is committed or rolled back with the application's writes (the
+        transactional outbox); returns its id.  ``maxsize`` is not applied;
+        the item is visible once ``conn`` commits (see
+        :meth:`LiteQueue.put_in <persistqueue_liteq.LiteQueue.put_in>`).
+        CodecMismatch, storing nothing, if the queue records another codec.
+        """
+        codec = self._codec
+        data = codec.dumps(item)
+        order_key = getattr(self, "_order_key", None)
+        priority = None if order_key is None else order_key(item)
+        ours = codec.fingerprint()
+        with self._statement_lock:
+            msg_id, held = self._engine.put_on(conn, self.name, data, seal=codec.sealer,
+                                               codec=ours, priority=priority)
+        if held != ours:
+            raise CodecMismatch(self._mismatch(held, "nothing was stored"))
+        return msg_id
 
     # -- what the queue was written with ----------------------------------------
 
@@ -622,6 +644,7 @@ class _QueueBase(Generic[T]):
             "timeout_seconds": self.timeout_seconds,
             "synchronous": self._synchronous,
             "table_prefix": self._table_prefix,
+            "journal_mode": self._journal_mode,
         }
 
 
@@ -662,6 +685,9 @@ class PersistentQueue(_QueueBase[T]):
         synchronous: "NORMAL" (survives any crash of the process) or "FULL"
             (also a power loss).
         table_prefix: prefix of the tables, to share an application's database.
+        journal_mode: None (default) puts the file in WAL mode but refuses
+            to switch an application's database (tables that are not ours)
+            from another mode; "wal" switches it; "keep" keeps its mode.
 
     How it differs from queue.Queue, as persistence requires:
 
@@ -705,7 +731,9 @@ class PersistentQueue(_QueueBase[T]):
         timeout_seconds: float = 5,
         synchronous: str = "NORMAL",
         table_prefix: str = DEFAULT_PREFIX,
+        journal_mode: Optional[str] = None,
     ):
+        self._journal_mode = journal_mode
         self._configure(path, name, visibility_timeout, max_retries, serializer,
                         hmac_key, auto_ack, timeout_seconds, synchronous, table_prefix)
         self.maxsize = _check_maxsize(maxsize)
@@ -926,7 +954,10 @@ class PersistentPriorityQueue(PersistentQueue[T]):
 
     Items are ordered as Python orders them, through a key stored with each:
     numbers (int, float, bool, mixed, of any size; ints compare exactly), str,
-    bytes, and tuples and lists of these.  A tuple such as
+    bytes, tuples and lists of these, and ``@dataclass(order=True)`` items
+    (the ``queue`` module's recipe, ``PrioritizedItem(priority, item)`` with
+    ``item`` a ``field(compare=False)``), ordered as the tuple of their
+    compared fields, as the class itself compares them.  A tuple such as
     ``(priority, task)`` whose later element has no stored order (``task`` is
     some object) is ordered by the part before it, and equal parts by arrival,
     so that tasks need not be comparable.  Anything else raises TypeError at
@@ -1008,7 +1039,9 @@ class PersistentSimpleQueue(_QueueBase[T]):
         timeout_seconds: float = 5,
         synchronous: str = "NORMAL",
         table_prefix: str = DEFAULT_PREFIX,
+        journal_mode: Optional[str] = None,
     ):
+        self._journal_mode = journal_mode
         self._configure(path, name, visibility_timeout, max_retries, serializer,
                         hmac_key, auto_ack, timeout_seconds, synchronous, table_prefix)
         self._open_engine()

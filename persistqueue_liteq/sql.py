@@ -123,8 +123,27 @@ CREATE_TABLES = (
 # -- schema bookkeeping -----------------------------------------------------
 
 TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+
+# Tables of the file that are not ours (an application's database): their
+# names, for the message that refuses to change its journal mode.
+OTHER_TABLES = """
+SELECT name FROM sqlite_master
+ WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+   AND substr(name, 1, length(?)) != ? ORDER BY name LIMIT 5"""
+
+# Which file a connection has open as "main" (to check an application's
+# connection before putting through it).
+MAIN_FILE = "SELECT file FROM pragma_database_list WHERE name = 'main'"
 READ_META = "SELECT key, value FROM {p}meta"
 WRITE_META = "INSERT OR REPLACE INTO {p}meta (key, value) VALUES (?, ?)"
+
+# -- automatic vacuum -----------------------------------------------------------
+# The threshold of free pages past which an engine runs VACUUM, in {p}meta
+# (absent: never); free pages are counted by SQLite in the file's header.
+AUTO_VACUUM_KEY = "auto_vacuum_free_pages"
+DELETE_META = "DELETE FROM {p}meta WHERE key = ?"
+FREE_PAGES = "PRAGMA freelist_count"
+VACUUM = "VACUUM"
 
 # -- the file's clock ---------------------------------------------------------
 # The anchor of the engine's clock, in {p}meta: the boot it was made in, and
@@ -242,6 +261,15 @@ LEASE_LIFO = _LEASE.format(where="", order="visible_at DESC, id DESC")
 # ready row instead (0.3 ms against 6 ms a lease at 20,000 items).
 LEASE_PRIORITY = _LEASE.format(where="priority IS NOT NULL AND ", order="priority, id").replace(
     "AND visible_at <= :now", "AND +visible_at <= :now")
+
+# One ready message chosen by its id (persist-queue's get(id=...)); one
+# past its TTL is not leased.
+LEASE_ID = """
+UPDATE {p}messages
+   SET visible_at = :until, lease = :lease, attempts = attempts + 1
+ WHERE id = :id AND queue = :queue AND visible_at <= :now
+   AND (expires_at IS NULL OR expires_at > :now)
+RETURNING id, data, queue, attempts, created_at, expires_at, last_error, priority, key"""
 
 NEXT_VISIBLE_AT = """
 SELECT min(visible_at) FROM {p}messages WHERE queue = ? AND visible_at > ?"""
@@ -361,6 +389,21 @@ DEAD_LETTERS = """
 SELECT {c} FROM {{p}}messages
  WHERE queue = ? AND visible_at IS NULL
  ORDER BY dead_at, id LIMIT ?""".format(c=_COLUMNS)
+
+# -- moving messages between files (export and import) ------------------------
+
+# Every message of a queue, live and dead, with its lease token: what an
+# export writes, state and all.
+SNAPSHOT = """
+SELECT {c}, lease FROM {{p}}messages
+ WHERE queue = ? AND id > ?
+ ORDER BY id LIMIT ?""".format(c=_COLUMNS)
+
+# A message stored with the state it had elsewhere (a new id, no lease).
+INSERT_RESTORED = """
+INSERT INTO {p}messages (queue, data, priority, visible_at, created_at, expires_at, attempts,
+                         last_error, dead_at, dead_reason, key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 # -- operating --------------------------------------------------------------
 
