@@ -5,20 +5,22 @@
 A shop keeps its customers and orders in shop.db.  Its background jobs go in
 the same file, in tables named with a prefix (``table_prefix="jobs_"``), so
 that there is one file to back up and the shop's own tables are never
-touched.  Opening the queue switches the file to WAL mode, which lasts and
-lets readers run while one connection writes.
+touched.  The queue runs the file in WAL mode, which lets readers run while
+one connection writes; as that changes how every connection to the file
+works, it is said explicitly (``journal_mode="wal"``): without it, a queue
+refuses to switch an application's file from another mode
+(``journal_mode="keep"`` would keep that mode).
 
-What a transaction can hold: ``jobs.transaction()`` commits puts to several
-queues together, but it cannot take the shop's own INSERT, because the queue
-writes through its own connection.  So the shop commits an order first, then
-queues its job: a crash between the two commits leaves an order without a
-job, never a job without its order, and a sweep at startup queues a job for
-every order not yet e-mailed.  That may queue a job twice, so the job is
-idempotent: an order already e-mailed is not e-mailed again.
+An order and its job are committed together: ``jobs.put_in(db, ...)`` puts
+the job through the shop's own connection, inside the shop's transaction
+(the transactional outbox), so a crash leaves both or neither.  Orders that
+older code placed without a job (order 3 below) are found by a sweep at
+startup, which may queue a job twice, so the job is idempotent: an order
+already e-mailed is not e-mailed again.
 
-Commit the shop's writes before putting: SQLite has one writer at a time, so
-a put waits for another connection's uncommitted write, and raises
-DatabaseBusy after ``timeout_seconds``.
+Keep the shop's transactions short: SQLite has one writer at a time, so
+while one is open every other writer (a consumer leasing a job included)
+waits, and raises DatabaseBusy after ``timeout_seconds``.
 """
 
 import json
@@ -50,7 +52,8 @@ def place_order(db, jobs, customer_id, item):
     with db:  # the shop's transaction, committed at the end of the block
         order_id = db.execute("INSERT INTO orders (customer_id, item) VALUES (?, ?)",
                               (customer_id, item)).lastrowid
-    jobs.put(json.dumps({"order": order_id}).encode(), "emails")  # then its job
+        # Its job, in the same transaction: committed with the order or not at all.
+        jobs.put_in(db, json.dumps({"order": order_id}).encode(), "emails")
     return order_id
 
 
@@ -88,7 +91,7 @@ def main(path):
     before = db.execute(shop_rows).fetchall()
     print("shop tables: %s" % ", ".join(tables(db)))
 
-    jobs = LiteQueue(path, table_prefix="jobs_")
+    jobs = LiteQueue(path, table_prefix="jobs_", journal_mode="wal")
     print("after opening the queue: %s" % ", ".join(tables(db)))
     print("shop rows unchanged: %s" % (db.execute(shop_rows).fetchall() == before))
     print("journal mode: %s" % db.execute("PRAGMA journal_mode").fetchone()[0])

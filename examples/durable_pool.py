@@ -3,10 +3,12 @@
     python examples/durable_pool.py [tasks.db]
 
 submit, map and as_completed work as with the standard library's pool.
-What the file adds, shown here: a task that fails is retried after a backoff
-(max_retries times), and a task that keeps failing raises its exception and
-lands in the dead-letter queue with the reason.  Every task and result is in
-the file, so running this again on the same file answers from it.
+What the file adds, shown here: a task that raises one of ``retry_on`` (a
+network hiccup) is retried after a backoff, up to max_retries times; any
+other exception is the task's outcome at once, as with the standard library,
+and the task lands in the dead-letter queue with its traceback.  Every task
+and result is in the file until the pool shuts down cleanly, so a run that
+is killed and run again does only what was left.
 """
 
 import os
@@ -38,7 +40,7 @@ def flaky_fetch(name, attempts_file):
 
 def main(path):
     with tempfile.TemporaryDirectory() as scratch, PersistentProcessPoolExecutor(
-        path, max_workers=2, max_retries=2, retry_backoff=0.1
+        path, max_workers=2, max_retries=2, retry_on=(ConnectionError,), retry_backoff=0.1
     ) as pool:
         future = pool.submit(square, 12)
         print("submit: square(12) = %d" % future.result())
@@ -52,7 +54,7 @@ def main(path):
         future = pool.submit(flaky_fetch, "report.csv", os.path.join(scratch, "attempts"))
         print("retried: %s" % future.result())
 
-        future = pool.submit(parse, "twelve")  # fails on every attempt
+        future = pool.submit(parse, "twelve")  # a bug, not a hiccup: not retried
         try:
             future.result()
         except ValueError as exc:

@@ -95,8 +95,10 @@ def main():
     with open(log_path) as f:
         ran = sum(line.split()[0] == str(os.getpid()) for line in f)
     print("this run executed %d tasks; the other results came from the file" % ran)
-    # A real script would now call pool.forget_results() (or delete the file)
-    # once the results are safely elsewhere; kept here so you can run it again.
+    # The tasks have keys of their own (submit_keyed), so their results last
+    # beyond this run: a real script would now call pool.forget_results() (or
+    # delete the file) once they are safely elsewhere.  Calls made with
+    # submit() or map() are forgotten when the pool shuts down cleanly.
 
 
 if __name__ == "__main__":

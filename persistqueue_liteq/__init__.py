@@ -4,6 +4,8 @@
   Liteq's API (leases, retries, dead letters, delays, batches).
 * :class:`PersistentProcessPoolExecutor`, :class:`PersistentThreadPoolExecutor`:
   ``concurrent.futures`` pools whose tasks live in the queue file.
+* :class:`AsyncPersistentQueue` (and Lifo, Priority), :class:`AsyncLiteQueue`:
+  the same for asyncio (:mod:`.aio`).
 * The engine interface (:mod:`.engine`) and its SQLite implementation
   (:mod:`.sqlite_engine`), on which everything else is built.
 """
@@ -68,16 +70,27 @@ __all__ = [
     "PersistentPriorityQueue",
     "PersistentSimpleQueue",
     "ShutDown",
+    "AsyncPersistentQueue",
+    "AsyncPersistentLifoQueue",
+    "AsyncPersistentPriorityQueue",
+    "AsyncLiteQueue",
+    "QueueShutDown",
 ]
 
 _LAZY = {
     "PersistentProcessPoolExecutor": "pool",
     "PersistentThreadPoolExecutor": "pool",
+    "AsyncPersistentQueue": "aio",
+    "AsyncPersistentLifoQueue": "aio",
+    "AsyncPersistentPriorityQueue": "aio",
+    "AsyncLiteQueue": "aio",
+    "QueueShutDown": "aio",
 }
 
 
 def __getattr__(name):
-    # The pools import multiprocessing and concurrent.futures: only on use.
+    # The pools import multiprocessing and concurrent.futures, and the async
+    # queues asyncio: only on use.
     if name in _LAZY:
         import importlib
 

@@ -5,8 +5,19 @@
     stats DB [--json | --prometheus] [--watch [SECONDS]]
     peek DB [--queue Q] [-n N]             put DB [--queue Q] (TEXT | --json J | --file P | --stdin)
     purge DB --queue Q [--dead]            delete-queue DB --queue Q
-    dlq list|show|redrive|purge DB ...     import-jsonl DB FILE   export-jsonl DB [FILE|-]
+    dlq list|show|redrive|purge DB ...     import-jsonl DB FILE [--format F]
+    export-jsonl DB [FILE|-] [--dead | --all]
     checkpoint DB   vacuum DB   check DB   worker DB [--queue NAME] [--workers N]
+    consume DB [--queue Q] [--until-empty] -- COMMAND [ARG ...]
+
+DB may be left out when ``$PERSISTQUEUE_LITEQ_DB`` names the file (a DB
+given wins; see :func:`_resolve_db` for the commands with more positionals).
+
+The modules beside this one hold the parts with a job of their own:
+:mod:`._cli_jsonl` (the export record and the import formats, simple_local_mq's
+among them), :mod:`._cli_codec` (what ``put`` stores in, and ``peek`` shows of,
+a queue that records its codec: pickle and JSON queues get items encoded to
+match) and :mod:`._cli_consume` (the ``consume`` loop).
 
 Everything goes through the engine (:class:`~persistqueue_liteq.sqlite_engine.
 SQLiteEngine` and :class:`~persistqueue_liteq.LiteQueue`): there is no SQL
@@ -31,7 +42,6 @@ The read-only commands open the file with ``SQLiteEngine(..., readonly=True)``.
 """
 
 import argparse
-import base64
 import contextlib
 import json
 import logging
@@ -45,7 +55,9 @@ import threading
 import time
 
 from . import __version__
+from . import _cli_consume, _cli_jsonl
 from . import sql as _sql
+from ._cli_codec import QueueCodec, Unshowable
 from .engine import METRIC_NAMES
 from .exceptions import LiteQueueError
 from .liteq import LiteQueue
@@ -54,6 +66,8 @@ from .sqlite_engine import SQLiteEngine
 __all__ = ["main"]
 
 PROG = "persistqueue-liteq"
+#: Where the database is when a command is given none.
+DB_VARIABLE = "PERSISTQUEUE_LITEQ_DB"
 DEFAULT_QUEUE = "default"
 DEFAULT_TASK_QUEUE = "tasks"  # the pools' default name
 
@@ -97,7 +111,8 @@ def _writing(args, create=False):
         with _reading(args):
             pass
     log.debug("opening %s read-write", args.db)
-    queue = LiteQueue(args.db, timeout_seconds=args.timeout, table_prefix=args.table_prefix)
+    queue = LiteQueue(args.db, timeout_seconds=args.timeout, table_prefix=args.table_prefix,
+                      journal_mode=args.journal_mode)
     try:
         yield queue
     finally:
@@ -111,17 +126,6 @@ def _queues_with(engine, what):
 
 def _peek_many(engine, queue, n):
     return engine.peek_many(queue, n)
-
-
-def _live_messages(engine, queue):
-    """Every live message of ``queue``, in id order, none leased."""
-    after = 0
-    while True:
-        batch = engine.messages(queue, after_id=after, limit=500)
-        if not batch:
-            return
-        yield from batch
-        after = batch[-1].id
 
 
 # -- formatting --------------------------------------------------------------------
@@ -178,40 +182,44 @@ def _table(headers, rows, align):
 
 
 def _record(msg, wall):
-    """A message as one JSON object (the export-jsonl format); ``wall`` turns
-    the engine's times into wall-clock ones (``engine.wall_time``)."""
-    record = {"id": msg.id, "queue": msg.queue_name}
-    try:
-        record["data"] = msg.data.decode("utf-8")
-    except UnicodeDecodeError:
-        record["data"] = base64.b64encode(msg.data).decode("ascii")
-        record["encoding"] = "base64"
-    record["attempts"] = msg.attempts
-    record["created_at"] = wall(msg.created_at)
-    if msg.key is not None:
-        record["key"] = msg.key
-    if msg.dead_at is not None:
-        record["dead_at"] = wall(msg.dead_at)
-        record["dead_reason"] = msg.dead_reason
-    if msg.last_error is not None:
-        record["last_error"] = msg.last_error
-    return record
+    """A message as one JSON object (see :mod:`._cli_jsonl`)."""
+    return _cli_jsonl.record(msg, wall)
 
 
-def _record_data(record, line_no):
-    """The bytes of an export-jsonl record's data."""
-    if not isinstance(record, dict) or not isinstance(record.get("data"), str):
-        raise CLIError(
-            'line %d: not an export-jsonl record (an object with a "data" string)' % line_no)
-    encoding = record.get("encoding")
-    if encoding is None:
-        return record["data"].encode("utf-8", "surrogatepass")
-    if encoding != "base64":
-        raise CLIError("line %d: unknown encoding %r (only base64)" % (line_no, encoding))
+def _codecs(engine, hmac_key=None):
+    """{queue: QueueCodec}, made as needed."""
+    class Codecs(dict):
+        def __missing__(self, queue):
+            codec = self[queue] = QueueCodec(engine, queue, hmac_key)
+            return codec
+    return Codecs()
+
+
+def _shown_record(msg, engine, codecs):
+    """An export record of ``msg`` and, for a queue whose codec the command
+    line reads, its item as "value" (or "value_error")."""
+    out = _record(msg, engine.wall_time)
+    codec = codecs[msg.queue_name]
+    if codec.decoded():
+        try:
+            value = codec.value(msg.data)
+            json.dumps(value)
+            out["value"] = value
+        except (Unshowable, TypeError, ValueError) as exc:
+            out["value_error"] = str(exc) if isinstance(exc, Unshowable) else (
+                "<a %s that has no JSON text>" % type(value).__name__)
+    return out
+
+
+def _shown_preview(msg, codecs, width=48):
+    codec = codecs[msg.queue_name]
+    if not codec.decoded():
+        return _preview(msg.data, width)
     try:
-        return base64.b64decode(record["data"], validate=True)
-    except ValueError as exc:
-        raise CLIError("line %d: bad base64 data: %s" % (line_no, exc)) from None
+        shown = repr(codec.value(msg.data))
+    except Unshowable as exc:
+        shown = str(exc)
+    return shown if len(shown) <= width else shown[: width - 3] + "..."
 
 
 def _print_json(obj):
@@ -378,6 +386,7 @@ def _watch(args, engine):
 
 def _message_rows(messages, engine, dead):
     now = engine.now()
+    codecs = _codecs(engine)
     if dead:
         headers = ["ID", "QUEUE", "ATTEMPTS", "DEAD AT", "REASON"]
         rows = [[m.id, m.queue_name, m.attempts, _when(engine.wall_time(m.dead_at)),
@@ -386,19 +395,22 @@ def _message_rows(messages, engine, dead):
         return _table(headers, rows, "rlrll")
     headers = ["ID", "QUEUE", "ATTEMPTS", "AGE", "SIZE", "DATA"]
     rows = [[m.id, m.queue_name, m.attempts, _age(now - m.created_at), len(m.data),
-             _preview(m.data)] for m in messages]
+             _shown_preview(m, codecs)] for m in messages]
     return _table(headers, rows, "rlrrrl")
 
 
 def _cmd_peek(args):
     with _reading(args) as engine:
         messages = _peek_many(engine, args.queue, args.n)
+        codecs = _codecs(engine)
+        records = [_shown_record(m, engine, codecs) for m in messages]
+        rows = _message_rows(messages, engine, dead=False)
     if args.json:
-        _print_json([_record(m, engine.wall_time) for m in messages])
+        _print_json(records)
     elif not messages:
         print("queue %r has no ready message" % args.queue)
     else:
-        print("\n".join(_message_rows(messages, engine, dead=False)))
+        print("\n".join(rows))
     return 0
 
 
@@ -406,23 +418,29 @@ def _cmd_dlq_list(args):
     with _reading(args) as engine:
         queues = [args.queue] if args.queue else _queues_with(engine, "dead")
         messages = [m for q in queues for m in engine.dead_letters(q)]
+        codecs = _codecs(engine)
+        records = [_shown_record(m, engine, codecs) for m in messages]
+        rows = _message_rows(messages, engine, dead=True)
     if args.json:
-        _print_json([_record(m, engine.wall_time) for m in messages])
+        _print_json(records)
     elif not messages:
         print("no dead letters" + (" in queue %r" % args.queue if args.queue else ""))
     else:
-        print("\n".join(_message_rows(messages, engine, dead=True)))
+        print("\n".join(rows))
     return 0
 
 
 def _cmd_dlq_show(args):
     with _reading(args) as engine:
         msg = engine.get(args.id)
+        codecs = _codecs(engine)
+        if msg is not None:
+            record, preview = _shown_record(msg, engine, codecs), _shown_preview(msg, codecs, 200)
     if msg is None:
         raise CLIError("no message with id %d in %s" % (args.id, args.db))
     now, wall = engine.now(), engine.wall_time
     if args.json:
-        _print_json(dict(_record(msg, wall), state=_state(msg, now),
+        _print_json(dict(record, state=_state(msg, now),
                          visible_at=wall(msg.visible_at)))
         return 0
     state = _state(msg, now)
@@ -437,7 +455,7 @@ def _cmd_dlq_show(args):
         fields.append(("key", msg.key))
     if msg.dead_at is not None:
         fields += [("dead at", _when(wall(msg.dead_at))), ("dead reason", msg.dead_reason)]
-    fields.append(("data", "%s (%d bytes)" % (_preview(msg.data, 200), len(msg.data))))
+    fields.append(("data", "%s (%d bytes)" % (preview, len(msg.data))))
     width = max(len(name) for name, _ in fields) + 2
     for name, value in fields:
         print((name + ":").ljust(width) + str(value))
@@ -451,23 +469,25 @@ def _cmd_dlq_show(args):
 # -- changing messages ----------------------------------------------------------------
 
 def _put_sources(args):
-    """The messages ``put`` was given, as an iterator of bytes."""
+    """The messages ``put`` was given: (kind, value, raw) for each, ``raw``
+    being what a queue without a codec stores (see :mod:`._cli_codec`)."""
     if args.text is not None:
-        yield args.text.encode("utf-8", "surrogateescape")
+        yield "text", args.text, args.text.encode("utf-8", "surrogateescape")
     elif args.json_text is not None:
         try:
-            json.loads(args.json_text)
+            value = json.loads(args.json_text)
         except ValueError as exc:
             raise CLIError("--json: not valid JSON: %s" % exc) from None
-        yield args.json_text.strip().encode("utf-8", "surrogateescape")
+        yield "json", value, args.json_text.strip().encode("utf-8", "surrogateescape")
     elif args.file is not None:
         with open(args.file, "rb") as f:
-            yield f.read()
+            data = f.read()
+        yield "bytes", data, data
     else:
         for line in sys.stdin.buffer:
             line = line.rstrip(b"\r\n")
             if line.strip():
-                yield line
+                yield "text", line.decode("utf-8", "surrogateescape"), line
 
 
 def _cmd_put(args):
@@ -475,11 +495,14 @@ def _cmd_put(args):
     if sum(given) != 1:
         args.parser.error("give exactly one of TEXT, --json, --file or --stdin")
     with _writing(args, create=True) as q:
+        engine = q.engine
+        encode, seal = QueueCodec(engine, args.queue, args.hmac_key_file).writer()
         ids = []
-        for data in _put_sources(args):
+        for kind, value, raw in _put_sources(args):
             # One put each, committed at once: a shell producer's lines are
             # consumable as they come.
-            ids.append(q.put(data, args.queue, visible_after_seconds=args.delay))
+            ids.append(engine.put(args.queue, encode(kind, value, raw), delay=args.delay,
+                                  seal=seal))
     if not args.stdin:
         print(ids[0])
     else:
@@ -568,45 +591,50 @@ class _Progress:
 
 
 def _import_items(lines, args):
-    """(line number, queue, data) for every non-blank line."""
+    """(line number, queue, item) for every non-blank line; ``item`` is
+    (kind, value, raw) or, for ``--format exported``, (Message, codec)."""
     for line_no, line in enumerate(lines, 1):
         text = line.rstrip(b"\r\n")
         if not text.strip():
             continue
-        if args.exported:
+        if args.format == "exported":
             try:
                 record = json.loads(text)
             except ValueError as exc:
                 raise CLIError("line %d: not JSON: %s" % (line_no, exc)) from None
-            data = _record_data(record, line_no)
+            if not isinstance(record, dict):
+                raise CLIError('line %d: not an export-jsonl record (an object with a "data" '
+                               'string)' % line_no)
             queue = args.queue or record.get("queue") or DEFAULT_QUEUE
             if not isinstance(queue, str):
                 raise CLIError("line %d: the queue must be a string" % line_no)
-            yield line_no, queue, data
+            yield line_no, queue, record
+        elif args.format == "simple_local_mq":
+            topic, item = _cli_jsonl.simple_local_mq_item(text, line_no)
+            yield line_no, topic or args.queue or DEFAULT_QUEUE, item
         else:
-            # A JSON value is stored as its JSON text, anything else as its
-            # text: both are the line's bytes.
-            yield line_no, args.queue or DEFAULT_QUEUE, text
+            yield line_no, args.queue or DEFAULT_QUEUE, _cli_jsonl.lines_item(text)
 
 
 def _cmd_import(args):
+    if args.exported:
+        args.format = "exported"
     source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
     total = 0 if args.file == "-" else os.fstat(source.fileno()).st_size
     progress, imported = _Progress(total), 0
     try:
         with _writing(args, create=True) as q:
-            chunk = []
+            importer = _Importer(q.engine, args)
             try:
-                for line_no, queue, data in _import_items(_counting(source, progress), args):
-                    chunk.append((queue, data))
-                    if len(chunk) >= _IMPORT_CHUNK:
-                        imported += _put_chunk(q, chunk)
-                if chunk:
-                    imported += _put_chunk(q, chunk)
-            except (CLIError, LiteQueueError) as exc:
-                if isinstance(exc, CLIError):
+                for line_no, queue, item in _import_items(_counting(source, progress), args):
+                    importer.add(line_no, queue, item)
+                    if len(importer.chunk) >= _IMPORT_CHUNK:
+                        imported += importer.commit()
+                imported += importer.commit()
+            except (CLIError, LiteQueueError, _cli_jsonl.ImportError_) as exc:
+                if not isinstance(exc, LiteQueueError):
                     # What came before a bad line is kept: fix it, import the rest.
-                    imported += _put_chunk(q, chunk)
+                    imported += importer.commit()
                 progress.finish()
                 raise CLIError("%s; the %d message%s before it %s imported" % (
                     exc, imported, "" if imported == 1 else "s",
@@ -619,6 +647,68 @@ def _cmd_import(args):
     return 0
 
 
+class _Importer:
+    """Lines to store, committed a chunk at a time: plain items encoded by
+    their queue's codec, exported records restored with their state."""
+
+    def __init__(self, engine, args):
+        self.engine = engine
+        self.hmac_key = args.hmac_key_file
+        self.exported = args.format == "exported"
+        self.chunk = []  # (queue, payload or Message)
+        self._writers = {}  # queue -> (encode, seal)
+        self._claimed = {}  # queue -> codec record claimed for it
+        now = engine.now()
+        self.now = now
+        offset = engine.wall_time(now) - now  # wall clock minus the engine's
+        self.to_engine = lambda t: t - offset
+
+    def add(self, line_no, queue, item):
+        if self.exported:
+            msg, codec = _cli_jsonl.restored(item, line_no, self.to_engine, self.engine.now())
+            if codec is not None:
+                self._claim(line_no, queue, codec)
+            self.chunk.append((queue, msg))
+            return
+        writer = self._writers.get(queue)
+        if writer is None:
+            writer = self._writers[queue] = QueueCodec(self.engine, queue, self.hmac_key).writer()
+        encode, seal = writer
+        self.chunk.append((queue, (encode(*item), seal)))
+
+    def _claim(self, line_no, queue, codec):
+        if self._claimed.get(queue) == codec:
+            return
+        if "key=none" not in codec.split(";"):
+            raise CLIError(
+                "line %d: a record of queue %r, whose items are signed: the signature binds "
+                "the message's id, which an import changes, so it would be refused; copy the "
+                "file itself, or move the items with a PersistentQueue that has the key"
+                % (line_no, queue))
+        held = self.engine.claim_codec(queue, codec)
+        if held != codec:
+            raise CLIError("line %d: queue %r records codec %s, the record says %s"
+                           % (line_no, queue, held, codec))
+        self._claimed[queue] = codec
+
+    def commit(self):
+        """Store the chunk; empty it; return how many."""
+        chunk, self.chunk = self.chunk, []
+        if not chunk:
+            return 0
+        if self.exported:
+            by_queue = {}
+            for queue, msg in chunk:
+                by_queue.setdefault(queue, []).append(msg)
+            for queue, messages in by_queue.items():
+                self.engine.restore(queue, messages)
+            return len(chunk)
+        with self.engine.transaction() as tx:
+            for queue, (data, seal) in chunk:
+                tx.put(queue, data, seal=seal)
+        return len(chunk)
+
+
 def _counting(source, progress):
     done = 0
     for n, line in enumerate(source, 1):
@@ -627,22 +717,17 @@ def _counting(source, progress):
         yield line
 
 
-def _put_chunk(q, chunk):
-    """Commit the chunk's messages together; empty it; return how many."""
-    with q.transaction() as tx:
-        for queue, data in chunk:
-            tx.put(data, queue)
-    n = len(chunk)
-    del chunk[:]
-    return n
-
-
 def _cmd_export(args):
     with _reading(args) as engine:
-        what = "dead" if args.dead else "live"
-        queues = [args.queue] if args.queue else _queues_with(engine, what)
+        what = "all" if args.all else "dead" if args.dead else "live"
+        if args.queue:
+            queues = [args.queue]
+        elif args.all:
+            queues = [s.name for s in engine.queues()]
+        else:
+            queues = _queues_with(engine, what)
         if args.file == "-":
-            count = _write_records(sys.stdout.buffer, engine, queues, args.dead)
+            count = _write_records(sys.stdout.buffer, engine, queues, what)
             sys.stdout.buffer.flush()
         else:
             # Written beside the target and renamed: a failed export leaves
@@ -650,7 +735,7 @@ def _cmd_export(args):
             partial = args.file + ".partial"
             try:
                 with open(partial, "wb") as out:
-                    count = _write_records(out, engine, queues, args.dead)
+                    count = _write_records(out, engine, queues, what)
                 os.replace(partial, args.file)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -662,13 +747,27 @@ def _cmd_export(args):
     return 0
 
 
-def _write_records(out, engine, queues, dead):
+def _snapshot_of(engine, queue, what):
+    """Every message of ``queue`` ("live", "dead" or "all"), in id order."""
+    after = 0
+    while True:
+        batch = engine.snapshot(queue, after_id=after, limit=500)
+        if not batch:
+            return
+        for msg in batch:
+            dead = msg.dead_at is not None or msg.visible_at is None
+            if what == "all" or (what == "dead") == dead:
+                yield msg
+        after = batch[-1].id
+
+
+def _write_records(out, engine, queues, what):
     count = 0
     for queue in queues:
-        messages = engine.dead_letters(queue) if dead else _live_messages(engine, queue)
-        for msg in messages:
-            out.write(json.dumps(_record(msg, engine.wall_time), ensure_ascii=False).encode("utf-8")
-                      + b"\n")
+        codec = engine.codec_of(queue)
+        for msg in _snapshot_of(engine, queue, what):
+            record = _cli_jsonl.record(msg, engine.wall_time, engine.now(), codec)
+            out.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
             count += 1
     return count
 
@@ -692,6 +791,12 @@ def _cmd_checkpoint(args):
 
 
 def _cmd_vacuum(args):
+    if args.auto is not None:
+        with _writing(args) as q:
+            q.engine.set_auto_vacuum(None if args.auto == "off" else args.auto)
+        print("%s: automatic vacuum: %s" % (args.db, "off" if args.auto == "off" else
+                                            "past %d free pages" % args.auto))
+        return 0
     before = (_size(args.db) or 0) + (_size(args.db + "-wal") or 0)
     with _writing(args) as q:
         q.vacuum()
@@ -794,6 +899,19 @@ def _stop_worker(args, executor, signals):
     return 1
 
 
+# -- consume ------------------------------------------------------------------------
+
+def _cmd_consume(args):
+    if not args.command_line:
+        args.parser.error("give the command to run after --, e.g. consume DB -- sh -c 'cat'")
+    with _writing(args, create=True) as q:
+        done, failed = _cli_consume.consume(q.engine, args, args.command_line)
+    print("%s: consumed %d message%s of queue %r: %d done, %d failed" % (
+        PROG, done + failed, "" if done + failed == 1 else "s", args.queue, done, failed),
+        flush=True)
+    return 0
+
+
 # -- the parser ----------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -847,6 +965,12 @@ def _number(kind, minimum, inclusive=True, name="a number"):
     return convert
 
 
+def _auto_pages(text):
+    if text == "off":
+        return text
+    return _number(int, 0, name="a number of pages or off")(text)
+
+
 def _queue_name(text):
     if not text:
         raise argparse.ArgumentTypeError("a queue name must not be empty")
@@ -873,12 +997,61 @@ def _add_common(parser, defaults):
                         default=5.0 if defaults else keep,
                         help="how long to wait for another connection's lock (default 5)"
                         if defaults else argparse.SUPPRESS)
+    parser.add_argument("--journal-mode", choices=["wal", "keep"], default=None if defaults else keep,
+                        help="for an application's database not in WAL mode: switch it to WAL, "
+                        "or keep its mode (by default such a file is refused)"
+                        if defaults else argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="count", default=0 if defaults else keep,
                         help="log to stderr: -v at INFO, -vv at DEBUG")
 
 
 def _add_db(parser):
-    parser.add_argument("db", metavar="DB", help="the queue file")
+    parser.add_argument("db", metavar="DB", nargs="?",
+                        help="the queue file (default: $%s)" % DB_VARIABLE)
+
+
+def _resolve_db(args, environ=os.environ):
+    """Fill in ``args.db`` from $PERSISTQUEUE_LITEQ_DB when the command was
+    given none.  DB is always the first positional; with the variable set, a
+    command whose DB was left out reads its positionals as the ones after DB:
+    ``put TEXT``, ``import-jsonl FILE``, ``dlq show ID``, ``dlq redrive ID...``
+    (an ID is all digits).  ``export-jsonl X`` reads X as DB: give the output
+    file with ``-o``."""
+    env = environ.get(DB_VARIABLE) or None
+    shift = getattr(args, "db_shift", None)
+    if env is not None and args.db is not None and shift is not None:
+        shift(args, env)
+    if args.db is None:
+        if env is None:
+            args.parser.error("give DB, the queue file, or set $%s" % DB_VARIABLE)
+        args.db = env
+
+
+def _shift_put(args, env):
+    if args.text is None and args.json_text is None and args.file is None and not args.stdin:
+        args.text, args.db = args.db, env
+
+
+def _shift_import(args, env):
+    if args.file is None:
+        args.file, args.db = args.db, env
+
+
+def _shift_ids(name):
+    """For ``dlq show ID`` and ``dlq redrive ID...``: a first positional of
+    digits only is an ID when DB comes from the environment."""
+    def shift(args, env):
+        if not args.db.isdigit():
+            return
+        value = getattr(args, name)
+        if isinstance(value, list):
+            setattr(args, name, [int(args.db)] + value)
+        elif value is None:
+            setattr(args, name, int(args.db))
+        else:
+            return
+        args.db = env
+    return shift
 
 
 def _command(subparsers, name, func, help, **kwargs):
@@ -921,6 +1094,8 @@ def _build_parser():
                    "(blank lines skipped), each stored as it comes")
     p.add_argument("--queue", default=DEFAULT_QUEUE, type=_queue_name)
     p.add_argument("--delay", type=_number(float, 0.0), default=0.0, metavar="SECONDS")
+    _add_key_file(p)
+    p.set_defaults(db_shift=_shift_put)
 
     p = _command(commands, "purge", _cmd_purge, "delete a queue's live messages (or dead letters)")
     p.add_argument("--queue", required=True, type=_queue_name)
@@ -933,21 +1108,35 @@ def _build_parser():
 
     p = _command(commands, "import-jsonl", _cmd_import,
                  "store one message per line of FILE: JSON as its text, other lines as text")
-    p.add_argument("file", metavar="FILE", help="the file, or - for stdin")
+    p.add_argument("file", metavar="FILE", nargs="?", help="the file, or - for stdin")
     p.add_argument("--queue", type=_queue_name, help="default: %s, or with --exported the "
                    "queue of each record" % DEFAULT_QUEUE)
-    p.add_argument("--exported", action="store_true",
-                   help="FILE was written by export-jsonl: store each record's data")
+    p.add_argument("--format", choices=["lines", "simple_local_mq", "exported"],
+                   default="lines",
+                   help="lines (default): one message per line, JSON or text; simple_local_mq: "
+                        'its {"topic", "payload"|"message"} lines (topic: the queue) and JSON '
+                        "strings; exported: what export-jsonl wrote, restored with its state")
+    p.add_argument("--exported", action="store_true", help="the same as --format exported")
+    _add_key_file(p)
+    p.set_defaults(db_shift=_shift_import)
 
     p = _command(commands, "export-jsonl", _cmd_export, "write messages as JSON lines")
     p.add_argument("file", nargs="?", default="-", metavar="FILE", help="default: - (stdout)")
+    p.add_argument("-o", "--output", dest="file", metavar="FILE", help="the same as FILE")
     p.add_argument("--queue", type=_queue_name, help="default: every queue")
-    p.add_argument("--dead", action="store_true", help="the dead letters")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--dead", action="store_true", help="the dead letters")
+    which.add_argument("--all", action="store_true",
+                       help="live messages and dead letters, each with its state (for a "
+                            "full copy: import-jsonl --exported restores it)")
 
     p = _command(commands, "checkpoint", _cmd_checkpoint, "copy the WAL into the file")
     p.add_argument("--mode", default="TRUNCATE", type=str.upper,
                    choices=["PASSIVE", "FULL", "RESTART", "TRUNCATE"])
-    _command(commands, "vacuum", _cmd_vacuum, "give free pages back to the file system")
+    p = _command(commands, "vacuum", _cmd_vacuum, "give free pages back to the file system")
+    p.add_argument("--auto", type=_auto_pages, metavar="PAGES|off",
+                   help="instead: store in the file that a process finding more than PAGES "
+                        "free pages vacuums it (off: never, the default)")
     _command(commands, "check", _cmd_check, "integrity check and WAL size (exit 1 if not ok)")
 
     p = _command(commands, "worker", _cmd_worker,
@@ -967,7 +1156,28 @@ def _build_parser():
                    help="the pool's hmac_key: the bytes of PATH, less one trailing newline; "
                         "tasks and results are signed, and a task whose signature does not "
                         "match is never unpickled")
+
+    p = _command(commands, "consume", _cmd_consume,
+                 "run a shell command per message (the message on its stdin): ack on exit "
+                 "status 0, else release it with a delay (dead-letter it past --max-retries)")
+    p.add_argument("--queue", default=DEFAULT_QUEUE, type=_queue_name)
+    p.add_argument("--max-retries", type=_number(int, 0, name="an integer"), default=3)
+    p.add_argument("--retry-delay", type=_number(float, 0.0), default=10.0, metavar="SECONDS",
+                   help="delay of a failed message before its next try (default 10)")
+    p.add_argument("--lease-seconds", type=_number(float, 0.0, False), default=60.0,
+                   metavar="SECONDS", help="lease of a message, extended while its command "
+                   "runs (default 60)")
+    p.add_argument("--until-empty", action="store_true",
+                   help="stop when no message is ready instead of waiting for more")
+    _add_key_file(p)
+    p.epilog = "The command follows --: consume DB [options] -- COMMAND [ARG ...]"
     return parser
+
+
+def _add_key_file(p):
+    p.add_argument("--hmac-key-file", type=_key_file, metavar="PATH",
+                   help="the hmac_key of a queue whose items are signed: the bytes of PATH, "
+                        "less one trailing newline")
 
 
 def _build_dlq(commands):
@@ -980,10 +1190,12 @@ def _build_dlq(commands):
     p.add_argument("--queue", type=_queue_name, help="default: every queue")
     p.add_argument("--json", action="store_true")
     p = _command(verbs, "show", _cmd_dlq_show, "one message with its reason and traceback")
-    p.add_argument("id", type=_number(int, 1, name="a message id"), metavar="ID")
+    p.add_argument("id", type=_number(int, 1, name="a message id"), metavar="ID", nargs="?")
     p.add_argument("--json", action="store_true")
+    p.set_defaults(db_shift=_shift_ids("id"))
     p = _command(verbs, "redrive", _cmd_dlq_redrive, "make dead letters ready again")
     p.add_argument("ids", nargs="*", type=_number(int, 1, name="a message id"), metavar="ID")
+    p.set_defaults(db_shift=_shift_ids("ids"))
     p.add_argument("--queue", type=_queue_name, help="default: every queue")
     p = _command(verbs, "purge", _cmd_dlq_purge, "delete dead letters")
     p.add_argument("--queue", type=_queue_name, help="default: every queue")
@@ -1016,7 +1228,12 @@ def main(argv=None):
     for stream in (sys.stdout, sys.stderr):  # any message text must print
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
+    argv, command_line = _split_command(sys.argv[1:] if argv is None else list(argv))
     args = _build_parser().parse_args(argv)
+    args.command_line = command_line
+    _resolve_db(args)
+    if getattr(args, "func", None) is _cmd_dlq_show and args.id is None:
+        args.parser.error("give the ID of the message")
     _configure_logging(args.verbose)
     try:
         return args.func(args)
@@ -1035,6 +1252,16 @@ def main(argv=None):
         log.debug("failed", exc_info=True)
         print("%s: error: %s: %s" % (PROG, type(exc).__name__, _one_line(exc)), file=sys.stderr)
         return 1
+
+
+def _split_command(argv):
+    """``consume ... -- COMMAND ...``: (the arguments before --, COMMAND ...).
+    Split here, not by argparse: an optional DB and a command of any
+    arguments cannot both be positionals."""
+    if "--" in argv and "consume" in argv[:argv.index("--")]:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1:]
+    return argv, []
 
 
 def _one_line(exc):

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Optional
 
-from . import _fork
+from . import _fork, metrics_hooks
 
 __all__ = ["Engine", "Message", "Metrics", "QueueStats", "clock", "lease_waiting",
            "wait_drained"]
@@ -70,8 +70,10 @@ class Metrics:
     A forked child starts from nothing: its parent flushes its own counts.
     """
 
-    def __init__(self, flush_interval=1.0):
+    def __init__(self, flush_interval=1.0, location=None):
         self.flush_interval = flush_interval
+        #: The database, for the metrics hooks (see :mod:`.metrics_hooks`).
+        self.location = location
         self._lock = threading.Lock()
         self._reset()
 
@@ -87,7 +89,8 @@ class Metrics:
             self._reset()
 
     def add(self, queue, name, n=1, lasting=False):
-        """Count ``n`` of ``name`` for ``queue``; True when a flush is due."""
+        """Count ``n`` of ``name`` for ``queue``, and hand it to the metrics
+        hooks (:mod:`.metrics_hooks`); True when a flush is due."""
         with self._lock:
             if self._generation != _fork.generation:  # _forget_if_forked, inlined: per operation
                 self._reset()
@@ -98,7 +101,10 @@ class Metrics:
             if not lasting:
                 key = (queue, name)
                 self._unflushed[key] = self._unflushed.get(key, 0) + n
-            return time.monotonic() >= self._next_flush
+            due = time.monotonic() >= self._next_flush
+        if metrics_hooks._hooks:
+            metrics_hooks.emit(self.location, queue, name, n)
+        return due
 
     def take(self):
         """The counts to add to the file: {(queue, name): n}, now cleared."""
@@ -225,6 +231,22 @@ class Engine(abc.ABC):
         stored."""
 
     @abc.abstractmethod
+    def put_on(self, conn, queue, data, delay=0.0, ttl=None, seal=None, codec=None,
+               priority=None):
+        """Store one message through the application's own connection
+        ``conn`` (to this database), inside the application's transaction:
+        it is committed or rolled back with the application's writes (the
+        transactional outbox).  Returns its id.  Nothing is committed here,
+        nothing runs on the engine's own connections (which would wait for
+        the lock ``conn`` holds), so no waiter is woken: consumers see the
+        message at their next look once ``conn`` commits (call
+        :meth:`wake` after the commit to wake them at once), and the put is
+        not counted in :meth:`metrics`.  ``codec``: a codec fingerprint to
+        claim for ``queue`` in the same transaction (see
+        :meth:`claim_codec`); the one that holds is returned as
+        ``(id, codec)`` then."""
+
+    @abc.abstractmethod
     def transaction(self):
         """A context manager yielding an object with ``put`` and ``put_many``
         (as above) whose messages, to any queues, are committed together when
@@ -270,7 +292,9 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def complete_many(self, queue, outcomes, lease=0, seconds=0.0):
         """:meth:`complete` for each ``(msg_id, lease, key, ok, data)`` of
-        ``outcomes`` (messages of ``queue``), and in the same transaction
+        ``outcomes`` (messages of ``queue``; an outcome may add
+        ``dead_reason, error``: the message is dead-lettered with that reason
+        and ``error`` as its last error), in order, and in the same transaction
         lease up to ``lease`` ready messages of ``queue`` for ``seconds``
         (one token for all): a worker's one write per batch of tasks.
         Returns the messages leased, oldest first.  For keyed queues only: no
@@ -292,6 +316,12 @@ class Engine(abc.ABC):
     def forget_results(self, queue, key=None):
         """Delete the stored outcome under ``key`` (or all of ``queue``'s)."""
 
+    @abc.abstractmethod
+    def forget_results_matching(self, queue, pattern, up_to_seq=None, failed_only=False):
+        """Delete the outcomes of ``queue`` whose keys match the GLOB
+        ``pattern``, stored up to ``up_to_seq`` (None: all), only the
+        failures if ``failed_only``; return how many."""
+
     # -- consuming ----------------------------------------------------------
 
     @abc.abstractmethod
@@ -303,6 +333,12 @@ class Engine(abc.ABC):
         that would exceed ``max_attempts`` deliveries goes to the dead-letter
         queue instead.  Returns [] when nothing is ready: it never blocks.
         """
+
+    @abc.abstractmethod
+    def lease_id(self, queue, msg_id, seconds):
+        """Lease the message ``msg_id`` of ``queue`` for ``seconds`` if it is
+        ready (not delayed, in flight, dead or past its TTL); return it, or
+        None.  Counted as a delivery, as :meth:`lease` is."""
 
     @abc.abstractmethod
     def next_visible_at(self, queue):
@@ -397,6 +433,29 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def dead_letters(self, queue, limit=None):
         """The dead letters of ``queue``, oldest first, with reasons."""
+
+    # -- moving messages between databases ---------------------------------------
+
+    @abc.abstractmethod
+    def snapshot(self, queue, after_id=0, limit=1000):
+        """Every message of ``queue`` with an id above ``after_id``, live and
+        dead, in id order, at most ``limit``, each with its state: ``lease``
+        is the token of an in-flight message (None otherwise), ``visible_at``
+        None for a dead letter.  What an export writes."""
+
+    @abc.abstractmethod
+    def restore(self, queue, messages):
+        """Store :class:`Message` objects taken from another database (or a
+        snapshot of this one) into ``queue``, with their state, in one
+        transaction; return their new ids in order.
+
+        Kept: ``data``, ``attempts``, ``created_at``, ``expires_at``,
+        ``visible_at`` (a delay), ``last_error``, ``priority``, ``key``, and a
+        dead letter's ``dead_at`` and ``dead_reason`` (a message with
+        ``dead_at`` set is stored dead).  A message that was in flight
+        (``lease`` set) is stored ready: its holder is not here.  Ids are new.
+        Not counted as puts.  ValueError (nothing stored) if a ``key`` is
+        already live in ``queue``."""
 
     # -- operating ------------------------------------------------------------
 

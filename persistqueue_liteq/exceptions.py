@@ -42,6 +42,7 @@ __all__ = [
     "SerializationError",
     "CodecMismatch",
     "UnboundSignatures",
+    "StorageFault",
 ]
 
 
@@ -126,3 +127,11 @@ class UnboundSignatures(LiteQueueError, ValueError):
     """A queue holds messages signed by persistqueue_liteq 0.1.0, whose
     signature does not bind a message to its id and queue: refused until
     re-signed once with the queue's ``upgrade_signatures()``."""
+
+
+class StorageFault(LiteQueueError):
+    """A pool could not write (or read) what it needed in its queue file for
+    longer than it waits out a passing fault: a result too big to store, a
+    disk that stayed full, a lock that another program held too long.  The
+    futures it held up fail with it (the cause is chained); the pool goes on
+    and works again once the file does."""

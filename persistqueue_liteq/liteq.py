@@ -49,6 +49,9 @@ class LiteQueue:
             of the process) or "FULL" (it also survives a power loss).
         table_prefix: prefix of this queue's tables, so that it can live in an
             application's own database.
+        journal_mode: None (default) puts the file in WAL mode but refuses
+            to switch an application's database (tables that are not ours)
+            from another mode; "wal" switches it; "keep" keeps its mode.
     """
 
     def __init__(
@@ -59,12 +62,14 @@ class LiteQueue:
         *,
         synchronous="NORMAL",
         table_prefix=DEFAULT_PREFIX,
+        journal_mode=None,
     ):
         filename = _checks.db_path(filename)
         self.max_retries = _checks.count(max_retries, "max_retries")
         self.timeout_seconds = _checks.seconds(timeout_seconds, "timeout_seconds")
         self._engine = SQLiteEngine(
-            filename, self.timeout_seconds, synchronous=synchronous, table_prefix=table_prefix
+            filename, self.timeout_seconds, synchronous=synchronous, table_prefix=table_prefix,
+            journal_mode=journal_mode,
         )
         self.filename = self._engine.location
 
@@ -100,6 +105,31 @@ class LiteQueue:
             raise TypeError("put_batch takes an iterable of messages, not a single %s"
                             % type(messages).__name__)
         return self._engine.put_many(qname, map(_checks.payload, messages), delay, ttl)
+
+    def put_in(self, conn, data, qname="default", visible_after_seconds=0, *,
+               ttl_seconds=None):
+        """Store one message in the application's own transaction: through
+        ``conn``, the application's sqlite3 connection to this file, so that
+        it is committed or rolled back with the application's writes (the
+        transactional outbox).  Returns its id::
+
+            with conn:  # the application's transaction
+                conn.execute("INSERT INTO orders ...")
+                q.put_in(conn, b"order placed", "emails")
+
+        Until ``conn`` commits nobody sees the message, and the write lock
+        that its transaction holds makes every other writer of the file
+        (consumers leasing included) wait, up to their timeout: keep the
+        transaction short.  Once it commits, waiting
+        consumers see it at their next look (within a second), or at once
+        after ``q.engine.wake("put", qname)``.  Not counted in
+        :meth:`metrics`.  ValueError for a connection to another file.
+        """
+        data = _checks.payload(data)
+        qname = _checks.queue_name(qname)
+        delay = _checks.seconds(visible_after_seconds, "visible_after_seconds")
+        ttl = _checks.seconds(ttl_seconds, "ttl_seconds", allow_none=True)
+        return self._engine.put_on(conn, qname, data, delay, ttl)
 
     @contextlib.contextmanager
     def transaction(self):

@@ -5,20 +5,46 @@ Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
 * A task is stored under a key (the caller's, or a digest of the function
   and its arguments with an occurrence number), so a script killed in the
   middle of a batch and run again runs only what is left: finished tasks
-  answer from the stored results, tasks that were in flight run again
-  (at-least-once: their side effects may happen twice).
+  answer from the stored results, tasks that were in flight or had failed
+  run again (at-least-once: their side effects may happen twice).  A run
+  that ends cleanly (shutdown(), or a with block ended without an
+  exception, every future done and none cancelled) forgets the results of
+  its queue's submit() and map() calls, so a later run computes afresh;
+  results of submit_keyed() last until forget_results().
 * ``submit`` pickles the call and returns; the storer thread writes the
   calls in batches.  No task runs before it is stored; shutdown and the
-  interpreter's exit wait until all are.
-* A worker that dies costs its task one attempt; the worker is replaced and
-  the task retried.  Failing tasks are retried with backoff, then
-  dead-lettered with their exception; the pool is never broken by a task.
+  interpreter's exit wait until all are (and, as with the stdlib's pools,
+  until the pending tasks of a pool that runs workers are done).  A pool
+  without workers (run_workers=False) waits for nothing more: a later run
+  collects its results by submitting the same calls.
+* A task's exception is its outcome at once, as with the stdlib's pools
+  (and the task is dead-lettered with its traceback, for ``redrive()``);
+  exceptions of the ``retry_on`` classes are retried with backoff, up to
+  ``max_retries`` times.  A worker that dies (or is killed by task_timeout)
+  costs its task one of its ``max_retries``; the worker is replaced and the
+  task retried.  The pool is never broken by a task; it is broken
+  (BrokenProcessPool, naming the cause) by an initializer that raises, or
+  by workers that die before they start, 3 in a row.
 * ``cancel()`` cancels every task that has not started, even one leased by
   a worker of the pool and waiting in its batch.
 * With ``hmac_key`` every task row and result row is signed (HMAC-SHA256 of
   the queue, the task's key and the pickle) and one that does not match is
   never unpickled: whoever can write the file cannot run code in the
   workers or in the submitting process.
+* A storage fault (a full disk, a lock another program holds, an I/O error)
+  is waited out, with backoff, by every thread and worker.  One that lasts
+  longer than ``lease_seconds`` (and twice ``timeout_seconds``) fails the
+  futures it holds up with StorageFault: the batch the storer could not
+  write; once a worker gave up (it is replaced) or the results could not be
+  read, the future of every task stored before (the tasks stay in the file,
+  for a rerun).  The pool goes on, and works again once the file does.  A
+  result the file refuses (too big for SQLite or for the disk) fails its
+  task as an exception would: an attempt, then the dead-letter queue.
+  Every such event is logged, with a traceback where a thread or worker
+  ended, on the "persistqueue_liteq" logger.
+* Workers die with the pool's process, however it dies, so that a rerun of
+  the script never runs a task twice at once; they are not daemonic, so a
+  task may start processes, as in the standard library's pool.
 
 Data flow (process pool; a thread pool has threads for workers and the same
 tables)::
@@ -31,14 +57,20 @@ tables)::
               |                                       |         work)       |
               |     collector thread                  |                     |
               +---- results_since(seq) <------------- results <- complete --+
-                    (woken by "done")                 (one transaction: the batch's
-                                                       outcomes stored, its tasks
-                                                       acked, the next batch leased)
+                    (woken by "done"; marks           (one transaction: the batch's
+                    RUNNING the futures of            outcomes stored, its tasks
+                    the tasks the slots               acked, the next batch leased;
+                    show running)                     or, by the worker's overseer
+                                                      thread once a task has run
+                                                      1 ms: the outcomes so far,
+                                                      and the unstarted tasks
+                                                      handed back if a worker idles)
                     manager thread
                     - waits on worker sentinels: a dead worker's task is
                       released at once (one attempt) or, past max_retries,
                       completed with WorkerDied; the tasks it had not started
                       are released without an attempt; the worker is replaced
+                      (3 in a row that die before they are up break the pool)
                     - extends the leases of held tasks (heartbeat)
                     - kills a worker whose task is over task_timeout
 
@@ -49,6 +81,7 @@ starting it, and the pool cancels a waiting one there, under the slot's lock.
 
 import atexit
 import concurrent.futures
+import contextlib
 import ctypes
 import hashlib
 import itertools
@@ -58,6 +91,8 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import sqlite3
+import sys
 import threading
 import time
 import traceback
@@ -66,8 +101,9 @@ from concurrent.futures import BrokenExecutor, Future
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 
-from . import _checks
-from .exceptions import SerializationError, TaskTimeout, WorkerDied
+from . import _checks, sql
+from .exceptions import (DatabaseBusy, LiteQueueError, SerializationError, StorageFault,
+                         TaskTimeout, WorkerDied)
 from .serializers import SignatureError, Signer, _check_key
 from .sql import DEFAULT_PREFIX
 from .sqlite_engine import SQLiteEngine
@@ -81,19 +117,39 @@ __all__ = ["PersistentProcessPoolExecutor", "PersistentThreadPoolExecutor"]
 
 logger = logging.getLogger("persistqueue_liteq")
 
-_IDLE, _INIT_FAILED = 0, 1
+# A worker's state: starting (until its initializer ran and its engine is
+# open), its initializer failed, or up.
+_IDLE, _INIT_FAILED, _UP = 0, 1, 2
+# Workers that die before they are up, in a row, that break a process pool.
+_FAILED_STARTS = 3
+# The stdlib's pools log an initializer's failure there, with its traceback.
+_futures_logger = logging.getLogger("concurrent.futures")
 # A task of a worker's batch: leased and waiting, started, or cancelled (or
 # handed back) before it started.
 _WAITING, _STARTED, _DROPPED = 0, 1, 2
 # Most tasks a worker leases at once, and about how long a batch should run.
 _BATCH_MAX = 64
 _BATCH_SECONDS = 0.002
-_SETTLED = object()  # _run_one: the task was settled without running
 # Most tasks the storer writes in one transaction.
 _STORE_BATCH = 1000
-# How often an idle worker looks for a stop request or a dead parent even
-# without a wake-up.
+# How often a worker's overseer looks at the task it runs (see _Overseer).
+_WATCH_EVERY = 0.001
+# The GIL's switch interval while a worker's overseer stores outcomes.
+_PROMPT_SWITCH = 0.0002
+# How many distinct calls a pool counts in memory; the counts of any more go
+# to a temporary file (see _Occurrences).
+_OCCURRENCES_IN_MEMORY = 65536
+# The keys submit() and map() give their calls: a digest and a number.
+_CALL_KEYS = "[0-9a-f]" * 32 + "#*"
+# How often an idle worker looks for a stop request even without a wake-up.
 _IDLE_CHECK = 1.0
+# What a storage fault raises: ours (DatabaseBusy, ReadOnlyDatabase, ...),
+# the OS's, and what sqlite3 raises that the engine has no name for (a full
+# disk, a blob too big, an I/O error).  Anything else is a bug, not a fault.
+_STORAGE_ERRORS = (LiteQueueError, OSError, sqlite3.Error)
+# Waits between two tries of a failing storage call: doubling, up to the last.
+_FAULT_FIRST_RETRY = 0.05
+_FAULT_LONGEST_RETRY = 1.0
 
 
 # -- what crosses the file -----------------------------------------------------
@@ -170,7 +226,7 @@ class _Config:
     """What a worker needs to know; picklable, for spawn."""
 
     def __init__(self, path, queue, engine_options, lease_seconds, max_retries,
-                 retry_backoff, retry_backoff_max, hmac_key=None):
+                 retry_backoff, retry_backoff_max, retry_on=(), hmac_key=None):
         # Read when the pool is made, so that a worker started by spawn or
         # forkserver sees what its pool's process has (tests change it).
         self.batch_seconds = _BATCH_SECONDS
@@ -181,6 +237,12 @@ class _Config:
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.retry_backoff_max = retry_backoff_max
+        self.retry_on = retry_on
+        # How long a storage fault may last before it fails what it holds up:
+        # a lease, which the heartbeat could not extend meanwhile, so that a
+        # worker's tasks are no longer its own by then; and at least two
+        # timeout_seconds, so that one lock held a little too long is waited out.
+        self.fault_seconds = max(lease_seconds, 2 * engine_options["timeout"])
         self.signer = None if hmac_key is None else Signer(hmac_key)
 
     # With hmac_key, task rows are signed for their queue and key and result
@@ -231,8 +293,98 @@ class _Config:
         return SQLiteEngine(self.path, **self.engine_options)
 
 
+def _patiently(cfg, what, fn, *args, **kwargs):
+    """Return ``fn(*args, **kwargs)``, a storage call, trying it again after
+    a backoff while it fails, for at most ``cfg.fault_seconds``; then raise
+    StorageFault, which names the file, what failed and why.  Safe for any
+    engine method: each is one transaction, which a failure rolls back."""
+    began, delay, failures = time.monotonic(), _FAULT_FIRST_RETRY, 0
+    while True:
+        try:
+            value = fn(*args, **kwargs)
+        except StorageFault:
+            raise
+        except _STORAGE_ERRORS as exc:
+            failures += 1
+            waited = time.monotonic() - began
+            if waited >= cfg.fault_seconds:
+                raise StorageFault(
+                    "%s: %s failed for more than %gs (lease_seconds, or twice timeout_seconds): %s"
+                    % (cfg.path, what, cfg.fault_seconds, exc)) from exc
+            if failures == 1:
+                logger.warning("%s: %s failed, retrying for up to %gs: %s",
+                               cfg.path, what, cfg.fault_seconds, exc)
+            time.sleep(min(delay, cfg.fault_seconds - waited))
+            delay = min(delay * 2, _FAULT_LONGEST_RETRY)
+            continue
+        if failures:
+            logger.info("%s: %s works again, after %d failure%s in %.1fs", cfg.path, what,
+                        failures, "" if failures == 1 else "s", time.monotonic() - began)
+        return value
+
+
+class _Patient:
+    """An engine whose every call waits out a passing storage fault
+    (:func:`_patiently`); ``raw`` is the engine itself."""
+
+    def __init__(self, engine, cfg):
+        self.raw, self._cfg = engine, cfg
+
+    def __getattr__(self, name):
+        method = getattr(self.raw, name)
+        if not callable(method) or name in ("waiter", "wake"):  # not storage
+            return method
+        return lambda *args, **kwargs: _patiently(self._cfg, name, method, *args, **kwargs)
+
+
+def _complete_batch(engine, cfg, batch, outcomes, want):
+    """Store the ``outcomes`` of ``batch`` and lease up to ``want`` more
+    tasks, in one transaction, waiting out a passing fault (``engine`` is a
+    _Patient).  If the file refuses the transaction for another reason than
+    a lock, the results are stored one at a time, and one that the file
+    refuses (too big for SQLite, or for the disk) fails its task instead:
+    counted as an attempt, as if the task had raised StorageFault, so it is
+    retried up to max_retries, then dead-lettered, never run forever."""
+    attempts = {msg.id: msg.attempts for msg in batch}
+    raw = engine.raw
+
+    def attempt():
+        try:
+            return raw.complete_many(cfg.queue, outcomes, want, cfg.lease_seconds)
+        except DatabaseBusy:
+            raise
+        except _STORAGE_ERRORS:
+            if not outcomes:
+                raise
+        while outcomes:  # stored ones leave the list: a retry stores no result twice
+            _store_result(raw, cfg, outcomes[0], attempts[outcomes[0][0]])
+            del outcomes[0]
+        return raw.complete_many(cfg.queue, [], want, cfg.lease_seconds)
+
+    return _patiently(cfg, "storing results", attempt)
+
+
+def _store_result(engine, cfg, outcome, attempts):
+    msg_id, lease, key, ok, data = outcome[:5]
+    try:
+        engine.complete_many(cfg.queue, [outcome])  # a success, or a failure for good
+    except DatabaseBusy:
+        raise
+    except _STORAGE_ERRORS as exc:
+        # Our storage errors name the file already; the driver's and the OS's
+        # may not.
+        where = "" if isinstance(exc, LiteQueueError) else " in %s" % cfg.path
+        error = StorageFault("the result of task %s (%d bytes pickled) cannot be stored%s: %s"
+                             % (key, len(data), where, exc))
+        error.__cause__ = exc
+        # If the file refuses this small write too, the fault is not the
+        # result's: the caller tries again.
+        _settle_failure(engine, cfg, msg_id, lease, key, attempts, error, str(error))
+
+
 def _settle_failure(engine, cfg, task_id, lease, key, attempts, exc, reason):
-    """A task's attempt failed: retry it later, or store the failure for good."""
+    """A worker died or timed out on a task: retry it later, or store the
+    failure for good."""
     if attempts > cfg.max_retries:
         summary = "failed %d time%s (max_retries=%d): %s" % (
             attempts, "" if attempts == 1 else "s", cfg.max_retries, reason)
@@ -242,131 +394,370 @@ def _settle_failure(engine, cfg, task_id, lease, key, attempts, exc, reason):
         engine.release(task_id, lease, cfg.backoff(attempts), error=reason)
 
 
+def _failed(cfg, msg, error, reason, text=None):
+    """The outcome of a task that failed for good: its exception, stored
+    with the task dead-lettered for ``reason``, ``text`` its last error."""
+    return (msg.id, msg.lease, msg.key, False,
+            cfg.seal_result(msg.key, False, _failure_payload(error)), reason,
+            reason if text is None else text)
+
+
+def _raised(engine, cfg, msg, exc):
+    """The task raised ``exc``: its outcome, as with the stdlib's pools,
+    unless it is one of ``retry_on`` and retries are left (then it is
+    released for a later attempt and there is no outcome yet: None)."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    retryable = isinstance(exc, cfg.retry_on)
+    if retryable and msg.attempts <= cfg.max_retries:
+        engine.release(msg.id, msg.lease, cfg.backoff(msg.attempts), error=text)
+        return None
+    if retryable:
+        reason = "failed %d time%s (max_retries=%d): %s" % (
+            msg.attempts, "" if msg.attempts == 1 else "s", cfg.max_retries, reason)
+    else:
+        reason = "raised %s" % reason
+    return _failed(cfg, msg, exc, reason, text)
+
+
 def _run_one(engine, cfg, msg, slot):
-    """Run one leased task; store a failure (None), or return the pickled
-    result for the caller to store with others; _SETTLED if the task was
-    not run (delivered too often already).  Never raises."""
+    """Run one leased task; return ``(ran, outcome)``: the outcome to store
+    (a result or a failure for good), or None if the task was released for a
+    retry.  ``ran`` is False if the task was not run (delivered too often
+    already).  Never raises."""
     if msg.attempts > cfg.max_retries + 1:  # its last holders died unnoticed
         reason = "not finished after %d deliveries (max_retries=%d); last error: %s" % (
             msg.attempts - 1, cfg.max_retries, msg.last_error)
-        engine.complete(msg.id, msg.lease, msg.key, False,
-                        cfg.seal_result(msg.key, False, pickle.dumps(WorkerDied(reason))),
-                        dead_reason=reason)
-        return _SETTLED
+        return False, _failed(cfg, msg, WorkerDied(reason), reason)
     try:
         fn, args, kwargs = pickle.loads(cfg.open_task(msg))
     except BaseException as exc:  # a task that cannot be loaded will never run
         error = exc if isinstance(exc, SerializationError) else SerializationError(
             "task %s cannot be unpickled in the worker: %r" % (msg.key, exc))
-        engine.complete(msg.id, msg.lease, msg.key, False,
-                        cfg.seal_result(msg.key, False, pickle.dumps(error)),
-                        dead_reason=str(error))
-        return None
+        return True, _failed(cfg, msg, error, str(error))
     slot.running()  # task_timeout counts from here, not from the unpickling
     try:
         result = fn(*args, **kwargs)
     except BaseException as exc:
-        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        _settle_failure(engine, cfg, msg.id, msg.lease, msg.key, msg.attempts, exc, reason)
-        return None
+        return True, _raised(engine, cfg, msg, exc)
     try:
-        return cfg.seal_result(msg.key, True, pickle.dumps(result, pickle.HIGHEST_PROTOCOL))
+        return True, (msg.id, msg.lease, msg.key, True,
+                      cfg.seal_result(msg.key, True, pickle.dumps(result, pickle.HIGHEST_PROTOCOL)))
     except Exception as exc:
         error = SerializationError("the result of task %s cannot be pickled: %s" % (msg.key, exc))
-        engine.complete(msg.id, msg.lease, msg.key, False,
-                        cfg.seal_result(msg.key, False, pickle.dumps(error)),
-                        dead_reason=str(error))
-        return None
+        return True, _failed(cfg, msg, error, str(error))
 
 
-def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None):
+class _Idle:
+    """How many workers of a pool wait for work: shared by its workers (in
+    shared memory for process workers, ``ctx``), so that a worker holding
+    unstarted tasks behind a slow one hands them back when another is idle."""
+
+    def __init__(self, ctx=None):
+        self._value = None if ctx is None else ctx.Value(ctypes.c_int, 0)
+        self._lock = threading.Lock() if ctx is None else None
+        self._count = 0
+
+    def add(self, n):
+        if self._value is None:
+            with self._lock:
+                self._count += n
+        else:
+            with self._value.get_lock():
+                self._value.value += n
+
+    def __bool__(self):
+        return (self._count if self._value is None else self._value.value) > 0
+
+
+@contextlib.contextmanager
+def _prompt_switching():
+    """While the overseer works: a task that runs Python code holds the GIL,
+    and would give it back only every switch interval (5 ms) each time the
+    overseer's storing lets go of it; ask for it back sooner meanwhile."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, _PROMPT_SWITCH))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+
+
+class _Overseer:
+    """A worker's second thread, which looks every _WATCH_EVERY seconds at
+    the task the worker runs.  Once a task has run that long it
+
+    * stores the outcomes of the tasks the worker finished before it (so no
+      future waits for a slow task of the same batch);
+    * tells the pool that the task runs (its future enters RUNNING);
+    * hands the batch's unstarted tasks back if another worker is idle.
+
+    Quick tasks never wait for it: their outcomes are stored with the next
+    lease, many to a transaction.
+
+    ``lock`` guards ``outcomes`` and is held while they are written, by
+    either thread, so that outcomes reach the file in the order the tasks
+    finished."""
+
+    def __init__(self, engine, cfg, slot, idle):
+        self.engine, self.cfg, self.slot, self.idle = engine, cfg, slot, idle
+        self.lock = threading.Lock()
+        self.outcomes = []
+        self.oldest = 0.0  # when the oldest outcome not stored was added
+        self.started = 0  # how many tasks the worker started: a new one changes it
+        self.busy = threading.Event()  # the worker holds a batch
+        self.done = False
+        self._thread = threading.Thread(target=self._watch, daemon=True,
+                                        name="persistqueue_liteq overseer")
+        self._thread.start()
+
+    def add(self, outcome):
+        with self.lock:
+            if not self.outcomes:
+                self.oldest = time.monotonic()
+            self.outcomes.append(outcome)
+
+    def take(self):
+        """The outcomes to store (call with ``lock`` held)."""
+        outcomes, self.outcomes = self.outcomes, []
+        return outcomes
+
+    def stop(self):
+        self.done = True
+        self.busy.set()
+        self._thread.join()
+
+    def _watch(self):
+        told = None  # the task the pool was told about
+        while True:
+            self.busy.wait()
+            if self.done:
+                return
+            seen = self.started
+            time.sleep(_WATCH_EVERY)
+            if self.done:
+                return
+            slow = self.started == seen and self.slot.task_id and self.busy.is_set()
+            store = self.outcomes and (
+                slow or time.monotonic() - self.oldest > 2 * _WATCH_EVERY)
+            tell = slow and told != seen
+            hand_back = slow and self.idle and self.slot.has_waiting()
+            if not (store or tell or hand_back):
+                continue
+            with _prompt_switching():
+                if store:
+                    self._store()
+                if tell:
+                    told = seen
+                    self.engine.wake("done", self.cfg.queue)  # the pool looks at the slots
+                if hand_back:
+                    self._hand_back()
+
+    def _store(self):
+        try:
+            with self.lock:
+                if self.outcomes:
+                    self.engine.complete_many(self.cfg.queue, self.outcomes)
+                    self.outcomes = []
+        except Exception:  # busy for a moment: the worker stores them with its next lease
+            pass
+
+    def _hand_back(self):
+        lease, ids = self.slot.take_back_waiting()
+        for task_id in ids:
+            try:
+                self.engine.release(task_id, lease, attempted=False)
+            except Exception:
+                pass  # busy: its lease runs out and it is delivered again
+
+
+def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None, idle=None):
     """Lease tasks, run them and store their outcomes, until told to stop.
 
     A worker leases as many ready tasks at once as it runs in about
     ``cfg.batch_seconds`` (one at a time for slower tasks, at most _BATCH_MAX) and
-    stores their results in the transaction that leases the next ones.  It
-    publishes in ``slot`` what it holds, so that the pool can cancel a task
-    that has not started, extend the leases, and hand them back if the
-    worker dies."""
-    done = 0
-    size = 1
-    batch, outcomes = [], []
-    with engine.waiter("put", cfg.queue) as waiter:
-        while True:
-            stopping = should_stop() or (max_tasks is not None and done >= max_tasks)
-            want = 0 if stopping else size if max_tasks is None else min(size, max_tasks - done)
-            if outcomes or want:
-                batch = engine.complete_many(cfg.queue, outcomes, want, cfg.lease_seconds)
-                outcomes = []
-                slot.publish(batch)
-            if stopping:
-                return
-            if not batch:
-                # Until a put wakes us, or a retry's backoff or a lease ends.
-                due = engine.next_visible_at(cfg.queue)
-                waiter.wait(_IDLE_CHECK if due is None else
-                            min(_IDLE_CHECK, max(due - engine.now(), 0.001)))
-                continue
-            began, ran = time.monotonic(), 0
-            for i, msg in enumerate(batch):
-                if should_stop() or (max_tasks is not None and done >= max_tasks):
-                    for j in range(i, len(batch)):  # leased, never started: hand back
-                        if slot.take_back(j):
-                            engine.release(batch[j].id, batch[j].lease, attempted=False)
-                    break
-                if not slot.claim(i):
-                    continue  # cancelled by the pool
-                try:
-                    data = _run_one(engine, cfg, msg, slot)
-                finally:
-                    slot.finish()
-                ran += 1
-                if data is not _SETTLED:
-                    done += 1
-                if data is not None and data is not _SETTLED:
-                    outcomes.append((msg.id, msg.lease, msg.key, True, data))
-            if ran:
-                per_task = (time.monotonic() - began) / ran
-                size = max(1, min(_BATCH_MAX, int(cfg.batch_seconds / per_task) if per_task else
-                                  _BATCH_MAX))
+    stores their outcomes in the transaction that leases the next ones; its
+    overseer stores them sooner, and hands back the tasks not started, when
+    a task turns out slow (see _Overseer).  It publishes in ``slot`` what it
+    holds, so that the pool can cancel a task that has not started, extend
+    the leases, and hand them back if the worker dies."""
+    idle = _Idle() if idle is None else idle
+    overseer = _Overseer(engine, cfg, slot, idle)  # never waits out a fault: leaves it to us
+    engine = _Patient(engine, cfg)  # a fault that lasts raises StorageFault: the worker ends
+    is_idle = False
+    try:
+        with engine.waiter("put", cfg.queue) as waiter:
+            done, size, batch = 0, 1, []
+            while True:
+                stopping = should_stop() or (max_tasks is not None and done >= max_tasks)
+                want = 0 if stopping else size if max_tasks is None else min(size, max_tasks - done)
+                with overseer.lock:
+                    outcomes = overseer.take()
+                    if outcomes or want:
+                        batch = _complete_batch(engine, cfg, batch, outcomes, want)
+                        slot.publish(batch)
+                if stopping:
+                    return
+                if batch and is_idle:
+                    slot.count_idle(idle, False)
+                    is_idle = False
+                if not batch:
+                    overseer.busy.clear()
+                    if not is_idle:
+                        slot.count_idle(idle, True)
+                        is_idle = True
+                    # Until a put wakes us, or a retry's backoff or a lease ends.
+                    due = engine.next_visible_at(cfg.queue)
+                    waiter.wait(_IDLE_CHECK if due is None else
+                                min(_IDLE_CHECK, max(due - engine.now(), 0.001)))
+                    continue
+                overseer.busy.set()
+                ran, done = _run_batch(engine, cfg, slot, batch, overseer, should_stop,
+                                       max_tasks, done)
+                if ran:
+                    per_task = ran[1] / ran[0]
+                    size = max(1, min(_BATCH_MAX, int(cfg.batch_seconds / per_task)
+                                      if per_task else _BATCH_MAX))
+    finally:
+        if is_idle:
+            slot.count_idle(idle, False)
+        overseer.stop()
 
 
-def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks):
+def _run_batch(engine, cfg, slot, batch, overseer, should_stop, max_tasks, done):
+    """Run the tasks of ``batch`` that were not cancelled or handed back;
+    return ((how many ran, seconds), tasks done in all) or (None, done)."""
+    began, ran = time.monotonic(), 0
+    for i, msg in enumerate(batch):
+        if should_stop() or (max_tasks is not None and done >= max_tasks):
+            for j in range(i, len(batch)):  # leased, never started: hand back
+                if slot.take_back(j):
+                    engine.release(batch[j].id, batch[j].lease, attempted=False)
+            break
+        if not slot.claim(i):
+            continue  # cancelled by the pool, or handed back by the overseer
+        overseer.started += 1
+        try:
+            counted, outcome = _run_one(engine, cfg, msg, slot)
+        finally:
+            slot.finish()
+        ran += 1
+        done += counted
+        if outcome is not None:
+            overseer.add(outcome)
+    return ((ran, time.monotonic() - began) if ran else None), done
+
+
+def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks, idle):
+    _follow_parent()
     if initializer is not None:
         try:
             initializer(*initargs)
-        except BaseException:
-            traceback.print_exc()
-            slot.fail_init()
+        except BaseException as exc:
+            _futures_logger.critical("Exception in initializer:", exc_info=True)
+            slot.fail_init(_exception_line(exc))
             return
-    engine = cfg.open_engine()
-    # The pool's process (not always our OS parent: think forkserver).  If it
-    # was killed, stop after the current task: a rerun will take over.  Asking
-    # builds a selector each time, so ask once a second at most.
-    pool = multiprocessing.parent_process()
-    checked = [0.0, False]  # when last asked, and whether it was gone
+    try:
+        # Patiently: a worker that failed at once would be replaced at once.
+        engine = _patiently(cfg, "opening the queue file", cfg.open_engine)
+        slot.up()
+        _worker_loop(engine, cfg, slot, stop.is_set, max_tasks, idle)
+    except BaseException:
+        # Said on stderr (the last resort of logging, if nothing else
+        # handles it); the pool hands back what this worker held and
+        # starts another.
+        logger.error("worker process %d stopped", os.getpid(), exc_info=True)
+        if isinstance(sys.exc_info()[1], StorageFault):
+            slot.give_up()
+        sys.exit(1)
 
-    def orphaned():
-        now = time.monotonic()
-        if pool is not None and now - checked[0] >= _IDLE_CHECK:
-            checked[0], checked[1] = now, not pool.is_alive()
-        return checked[1]
 
-    def should_stop():
-        return stop.is_set() or orphaned()
+def _exception_line(exc):
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
-    _worker_loop(engine, cfg, slot, should_stop, max_tasks)
+
+def _follow_parent():
+    """Die at once, with the task running, when the pool's process dies.
+
+    Its tasks come back after their lease, and a rerun of the script takes
+    them over: a worker that went on running one would run it twice at once
+    with the rerun.  The forkserver and the resource tracker stay up while
+    any worker holds their pipes, so they go too.  The pool's process is
+    ``parent_process()``, not the OS parent (think forkserver): its sentinel
+    is a pipe whose other end only that process holds, which reads as ended
+    when it dies, however it dies (PR_SET_PDEATHSIG would watch the
+    forkserver instead)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        multiprocessing.connection.wait([parent.sentinel])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="persistqueue_liteq parent watch").start()
 
 
 def _extend_leases(engine, cfg, slots):
-    """The heartbeat: extend the leases of every task a live worker holds."""
+    """The heartbeat: extend the leases of every task a live worker holds.
+
+    A beat that finds the file failing stops there: the next one, a third
+    of a lease later, tries again; if the fault outlasts the leases, the
+    tasks come back to whichever worker can run them.  Never raises."""
     for slot in slots:
         lease, held = slot.held()
         for task_id, _ in held:
             try:
                 engine.set_visibility(task_id, lease, cfg.lease_seconds)
-            except Exception:
-                pass  # busy: the next beat comes well before the lease ends
+            except Exception as exc:
+                logger.warning("%s: could not extend the lease of task %d: %s",
+                               cfg.path, task_id, exc)
+                return
+
+
+def _exception_types(retry_on):
+    """``retry_on`` as a tuple of exception classes (one class, or an iterable)."""
+    try:
+        types = (retry_on,) if isinstance(retry_on, type) else tuple(retry_on)
+    except TypeError:
+        raise TypeError("retry_on takes exception classes, not %r" % (retry_on,)) from None
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError("retry_on takes exception classes, not %r" % (t,))
+    return types
+
+
+class _Occurrences:
+    """How many identical calls (by digest) a pool was given so far, so that
+    the n-th identical call gets the same key in every run of a script.  The
+    first _OCCURRENCES_IN_MEMORY digests are counted in a dict, any more in
+    a private temporary SQLite database (on disk, deleted when closed), so
+    that the pool's memory does not grow with the number of distinct calls.
+    Used under the pool's lock."""
+
+    def __init__(self):
+        self._counts = {}
+        self._spill = None
+        self._cap = _OCCURRENCES_IN_MEMORY
+
+    def next(self, digest):
+        """How many calls with ``digest`` came before this one."""
+        n = self._counts.get(digest)
+        if n is not None:
+            self._counts[digest] = n + 1
+            return n
+        if len(self._counts) < self._cap:
+            self._counts[digest] = 1
+            return 0
+        if self._spill is None:
+            self._spill = sqlite3.connect("", isolation_level=None, check_same_thread=False)
+            self._spill.execute(sql.CREATE_OCCURRENCES)
+        return self._spill.execute(sql.NEXT_OCCURRENCE, (digest,)).fetchone()[0]
+
+    def close(self):
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
 
 
 # -- the executors ------------------------------------------------------------------
@@ -378,7 +769,49 @@ _live_executors = weakref.WeakSet()
 @atexit.register
 def _store_at_exit():
     for executor in list(_live_executors):
-        executor._flush()
+        if os.getpid() == executor._owner_pid:  # not in a forked worker
+            executor._flush()
+
+
+def _end_workers_at_exit():
+    """Before the interpreter joins its threads and children: terminate the
+    workers of pools not shut down, as it did when they were daemonic (the
+    tasks they ran come back after their lease)."""
+    for executor in list(_live_executors):
+        executor._end_workers_at_exit()
+
+
+# Run before multiprocessing's own exit handler, which would wait for the
+# (non-daemonic) workers forever; the standard library's pools register the same way.
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_end_workers_at_exit)
+else:  # pragma: no cover (not CPython)
+    atexit.register(_end_workers_at_exit)
+
+# The threads of pools told shutdown(wait=False).
+_shutting_down = set()
+# The interpreter is exiting: no more submissions.
+_exiting = False
+
+
+def _finish_at_exit():
+    """As the stdlib's pools do when the interpreter exits: no more
+    submissions, and the pending tasks of the pools still open (or shut down
+    without waiting) run first.  Runs before _end_workers_at_exit (these run
+    last registered first)."""
+    global _exiting
+    _exiting = True
+    for thread in list(_shutting_down):
+        if thread.is_alive():  # not a forked worker's copy of the pool's thread
+            thread.join()
+    for executor in list(_live_executors):
+        executor._finish_pending()
+
+
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_finish_at_exit)
+else:  # pragma: no cover (not CPython)
+    atexit.register(_finish_at_exit)
 
 
 class _TaskFuture(Future):
@@ -389,6 +822,15 @@ class _TaskFuture(Future):
         super().__init__()
         self._executor, self._key = executor, key
         self._task_id = None  # set once stored
+        self._stored_at = None  # and when (time.monotonic())
+
+    def _start(self):
+        """Enter RUNNING (if not there yet); False if it was cancelled (the
+        stdlib's set_running_or_notify_cancel, which may be called twice)."""
+        with self._condition:
+            if self._state == "RUNNING":
+                return True
+        return self.set_running_or_notify_cancel()
 
     def cancel(self):
         with self._condition:
@@ -405,6 +847,7 @@ class _TaskFuture(Future):
         executor._forget(self._key, self)
         if not super().cancel():
             return False
+        executor._cancelled = True  # the run is not complete: keep its results
         # No worker will ever dequeue it, which is where the stdlib's pools
         # notify wait() and as_completed(): do it now.
         self.set_running_or_notify_cancel()
@@ -415,9 +858,10 @@ class _PersistentExecutor(concurrent.futures.Executor):
     _broken_error = BrokenExecutor
 
     def __init__(self, path, max_workers=None, initializer=None, initargs=(), *,
-                 name="tasks", max_retries=3, retry_backoff=0.5, retry_backoff_max=60.0,
-                 lease_seconds=30.0, timeout_seconds=5.0, synchronous="NORMAL",
-                 table_prefix=DEFAULT_PREFIX, run_workers=True, hmac_key=None):
+                 name="tasks", max_retries=3, retry_on=(), retry_backoff=0.5,
+                 retry_backoff_max=60.0, lease_seconds=30.0, timeout_seconds=5.0,
+                 synchronous="NORMAL", table_prefix=DEFAULT_PREFIX, run_workers=True,
+                 hmac_key=None, journal_mode=None):
         if max_workers is None:
             max_workers = self._default_workers()
         if isinstance(max_workers, bool) or not isinstance(max_workers, int):
@@ -429,8 +873,14 @@ class _PersistentExecutor(concurrent.futures.Executor):
         path = _checks.db_path(path)
         if hmac_key is not None:
             hmac_key = _check_key(hmac_key)
+        if journal_mode == "keep":
+            # Its workers and result followers read while others commit:
+            # outside WAL mode every reader blocks every commit.
+            raise ValueError("a pool needs its file in WAL mode: journal_mode='keep' is for "
+                             "LiteQueue and the queue family; pass journal_mode='wal'")
         engine_options = dict(timeout=_checks.seconds(timeout_seconds, "timeout_seconds"),
-                              synchronous=synchronous, table_prefix=table_prefix)
+                              synchronous=synchronous, table_prefix=table_prefix,
+                              journal_mode=journal_mode)
         self._engine = SQLiteEngine(path, **engine_options)
         self._cfg = _Config(
             self._engine.location, _checks.queue_name(name, "name"), engine_options,
@@ -438,22 +888,29 @@ class _PersistentExecutor(concurrent.futures.Executor):
             _checks.count(max_retries, "max_retries"),
             _checks.seconds(retry_backoff, "retry_backoff"),
             _checks.seconds(retry_backoff_max, "retry_backoff_max"),
+            _exception_types(retry_on),
             hmac_key,
         )
+        self._patient = _Patient(self._engine, self._cfg)  # for the pool's own threads
         self._max_workers = max_workers
         self._initializer, self._initargs = initializer, tuple(initargs)
         # _lock guards _pending, _outbox, _occurrences, _shutdown and _broken.
         self._lock = threading.Lock()
         self._pending = {}  # key -> [futures]
+        self._keys = {}  # task id -> key, of the stored tasks with futures pending
         self._outbox = {}  # future -> (key, pickled call): submitted, not yet stored
         self._outbox_filled = threading.Condition(self._lock)
         self._stored = threading.Condition(self._lock)  # outbox empty, nothing in flight
         self._storing = threading.Lock()  # held while the storer writes a batch
         self._in_flight = False  # the storer took a batch it has not written yet
-        self._occurrences = {}  # digest -> how many submitted so far
+        self._owner_pid = os.getpid()
+        self._occurrences = _Occurrences()
         self._shutdown = False
         self._broken = None
-        self._seq = self._engine.last_result_seq()
+        # Whether this run submitted calls under digests, had a future
+        # cancelled, and forgot the failures of earlier runs' calls.
+        self._made_call_keys = self._cancelled = self._failures_forgotten = False
+        self._seq = self._start_seq = self._engine.last_result_seq()
         # Workers first: with mp_context=fork, a child forked while another
         # thread of this process is inside SQLite can inherit SQLite's
         # process-wide mutex locked, and hang at its first statement.
@@ -502,13 +959,14 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 raise self._broken_error(self._broken)
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             futures = []
             for key, data in items:
                 if key is None:
                     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-                    n = self._occurrences.get(digest, 0)
-                    self._occurrences[digest] = n + 1
-                    key = "%s#%d" % (digest, n)
+                    key = "%s#%d" % (digest, self._occurrences.next(digest))
+                    self._made_call_keys = True
                 future = _TaskFuture(self, key)
                 futures.append(future)
                 self._pending.setdefault(key, []).append(future)
@@ -544,21 +1002,43 @@ class _PersistentExecutor(concurrent.futures.Executor):
         if not batch:
             return  # cancelled meanwhile
         try:
-            statuses = engine.put_keyed(queue, [call for _, call in batch])
-            answers = {key: engine.result(queue, key)
+            if self._made_call_keys and not self._failures_forgotten:
+                # A run that did not end cleanly left these: run them again.
+                self._patient.forget_results_matching(queue, _CALL_KEYS, self._start_seq,
+                                               failed_only=True)
+                self._failures_forgotten = True
+            statuses = self._patient.put_keyed(queue, [call for _, call in batch])
+            answers = {key: self._patient.result(queue, key)
                        for (_, (key, _)), (status, _) in zip(batch, statuses)
                        if status == "done"}
         except Exception as exc:  # the file refused them: say so to their callers
             logger.error("could not store %d tasks in %s: %s", len(batch), engine.location, exc)
             for future, (key, _) in batch:
-                if self._forget(key, future) and future.set_running_or_notify_cancel():
+                if self._forget(key, future) and future._start():
                     future.set_exception(exc)
             return
         for (future, (key, _)), (_, task_id) in zip(batch, statuses):
-            future._task_id = task_id
+            future._task_id, future._stored_at = task_id, time.monotonic()
             answer = answers.get(key)
-            if answer is not None and self._forget(key, future):
-                self._resolve_future(future, *answer)
+            if answer is not None:
+                if self._forget(key, future):
+                    self._resolve_future(future, *answer)
+            elif task_id is not None:
+                with self._lock:
+                    if key in self._pending:
+                        self._keys[task_id] = key
+
+    def _finish_pending(self):
+        """Store what was submitted; if our workers run it, wait for it.
+        Only in the pool's own process: a worker forked from it inherits
+        the pool, but none of its threads."""
+        if os.getpid() != self._owner_pid:
+            return
+        self._flush()
+        if self._run_workers:
+            with self._lock:
+                pending = [f for futures in self._pending.values() for f in futures]
+            concurrent.futures.wait(pending)
 
     def _flush(self):
         """Wait until everything submitted so far is stored (or cancelled)."""
@@ -588,12 +1068,16 @@ class _PersistentExecutor(concurrent.futures.Executor):
         def results():
             try:
                 while window:
-                    future, _ = window.pop(0)
                     remaining = None if deadline is None else deadline - time.monotonic()
-                    chunk_results = future.result(remaining)
+                    chunk_results = window[0][0].result(remaining)
+                    del window[0]
                     if len(window) <= buffersize // 2:  # one transaction per half window
                         refill()
-                    yield from chunk_results
+                    # Popped as yielded: no result stays alive here (nor in
+                    # the future, which holds the same list) once yielded.
+                    chunk_results.reverse()
+                    while chunk_results:
+                        yield chunk_results.pop()
             finally:
                 for future, _ in window:
                     future.cancel()
@@ -604,26 +1088,130 @@ class _PersistentExecutor(concurrent.futures.Executor):
     # -- results ----------------------------------------------------------------
 
     def _collect(self):
-        """Follow the results table and resolve the futures waiting for them."""
+        """The collector thread: never ends before the pool, whatever fails."""
+        while True:
+            try:
+                self._collect_results()
+                return
+            except Exception:
+                logger.error("the collector of the pool on %s failed; it goes on",
+                             self._engine.location, exc_info=True)
+                time.sleep(_FAULT_LONGEST_RETRY)
+
+    def _collect_results(self):
+        """Follow the results table and resolve the futures waiting for them.
+
+        While the table cannot be read, look again after a wait; if that
+        lasts longer than the pool waits out a storage fault, fail every
+        future of a stored task with StorageFault (and so on, each time it
+        lasts that long again)."""
         engine, queue = self._engine, self._cfg.queue
+        failing_since = None
         with engine.waiter("done", queue) as waiter:
             while True:
                 try:
                     rows = engine.results_since(queue, self._seq)
-                except Exception:
-                    rows = []  # busy for a moment: look again after a wait
+                except _STORAGE_ERRORS as exc:
+                    rows = []
+                    failing_since = self._collect_failed(exc, failing_since)
+                else:
+                    if failing_since is not None:
+                        logger.info("%s: results can be read again", engine.location)
+                        failing_since = None
                 for seq, key, ok, data in rows:
                     self._seq = seq
                     with self._lock:
                         futures = self._pending.pop(key, ())
+                        for future in futures:
+                            self._keys.pop(future._task_id, None)
                     for future in futures:
                         self._resolve_future(future, ok, data)
                 if rows:
                     continue
+                self._mark_running()
                 with self._lock:
-                    if self._shutdown and not self._pending:
+                    if self._shutdown and not self._pending and not self._outbox:
                         return
                 waiter.wait(_IDLE_CHECK)
+
+    def _mark_running(self):
+        """The futures of the tasks our workers run enter RUNNING (their
+        overseers wake us once a task has run for a moment)."""
+        for slot in self._slots_of_workers():
+            task_id = slot.task_id
+            if task_id and slot.started:
+                with self._lock:
+                    futures = list(self._pending.get(self._keys.get(task_id), ()))
+                for future in futures:
+                    future._start()
+
+    def _collect_failed(self, exc, failing_since):
+        """The collector could not read the results: say so, and fail the
+        futures waiting for them once it lasts; return when the failures
+        that count began."""
+        now = time.monotonic()
+        if failing_since is None:
+            logger.warning("%s: cannot read the results of the pool's tasks; retrying: %s",
+                           self._engine.location, exc, exc_info=True)
+            return now
+        if now - failing_since < self._cfg.fault_seconds:
+            return failing_since
+        error = StorageFault(
+            "%s: the results of the pool's tasks could not be read for more than %gs "
+            "(lease_seconds, or twice timeout_seconds): %s"
+            % (self._engine.location, self._cfg.fault_seconds, exc))
+        error.__cause__ = exc
+        self._storage_lost(error, now)
+        return now
+
+    def _storage_lost(self, error, when):
+        """A storage fault lasted until ``when`` (``error``, a StorageFault):
+        fail the future of every task stored before, which would otherwise
+        wait for as long as the fault lasts.  The tasks stay in the file and
+        run once it works again; their results answer a rerun of the script.
+        (Those stored since waited out no fault.)"""
+        logger.error("%s; the futures of the tasks stored before fail with it", error)
+        with self._lock:
+            stored = [f for futures in self._pending.values() for f in futures
+                      if f._stored_at is not None and f._stored_at < when]
+        self._fail_futures(stored, error)
+
+    def _fail_tasks(self, task_ids, error):
+        """Fail the futures of these stored tasks with ``error``."""
+        ids = set(task_ids)
+        with self._lock:
+            futures = [f for fs in self._pending.values() for f in fs if f._task_id in ids]
+        self._fail_futures(futures, error)
+
+    def _fail_futures(self, futures, error):
+        for future in futures:
+            if self._forget(future._key, future) and future._start():
+                future.set_exception(error)
+
+    def _hand_back(self, slot, reason, error_type):
+        """A worker ended (``reason``): hand back the tasks it held; the one
+        it was running (if any) costs an attempt and, past max_retries, fails
+        with ``error_type``.  If the file cannot be written for longer than
+        the pool waits out a fault, fail their futures with StorageFault
+        instead: their leases, no longer extended, run out, and the tasks
+        run again later, for another run of the script."""
+        task_id, (lease, held) = slot.task_id, slot.held()
+        try:
+            for other, _ in held:  # waiting, or done but not stored: no attempt lost
+                if other != task_id:
+                    self._patient.release(other, lease, attempted=False)
+            if not task_id:
+                return  # it stopped between tasks (max_tasks_per_child, shutdown, a fault)
+            logger.warning("%s while running task %d; replacing it", reason, task_id)
+            msg = self._patient.get(task_id)
+            if msg is None or msg.visible_at is None:
+                return
+            exc_text = "%s (attempt %d of %d)" % (reason, msg.attempts, self._cfg.max_retries + 1)
+            _settle_failure(self._patient, self._cfg, task_id, lease, msg.key, msg.attempts,
+                            error_type(exc_text), exc_text)
+        except StorageFault as exc:
+            logger.error("cannot hand back the tasks of a worker that ended: %s", exc)
+            self._fail_tasks([task_id] + [other for other, _ in held], exc)
 
     def _resolve_future(self, future, ok, data):
         try:
@@ -633,7 +1221,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
         except BaseException as exc:
             value, ok = SerializationError("the task's %s cannot be unpickled: %r" % (
                 "result" if ok else "exception", exc)), False
-        if not future.set_running_or_notify_cancel():
+        if not future._start():
             return
         if ok:
             future.set_result(value)
@@ -662,6 +1250,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 futures.remove(future)
             if not futures:
                 self._pending.pop(key, None)
+                self._keys.pop(future._task_id, None)
             return found
 
     def _mark_broken(self, reason):
@@ -674,17 +1263,44 @@ class _PersistentExecutor(concurrent.futures.Executor):
         error = self._broken_error(reason)
         for futures in pending.values():
             for future in futures:
-                if future.set_running_or_notify_cancel():
+                if future._start():
                     future.set_exception(error)
 
     # -- shutting down -------------------------------------------------------------
 
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        # A with block that ends with an exception did not end cleanly: the
+        # results stay, for a rerun to resume.
+        self._shutdown_and_forget(exc_type is None)
+        return False
+
     def shutdown(self, wait=True, *, cancel_futures=False):
+        """As Executor.shutdown.  A pool without workers (run_workers=False)
+        does not wait for its results: it returns once every call is
+        stored, and its futures are resolved if results come meanwhile.
+
+        A run that ends cleanly -- shut down (or its with block ended
+        without an exception) with every future done, none cancelled --
+        forgets the stored results of its queue's submit() and map() calls,
+        so that none answers a call of a later run; submit_keyed results
+        stay until forget_results()."""
         if not wait:  # pending tasks still run, as with the stdlib's pools
-            threading.Thread(target=self.shutdown, kwargs={"cancel_futures": cancel_futures},
-                             daemon=True).start()
+            thread = threading.Thread(target=self._shutdown_in_background,
+                                      args=(cancel_futures,), daemon=True)
+            _shutting_down.add(thread)
+            thread.start()
             return
+        self._shutdown_and_forget(True, cancel_futures)
+
+    def _shutdown_in_background(self, cancel_futures):
+        try:
+            self._shutdown_and_forget(True, cancel_futures)
+        finally:
+            _shutting_down.discard(threading.current_thread())
+
+    def _shutdown_and_forget(self, clean, cancel_futures=False):
         with self._lock:
+            already = self._shutdown
             self._shutdown = True
             pending = [f for futures in self._pending.values() for f in futures]
             self._outbox_filled.notify()
@@ -693,11 +1309,23 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 future.cancel()
         self._storer.join()
         _live_executors.discard(self)
-        concurrent.futures.wait(pending)
         if self._run_workers:
+            concurrent.futures.wait(pending)
             self._stop_workers()
+        with self._lock:
+            complete = not self._pending and not self._cancelled and self._broken is None
+            forget, self._made_call_keys = clean and complete and self._made_call_keys, False
+        if forget and not already:
+            try:
+                self._engine.forget_results_matching(self._cfg.queue, _CALL_KEYS)
+            except _STORAGE_ERRORS as exc:  # shutdown still ends
+                logger.warning("%s: could not forget the results of this run's calls (a "
+                               "later run may find them): %s", self._engine.location, exc)
         self._engine.wake("done", self._cfg.queue)
-        self._collector.join()
+        if self._run_workers:
+            self._collector.join()
+        with self._lock:
+            self._occurrences.close()
 
     # -- information -----------------------------------------------------------------
 
@@ -728,17 +1356,29 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         max_workers, mp_context, initializer, initargs, max_tasks_per_child:
             as for ProcessPoolExecutor.
         name: the queue of this pool's tasks in the file.
-        max_retries: how many times a failed task (an exception, a dead
-            worker, a timeout) runs again before it is dead-lettered.
+        max_retries: how many times a task whose worker died (or was
+            killed by task_timeout), or that raised one of ``retry_on``, runs
+            again before it is dead-lettered.
+        retry_on: exception classes (or one) worth retrying, such as
+            ``(ConnectionError,)``.  Any other exception is the task's
+            outcome at once, as with ProcessPoolExecutor; the task is
+            dead-lettered with its traceback (see dead_letters, redrive).
         retry_backoff, retry_backoff_max: seconds before the first retry,
             doubled at each further one, up to the maximum.
         task_timeout: seconds a task may run before its worker is killed
             (counted as a failed attempt); None for no limit.
         lease_seconds: how long a task stays reserved for a worker that
-            stopped answering (the pool extends it while the worker lives).
+            stopped answering (the pool extends it while the worker lives);
+            also how long a storage fault is waited out (at least twice
+            ``timeout_seconds``) before the futures it holds up fail with
+            StorageFault.
+        timeout_seconds: how long one statement waits for another
+            connection's lock before it counts as failed (and is retried).
         run_workers: False to only store tasks and collect results, while
             workers elsewhere (``python -m persistqueue_liteq worker``, or
-            another pool on the same file and name) run them.
+            another pool on the same file and name) run them.  Shutting
+            such a pool down returns once every call is stored; a later run
+            collects the results by submitting the same calls (or keys).
         hmac_key: bytes; every task row is signed with HMAC-SHA256 for its
             queue and key, and every result row for its task, and a row whose
             signature does not match is never unpickled: its task is
@@ -746,6 +1386,9 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
             Whoever can write the file can otherwise run code in the workers
             and in this process.  Every pool and worker on the queue needs
             the same key.
+        table_prefix, journal_mode: as for PersistentQueue (an application's
+            database is switched to WAL mode only with journal_mode="wal";
+            a pool refuses "keep": it needs WAL mode).
     """
 
     _broken_error = BrokenProcessPool
@@ -773,9 +1416,12 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
 
     def _start_workers(self):
         self._stop = self._mp.Event()
+        self._pid = os.getpid()
         self._workers = {}  # process -> slot
         self._killed = {}  # pid -> why the manager killed it
         self._wake_reader, self._wake_writer = multiprocessing.Pipe(duplex=False)
+        self._idle = _Idle(self._mp)
+        self._failed_starts = 0  # workers in a row that died before they were up
         for _ in range(self._max_workers):
             self._spawn()
         self._manager = threading.Thread(target=self._manage, daemon=True,
@@ -787,13 +1433,26 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         proc = self._mp.Process(
             target=_process_worker,
             args=(self._cfg, slot, self._stop, self._initializer,
-                  self._initargs, self._max_tasks_per_child),
-            daemon=True,
+                  self._initargs, self._max_tasks_per_child, self._idle),
+            # Not daemonic, so that a task may start processes, as in the
+            # standard library's pool; _end_workers_at_exit ends them.
+            daemon=False,
         )
         proc.start()
         self._workers[proc] = slot
 
     def _manage(self):
+        """The manager thread: never ends before the pool, whatever fails."""
+        while True:
+            try:
+                self._manage_workers()
+                return
+            except Exception:
+                logger.error("the manager of the pool on %s failed; it goes on",
+                             self._engine.location, exc_info=True)
+                self._stop.wait(_FAULT_LONGEST_RETRY)
+
+    def _manage_workers(self):
         heartbeat_every = self._cfg.lease_seconds / 3
         next_heartbeat = time.monotonic() + heartbeat_every
         while True:
@@ -822,29 +1481,37 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
     def _reap(self, proc):
         slot = self._workers.pop(proc)
         proc.join()
+        if slot.counted_idle:  # killed while it waited for work
+            slot.count_idle(self._idle, False)
         if slot.state == _INIT_FAILED:
-            self._mark_broken("A child process terminated abruptly: its initializer raised "
-                              "(see the traceback it printed)")
-            self._stop.set()
-            for other in list(self._workers):
-                other.terminate()
-            return
-        task_id, (lease, held) = slot.task_id, slot.held()
-        for other, _ in held:  # waiting, or done but not stored: no attempt lost
-            if other != task_id:
-                self._engine.release(other, lease, attempted=False)
-        if not task_id:
-            return  # it stopped between tasks (max_tasks_per_child, shutdown)
+            return self._break("A child process terminated abruptly: its initializer raised "
+                               "%s (its traceback is logged on the 'concurrent.futures' "
+                               "logger)" % slot.failure)
+        if slot.state == _IDLE and not self._stop.is_set():
+            self._failed_starts += 1
+            why = "worker process %d died with %s before it could start" % (
+                proc.pid, _describe_exit(proc.exitcode))
+            if self._failed_starts >= _FAILED_STARTS:
+                return self._break("%d worker processes in a row could not start; the last: "
+                                   "%s (see its stderr)" % (self._failed_starts, why))
+            logger.warning("%s; starting another", why)
+        elif slot.state == _UP:
+            self._failed_starts = 0
         why = self._killed.pop(proc.pid, None)
         reason = why or "worker process %d died with %s" % (proc.pid, _describe_exit(proc.exitcode))
-        logger.warning("%s while running task %d; replacing it", reason, task_id)
-        msg = self._engine.get(task_id)
-        if msg is None or msg.visible_at is None:
-            return
-        exc = TaskTimeout(reason) if why else WorkerDied(reason)
-        exc_text = "%s (attempt %d of %d)" % (reason, msg.attempts, self._cfg.max_retries + 1)
-        _settle_failure(self._engine, self._cfg, task_id, lease, msg.key, msg.attempts,
-                        type(exc)(exc_text), exc_text)
+        self._hand_back(slot, reason, TaskTimeout if why else WorkerDied)
+        if slot.gave_up_at:
+            self._storage_lost(StorageFault(
+                "%s: worker process %d could not use the file for more than %gs "
+                "(lease_seconds, or twice timeout_seconds); its log says why"
+                % (self._engine.location, proc.pid, self._cfg.fault_seconds)), slot.gave_up_at)
+
+    def _break(self, reason):
+        """Workers cannot run: fail every future, stop the others."""
+        self._mark_broken(reason)
+        self._stop.set()
+        for other in list(self._workers):
+            other.terminate()
 
     def _slots_of_workers(self):
         return list(self._workers.values()) if self._run_workers else []
@@ -853,7 +1520,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         _extend_leases(self._engine, self._cfg, self._slots_of_workers())
 
     def _enforce_timeout(self):
-        now = time.time()
+        now = time.monotonic()  # as slot.running(): see there
         for proc, slot in self._workers.items():
             started = slot.started
             if (slot.task_id and started and now - started > self._task_timeout
@@ -868,12 +1535,20 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         self._wake_writer.send(None)
         self._manager.join()
 
+    def _end_workers_at_exit(self):
+        # A worker forked from this process inherits this pool, and its
+        # exit runs the same handlers: only the pool's own process may act.
+        if self._run_workers and os.getpid() == self._pid:
+            self._stop.set()  # the manager starts no more
+            for proc in list(self._workers):
+                proc.terminate()
+
 
 class _Slot:
     """What one worker holds, shared with the pool: the tasks of its last
     lease (ids, one lease token), each waiting, started or dropped; the task
-    it runs now (0: none) and since when its function runs (0.0 while it is
-    being unpickled).  In shared memory for a process worker (``ctx``).
+    it runs now (0: none) and since when its function runs (time.monotonic();
+    0.0 while it is being unpickled).  In shared memory for a process worker (``ctx``).
 
     The worker claims a task before it starts it and the pool cancels one
     only while it waits, both under the slot's lock, so a task is either
@@ -884,13 +1559,16 @@ class _Slot:
         if ctx is None:
             self._lock = threading.Lock()
             self._ids, self._states = [0] * _BATCH_MAX, [_WAITING] * _BATCH_MAX
-            self._ints, self._started = [0, 0, _IDLE], [0.0]  # task id, lease, state
+            # task id, lease, state, counted among the idle workers (0/1)
+            self._ints, self._started = [0, 0, _IDLE, 0], [0.0, 0.0]
+            self._failure = [b""]
         else:
             self._lock = ctx.Lock()
             self._ids = ctx.RawArray(ctypes.c_longlong, _BATCH_MAX)
             self._states = ctx.RawArray(ctypes.c_byte, _BATCH_MAX)
-            self._ints = ctx.RawArray(ctypes.c_longlong, 3)
-            self._started = ctx.RawArray(ctypes.c_double, 1)
+            self._ints = ctx.RawArray(ctypes.c_longlong, 4)
+            self._started = ctx.RawArray(ctypes.c_double, 2)  # and when it gave up
+            self._failure = ctx.RawArray(ctypes.c_char, 256)
 
     def publish(self, messages):
         """The worker leased ``messages`` (one lease): they wait their turn."""
@@ -918,6 +1596,21 @@ class _Slot:
             self._states[i] = _DROPPED
             return True
 
+    def has_waiting(self):
+        """Whether a task of the batch still waits its turn."""
+        with self._lock:
+            return any(self._ids[i] and self._states[i] == _WAITING for i in range(_BATCH_MAX))
+
+    def take_back_waiting(self):
+        """The worker hands back every task still waiting: (lease, their ids)."""
+        with self._lock:
+            ids = []
+            for i in range(_BATCH_MAX):
+                if self._ids[i] and self._states[i] == _WAITING:
+                    self._states[i] = _DROPPED
+                    ids.append(self._ids[i])
+            return self._ints[1], ids
+
     def cancel(self, task_id):
         """The pool cancels ``task_id`` if it waits here; True if it did."""
         with self._lock:
@@ -937,18 +1630,50 @@ class _Slot:
                                    if self._ids[i] and self._states[i] != _DROPPED]
 
     def running(self):
-        self._started[0] = time.time()
+        # Monotonic, so that a step of the wall clock neither kills a healthy
+        # task nor spares a hung one.  The pool's process compares it with its
+        # own time.monotonic(): on Linux, macOS and Windows that clock is one
+        # for the whole machine (CLOCK_MONOTONIC, mach_absolute_time,
+        # QueryPerformanceCounter), not one per process.
+        self._started[0] = time.monotonic()
 
     def finish(self):
         self._ints[0] = 0
 
-    def fail_init(self):
+    def up(self):
+        self._ints[2] = _UP
+
+    def fail_init(self, text):
+        """The initializer raised: ``text`` says what, for the pool's message."""
+        data = text.encode("utf-8", "replace")[:255]
+        if isinstance(self._failure, list):
+            self._failure[0] = data
+        else:
+            self._failure.value = data
         self._ints[2] = _INIT_FAILED
 
+    @property
+    def failure(self):
+        data = self._failure[0] if isinstance(self._failure, list) else self._failure.value
+        return data.decode("utf-8", "replace")
+
+    def count_idle(self, idle, flag):
+        """The worker waits for work (``flag``) or has some: count it in
+        ``idle`` (an _Idle), and note it here for the pool if it dies so."""
+        idle.add(1 if flag else -1)
+        self._ints[3] = int(flag)
+
     task_id = property(lambda self: self._ints[0])
+    counted_idle = property(lambda self: bool(self._ints[3]))
     lease = property(lambda self: self._ints[1])
     state = property(lambda self: self._ints[2])
     started = property(lambda self: self._started[0])
+    gave_up_at = property(lambda self: self._started[1])
+
+    def give_up(self):
+        """The worker ends on a storage fault that lasted (time.monotonic(),
+        which the pool's process shares)."""
+        self._started[1] = time.monotonic()
 
 
 class PersistentThreadPoolExecutor(_PersistentExecutor):
@@ -966,36 +1691,71 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
     def _start_workers(self):
         self._stop_event = threading.Event()
         self._slots = [_Slot() for _ in range(self._max_workers)]
-        self._threads = [
-            threading.Thread(target=self._thread_worker, args=(slot,), daemon=True,
-                             name="persistqueue_liteq worker %d" % i)
-            for i, slot in enumerate(self._slots)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._idle = _Idle()
+        # _threads_lock guards _threads and the setting of _stop_event: no
+        # thread is added once it is set, so that _stop_workers joins them all.
+        self._threads_lock = threading.Lock()
+        self._threads = []
+        self._thread_names = itertools.count()
+        for slot in self._slots:
+            self._start_thread(slot)
         self._heart = threading.Thread(target=self._heartbeat_loop, daemon=True)
         self._heart.start()
+
+    def _start_thread(self, slot):
+        with self._threads_lock:
+            if self._stop_event.is_set():
+                return
+            thread = threading.Thread(target=self._thread_worker, args=(slot,),
+                                      daemon=True, name="persistqueue_liteq worker %d"
+                                      % next(self._thread_names))
+            self._threads.append(thread)
+            thread.start()
 
     def _thread_worker(self, slot):
         if self._initializer is not None:
             try:
                 self._initializer(*self._initargs)
-            except BaseException:
-                traceback.print_exc()
-                self._mark_broken("A thread initializer failed, the thread pool is not usable anymore")
+            except BaseException as exc:
+                _futures_logger.critical("Exception in initializer:", exc_info=True)
+                self._mark_broken("A thread initializer failed, the thread pool is not usable "
+                                  "anymore: %s" % _exception_line(exc))
                 self._stop_event.set()
                 return
-        _worker_loop(self._engine, self._cfg, slot, self._stop_event.is_set)
+        try:
+            _worker_loop(self._engine, self._cfg, slot, self._stop_event.is_set,
+                         idle=self._idle)
+        except BaseException as exc:
+            # A fault that lasted (StorageFault) or a bug: the thread's tasks
+            # go back and another thread takes its place (which runs the
+            # initializer, as every thread of the pool does).
+            name = threading.current_thread().name
+            logger.error("%s stopped; a new thread replaces it", name, exc_info=True)
+            try:
+                self._hand_back(slot, "%s stopped: %r" % (name, exc), WorkerDied)
+                if isinstance(exc, StorageFault):
+                    self._storage_lost(exc, time.monotonic())
+            finally:
+                slot.publish([])  # the heartbeat extends its leases no more
+                self._start_thread(slot)
 
     def _slots_of_workers(self):
         return self._slots if self._run_workers else []
 
     def _heartbeat_loop(self):
         while not self._stop_event.wait(self._cfg.lease_seconds / 3):
-            _extend_leases(self._engine, self._cfg, self._slots)
+            try:
+                _extend_leases(self._engine, self._cfg, self._slots)
+            except Exception:  # never expected: the beat goes on
+                logger.error("heartbeat of the pool on %s failed", self._engine.location,
+                             exc_info=True)
+
+    def _end_workers_at_exit(self):
+        pass  # daemon threads
 
     def _stop_workers(self):
-        self._stop_event.set()
+        with self._threads_lock:
+            self._stop_event.set()
         self._engine.wake("put", self._cfg.queue)
         for thread in self._threads:
             thread.join()

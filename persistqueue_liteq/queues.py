@@ -203,6 +203,7 @@ class _QueueBase(Generic[T]):
         self._engine = SQLiteEngine(
             self.path, self.timeout_seconds,
             synchronous=self._synchronous, table_prefix=self._table_prefix,
+            journal_mode=self._journal_mode,
         )
 
     def _reset_process_state(self):
@@ -294,6 +295,27 @@ class _QueueBase(Generic[T]):
             else:
                 self._hold(msg)
             return item
+
+    def put_in(self, conn, item: T) -> int:
+        """Put ``item`` in the application's own transaction: through
+        ``conn``, the application's sqlite3 connection to this file, so that
+        it is committed or rolled back with the application's writes (the
+        transactional outbox); returns its id.  ``maxsize`` is not applied;
+        the item is visible once ``conn`` commits (see
+        :meth:`LiteQueue.put_in <persistqueue_liteq.LiteQueue.put_in>`).
+        CodecMismatch, storing nothing, if the queue records another codec.
+        """
+        codec = self._codec
+        data = codec.dumps(item)
+        order_key = getattr(self, "_order_key", None)
+        priority = None if order_key is None else order_key(item)
+        ours = codec.fingerprint()
+        with self._statement_lock:
+            msg_id, held = self._engine.put_on(conn, self.name, data, seal=codec.sealer,
+                                               codec=ours, priority=priority)
+        if held != ours:
+            raise CodecMismatch(self._mismatch(held, "nothing was stored"))
+        return msg_id
 
     # -- what the queue was written with ----------------------------------------
 
@@ -428,8 +450,13 @@ class _QueueBase(Generic[T]):
 
     # -- leases and acknowledgements -------------------------------------------
 
+    def _owner(self):
+        """Who holds the leases got now: the calling thread (the asyncio
+        front end says the task)."""
+        return threading.get_ident()
+
     def _hold(self, msg):
-        lease = _Lease(msg.id, msg.lease, threading.get_ident())
+        lease = _Lease(msg.id, msg.lease, self._owner())
         with self._leases_lock:
             self._held[lease.token] = lease
             self._held_by_thread.setdefault(lease.thread, collections.deque()).append(lease)
@@ -463,14 +490,25 @@ class _QueueBase(Generic[T]):
     def _finish_one(self):
         """Acknowledge the oldest item the calling thread got and has not
         done, or else this process's oldest; ValueError if there is none."""
+        lease = self._pick_finished()
+        if lease is not None:
+            self._acknowledge(lease)
+
+    def _pick_finished(self):
+        """The lease that a task_done() settles, marked as settling; None
+        for an item got with auto_ack (only counted)."""
         with self._leases_lock:
             lease = self._oldest_held()
             if lease is None:
                 if not self._auto_unfinished:
                     raise ValueError('task_done() called too many times')
                 self._auto_unfinished -= 1
-                return
+                return None
             lease.settling = True
+            return lease
+
+    def _acknowledge(self, lease):
+        """Acknowledge a lease that _pick_finished() gave, and forget it."""
         try:
             acknowledged = self._engine.ack(lease.id, lease.token, self.name)
         except BaseException:
@@ -484,11 +522,11 @@ class _QueueBase(Generic[T]):
                 "before it was acknowledged (this process stalled for longer than "
                 "visibility_timeout=%g s?); the item may be delivered again"
                 % (lease.id, self.name, self.path, self.visibility_timeout),
-                RuntimeWarning, stacklevel=3,
+                RuntimeWarning, stacklevel=4,
             )
 
     def _oldest_held(self):
-        for lease in self._held_by_thread.get(threading.get_ident(), ()):
+        for lease in self._held_by_thread.get(self._owner(), ()):
             if not lease.settling:
                 return lease
         for lease in self._held.values():
@@ -606,6 +644,7 @@ class _QueueBase(Generic[T]):
             "timeout_seconds": self.timeout_seconds,
             "synchronous": self._synchronous,
             "table_prefix": self._table_prefix,
+            "journal_mode": self._journal_mode,
         }
 
 
@@ -646,6 +685,9 @@ class PersistentQueue(_QueueBase[T]):
         synchronous: "NORMAL" (survives any crash of the process) or "FULL"
             (also a power loss).
         table_prefix: prefix of the tables, to share an application's database.
+        journal_mode: None (default) puts the file in WAL mode but refuses
+            to switch an application's database (tables that are not ours)
+            from another mode; "wal" switches it; "keep" keeps its mode.
 
     How it differs from queue.Queue, as persistence requires:
 
@@ -689,7 +731,9 @@ class PersistentQueue(_QueueBase[T]):
         timeout_seconds: float = 5,
         synchronous: str = "NORMAL",
         table_prefix: str = DEFAULT_PREFIX,
+        journal_mode: Optional[str] = None,
     ):
+        self._journal_mode = journal_mode
         self._configure(path, name, visibility_timeout, max_retries, serializer,
                         hmac_key, auto_ack, timeout_seconds, synchronous, table_prefix)
         self.maxsize = _check_maxsize(maxsize)
@@ -910,7 +954,10 @@ class PersistentPriorityQueue(PersistentQueue[T]):
 
     Items are ordered as Python orders them, through a key stored with each:
     numbers (int, float, bool, mixed, of any size; ints compare exactly), str,
-    bytes, and tuples and lists of these.  A tuple such as
+    bytes, tuples and lists of these, and ``@dataclass(order=True)`` items
+    (the ``queue`` module's recipe, ``PrioritizedItem(priority, item)`` with
+    ``item`` a ``field(compare=False)``), ordered as the tuple of their
+    compared fields, as the class itself compares them.  A tuple such as
     ``(priority, task)`` whose later element has no stored order (``task`` is
     some object) is ordered by the part before it, and equal parts by arrival,
     so that tasks need not be comparable.  Anything else raises TypeError at
@@ -992,7 +1039,9 @@ class PersistentSimpleQueue(_QueueBase[T]):
         timeout_seconds: float = 5,
         synchronous: str = "NORMAL",
         table_prefix: str = DEFAULT_PREFIX,
+        journal_mode: Optional[str] = None,
     ):
+        self._journal_mode = journal_mode
         self._configure(path, name, visibility_timeout, max_retries, serializer,
                         hmac_key, auto_ack, timeout_seconds, synchronous, table_prefix)
         self._open_engine()

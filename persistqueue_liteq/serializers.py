@@ -33,6 +33,7 @@ priority, so that SQLite's byte order of keys is Python's order of values:
     True
 """
 
+import dataclasses
 import hashlib
 import hmac
 import importlib
@@ -424,6 +425,7 @@ def serializer_name(serializer):
 #            order is code point order, which is Python's order of str).
 #   tuple    0x50, the elements, then 0x00 (below every type tag).
 #   list     0x60, the same.
+#   an instance of a dataclass(order=True): as the tuple of its compared fields.
 #   opaque   0x01: the rest of the value could not be encoded; the key stops.
 #
 # Python does not compare values of different kinds (a str with a number);
@@ -447,7 +449,9 @@ def order_key(value):
     """The order-preserving key of ``value`` (bytes).
 
     Numbers (int, bool and float, mixed, of any size; ints compare exactly),
-    str, bytes, and tuples and lists of them get a key ordered as Python
+    str, bytes, tuples and lists of them, and instances of
+    ``@dataclass(order=True)`` classes (as the tuple of their compared
+    fields, which is how such a class compares) get a key ordered as Python
     orders the values; equal values (``1``, ``1.0``, ``True``; ``0.0`` and
     ``-0.0``) get equal keys.  NaN sorts after infinity.
 
@@ -488,9 +492,23 @@ def _encode(value, out, done):
         for element in value:
             _encode(element, out, done)
         out.append(_END)
+    elif _ordered_dataclass(value):
+        # What dataclass(order=True) compares: the tuple of its compared
+        # fields, in definition order.
+        out.append(_TUPLE)
+        for field in dataclasses.fields(value):
+            if field.compare:
+                _encode(getattr(value, field.name), out, done)
+        out.append(_END)
     else:
         raise _Unorderable("%s has no stored order" % type(value).__name__)
     done[0] += 1
+
+
+def _ordered_dataclass(value):
+    """True for an instance of a ``@dataclass(order=True)`` class."""
+    params = getattr(type(value), "__dataclass_params__", None)
+    return params is not None and params.order and not isinstance(value, type)
 
 
 def _number(x):

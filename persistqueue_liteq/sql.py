@@ -182,8 +182,28 @@ CREATE_TABLES = (
 TABLE_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
 TRIGGER_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?"
 INDEX_EXISTS = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?"
+
+# Tables of the file that are not ours (an application's database): their
+# names, for the message that refuses to change its journal mode.
+OTHER_TABLES = """
+SELECT name FROM sqlite_master
+ WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+   AND substr(name, 1, length(?)) != ? ORDER BY name LIMIT 5"""
+
+# Which file a connection has open as "main" (to check an application's
+# connection before putting through it).
+MAIN_FILE = "SELECT file FROM pragma_database_list WHERE name = 'main'"
+
 READ_META = "SELECT key, value FROM {p}meta"
 WRITE_META = "INSERT OR REPLACE INTO {p}meta (key, value) VALUES (?, ?)"
+
+# -- automatic vacuum -----------------------------------------------------------
+# The threshold of free pages past which an engine runs VACUUM, in {p}meta
+# (absent: never); free pages are counted by SQLite in the file's header.
+AUTO_VACUUM_KEY = "auto_vacuum_free_pages"
+DELETE_META = "DELETE FROM {p}meta WHERE key = ?"
+FREE_PAGES = "PRAGMA freelist_count"
+VACUUM = "VACUUM"
 
 # -- the file's clock ---------------------------------------------------------
 # The anchor of the engine's clock, in {p}meta: the boot it was made in, and
@@ -265,6 +285,22 @@ FORGET_RESULT = "DELETE FROM {p}results WHERE queue = ? AND key = ?"
 
 PURGE_RESULTS = "DELETE FROM {p}results WHERE queue = ?"
 
+# The outcomes whose keys match a GLOB pattern (a pool's digest-keyed calls),
+# stored up to a seq; failures only, or all.
+FORGET_RESULTS_MATCHING = """
+DELETE FROM {p}results WHERE queue = ? AND key GLOB ? AND seq <= ? AND (ok = 0 OR ?)"""
+
+# -- a pool's count of identical calls, beyond what it keeps in memory ----------
+# (in a private temporary database of its own, not in the queue file)
+
+CREATE_OCCURRENCES = """
+CREATE TABLE occurrences (digest TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID"""
+
+NEXT_OCCURRENCE = """
+INSERT INTO occurrences (digest, n) VALUES (?, 1)
+    ON CONFLICT (digest) DO UPDATE SET n = n + 1
+RETURNING n - 1"""
+
 # -- leasing ----------------------------------------------------------------
 # One statement leases up to :n messages atomically: the subquery walks the
 # index in delivery order and the UPDATE moves each chosen row out of the
@@ -298,6 +334,15 @@ LEASE_PRIORITY = _LEASE.format(**_PRIORITY, **_MANY)
 LEASE_FIFO_ONE = _LEASE.format(**_FIFO, **_ONE)
 LEASE_LIFO_ONE = _LEASE.format(**_LIFO, **_ONE)
 LEASE_PRIORITY_ONE = _LEASE.format(**_PRIORITY, **_ONE)
+
+# One ready message chosen by its id (persist-queue's get(id=...)); one
+# past its TTL is not leased.
+LEASE_ID = """
+UPDATE {p}messages
+   SET visible_at = :until, lease = :lease, attempts = attempts + 1
+ WHERE id = :id AND queue = :queue AND visible_at <= :now
+   AND (expires_at IS NULL OR expires_at > :now)
+RETURNING id, data, queue, attempts, created_at, expires_at, last_error, priority, key"""
 
 NEXT_VISIBLE_AT = """
 SELECT min(visible_at) FROM {p}messages WHERE queue = ? AND visible_at > ?"""
@@ -432,6 +477,21 @@ DEAD_LETTERS = """
 SELECT {c} FROM {{p}}messages
  WHERE queue = ? AND visible_at IS NULL
  ORDER BY dead_at, id LIMIT ?""".format(c=_COLUMNS)
+
+# -- moving messages between files (export and import) ------------------------
+
+# Every message of a queue, live and dead, with its lease token: what an
+# export writes, state and all.
+SNAPSHOT = """
+SELECT {c}, lease FROM {{p}}messages
+ WHERE queue = ? AND id > ?
+ ORDER BY id LIMIT ?""".format(c=_COLUMNS)
+
+# A message stored with the state it had elsewhere (a new id, no lease).
+INSERT_RESTORED = """
+INSERT INTO {p}messages (queue, data, priority, visible_at, created_at, expires_at, attempts,
+                         last_error, dead_at, dead_reason, key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 
 # -- operating --------------------------------------------------------------
 

@@ -69,18 +69,23 @@ import logging
 import os
 import random
 import time
+import sqlite3
 import weakref
 
 from . import _clock
 from . import sql as _sql
 from .connections import Connections, check_sqlite_version
 from .engine import METRIC_NAMES, Engine, Message, Metrics, QueueStats, clock
-from .exceptions import IncompatibleDatabase, ReadOnlyDatabase
+from .exceptions import IncompatibleDatabase, ReadOnlyDatabase, StorageError
 from .wakeup import Notifier
 
 __all__ = ["SQLiteEngine"]
 
 logger = logging.getLogger("persistqueue_liteq")
+
+#: journal_mode: None (WAL, but an application's database is not switched
+#: unless asked), "wal" (switch it), "keep" (leave the file's mode alone).
+JOURNAL_MODES = (None, "wal", "keep")
 
 
 def _check_directory(path):
@@ -194,6 +199,15 @@ class SQLiteEngine(Engine):
             application's own database.
         readonly: open an existing queue file only to look at it: nothing is
             created or changed, and any write raises ReadOnlyDatabase.
+        journal_mode: None (default): the file is put in WAL mode, unless it
+            is an application's database (it holds tables that are not
+            ours) in another mode: then IncompatibleDatabase, naming the two
+            ways out.  "wal": switch any file to WAL mode.  "keep": leave the
+            file's journal mode as it is.  In the rollback-journal modes
+            every reader blocks every commit: fine for one process that puts
+            and gets now and then (or a file system without the shared
+            memory WAL needs), not for many busy consumers, and not for the
+            pools, which refuse it.
 
     Raises:
         FileNotFoundError: the file's directory does not exist (or, with
@@ -205,8 +219,12 @@ class SQLiteEngine(Engine):
     """
 
     def __init__(self, path, timeout=5.0, synchronous="NORMAL", table_prefix=_sql.DEFAULT_PREFIX,
-                 readonly=False):
+                 readonly=False, journal_mode=None):
         check_sqlite_version()
+        if journal_mode not in JOURNAL_MODES:
+            raise ValueError("journal_mode must be None, 'wal' or 'keep'; got %r"
+                             % (journal_mode,))
+        self._journal_mode = journal_mode
         self.sql = _sql.render(table_prefix)
         path = os.fspath(path)
         if not isinstance(path, str):
@@ -217,6 +235,11 @@ class SQLiteEngine(Engine):
                 "got %r" % (path,)
             )
         _check_directory(path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(
+                "cannot open queue database %s: it is a directory; give the path of a file "
+                "(e.g. %s), or use persistqueue_liteq.persistqueue_compat, whose queues take "
+                "a directory as persist-queue's do" % (path, os.path.join(path, "queue.db")))
         if readonly and not os.path.isfile(path):
             raise FileNotFoundError("no such queue file: %s" % path)
         self.location = path
@@ -234,9 +257,11 @@ class SQLiteEngine(Engine):
         }
         self._meta = {}
         self._open_schema()
+        auto_vacuum = self._meta.get(_sql.AUTO_VACUUM_KEY)
+        self._auto_vacuum = None if auto_vacuum is None else int(auto_vacuum)
         self._open_clock()
         self._notifier = Notifier(path, table_prefix)
-        self._metrics = Metrics()
+        self._metrics = Metrics(location=path)
         if not readonly:
             _open_engines.add(self)
 
@@ -306,10 +331,27 @@ class SQLiteEngine(Engine):
         return bool(self._conns.execute(statement, (name,)))
 
     def _wal_and_schema_ready(self, conn):
-        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-        if mode.lower() != "wal":
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0].lower()
+        if mode != "wal" and self._journal_mode != "keep":
+            if self._journal_mode is None:
+                self._refuse_foreign_wal(conn, mode)
             conn.execute("PRAGMA journal_mode=WAL")
         return self._check_schema(conn)
+
+    def _refuse_foreign_wal(self, conn, mode):
+        """An application's database (tables that are not ours) is not moved
+        to WAL mode unless ``journal_mode="wal"`` says so: WAL changes how
+        every connection of the application works (the -wal and -shm files,
+        no network file systems)."""
+        prefix = self.sql.PREFIX
+        theirs = [row[0] for row in conn.execute(self.sql.OTHER_TABLES, (prefix, prefix))]
+        if theirs:
+            raise IncompatibleDatabase(
+                "%s is in journal mode %s and holds tables that are not persistqueue_liteq's "
+                "(%s): an application's database, which a queue would switch to WAL mode, "
+                "changing how every connection to it works.  Pass journal_mode='wal' to "
+                "allow the switch, or journal_mode='keep' to keep mode %s (readers then "
+                "wait for writers)" % (self.location, mode, ", ".join(theirs), mode))
 
     def _check_schema(self, conn):
         """True if the tables exist and are ours; False if they must be made."""
@@ -487,6 +529,45 @@ class SQLiteEngine(Engine):
     def transaction(self):
         return _Transaction(self)
 
+    def put_on(self, conn, queue, data, delay=0.0, ttl=None, seal=None, codec=None,
+               priority=None):
+        if not isinstance(conn, sqlite3.Connection):
+            raise TypeError("put_on needs the application's sqlite3.Connection, not %s"
+                            % type(conn).__name__)
+        self._check_same_file(conn)
+        s = self.sql
+        held = None
+        if codec is not None:
+            row = conn.execute(s.READ_CODEC, (queue,)).fetchone()
+            if row is not None and (row[0] == codec
+                                    or conn.execute(s.ANY_MESSAGE, (queue,)).fetchone()[0]):
+                held = row[0]
+            else:
+                conn.execute(s.WRITE_CODEC, (queue, codec))
+                held = codec
+            if held != codec:
+                return None, held
+        now = self.now()
+        expires = None if ttl is None else now + ttl
+        if seal is None:
+            msg_id = conn.execute(s.INSERT, (queue, data, priority, now + delay, now,
+                                             expires)).lastrowid
+        else:
+            msg_id = conn.execute(s.NEXT_ID).fetchone()[0]
+            conn.execute(s.INSERT_WITH_ID, (msg_id, queue, seal(msg_id, data), priority,
+                                            now + delay, now, expires))
+        return msg_id if codec is None else (msg_id, held)
+
+    def _check_same_file(self, conn):
+        try:
+            (where,) = conn.execute(self.sql.MAIN_FILE).fetchone()
+        except sqlite3.Error as exc:
+            raise ValueError("cannot use that connection: %s" % exc) from None
+        ours = os.path.realpath(self.location)
+        if not where or os.path.realpath(where) != ours:
+            raise ValueError("the connection is to %s, not to the queue's database %s"
+                             % (where or "an in-memory database", ours))
+
     # -- what a queue was written with ----------------------------------------------
 
     def codec_of(self, queue):
@@ -544,11 +625,15 @@ class SQLiteEngine(Engine):
         return held
 
     def complete_many(self, queue, outcomes, lease=0, seconds=0.0):
-        acks = 0
+        acks = dead = 0
         with self._conns.transaction() as conn:
-            for msg_id, token, key, ok, data in outcomes:
-                if self._complete_in(conn, msg_id, token, key, ok, data, None)[1]:
-                    acks += 1
+            for msg_id, token, key, ok, data, *failure in outcomes:
+                dead_reason, error = failure or (None, None)
+                if self._complete_in(conn, msg_id, token, key, ok, data, dead_reason, error)[1]:
+                    if dead_reason is None:
+                        acks += 1
+                    else:
+                        dead += 1
             rows = []
             if lease:
                 now = self.now()
@@ -561,6 +646,8 @@ class SQLiteEngine(Engine):
             self._notifier.notify("done", queue)
             if acks:
                 self._count(queue, "acks", acks)
+            if dead:
+                self._count(queue, "dead_lettered", dead, lasting=True)
         if not rows:
             return []
         self._count_deliveries(queue, *(row[3] for row in rows))
@@ -568,7 +655,7 @@ class SQLiteEngine(Engine):
                                now + seconds, row[5], row[6], row[7], None, None, row[8])
                        for row in rows), key=lambda m: m.id)
 
-    def _complete_in(self, conn, msg_id, lease, key, ok, data, dead_reason):
+    def _complete_in(self, conn, msg_id, lease, key, ok, data, dead_reason, error=None):
         s = self.sql
         now = self.now()
         row = conn.execute(s.GET, (msg_id,)).fetchone()
@@ -578,7 +665,7 @@ class SQLiteEngine(Engine):
         conn.execute(s.STORE_RESULT, (queue, key, int(bool(ok)), data, now))
         if dead_reason is None:
             return queue, bool(conn.execute(s.ACK, (msg_id, lease)).fetchall())
-        held = bool(conn.execute(s.DEAD_LETTER, (now, dead_reason, None, msg_id, lease)).fetchall())
+        held = bool(conn.execute(s.DEAD_LETTER, (now, dead_reason, error, msg_id, lease)).fetchall())
         if held:
             conn.execute(s.ADD_COUNTER, (queue, "dead_lettered", 1))
             logger.warning("task %s of queue %r dead-lettered: %s", key, queue, dead_reason)
@@ -601,6 +688,11 @@ class SQLiteEngine(Engine):
         if key is None:
             return self._changes(self.sql.PURGE_RESULTS, (queue,))
         return self._changes(self.sql.FORGET_RESULT, (queue, key))
+
+    def forget_results_matching(self, queue, pattern, up_to_seq=None, failed_only=False):
+        up_to = (1 << 63) - 1 if up_to_seq is None else up_to_seq
+        return self._changes(self.sql.FORGET_RESULTS_MATCHING,
+                             (queue, pattern, up_to, int(not failed_only)))
 
     # -- consuming ------------------------------------------------------------
 
@@ -672,6 +764,19 @@ class SQLiteEngine(Engine):
             self._notifier.notify("done", queue)
         for queue, name in counted:
             self._metrics.add(queue, name, lasting=True)
+
+    def lease_id(self, queue, msg_id, seconds):
+        now = self.now()
+        token = _new_token()
+        until = now + seconds
+        rows = self._write(self.sql.LEASE_ID, {"queue": queue, "id": msg_id, "now": now,
+                                               "until": until, "lease": token})
+        if not rows:
+            return None
+        row = rows[0]
+        self._count_deliveries(queue, row[3])
+        return Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, until,
+                       row[5], row[6], row[7], None, None, row[8])
 
     def next_visible_at(self, queue):
         now = self.now()
@@ -837,6 +942,49 @@ class SQLiteEngine(Engine):
             # Busy, closed, file gone: keep them for the next flush.
             logger.debug("metrics not flushed to %s: %s", self.location, exc)
             self._metrics.give_back(pending)
+            return
+        if self.auto_vacuum_free_pages is not None:
+            self._vacuum_if_due()
+
+    # -- automatic vacuum ----------------------------------------------------------
+
+    @property
+    def auto_vacuum_free_pages(self):
+        """The file's threshold of free pages for an automatic VACUUM, or
+        None (the default: never).  Read when the engine opens."""
+        return self._auto_vacuum
+
+    def set_auto_vacuum(self, free_pages):
+        """Store in the file that an engine finding more than ``free_pages``
+        free pages after it flushes its counts (at most once a second while
+        it works) runs VACUUM; None turns it off.  Engines read the setting
+        when they open.  A vacuum rewrites the whole file while holding the
+        write lock: choose a threshold well above the pages a busy hour
+        frees and fills again."""
+        if free_pages is not None and (isinstance(free_pages, bool)
+                                       or not isinstance(free_pages, int) or free_pages < 0):
+            raise ValueError("free_pages must be a whole number >= 0 or None; got %r"
+                             % (free_pages,))
+        key = _sql.AUTO_VACUUM_KEY
+        if free_pages is None:
+            self._write(self.sql.DELETE_META, (key,))
+        else:
+            self._write(self.sql.WRITE_META, (key, str(free_pages)))
+        self._auto_vacuum = free_pages
+
+    def _vacuum_if_due(self):
+        """VACUUM if the file has more free pages than its threshold; a busy
+        file or any other error is logged and skipped, never raised (this
+        runs after an operation committed)."""
+        try:
+            free = self._execute(self.sql.FREE_PAGES)[0][0]
+            if free <= self.auto_vacuum_free_pages:
+                return
+            logger.info("%s has %d free pages (auto_vacuum_free_pages=%d): vacuuming",
+                        self.location, free, self.auto_vacuum_free_pages)
+            self._write(self.sql.VACUUM)
+        except Exception as exc:
+            logger.warning("automatic vacuum of %s skipped: %s", self.location, exc)
 
     def activity(self, seconds=60.0):
         now = self.now()
@@ -851,6 +999,46 @@ class SQLiteEngine(Engine):
         return [self._stored(row) for row in rows]
 
     # -- operating --------------------------------------------------------------
+
+    def snapshot(self, queue, after_id=0, limit=1000):
+        rows = self._execute(self.sql.SNAPSHOT, (queue, after_id, limit))
+        messages = []
+        for row in rows:
+            msg = self._stored(row)
+            if row[12] is not None and msg.visible_at is not None:
+                msg.lease = row[12]
+            messages.append(msg)
+        return messages
+
+    def restore(self, queue, messages):
+        now = self.now()
+
+        def row(msg):
+            dead = msg.dead_at is not None
+            if dead:
+                visible = None
+            elif msg.lease is not None or msg.visible_at is None:
+                visible = now if msg.visible_at is None else min(msg.visible_at, now)
+            else:
+                visible = msg.visible_at
+            return (queue, msg.data, msg.priority, visible, msg.created_at, msg.expires_at,
+                    msg.attempts, msg.last_error, msg.dead_at if dead else None,
+                    msg.dead_reason if dead else None, msg.key)
+
+        ids = []
+        try:
+            with self._conns.transaction() as conn:
+                for msg in messages:
+                    ids.append(conn.execute(self.sql.INSERT_RESTORED, row(msg)).lastrowid)
+        except StorageError as exc:  # the driver's error comes as ours, with it as the cause
+            if not isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise
+            raise ValueError("cannot restore into queue %r of %s: %s (a message with that key "
+                             "is already there); nothing was stored"
+                             % (queue, self.location, exc.__cause__)) from None
+        if ids:
+            self._notifier.notify("put", queue)
+        return ids
 
     def redrive(self, queue, ids=None):
         now = self.now()
@@ -902,7 +1090,7 @@ class SQLiteEngine(Engine):
 
     def vacuum(self):
         """Rebuild the file to give free pages back to the file system."""
-        self._write("VACUUM")
+        self._write(self.sql.VACUUM)
 
     def integrity_check(self):
         """SQLite's ``PRAGMA integrity_check``: ["ok"] when the file is sound."""

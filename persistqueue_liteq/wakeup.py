@@ -454,13 +454,23 @@ class _SocketWaiter:
             sock.recv(1)
         except (socket.timeout, BlockingIOError, InterruptedError):
             return False
-        sock.setblocking(False)
-        try:  # one look at the queue answers every wake-up queued so far
+        self.drain()  # one look at the queue answers every wake-up queued so far
+        return True
+
+    def fileno(self):
+        """The socket's descriptor, readable when notified: for an event
+        loop to watch (``loop.add_reader``) instead of calling wait(); call
+        drain() when it is readable."""
+        return self._sock.fileno()
+
+    def drain(self):
+        """Consume every wake-up received so far, without blocking."""
+        self._sock.setblocking(False)
+        try:
             while True:
-                sock.recv(1)
+                self._sock.recv(1)
         except (BlockingIOError, InterruptedError):
             pass
-        return True
 
     def __exit__(self, *exc_info):
         if self._sock is None:
@@ -556,6 +566,13 @@ class _PollingWaiter:
 
     def __enter__(self):
         return self
+
+    #: Nothing to watch: an event loop looks again every ``interval``.
+    fileno = None
+
+    @property
+    def interval(self):
+        return self._longest
 
     def wait(self, timeout):
         time.sleep(max(min(timeout, self._interval), 0))

@@ -572,12 +572,20 @@ def test_export_and_import_of_dead_letters_round_trip(dead, tmp_path):
     assert records[1]["encoding"] == "base64"
     assert json.loads(records[2]["data"]) == {"json": [1, 2]}
 
+    # Issue 15: dead letters come back dead, with their reasons and attempts
+    # (they used to come back ready); a redrive makes them ready.
     result = cli(tmp_path, "import-jsonl", "copy.db", "out.jsonl", "--exported")
     assert result.rc == 0, result.err
     with LiteQueue(str(tmp_path / "copy.db")) as copy:
-        assert [m.data for m in copy.pop_batch("jobs", 10)] == [b"poison", b"\xff\xfe"]
-        assert [m.data for m in copy.pop_batch("json", 10)] == [b'{"json": [1, 2]}']
-        assert [m.data for m in copy.pop_batch("mail", 10)] == [b"letter"]
+        assert copy.pop("jobs") is None
+        for queue, payloads in (("jobs", [b"poison", b"\xff\xfe"]),
+                                ("json", [b'{"json": [1, 2]}']), ("mail", [b"letter"])):
+            dead = copy.dead_letters(queue)
+            assert [m.data for m in dead] == payloads
+            assert all(m.attempts == 1 and m.dead_reason.startswith("failed 1 time")
+                       and m.last_error.startswith("Traceback") for m in dead)
+            assert copy.redrive(queue) == len(payloads)
+            assert [m.data for m in copy.pop_batch(queue, 10)] == payloads
 
 
 def test_import_stops_at_a_bad_record_with_one_line(db, tmp_path):

@@ -402,3 +402,105 @@ def test_wake_wakes_a_waiter_without_a_change(engine):
     with engine.waiter("done", "q") as waiter:
         engine.wake("done", "q")
         assert waiter.wait(10.0) is True
+
+
+# -- snapshot and restore: what export and import are made of ------------------------------
+
+def _filled_for_snapshot(engine):
+    """q: 1 ready, 2 delayed, 3 in flight, 4 dead (with a reason), 5 with a TTL."""
+    engine.put("q", b"ready")
+    engine.put("q", b"delayed", delay=600)
+    engine.put("q", b"held")
+    engine.put("q", b"doomed")
+    engine.put("q", b"ttl", ttl=900, priority=b"\x01")
+    held = {m.data: m for m in engine.lease("q", 5, 300.0)}
+    engine.release(held[b"ready"].id, held[b"ready"].lease)
+    engine.release(held[b"ttl"].id, held[b"ttl"].lease, error="flaky")
+    engine.dead_letter(held[b"doomed"].id, held[b"doomed"].lease, "poison", error="trace")
+    return held
+
+
+def test_snapshot_shows_every_message_with_its_state(engine):
+    held = _filled_for_snapshot(engine)
+    engine.put("other", b"elsewhere")
+    snap = engine.snapshot("q")
+    assert [m.data for m in snap] == [b"ready", b"delayed", b"held", b"doomed", b"ttl"]
+    by = {m.data: m for m in snap}
+    assert by[b"held"].lease == held[b"held"].lease
+    assert [by[d].lease for d in (b"ready", b"delayed", b"doomed", b"ttl")] == [None] * 4
+    assert by[b"doomed"].visible_at is None and by[b"doomed"].dead_reason == "poison"
+    assert by[b"ttl"].last_error == "flaky" and by[b"ttl"].priority == b"\x01"
+    assert [m.data for m in engine.snapshot("q", after_id=by[b"held"].id, limit=1)] == [b"doomed"]
+
+
+def test_restore_keeps_state_attempts_delays_ttls_and_dead_letters(engine):
+    _filled_for_snapshot(engine)
+    snap = engine.snapshot("q")
+    now = engine.now()
+    ids = engine.restore("copy", snap)
+    assert len(ids) == 5 and ids == sorted(ids) and not set(ids) & {m.id for m in snap}
+    copy = {m.data: m for m in engine.snapshot("copy")}
+    for old in snap:
+        new = copy[old.data]
+        assert (new.attempts, new.created_at, new.expires_at, new.last_error, new.priority,
+                new.key, new.lease) == (old.attempts, old.created_at, old.expires_at,
+                                        old.last_error, old.priority, old.key, None)
+    assert copy[b"delayed"].visible_at == snap[1].visible_at  # still delayed
+    assert copy[b"held"].visible_at <= engine.now()  # in flight there, ready here
+    (dead,) = engine.dead_letters("copy")
+    assert (dead.data, dead.dead_reason, dead.last_error, dead.dead_at) == (
+        b"doomed", "poison", "trace", snap[3].dead_at)
+    stats = {s.name: s for s in engine.queues()}["copy"]
+    assert (stats.ready, stats.delayed, stats.in_flight, stats.dead) == (3, 1, 0, 1)
+    assert engine.next_visible_at("copy") >= now + 500
+    assert engine.metrics().get("copy", {}).get("puts", 0) == 0  # not counted as puts
+
+
+def test_restore_is_all_or_nothing_and_refuses_a_live_key(engine):
+    engine.put_keyed("q", [("k1", b"a")])
+    snap = engine.snapshot("q")
+    engine.put("q2", b"first")
+    before = [m.data for m in engine.snapshot("q")]
+    with pytest.raises(ValueError, match="nothing was stored"):
+        engine.restore("q", [engine.snapshot("q2")[0]] + snap)
+    assert [m.data for m in engine.snapshot("q")] == before
+
+
+def test_lease_id_leases_that_message_only_if_it_is_ready(engine):
+    first = engine.put("q", b"a")
+    second = engine.put("q", b"b")
+    later = engine.put("q", b"later", delay=600)
+    expired = engine.put("q", b"gone", ttl=0.001)
+    other = engine.put("other", b"x")
+    wait_until(lambda: engine.now() > engine.get(expired).expires_at)
+    msg = engine.lease_id("q", second, 30.0)
+    assert (msg.id, msg.data, msg.attempts) == (second, b"b", 1) and msg.lease is not None
+    assert engine.lease_id("q", second, 30.0) is None  # in flight now
+    assert engine.lease_id("q", later, 30.0) is None  # delayed
+    assert engine.lease_id("q", expired, 30.0) is None  # past its TTL
+    assert engine.lease_id("q", other, 30.0) is None  # another queue's
+    assert engine.lease_id("q", 10 ** 6, 30.0) is None
+    assert [m.id for m in engine.lease("q", 5, 30.0)] == [first]
+    assert engine.ack(msg.id, msg.lease)
+
+
+def test_put_on_joins_the_applications_transaction(engine):
+    import sqlite3
+
+    conn = sqlite3.connect(engine.location, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        msg_id = engine.put_on(conn, "q", b"outbox", codec=None)
+        conn.execute("ROLLBACK")
+        assert engine.get(msg_id) is None
+        conn.execute("BEGIN IMMEDIATE")
+        msg_id, held = engine.put_on(conn, "q", b"outbox", codec="serializer=bytes;key=none")
+        conn.execute("COMMIT")
+        assert held == "serializer=bytes;key=none" == engine.codec_of("q")
+        assert lease_one(engine).id == msg_id
+        conn.execute("BEGIN IMMEDIATE")
+        assert engine.put_on(conn, "q", b"x", codec="serializer=json;key=none") == (
+            None, "serializer=bytes;key=none")  # the queue holds a message of another codec
+        conn.execute("COMMIT")
+    finally:
+        conn.close()

@@ -312,7 +312,9 @@ def test_queue_lives_inside_an_application_database(db):
     app.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
     app.execute("INSERT INTO users (name) VALUES ('ada')")
     app.commit()
-    q = LiteQueue(db, table_prefix="myapp_queue_")
+    # Issue 15: the application's file is switched to WAL mode only when asked
+    # (test_app_database.py has the refusal and journal_mode="keep").
+    q = LiteQueue(db, table_prefix="myapp_queue_", journal_mode="wal")
     q.put(b"welcome ada")
     other = LiteQueue(db, table_prefix="other_")
     assert other.qsize() == 0

@@ -278,12 +278,12 @@ def test_a_task_over_its_timeout_is_killed_and_counted(db):
 
 
 def test_a_failing_task_is_retried_then_succeeds(make_pool, tmp_path):
-    ex = make_pool()
+    ex = make_pool(retry_on=(RuntimeError,))
     assert ex.submit(fail_once, str(tmp_path / "marker")).result(60) == "recovered"
 
 
 def test_a_poison_task_lands_in_the_dead_letter_queue_and_can_be_redriven(make_pool, tmp_path):
-    ex = make_pool(max_retries=2)
+    ex = make_pool(max_retries=2, retry_on=(ValueError,))
     with pytest.raises(ValueError):
         ex.submit(fail, "poison").result(60)
     (dead,) = ex.dead_letters()
@@ -298,7 +298,7 @@ def test_a_retry_runs_when_its_backoff_ends(db, tmp_path, monkeypatch):
     """No idle look-around (an hour): the worker wakes for the retry itself."""
     monkeypatch.setattr(pool_module, "_IDLE_CHECK", 3600.0)
     monkeypatch.setattr(wakeup, "SAFETY_INTERVAL", 3600.0)
-    with PersistentThreadPoolExecutor(db, max_workers=1, max_retries=1,
+    with PersistentThreadPoolExecutor(db, max_workers=1, max_retries=1, retry_on=RuntimeError,
                                       retry_backoff=0.05) as ex:
         assert ex.submit(fail_once, str(tmp_path / "marker")).result(60) == "recovered"
 
@@ -503,10 +503,10 @@ def test_a_pool_without_workers_collects_what_another_runs(db, tmp_path):
     assert not any(f.done() for f in futures)
     with PersistentThreadPoolExecutor(db, max_workers=2):  # the service
         assert [f.result(60) for f in futures] == [i * i for i in range(5)]
-    client.shutdown()
     later = PersistentProcessPoolExecutor(db, run_workers=False)  # collect later:
     assert later.submit(square, 3).result(60) == 9  # no worker anywhere: from the file
     later.shutdown()
+    client.shutdown()
 
 
 # -- bad input -------------------------------------------------------------------------
@@ -553,3 +553,310 @@ def test_a_foreign_file_is_refused(tmp_path):
 
     with pytest.raises(IncompatibleDatabase):
         PersistentThreadPoolExecutor(str(path))
+
+
+# -- failures as concurrent.futures reports them ------------------------------------
+
+def record_and_fail(path, value):
+    record(path, value)
+    raise ValueError("bug %s" % value)
+
+
+def test_an_exception_is_the_outcome_at_once_not_retried(make_pool, tmp_path):
+    """max_retries (2 here) is for a dead worker or a timeout; a task that
+    raises ran once, and its exception is its outcome, dead-lettered with
+    its traceback."""
+    log = str(tmp_path / "log")
+    ex = make_pool(retry_backoff=30)
+    with pytest.raises(ValueError, match="bug 1"):
+        ex.submit(record_and_fail, log, 1).result(20)
+    with open(log) as f:
+        assert f.read().split() == ["1"]
+    (dead,) = ex.dead_letters()
+    assert dead.attempts == 1
+    assert "ValueError: bug 1" in dead.dead_reason
+    assert "Traceback" in dead.last_error and "in record_and_fail" in dead.last_error
+
+
+def test_retries_of_exceptions_are_opt_in(make_pool, tmp_path):
+    ex = make_pool(retry_on=(RuntimeError,))
+    assert ex.submit(fail_once, str(tmp_path / "marker")).result(60) == "recovered"
+    log = str(tmp_path / "log")
+    with pytest.raises(ValueError):  # not one of retry_on: at once
+        ex.submit(record_and_fail, log, 2).result(60)
+    with open(log) as f:
+        assert f.read().split() == ["2"]
+
+
+def test_retry_on_is_checked(db):
+    for cls in (PersistentProcessPoolExecutor, PersistentThreadPoolExecutor):
+        with pytest.raises(TypeError, match="retry_on takes exception classes, not 'nope'"):
+            cls(db, retry_on=(ValueError, "nope"))
+        with pytest.raises(TypeError, match="retry_on takes exception classes, not 5"):
+            cls(db, retry_on=5)
+
+
+# -- no task waits behind another --------------------------------------------------
+
+def test_a_finished_task_is_not_held_back_by_a_slow_one_of_its_batch(make_pool, tmp_path,
+                                                                     big_batches):
+    gate = str(tmp_path / "gate")
+    ex = make_pool(max_workers=1)
+    assert ex.submit(square, 2).result(60) == 4  # the next lease takes a batch
+    quick, slow = ex._submit_many([(None, square, (3,), {}),
+                                   (None, block_until, (gate,), {})])
+    try:
+        assert quick.result(20) == 9  # while the slow one still runs
+    finally:
+        open(gate, "w").close()
+    assert slow.result(60) == "released"
+
+
+def test_no_task_waits_behind_a_slow_one_while_a_worker_is_idle(make_pool, tmp_path,
+                                                                big_batches):
+    gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
+    ex = make_pool(max_workers=2)
+    assert [f.result(60) for f in [ex.submit(square, i) for i in range(8)]] == [
+        i * i for i in range(8)]  # both workers now lease batches
+    slow, *quick = ex._submit_many([(None, block_until, (gate, started), {})]
+                                   + [(None, square, (i,), {}) for i in range(5)])
+    try:
+        wait_for_file(started)
+        assert [f.result(20) for f in quick] == [i * i for i in range(5)]
+    finally:
+        open(gate, "w").close()
+    assert slow.result(60) == "released"
+
+
+def test_a_future_is_running_while_its_task_runs(make_pool, tmp_path):
+    gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
+    ex = make_pool(max_workers=1)
+    future = ex.submit(block_until, gate, started)
+    try:
+        wait_for_file(started)
+        deadline = time.monotonic() + 20
+        while not future.running():
+            assert time.monotonic() < deadline, "the future never entered RUNNING"
+            time.sleep(0.005)
+        assert not future.cancel()
+    finally:
+        open(gate, "w").close()
+    assert future.result(60) == "released"
+    assert not future.running()
+
+
+def test_first_exception_sees_the_earlier_success(make_pool, tmp_path, big_batches):
+    """CPython's test_first_exception, with a gate instead of sleeps."""
+    gate = str(tmp_path / "gate")
+    ex = make_pool(max_workers=2)
+    assert [f.result(60) for f in [ex.submit(square, i) for i in range(8)]] == [
+        i * i for i in range(8)]
+    ok, bad, blocked = ex._submit_many([(None, square, (6,), {}), (None, fail, ("x",), {}),
+                                        (None, block_until, (gate,), {})])
+    try:
+        done, pending = concurrent.futures.wait(
+            [ok, bad, blocked], timeout=20, return_when=concurrent.futures.FIRST_EXCEPTION)
+        assert done == {ok, bad} and pending == {blocked}
+    finally:
+        open(gate, "w").close()
+
+
+# -- resume without stale results -----------------------------------------------------
+
+def random_number():
+    import random
+
+    return random.random()
+
+
+@pytest.mark.parametrize("kind", [PersistentProcessPoolExecutor, PersistentThreadPoolExecutor])
+def test_a_clean_run_leaves_no_result_to_a_later_one(db, tmp_path, kind):
+    log = str(tmp_path / "log")
+    numbers = []
+    for _ in range(2):
+        with kind(db, max_workers=1) as ex:
+            numbers.append(ex.submit(random_number).result(60))
+            assert ex.submit(record, log, "x").result(60) == "x"
+            assert list(ex.map(square, range(3))) == [0, 1, 4]
+    assert numbers[0] != numbers[1]
+    with open(log) as f:
+        assert f.read().split() == ["x", "x"]  # ran in each run
+
+
+@pytest.mark.parametrize("kind", [PersistentProcessPoolExecutor, PersistentThreadPoolExecutor])
+def test_keyed_results_outlive_a_clean_run(db, tmp_path, kind):
+    log = str(tmp_path / "log")
+    for value in ("first", "second"):
+        with kind(db, max_workers=1) as ex:
+            assert ex.submit_keyed("report", record, log, value).result(60) == "first"
+    with open(log) as f:
+        assert f.read().split() == ["first"]
+
+
+@pytest.mark.parametrize("kind", [PersistentProcessPoolExecutor, PersistentThreadPoolExecutor])
+def test_a_run_that_did_not_end_cleanly_resumes_and_reruns_its_failures(db, tmp_path, kind):
+    log, marker = str(tmp_path / "log"), str(tmp_path / "marker")
+    with pytest.raises(KeyboardInterrupt):  # the with block ends with an exception
+        with kind(db, max_workers=1) as ex:
+            assert ex.submit(record, log, "a").result(60) == "a"
+            with pytest.raises(RuntimeError, match="transient"):
+                ex.submit(fail_once, marker).result(60)
+            raise KeyboardInterrupt
+    with kind(db, max_workers=1) as ex:
+        assert ex.submit(record, log, "a").result(60) == "a"  # from the file
+        assert ex.submit(fail_once, marker).result(60) == "recovered"  # run again
+    with open(log) as f:
+        assert f.read().split() == ["a"]
+
+
+def test_the_occurrence_counts_do_not_grow_in_memory(make_pool, tmp_path, monkeypatch):
+    """Identical calls stay distinct tasks with the same keys in every run,
+    though only 4 calls' counts are kept in memory."""
+    monkeypatch.setattr(pool_module, "_OCCURRENCES_IN_MEMORY", 4)
+    log = str(tmp_path / "log")
+    calls = [(None, record, (log, i % 10), {}) for i in range(30)]
+    runs = []
+    for _ in range(2):
+        ex = make_pool()
+        futures = ex._submit_many(calls)
+        assert [f.result(60) for f in futures] == [i % 10 for i in range(30)]
+        assert len(ex._occurrences._counts) == 4
+        runs.append([f._key for f in futures])
+        ex.shutdown()
+    assert runs[0] == runs[1] and len(set(runs[0])) == 30
+    with open(log) as f:
+        assert sorted(map(int, f.read().split())) == sorted([i % 10 for i in range(30)] * 2)
+
+
+# -- detached use ------------------------------------------------------------------------
+
+def test_a_pool_without_workers_returns_once_its_calls_are_stored(db, tmp_path):
+    """Submit, leave, collect later: by submitting the same calls, or by key."""
+    log = str(tmp_path / "log")
+    left = threading.Event()
+
+    def submit_and_leave():
+        with PersistentProcessPoolExecutor(db, run_workers=False) as client:
+            for i in range(5):
+                client.submit(record, log, i)
+            client.submit_keyed("report", record, log, "report")
+        left.set()
+
+    threading.Thread(target=submit_and_leave, daemon=True).start()
+    assert left.wait(20), "leaving the with block waited for results no worker makes"
+    with PersistentThreadPoolExecutor(db, max_workers=2) as service:
+        with PersistentProcessPoolExecutor(db, run_workers=False) as later:
+            assert [later.submit(record, log, i).result(60) for i in range(5)] == list(range(5))
+            assert later.submit_keyed("report", square, 0).result(60) == "report"
+        assert service.dead_letters() == []
+    with open(log) as f:
+        assert sorted(f.read().split()) == sorted([str(i) for i in range(5)] + ["report"])
+
+
+# -- broken means broken ---------------------------------------------------------------
+
+def _explode_in_a_child(parent_pid):
+    if os.getpid() != parent_pid:
+        raise ImportError("this worker cannot load what it needs")
+    return Bomb()
+
+
+class Bomb:
+    """An initarg that cannot be loaded in a worker: the worker cannot start."""
+
+    def __reduce__(self):
+        return _explode_in_a_child, (os.getpid(),)
+
+
+def noop(*args):
+    return None
+
+
+def test_workers_that_cannot_start_break_the_pool(db):
+    ex = PersistentProcessPoolExecutor(db, max_workers=2, initializer=noop, initargs=(Bomb(),))
+    try:
+        future = ex.submit(square, 3)
+        with pytest.raises(BrokenProcessPool, match=r"could not start.*exit code 1"):
+            future.result(30)
+        with pytest.raises(BrokenProcessPool, match="could not start"):
+            ex.submit(square, 3)
+    finally:
+        ex.shutdown(cancel_futures=True)
+
+
+def init_fail_logging_to(log_queue):
+    import logging
+    from logging.handlers import QueueHandler
+
+    logger = logging.getLogger("concurrent.futures")
+    logger.addHandler(QueueHandler(log_queue))
+    logger.setLevel("CRITICAL")
+    logger.propagate = False
+    raise ValueError("error in initializer")
+
+
+def test_a_failing_initializer_is_logged_and_named(db):
+    ctx = multiprocessing.get_context("forkserver")
+    log_queue = ctx.Queue()
+    ex = PersistentProcessPoolExecutor(db, max_workers=1, mp_context=ctx,
+                                       initializer=init_fail_logging_to, initargs=(log_queue,))
+    try:
+        with pytest.raises(BrokenProcessPool, match="ValueError: error in initializer"):
+            ex.submit(square, 3).result(30)
+    finally:
+        ex.shutdown(cancel_futures=True)
+    record = log_queue.get(timeout=10)  # formatted by the QueueHandler, traceback included
+    assert record.levelname == "CRITICAL"
+    assert record.getMessage().startswith("Exception in initializer:\nTraceback")
+    assert "ValueError: error in initializer" in record.getMessage()
+
+
+def test_a_failing_thread_initializer_is_logged(db, caplog):
+    with caplog.at_level("CRITICAL", logger="concurrent.futures"):
+        ex = PersistentThreadPoolExecutor(db, max_workers=1, initializer=bad_initializer)
+        with pytest.raises(concurrent.futures.thread.BrokenThreadPool,
+                           match="RuntimeError: cannot initialise"):
+            ex.submit(square, 3).result(30)
+        ex.shutdown()
+    (record,) = [r for r in caplog.records if r.name == "concurrent.futures"]
+    assert record.getMessage() == "Exception in initializer:" and record.exc_info
+
+
+class Dummy:
+    pass
+
+
+def make_dummy(_):
+    return Dummy()
+
+
+def test_map_holds_no_result_it_has_yielded(make_pool):
+    """CPython's test_free_reference."""
+    import gc
+    import weakref
+
+    ex = make_pool()
+    for obj in ex.map(make_dummy, range(10), chunksize=3):
+        ref = weakref.ref(obj)
+        del obj
+        gc.collect()
+        assert ref() is None
+
+
+def wait_until(predicate, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_worker_killed_while_idle_no_longer_counts_as_idle(db):
+    """Else busy workers would go on handing their tasks back to nobody."""
+    with PersistentProcessPoolExecutor(db, max_workers=2) as ex:
+        assert ex.submit(square, 2).result(60) == 4
+        wait_until(lambda: all(s.counted_idle for s in ex._workers.values()), "never idle")
+        victim = next(iter(ex._workers))
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_until(lambda: victim not in ex._workers and len(ex._workers) == 2
+                   and all(s.counted_idle for s in ex._workers.values()), "not replaced")
+        assert ex._idle._value.value == 2

@@ -189,3 +189,13 @@ def test_a_database_of_a_newer_version(path):
         conn.execute("UPDATE liteq_meta SET value = '999' WHERE key = 'schema_version'")
     with pytest.raises(IncompatibleDatabase, match="newer"):
         PersistentSimpleQueue(path)
+
+
+def test_a_directory_path_says_it_is_a_directory(tmp_path):
+    """persist-queue takes a directory; here that is an error that says so
+    (it used to be a misleading ReadOnlyDatabase)."""
+    from persistqueue_liteq import LiteQueue, PersistentQueue
+
+    for make in (LiteQueue, PersistentQueue):
+        with pytest.raises(IsADirectoryError, match="is a directory.*persistqueue_compat"):
+            make(str(tmp_path))

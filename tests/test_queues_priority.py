@@ -207,3 +207,73 @@ def test_an_unorderable_item_is_refused_and_key_is_the_way_out(tmp_path):
     with pytest.raises(TypeError, match="key"):
         PersistentPriorityQueue(tmp_path / "k.db", key=lambda task: task).put(Task(4))
     q.close()
+
+
+# -- dataclasses: the queue module's recipe ------------------------------------------
+
+import dataclasses  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+@dataclasses.dataclass(order=True)
+class PrioritizedItem:
+    """The recipe of the queue module's documentation, verbatim."""
+
+    priority: int
+    item: Any = dataclasses.field(compare=False)
+
+
+@dataclasses.dataclass(order=True)
+class Job:
+    """Every field compared: ordered as the tuple (deadline, name, tags)."""
+
+    deadline: float
+    name: str
+    tags: tuple = ()
+
+
+def test_the_queue_docs_recipe_is_ordered_by_priority_then_arrival(tmp_path):
+    q = PersistentPriorityQueue(str(tmp_path / "p.db"))
+    try:
+        for priority, item in [(3, "c"), (1, "a1"), (2, "b"), (1, "a2")]:
+            q.put(PrioritizedItem(priority, item))
+        got = [q.get() for _ in range(4)]
+    finally:
+        q.close()
+    assert [(g.priority, g.item) for g in got] == [(1, "a1"), (1, "a2"), (2, "b"), (3, "c")]
+    assert all(type(g) is PrioritizedItem for g in got)
+
+
+def test_an_ordered_dataclass_comes_out_as_sorted_would(tmp_path):
+    rng = random.Random(15)
+    jobs = [Job(rng.choice((1, 2.5, -1, 10 ** 20)), rng.choice("abc"),
+                tuple(rng.choice("xy") for _ in range(rng.randrange(3))))
+            for _ in range(60)]
+    q = PersistentPriorityQueue(str(tmp_path / "p.db"))
+    try:
+        for job in jobs:
+            q.put(job)
+        got = [q.get() for _ in jobs]
+    finally:
+        q.close()
+    assert got == sorted(jobs)  # sorted is stable: ties in arrival order, as ours
+
+
+def test_ordered_dataclass_keys_agree_with_python():
+    rng = random.Random(7)
+    values = [Job(rng.randint(-3, 3), rng.choice("ab"), (rng.randint(0, 2),)) for _ in range(40)]
+    values += [(1, Job(0, "a")), (1, Job(1, "a")), (0, PrioritizedItem(5, object()))]
+    for a in values:
+        for b in values:
+            expected = python_cmp(a, b)
+            if expected is not None:
+                assert key_cmp(a, b) == expected, (a, b)
+
+
+def test_a_dataclass_without_order_is_refused_with_the_way_out():
+    @dataclasses.dataclass
+    class Plain:
+        priority: int
+
+    with pytest.raises(TypeError, match="key="):
+        order_key(Plain(1))
