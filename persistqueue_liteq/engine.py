@@ -367,6 +367,11 @@ class Engine(abc.ABC):
         """Whether ``queue`` has a live message (cheaper than counting)."""
 
     @abc.abstractmethod
+    def has_ready(self, queue):
+        """Whether ``queue`` has a message that ``lease`` would deliver now
+        (ready and not expired): Liteq's ``not empty()``."""
+
+    @abc.abstractmethod
     def queues(self):
         """A :class:`QueueStats` for every queue that has messages."""
 
@@ -431,12 +436,13 @@ class Engine(abc.ABC):
         """Release this process's connections; the data stays."""
 
 
-def lease_waiting(engine, queue, n, seconds, order, max_attempts, timeout):
+def lease_waiting(engine, queue, n, seconds, order, max_attempts, timeout, *, poll=None):
     """``engine.lease`` that waits up to ``timeout`` seconds (None: forever)
     for something to lease.  Returns [] if nothing came in time.
 
     Sleeps until a producer's wake-up, or until the earliest delayed or leased
-    message becomes ready, whichever comes first.
+    message becomes ready, or (if given) ``poll`` seconds, whichever comes
+    first.
     """
     messages = engine.lease(queue, n, seconds, order, max_attempts)
     if messages or (timeout is not None and timeout <= 0):
@@ -454,6 +460,8 @@ def lease_waiting(engine, queue, n, seconds, order, max_attempts, timeout):
             if due is not None:
                 # 1 ms at least: a message due now is leased by the next look.
                 remaining = min(remaining, max(due - engine.now(), 0.001))
+            if poll is not None:
+                remaining = min(remaining, poll)
             waiter.wait(remaining)
 
 

@@ -19,14 +19,20 @@ message is never delivered to two consumers while its lease holds.
 """
 
 import contextlib
+import itertools
+import logging
+import time
 import traceback
 
 from . import _checks
 from .engine import lease_waiting, wait_drained
+from .exceptions import DatabaseBusy
 from .sql import DEFAULT_PREFIX
 from .sqlite_engine import SQLiteEngine
 
 __all__ = ["LiteQueue"]
+
+logger = logging.getLogger("persistqueue_liteq")
 
 
 def describe_exception(exc):
@@ -78,28 +84,62 @@ class LiteQueue:
 
     # -- producing ------------------------------------------------------------
 
-    def put(self, data, qname="default", visible_after_seconds=0, *, ttl_seconds=None):
+    def put(self, data, qname="default", visible_after_seconds=0, retries_on_conflict=0,
+            pause_on_conflict=0.05, *, ttl_seconds=None):
         """Store one message; return its id.
 
         ``visible_after_seconds`` delays its first delivery; after
         ``ttl_seconds`` it is dropped undelivered (counted as expired).
+
+        ``retries_on_conflict`` and ``pause_on_conflict`` are Liteq's: there
+        they retry a put whose random id collided.  Ids here never collide
+        (the file hands them out), so the conflict they retry is the one
+        left: a file that stayed locked by another connection for the whole
+        ``timeout_seconds``.  The put is tried again up to
+        ``retries_on_conflict`` times, ``pause_on_conflict`` seconds apart,
+        before DatabaseBusy is raised; 0 (the default, unlike Liteq's 5)
+        raises at the first timeout.
         """
         data = _checks.payload(data)
         qname = _checks.queue_name(qname)
         delay = _checks.seconds(visible_after_seconds, "visible_after_seconds")
         ttl = _checks.seconds(ttl_seconds, "ttl_seconds", allow_none=True)
-        return self._engine.put(qname, data, delay, ttl)
+        retries, pause = _conflict_policy(retries_on_conflict, pause_on_conflict)
+        return self._on_conflict(lambda: self._engine.put(qname, data, delay, ttl),
+                                 retries, pause)
 
-    def put_batch(self, messages, qname="default", visible_after_seconds=0, *, ttl_seconds=None):
+    def put_batch(self, messages, qname="default", visible_after_seconds=0,
+                  retries_on_conflict=0, pause_on_conflict=0.05, *, ttl_seconds=None):
         """Store many messages atomically (all or none); return their ids in
-        order.  ``messages`` may be any iterable of bytes, of any length."""
+        order.  ``messages`` may be any iterable of bytes, of any length
+        (Liteq takes 50 at most).  The conflict keywords are :meth:`put`'s; a
+        retried batch is stored once, whole."""
         qname = _checks.queue_name(qname)
         delay = _checks.seconds(visible_after_seconds, "visible_after_seconds")
         ttl = _checks.seconds(ttl_seconds, "ttl_seconds", allow_none=True)
+        retries, pause = _conflict_policy(retries_on_conflict, pause_on_conflict)
         if isinstance(messages, (bytes, bytearray, str)):
             raise TypeError("put_batch takes an iterable of messages, not a single %s"
                             % type(messages).__name__)
-        return self._engine.put_many(qname, map(_checks.payload, messages), delay, ttl)
+        if retries:
+            messages = [_checks.payload(m) for m in messages]  # to be read again
+        else:
+            messages = map(_checks.payload, messages)
+        return self._on_conflict(lambda: self._engine.put_many(qname, messages, delay, ttl),
+                                 retries, pause)
+
+    def _on_conflict(self, work, retries, pause):
+        """``work()``, tried again ``retries`` times while the file is busy.
+        DatabaseBusy means that nothing was written, so a retry stores once."""
+        for attempt in itertools.count(1):
+            try:
+                return work()
+            except DatabaseBusy as exc:
+                if attempt > retries:
+                    raise
+                logger.warning("%s; retrying (%d of retries_on_conflict=%d) in %g s",
+                               exc, attempt, retries, pause)
+                time.sleep(pause)
 
     @contextlib.contextmanager
     def transaction(self):
@@ -114,24 +154,38 @@ class LiteQueue:
 
     # -- consuming ------------------------------------------------------------
 
-    def pop(self, qname="default", invisible_seconds=60, wait_seconds=0):
+    def pop(self, qname="default", invisible_seconds=60, wait_seconds=0,
+            pause_on_empty_fetch=None):
         """Lease the oldest ready message for ``invisible_seconds``.
 
         Returns None if none is ready within ``wait_seconds`` (0: don't wait).
         The message must then be acknowledged (:meth:`ack` or
         :meth:`delete`), or it is delivered again when the lease runs out.
+
+        A waiting pop sleeps until a producer's wake-up (or the next delayed
+        message's time) instead of polling as Liteq does.
+        ``pause_on_empty_fetch``, Liteq's polling interval, is the longest
+        it sleeps between two looks at the file: give it where wake-ups
+        cannot arrive (a writer on another machine, or one that writes the
+        table itself).  None (the default; Liteq's is 0.05) looks again at
+        least every second.
         """
-        messages = self.pop_batch(qname, 1, invisible_seconds, wait_seconds)
+        messages = self.pop_batch(qname, 1, invisible_seconds, wait_seconds,
+                                  pause_on_empty_fetch=pause_on_empty_fetch)
         return messages[0] if messages else None
 
-    def pop_batch(self, qname="default", max_messages=10, invisible_seconds=60, wait_seconds=0):
+    def pop_batch(self, qname="default", max_messages=10, invisible_seconds=60, wait_seconds=0,
+                  *, pause_on_empty_fetch=None):
         """Lease up to ``max_messages`` ready messages in one transaction,
         oldest first; [] if none is ready within ``wait_seconds``."""
         qname = _checks.queue_name(qname)
         n = _checks.count(max_messages, "max_messages", minimum=1)
         lease = _checks.seconds(invisible_seconds, "invisible_seconds")
         wait = _checks.seconds(wait_seconds, "wait_seconds")
-        return lease_waiting(self._engine, qname, n, lease, "fifo", self.max_retries + 1, wait)
+        poll = _checks.seconds(pause_on_empty_fetch, "pause_on_empty_fetch", allow_none=True,
+                               positive=True)
+        return lease_waiting(self._engine, qname, n, lease, "fifo", self.max_retries + 1, wait,
+                             poll=poll)
 
     @contextlib.contextmanager
     def consume(self, qname="default", invisible_on_receive=60, wait_seconds=20):
@@ -221,12 +275,17 @@ class LiteQueue:
         return self._engine.get(_message_id(msg_id))
 
     def qsize(self, qname="default"):
-        """Messages not yet acknowledged and not dead: ready, delayed and in
-        flight (as Liteq counts them)."""
+        """Messages not yet acknowledged, not dead and not expired: ready,
+        delayed and in flight (as Liteq counts them)."""
         return self._engine.count(_checks.queue_name(qname), "live")
 
     def empty(self, qname="default"):
-        return not self._engine.has_live(_checks.queue_name(qname))
+        """True if no message of ``qname`` is visible (ready to pop) now, as
+        Liteq documents it: a queue holding only delayed or in-flight
+        messages is empty, though its :meth:`qsize` is not 0 (the queue
+        family's ``empty()`` is the stdlib's: ``qsize() == 0``).  To wait
+        until every message is done, use :meth:`join`."""
+        return not self._engine.has_ready(_checks.queue_name(qname))
 
     def join(self, qname="default", timeout=None):
         """Wait until every message of ``qname`` is acknowledged or dead.
@@ -332,8 +391,9 @@ class _CheckedTransaction:
         )
 
 
-def _message_id(msg_id):
-    msg_id = getattr(msg_id, "id", msg_id)
-    if isinstance(msg_id, bool) or not isinstance(msg_id, int):
-        raise TypeError("a message id is an int (or a Message), not %r" % (msg_id,))
-    return msg_id
+def _conflict_policy(retries, pause):
+    return (_checks.count(retries, "retries_on_conflict"),
+            _checks.seconds(pause, "pause_on_conflict"))
+
+
+_message_id = _checks.message_id

@@ -322,6 +322,11 @@ SELECT count(*) FROM {p}messages WHERE queue = ? AND visible_at <= ?"""
 ANY_LIVE = """
 SELECT EXISTS (SELECT 1 FROM {p}messages WHERE queue = ? AND visible_at IS NOT NULL)"""
 
+ANY_READY = """
+SELECT EXISTS (SELECT 1 FROM {p}messages
+                WHERE queue = :queue AND visible_at <= :now
+                  AND (expires_at IS NULL OR expires_at > :now))"""
+
 QUEUE_STATS = """
 SELECT queue,
        total(visible_at <= :now),

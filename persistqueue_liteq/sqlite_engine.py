@@ -689,6 +689,9 @@ class SQLiteEngine(Engine):
     def has_live(self, queue):
         return bool(self._execute(self.sql.ANY_LIVE, (queue,))[0][0])
 
+    def has_ready(self, queue):
+        return bool(self._execute(self.sql.ANY_READY, {"queue": queue, "now": self.now()})[0][0])
+
     def queues(self):
         rows = self._execute(self.sql.QUEUE_STATS, {"now": self.now()})
         return [

@@ -382,3 +382,16 @@ def test_wake_wakes_a_waiter_without_a_change(engine):
     with engine.waiter("done", "q") as waiter:
         engine.wake("done", "q")
         assert waiter.wait(10.0) is True
+
+
+# -- issue 15: what Liteq, sqqueue and LeanMQ users reach for -------------------------
+
+def test_has_ready_sees_only_what_a_lease_would_deliver_now(engine):
+    engine.put("q", b"later", delay=3600)
+    assert engine.has_live("q") and not engine.has_ready("q")
+    engine.put("q", b"now")
+    assert engine.has_ready("q")
+    lease_one(engine)
+    assert not engine.has_ready("q")
+    engine.put("q", b"short", ttl=0.05)
+    wait_until(lambda: not engine.has_ready("q"))  # expired: nothing to deliver
