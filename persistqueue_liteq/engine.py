@@ -360,11 +360,24 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def count(self, queue, what="live"):
         """How many messages: "live" (not dead: ready, delayed or in flight),
-        "waiting" (live and not leased), "ready" or "dead"."""
+        "waiting" (live and not leased), "ready" or "dead".  Expired
+        messages (past their TTL and not held by a lease) are counted in
+        none: neither here nor in :meth:`has_live`, :meth:`queues` or
+        :meth:`messages`."""
 
     @abc.abstractmethod
     def has_live(self, queue):
         """Whether ``queue`` has a live message (cheaper than counting)."""
+
+    @abc.abstractmethod
+    def next_expiry(self, queue):
+        """When the first live message of ``queue`` that has not expired
+        yet will expire, or None (for waiting until a queue drains)."""
+
+    @abc.abstractmethod
+    def expire(self, queue=None):
+        """Delete the expired messages of ``queue`` (None: of every queue)
+        now, counting them as "expired"; return how many."""
 
     @abc.abstractmethod
     def has_ready(self, queue):
@@ -474,6 +487,9 @@ def wait_drained(engine, queue, timeout):
             remaining = _remaining(deadline)
             if remaining <= 0:
                 return False
+            expiry = engine.next_expiry(queue)  # an expiry wakes nobody
+            if expiry is not None:
+                remaining = min(remaining, max(expiry - engine.now(), 0.001))
             waiter.wait(remaining)
     return True
 

@@ -20,6 +20,15 @@ dead letter    NULL                        NULL
 Leasing a message moves its ``visible_at`` to the end of the lease, so a lease
 that is never acknowledged makes the message ready again by itself: no sweeper
 process is needed, and a crashed consumer costs one attempt.
+
+A live message past its ``expires_at`` (its TTL) and not held by a lease is
+*expired*: never delivered, counted nowhere, and deleted by the next lease
+that meets it or by ``EXPIRE``.  Counts subtract the expired ones, which a
+partial index on ``expires_at`` finds without reading anything else: a count
+costs what it cost before plus one look per expired message.
+
+Upgrades.  ``SCHEMA_VERSION`` numbers the layout; ``MIGRATIONS[v]`` takes a
+file from version ``v - 1`` to ``v``, in the transaction that opens it.
 """
 
 import re
@@ -27,7 +36,7 @@ import types
 
 #: Version of the table layout below; a file written by a newer version is
 #: refused rather than misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: What ``{p}meta`` says about a file that is ours.
 FORMAT_NAME = "persistqueue_liteq"
@@ -76,6 +85,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS {p}messages_key
 # Outcomes of keyed messages (the pools' tasks), kept so that a rerun of a
 # killed script finds what already finished, and a caller that went away can
 # collect them later.  ``seq`` orders them for readers that follow along.
+# Messages with a TTL, by expiry: what the counts subtract, and what EXPIRE
+# deletes, found without a scan.  Covers every column the expiry test reads.
+CREATE_EXPIRY_INDEX = """
+CREATE INDEX IF NOT EXISTS {p}messages_expiry
+    ON {p}messages (queue, expires_at, visible_at, lease) WHERE expires_at IS NOT NULL"""
+
 CREATE_RESULTS = """
 CREATE TABLE IF NOT EXISTS {p}results (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -115,10 +130,17 @@ CREATE_TABLES = (
     CREATE_READY_INDEX,
     CREATE_PRIORITY_INDEX,
     CREATE_KEY_INDEX,
+    CREATE_EXPIRY_INDEX,
     CREATE_RESULTS,
     CREATE_COUNTERS,
     CREATE_ACTIVITY,
 )
+
+# What takes a file of version v - 1 to version v (run in order, each
+# migration in the transaction that opens the file).
+MIGRATIONS = {
+    2: (CREATE_EXPIRY_INDEX,),
+}
 
 # -- schema bookkeeping -----------------------------------------------------
 
@@ -205,6 +227,19 @@ LAST_RESULT_SEQ = "SELECT coalesce(max(seq), 0) FROM {p}results"
 FORGET_RESULT = "DELETE FROM {p}results WHERE queue = ? AND key = ?"
 
 PURGE_RESULTS = "DELETE FROM {p}results WHERE queue = ?"
+
+# Expired: past its TTL, live, and not held by a lease (a holder may still
+# acknowledge it).  Every such row is in the expiry index.
+_EXPIRED = """expires_at <= :now AND visible_at IS NOT NULL
+   AND (lease IS NULL OR visible_at <= :now)"""
+
+_COUNT_EXPIRED = """
+(SELECT count(*) FROM {{p}}messages WHERE queue = :queue AND {expired})""".format(
+    expired=_EXPIRED)
+
+# A live message that is not expired.
+_UNEXPIRED = """(expires_at IS NULL OR expires_at > :now
+        OR (lease IS NOT NULL AND visible_at > :now))"""
 
 # -- leasing ----------------------------------------------------------------
 # One statement leases up to :n messages atomically: the subquery walks the
@@ -301,40 +336,55 @@ SELECT {c} FROM {{p}}messages
 
 LIVE_MESSAGES = """
 SELECT {c} FROM {{p}}messages
- WHERE queue = ? AND visible_at IS NOT NULL AND id > ?
- ORDER BY id LIMIT ?""".format(c=_COLUMNS)
+ WHERE queue = :queue AND visible_at IS NOT NULL AND id > :after AND {unexpired}
+ ORDER BY id LIMIT :limit""".format(c=_COLUMNS, unexpired=_UNEXPIRED)
 
 GET = "SELECT {c} FROM {{p}}messages WHERE id = ?".format(c=_COLUMNS)
 
 COUNT_LIVE = """
-SELECT count(*) FROM {p}messages WHERE queue = ? AND visible_at IS NOT NULL"""
+SELECT (SELECT count(*) FROM {{p}}messages WHERE queue = :queue AND visible_at IS NOT NULL)
+       - {expired}""".format(expired=_COUNT_EXPIRED)
 
 COUNT_WAITING = """
-SELECT count(*) FROM {p}messages
- WHERE queue = ? AND visible_at IS NOT NULL AND (lease IS NULL OR visible_at <= ?)"""
+SELECT (SELECT count(*) FROM {{p}}messages
+         WHERE queue = :queue AND visible_at IS NOT NULL
+           AND (lease IS NULL OR visible_at <= :now))
+       - {expired}""".format(expired=_COUNT_EXPIRED)
 
 COUNT_DEAD = """
-SELECT count(*) FROM {p}messages WHERE queue = ? AND visible_at IS NULL"""
+SELECT count(*) FROM {p}messages WHERE queue = :queue AND visible_at IS NULL"""
 
 COUNT_READY = """
-SELECT count(*) FROM {p}messages WHERE queue = ? AND visible_at <= ?"""
+SELECT (SELECT count(*) FROM {p}messages WHERE queue = :queue AND visible_at <= :now)
+       - (SELECT count(*) FROM {p}messages
+           WHERE queue = :queue AND expires_at <= :now AND visible_at <= :now)"""
 
 ANY_LIVE = """
-SELECT EXISTS (SELECT 1 FROM {p}messages WHERE queue = ? AND visible_at IS NOT NULL)"""
+SELECT EXISTS (SELECT 1 FROM {{p}}messages
+                WHERE queue = :queue AND visible_at IS NOT NULL AND {unexpired})""".format(
+    unexpired=_UNEXPIRED)
+
+# When the first live message of a queue that is not expired yet expires.
+NEXT_EXPIRY = """
+SELECT expires_at FROM {p}messages
+ WHERE queue = :queue AND expires_at > :now AND visible_at IS NOT NULL
+ ORDER BY expires_at LIMIT 1"""
 
 ANY_READY = """
 SELECT EXISTS (SELECT 1 FROM {p}messages
                 WHERE queue = :queue AND visible_at <= :now
                   AND (expires_at IS NULL OR expires_at > :now))"""
 
+# Expired messages are in no column: "unexpired" is coalesce(expires_at >
+# :now, 1) for the ready and delayed (an in-flight message is never expired).
 QUEUE_STATS = """
 SELECT queue,
-       total(visible_at <= :now),
-       total(visible_at > :now AND lease IS NULL),
+       total(visible_at <= :now AND coalesce(expires_at > :now, 1)),
+       total(visible_at > :now AND lease IS NULL AND coalesce(expires_at > :now, 1)),
        total(visible_at > :now AND lease IS NOT NULL),
        total(visible_at IS NULL),
-       min(CASE WHEN visible_at IS NOT NULL THEN created_at END)
-  FROM {p}messages GROUP BY queue ORDER BY queue"""
+       min(CASE WHEN visible_at IS NOT NULL AND {unexpired} THEN created_at END)
+  FROM {{p}}messages GROUP BY queue ORDER BY queue""".format(unexpired=_UNEXPIRED)
 
 DEAD_LETTERS = """
 SELECT {c} FROM {{p}}messages
@@ -354,6 +404,14 @@ UPDATE {p}messages
    SET visible_at = ?, attempts = 0, dead_at = NULL, dead_reason = NULL,
        last_error = NULL
  WHERE queue = ? AND visible_at IS NULL AND id = ?"""
+
+# Delete the expired messages of one queue, or of all.
+EXPIRE = """
+DELETE FROM {{p}}messages WHERE queue = :queue AND {expired} RETURNING queue""".format(
+    expired=_EXPIRED)
+
+EXPIRE_ALL = """
+DELETE FROM {{p}}messages WHERE {expired} RETURNING queue""".format(expired=_EXPIRED)
 
 PURGE_LIVE = "DELETE FROM {p}messages WHERE queue = ? AND visible_at IS NOT NULL"
 PURGE_DEAD = "DELETE FROM {p}messages WHERE queue = ? AND visible_at IS NULL"
@@ -379,5 +437,9 @@ def render(prefix):
         if name.isupper() and not name.startswith("_") and isinstance(value, str):
             rendered[name] = value.replace("{p}", prefix).strip()
     rendered["CREATE_TABLES"] = tuple(s.replace("{p}", prefix).strip() for s in CREATE_TABLES)
+    rendered["MIGRATIONS"] = {
+        version: tuple(s.replace("{p}", prefix).strip() for s in statements)
+        for version, statements in MIGRATIONS.items()
+    }
     rendered["PREFIX"] = prefix
     return types.SimpleNamespace(**rendered)

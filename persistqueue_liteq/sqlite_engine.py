@@ -203,6 +203,12 @@ class SQLiteEngine(Engine):
             "lifo": self.sql.LEASE_LIFO,
             "priority": self.sql.LEASE_PRIORITY,
         }
+        self._count_sql = {
+            "live": self.sql.COUNT_LIVE,
+            "waiting": self.sql.COUNT_WAITING,
+            "ready": self.sql.COUNT_READY,
+            "dead": self.sql.COUNT_DEAD,
+        }
         self._meta = {}
         self._open_schema()
         self._open_clock()
@@ -226,8 +232,18 @@ class SQLiteEngine(Engine):
                     "%s has no persistqueue_liteq queue tables (table prefix %r)"
                     % (self.location, self.sql.PREFIX)
                 )
+            if self._schema_version < _sql.SCHEMA_VERSION:
+                self._conns.close()
+                raise ReadOnlyDatabase(
+                    "%s has schema version %d and this persistqueue_liteq reads %d: open it "
+                    "once for writing to upgrade it" % (self.location, self._schema_version,
+                                                        _sql.SCHEMA_VERSION))
             return
         if self._conns.run(self._wal_and_schema_ready):
+            if self._schema_version < _sql.SCHEMA_VERSION:
+                with self._conns.transaction() as conn:
+                    self._check_schema(conn)  # again: another process may have upgraded it
+                    self._migrate(conn)
             return
         with self._conns.transaction() as conn:
             if not self._check_schema(conn):
@@ -265,7 +281,7 @@ class SQLiteEngine(Engine):
                 "%s has a table %smeta that is not persistqueue_liteq's; use another "
                 "table_prefix" % (self.location, prefix)
             )
-        version = int(meta.get("schema_version", "0"))
+        version = self._schema_version = int(meta.get("schema_version", "0"))
         if version > _sql.SCHEMA_VERSION:
             raise IncompatibleDatabase(
                 "%s was written by a newer persistqueue_liteq (schema version %d; this "
@@ -273,6 +289,19 @@ class SQLiteEngine(Engine):
                 % (self.location, version, _sql.SCHEMA_VERSION)
             )
         return True
+
+    def _migrate(self, conn):
+        """Take the file from its schema version to ours, in the caller's
+        transaction (so that a crash leaves the old version whole)."""
+        old = self._schema_version
+        for version in range(old + 1, _sql.SCHEMA_VERSION + 1):
+            for statement in self.sql.MIGRATIONS.get(version, ()):
+                conn.execute(statement)
+        if old < _sql.SCHEMA_VERSION:
+            conn.execute(self.sql.WRITE_META, ("schema_version", str(_sql.SCHEMA_VERSION)))
+            self._schema_version = _sql.SCHEMA_VERSION
+            logger.info("upgraded queue tables %s* in %s from schema version %d to %d",
+                        self.sql.PREFIX, self.location, old, _sql.SCHEMA_VERSION)
 
     # -- the clock ----------------------------------------------------------------
 
@@ -667,7 +696,8 @@ class SQLiteEngine(Engine):
         return [self._stored(row) for row in self._execute(self.sql.PEEK_MANY, (queue, now, now, n))]
 
     def messages(self, queue, after_id=0, limit=1000):
-        rows = self._execute(self.sql.LIVE_MESSAGES, (queue, after_id, limit))
+        rows = self._execute(self.sql.LIVE_MESSAGES, {
+            "queue": queue, "after": after_id, "limit": limit, "now": self.now()})
         return [self._stored(row) for row in rows]
 
     def get(self, msg_id):
@@ -675,19 +705,18 @@ class SQLiteEngine(Engine):
         return self._stored(rows[0]) if rows else None
 
     def count(self, queue, what="live"):
-        s = self.sql
-        if what == "live":
-            return self._execute(s.COUNT_LIVE, (queue,))[0][0]
-        if what == "waiting":
-            return self._execute(s.COUNT_WAITING, (queue, self.now()))[0][0]
-        if what == "ready":
-            return self._execute(s.COUNT_READY, (queue, self.now()))[0][0]
-        if what == "dead":
-            return self._execute(s.COUNT_DEAD, (queue,))[0][0]
-        raise ValueError("count() what must be live, waiting, ready or dead; got %r" % (what,))
+        statement = self._count_sql.get(what)
+        if statement is None:
+            raise ValueError("count() what must be live, waiting, ready or dead; got %r"
+                             % (what,))
+        return self._execute(statement, {"queue": queue, "now": self.now()})[0][0]
 
     def has_live(self, queue):
-        return bool(self._execute(self.sql.ANY_LIVE, (queue,))[0][0])
+        return bool(self._execute(self.sql.ANY_LIVE, {"queue": queue, "now": self.now()})[0][0])
+
+    def next_expiry(self, queue):
+        rows = self._execute(self.sql.NEXT_EXPIRY, {"queue": queue, "now": self.now()})
+        return rows[0][0] if rows else None
 
     def has_ready(self, queue):
         return bool(self._execute(self.sql.ANY_READY, {"queue": queue, "now": self.now()})[0][0])
@@ -764,6 +793,23 @@ class SQLiteEngine(Engine):
         if moved:
             self._notifier.notify("put", queue)
         return moved
+
+    def expire(self, queue=None):
+        now = self.now()
+        with self._conns.transaction() as conn:
+            if queue is None:
+                rows = conn.execute(self.sql.EXPIRE_ALL, {"now": now}).fetchall()
+            else:
+                rows = conn.execute(self.sql.EXPIRE, {"queue": queue, "now": now}).fetchall()
+            expired = {}
+            for (name,) in rows:
+                expired[name] = expired.get(name, 0) + 1
+            conn.executemany(self.sql.ADD_COUNTER,
+                             [(name, "expired", n) for name, n in expired.items()])
+        for name, n in expired.items():
+            self._notifier.notify("done", name)
+            self._metrics.add(name, "expired", n, lasting=True)
+        return sum(expired.values())
 
     def purge(self, queue, dead=False):
         statement = self.sql.PURGE_DEAD if dead else self.sql.PURGE_LIVE

@@ -395,3 +395,44 @@ def test_has_ready_sees_only_what_a_lease_would_deliver_now(engine):
     assert not engine.has_ready("q")
     engine.put("q", b"short", ttl=0.05)
     wait_until(lambda: not engine.has_ready("q"))  # expired: nothing to deliver
+
+
+def test_expired_messages_are_counted_nowhere(engine):
+    engine.put("q", b"short", ttl=0.05)
+    engine.put("q", b"delayed short", delay=3600, ttl=0.05)
+    engine.put("q", b"long", ttl=3600)
+    expired = engine.put("q", b"expired", ttl=0.05)
+    engine.lease("q", 1, 3600.0)  # "short": leased before it expired
+    wait_until(lambda: engine.count("q", "live") == 2)  # long, and short while held
+    assert engine.next_expiry("q") is not None
+    assert (engine.count("q", "waiting"), engine.count("q", "ready")) == (1, 1)
+    assert engine.has_live("q")
+    (stats,) = [s for s in engine.queues() if s.name == "q"]
+    assert (stats.ready, stats.delayed, stats.in_flight, stats.live) == (1, 0, 1, 2)
+    assert [m.data for m in engine.messages("q")] == [b"short", b"long"]
+    assert engine.get(expired).data == b"expired"  # stored until removed
+
+
+def test_expire_removes_what_has_expired_and_counts_it(engine):
+    engine.put("a", b"1", ttl=0.05)
+    engine.put("a", b"2", delay=3600, ttl=0.05)
+    engine.put("b", b"3", ttl=0.05)
+    engine.put("a", b"kept", ttl=3600)
+    leased = lease_one(engine, "b", seconds=3600.0)
+    engine.put("b", b"4", ttl=0.05)
+    wait_until(lambda: engine.count("a") == 1 and engine.count("b") == 1)
+    assert engine.expire("a") == 2
+    assert engine.expire() == 1  # "4"; "3" is held by its lease
+    assert engine.expire() == 0
+    assert engine.ack(leased.id, leased.lease)
+    assert engine.metrics()["a"]["expired"] == 2
+    engine.flush_metrics()
+    assert engine.counters()["b"]["expired"] == 1
+
+
+def test_an_empty_queue_has_no_next_expiry(engine):
+    assert engine.next_expiry("q") is None
+    engine.put("q", b"x")
+    assert engine.next_expiry("q") is None
+    engine.put("q", b"y", ttl=3600)
+    assert engine.next_expiry("q") > engine.now()

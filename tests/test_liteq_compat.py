@@ -159,3 +159,69 @@ def test_empty_is_true_when_nothing_is_visible(q):
     q.pop()
     assert q.empty()  # the one visible message is in flight
     assert q.qsize() == 2
+
+
+# -- expired messages are counted nowhere ------------------------------------------
+
+def _expired(q, qname="default"):
+    """Wait for a 0.05-second TTL to pass, by the engine's own clock."""
+    deadline = q.engine.now() + 0.06
+    while q.engine.now() < deadline:
+        threading.Event().wait(0.01)
+
+
+def test_join_returns_once_the_last_message_expired(q):
+    q.put(b"x", ttl_seconds=0.1)
+    assert q.join(timeout=2) is True
+    assert q.join(timeout=0) is True
+    # A leased message past its TTL counts while its lease holds: its
+    # holder may still acknowledge it.
+    q.put(b"x", ttl_seconds=0.05)
+    msg = q.pop(invisible_seconds=60)
+    _expired(q)
+    assert q.qsize() == 1
+    assert q.join(timeout=0) is False
+    assert q.ack(msg) is True
+    assert q.join(timeout=0) is True
+
+
+def test_counts_queues_and_stats_see_only_unexpired_messages(q):
+    q.put(b"short", ttl_seconds=0.05)
+    q.put(b"delayed short", visible_after_seconds=3600, ttl_seconds=0.05)
+    q.put(b"long", ttl_seconds=3600)
+    _expired(q)
+    assert q.qsize() == 1
+    (stats,) = [s for s in q.queues() if s.name == "default"]
+    assert (stats.ready, stats.delayed, stats.in_flight, stats.dead) == (1, 0, 0, 0)
+    assert [m.data for m in q.engine.messages("default")] == [b"long"]
+    assert q.engine.count("default", "waiting") == 1
+    assert q.engine.count("default", "ready") == 1
+
+
+def test_expire_now_removes_expired_messages_and_counts_them(q):
+    for qname in ("default", "other"):
+        q.put(b"e1", qname=qname, ttl_seconds=0.05)
+    q.put(b"e2", visible_after_seconds=3600, ttl_seconds=0.05)
+    q.put(b"kept", ttl_seconds=3600)
+    _expired(q)
+    assert q.expire_now("default") == 2
+    assert q.process_expired_messages() == 1  # LeanMQ's name; every queue
+    assert q.expire_now() == 0
+    assert [m.data for m in q.engine.messages("default")] == [b"kept"]
+    assert q.metrics()["default"]["expired"] == 2
+    assert q.metrics()["other"]["expired"] == 1
+    q.engine.flush_metrics()
+    assert q.counters()["default"]["expired"] == 2
+
+
+def test_expire_now_leaves_a_held_lease_and_dead_letters_alone(db, opened):
+    q = opened(LiteQueue(db, max_retries=0))
+    q.put(b"held", ttl_seconds=0.05)
+    q.put(b"dead", ttl_seconds=0.05)
+    held = q.pop(invisible_seconds=60)
+    dead = q.pop(invisible_seconds=60)
+    q.process_failed(dead, "boom")
+    _expired(q)
+    assert q.expire_now() == 0
+    assert q.ack(held) is True
+    assert [m.data for m in q.dead_letters()] == [b"dead"]
