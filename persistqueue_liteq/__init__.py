@@ -22,7 +22,7 @@ from .exceptions import (
     UnboundSignatures,
     WorkerDied,
 )
-from .liteq import LiteQueue
+from .liteq import DeadLetterQueue, LiteQueue, QueueHandle
 from .queues import (
     PersistentLifoQueue,
     PersistentPriorityQueue,
@@ -38,6 +38,8 @@ logging.getLogger("persistqueue_liteq").addHandler(logging.NullHandler())
 
 __all__ = [
     "LiteQueue",
+    "QueueHandle",
+    "DeadLetterQueue",
     "Message",
     "QueueStats",
     "LiteQueueError",

@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS {p}messages (
     last_error  TEXT,
     dead_at     REAL,
     dead_reason TEXT,
-    key         TEXT               -- caller's identity of a task, else NULL
+    key         TEXT,              -- caller's id of the message (a task's key), else NULL
+    holder      TEXT               -- consumer_id of whoever leased it last
 )"""
 
 CREATE_READY_INDEX = """
@@ -85,6 +86,24 @@ CREATE UNIQUE INDEX IF NOT EXISTS {p}messages_key
 # Outcomes of keyed messages (the pools' tasks), kept so that a rerun of a
 # killed script finds what already finished, and a caller that went away can
 # collect them later.  ``seq`` orders them for readers that follow along.
+# Every queue that exists, with or without messages: made by create_queue or
+# by the first message put to it, gone only with delete_queue.  ``settings``
+# is the caller's, as JSON text.
+CREATE_QUEUES = """
+CREATE TABLE IF NOT EXISTS {p}queues (
+    name       TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    settings   TEXT
+) WITHOUT ROWID"""
+
+# The first message of a queue registers it: one lookup in {p}queues per
+# INSERT, whatever front end (or older code, or an import) wrote it.
+CREATE_QUEUE_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS {p}messages_register_queue AFTER INSERT ON {p}messages
+BEGIN
+    INSERT OR IGNORE INTO {p}queues (name, created_at) VALUES (new.queue, new.created_at);
+END"""
+
 # Messages with a TTL, by expiry: what the counts subtract, and what EXPIRE
 # deletes, found without a scan.  Covers every column the expiry test reads.
 CREATE_EXPIRY_INDEX = """
@@ -131,6 +150,8 @@ CREATE_TABLES = (
     CREATE_PRIORITY_INDEX,
     CREATE_KEY_INDEX,
     CREATE_EXPIRY_INDEX,
+    CREATE_QUEUES,
+    CREATE_QUEUE_TRIGGER,
     CREATE_RESULTS,
     CREATE_COUNTERS,
     CREATE_ACTIVITY,
@@ -139,7 +160,14 @@ CREATE_TABLES = (
 # What takes a file of version v - 1 to version v (run in order, each
 # migration in the transaction that opens the file).
 MIGRATIONS = {
-    2: (CREATE_EXPIRY_INDEX,),
+    2: (
+        CREATE_EXPIRY_INDEX,
+        "ALTER TABLE {p}messages ADD COLUMN holder TEXT",
+        CREATE_QUEUES,
+        CREATE_QUEUE_TRIGGER,
+        """INSERT OR IGNORE INTO {p}queues (name, created_at)
+           SELECT queue, min(created_at) FROM {p}messages GROUP BY queue""",
+    ),
 }
 
 # -- schema bookkeeping -----------------------------------------------------
@@ -203,6 +231,11 @@ INSERT INTO {p}messages (queue, data, key, visible_at, created_at) VALUES (?, ?,
 
 FIND_KEY = "SELECT id, visible_at IS NULL FROM {p}messages WHERE queue = ? AND key = ?"
 
+# A message with the caller's id (``key``); ``id`` NULL lets AUTOINCREMENT choose.
+INSERT_WITH_KEY = """
+INSERT INTO {p}messages (id, queue, data, priority, visible_at, created_at, expires_at, key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+
 # A dead keyed message whose stored failure was forgotten, submitted again.
 REVIVE_KEYED = """
 UPDATE {p}messages
@@ -248,7 +281,7 @@ _UNEXPIRED = """(expires_at IS NULL OR expires_at > :now
 
 _LEASE = """
 UPDATE {{p}}messages
-   SET visible_at = :until, lease = :lease, attempts = attempts + 1
+   SET visible_at = :until, lease = :lease, attempts = attempts + 1, holder = :holder
  WHERE id IN (SELECT id FROM {{p}}messages
                WHERE queue = :queue AND {where}visible_at <= :now
                ORDER BY {order} LIMIT :n)
@@ -302,6 +335,24 @@ UPDATE {p}messages
  WHERE id = ? AND lease = ? AND visible_at IS NOT NULL
 RETURNING queue"""
 
+# Dead-letter a live message by id, leased or not (the caller decided).
+DEAD_LETTER_ID = """
+UPDATE {p}messages
+   SET visible_at = NULL, lease = NULL, dead_at = :now, dead_reason = :reason
+ WHERE id = :id AND visible_at IS NOT NULL AND (:queue IS NULL OR queue = :queue)
+RETURNING queue"""
+
+# Leases that ran out, ended now: their late holders can no longer settle them.
+RECOVER_LEASES = """
+UPDATE {p}messages SET lease = NULL
+ WHERE queue = :queue AND visible_at <= :now AND lease IS NOT NULL
+RETURNING queue"""
+
+RECOVER_ALL_LEASES = """
+UPDATE {p}messages SET lease = NULL
+ WHERE visible_at <= :now AND lease IS NOT NULL
+RETURNING queue"""
+
 DELETE_LEASED = "DELETE FROM {p}messages WHERE id = ? AND lease = ?"
 
 ADD_COUNTER = """
@@ -322,7 +373,7 @@ SELECT queue, name, sum(value) FROM {p}activity WHERE bucket >= ? GROUP BY queue
 # -- reading ----------------------------------------------------------------
 
 _COLUMNS = """id, data, queue, attempts, created_at, expires_at, last_error,
-       priority, visible_at, dead_at, dead_reason, key"""
+       priority, visible_at, dead_at, dead_reason, key, holder"""
 
 PEEK = """
 SELECT {c} FROM {{p}}messages
@@ -377,14 +428,33 @@ SELECT EXISTS (SELECT 1 FROM {p}messages
 
 # Expired messages are in no column: "unexpired" is coalesce(expires_at >
 # :now, 1) for the ready and delayed (an in-flight message is never expired).
+# Every queue that exists, messages or not, with its settings and codec.
 QUEUE_STATS = """
-SELECT queue,
-       total(visible_at <= :now AND coalesce(expires_at > :now, 1)),
-       total(visible_at > :now AND lease IS NULL AND coalesce(expires_at > :now, 1)),
-       total(visible_at > :now AND lease IS NOT NULL),
-       total(visible_at IS NULL),
-       min(CASE WHEN visible_at IS NOT NULL AND {unexpired} THEN created_at END)
-  FROM {{p}}messages GROUP BY queue ORDER BY queue""".format(unexpired=_UNEXPIRED)
+SELECT q.name,
+       total(m.visible_at <= :now AND coalesce(m.expires_at > :now, 1)),
+       total(m.visible_at > :now AND m.lease IS NULL AND coalesce(m.expires_at > :now, 1)),
+       total(m.visible_at > :now AND m.lease IS NOT NULL),
+       total(m.id IS NOT NULL AND m.visible_at IS NULL),  -- a queue without rows has one
+       min(CASE WHEN m.visible_at IS NOT NULL AND {unexpired} THEN m.created_at END),
+       q.created_at, q.settings,
+       (SELECT value FROM {{p}}meta WHERE key = 'codec:' || q.name)
+  FROM {{p}}queues AS q LEFT JOIN {{p}}messages AS m ON m.queue = q.name
+ GROUP BY q.name ORDER BY q.name""".format(unexpired="""(m.expires_at IS NULL
+        OR m.expires_at > :now OR (m.lease IS NOT NULL AND m.visible_at > :now))""")
+
+# Who holds the leases of each queue now.
+HOLDERS = """
+SELECT DISTINCT queue, holder FROM {p}messages
+ WHERE lease IS NOT NULL AND visible_at > :now AND holder IS NOT NULL
+ ORDER BY queue, holder"""
+
+QUEUE_EXISTS = "SELECT settings FROM {p}queues WHERE name = ?"
+
+CREATE_QUEUE = "INSERT INTO {p}queues (name, created_at, settings) VALUES (?, ?, ?)"
+
+SET_QUEUE_SETTINGS = "UPDATE {p}queues SET settings = ? WHERE name = ?"
+
+DELETE_QUEUE_ENTRY = "DELETE FROM {p}queues WHERE name = ?"
 
 DEAD_LETTERS = """
 SELECT {c} FROM {{p}}messages

@@ -65,6 +65,7 @@ one transaction that scans the messages table once.
 """
 
 import atexit
+import json
 import logging
 import os
 import random
@@ -377,8 +378,14 @@ class SQLiteEngine(Engine):
 
     # -- producing ------------------------------------------------------------
 
-    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None):
-        if seal is not None:
+    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None, key=None):
+        if key is not None:
+            msg_id, new = self._conns.write_transaction(
+                lambda conn: self._insert_with_key(conn, queue, data, delay, ttl, priority, seal,
+                                                   key))
+            if not new:
+                return msg_id
+        elif seal is not None:
             msg_id = self._conns.write_transaction(
                 lambda conn: self._insert_sealed(conn, queue, data, delay, ttl, priority, seal))
         else:
@@ -389,6 +396,22 @@ class SQLiteEngine(Engine):
         self._notifier.notify("put", queue)
         self._count(queue, "puts")
         return msg_id
+
+    def _insert_with_key(self, conn, queue, data, delay, ttl, priority, seal, key):
+        """INSERT a message with the caller's id unless ``queue`` holds one
+        with it; return (id, whether it was stored)."""
+        row = conn.execute(self.sql.FIND_KEY, (queue, key)).fetchone()
+        if row is not None:
+            return row[0], False
+        now = self.now()
+        msg_id = None
+        if seal is not None:
+            msg_id = conn.execute(self.sql.NEXT_ID).fetchone()[0]
+            data = seal(msg_id, data)
+        cursor = conn.execute(self.sql.INSERT_WITH_KEY, (
+            msg_id, queue, data, priority, now + delay, now, None if ttl is None else now + ttl,
+            key))
+        return cursor.lastrowid, True
 
     def _insert_sealed(self, conn, queue, data, delay, ttl, priority, seal):
         """INSERT one message whose stored payload is ``seal(id, data)``:
@@ -509,7 +532,7 @@ class SQLiteEngine(Engine):
                 token = _new_token()
                 rows = conn.execute(self.sql.LEASE_FIFO, {
                     "queue": queue, "now": now, "until": now + seconds, "lease": token,
-                    "n": lease,
+                    "n": lease, "holder": None,
                 }).fetchall()
         if outcomes:
             self._notifier.notify("done", queue)
@@ -558,7 +581,7 @@ class SQLiteEngine(Engine):
 
     # -- consuming ------------------------------------------------------------
 
-    def lease(self, queue, n, seconds, order="fifo", max_attempts=None):
+    def lease(self, queue, n, seconds, order="fifo", max_attempts=None, holder=None):
         statement = self._lease_sql[order]
         leased = []
         while len(leased) < n:
@@ -567,13 +590,14 @@ class SQLiteEngine(Engine):
             until = now + seconds
             rows = self._write(
                 statement,
-                {"queue": queue, "now": now, "until": until, "lease": token, "n": n - len(leased)},
+                {"queue": queue, "now": now, "until": until, "lease": token, "n": n - len(leased),
+                 "holder": holder},
             )
             if not rows:
                 break
             messages = [
                 Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, until,
-                        row[5], row[6], row[7], None, None, row[8])
+                        row[5], row[6], row[7], None, None, row[8], holder)
                 for row in rows
             ]
             unfit = [
@@ -662,6 +686,51 @@ class SQLiteEngine(Engine):
         statement = self.sql.RELEASE if attempted else self.sql.RELEASE_UNATTEMPTED
         return self._settle(statement, (self.now() + delay, error, msg_id, lease), "put")
 
+    def dead_letter_ids(self, ids, reason, queue=None):
+        now = self.now()
+        moved = {}
+        with self._conns.transaction() as conn:
+            for msg_id in ids:
+                row = conn.execute(self.sql.DEAD_LETTER_ID, {
+                    "now": now, "reason": reason, "id": msg_id, "queue": queue}).fetchone()
+                if row:
+                    moved[row[0]] = moved.get(row[0], 0) + 1
+            conn.executemany(self.sql.ADD_COUNTER,
+                             [(name, "dead_lettered", n) for name, n in moved.items()])
+        for name, n in moved.items():
+            logger.warning("%d message(s) of queue %r dead-lettered: %s", n, name, reason)
+            self._notifier.notify("done", name)
+            self._metrics.add(name, "dead_lettered", n, lasting=True)
+        return sum(moved.values())
+
+    def ack_many(self, items):
+        removed, acks = {}, {}
+        with self._conns.transaction() as conn:
+            for msg_id, lease in items:
+                if lease is None:
+                    row = conn.execute(self.sql.DELETE, (msg_id,)).fetchone()
+                else:
+                    row = conn.execute(self.sql.ACK, (msg_id, lease)).fetchone()
+                    if row:
+                        acks[row[0]] = acks.get(row[0], 0) + 1
+                if row:
+                    removed[row[0]] = removed.get(row[0], 0) + 1
+        for name in removed:
+            self._notifier.notify("done", name)
+        for name, n in acks.items():
+            self._count(name, "acks", n)
+        return sum(removed.values())
+
+    def recover_leases(self, queue=None):
+        now = self.now()
+        if queue is None:
+            rows = self._write(self.sql.RECOVER_ALL_LEASES, {"now": now})
+        else:
+            rows = self._write(self.sql.RECOVER_LEASES, {"queue": queue, "now": now})
+        for name in {row[0] for row in rows}:
+            self._notifier.notify("put", name)
+        return len(rows)
+
     def dead_letter(self, msg_id, lease, reason, error=None):
         with self._conns.transaction() as conn:
             row = conn.execute(
@@ -683,7 +752,7 @@ class SQLiteEngine(Engine):
             id=row[0], data=row[1], queue_name=row[2], retry_count=max(row[3] - 1, 0),
             created_at=row[4], attempts=row[3], expires_at=row[5], last_error=row[6],
             priority=row[7], visible_at=row[8], dead_at=row[9], dead_reason=row[10],
-            key=row[11],
+            key=row[11], consumer_id=row[12],
         )
 
     def peek(self, queue):
@@ -722,11 +791,27 @@ class SQLiteEngine(Engine):
         return bool(self._execute(self.sql.ANY_READY, {"queue": queue, "now": self.now()})[0][0])
 
     def queues(self):
-        rows = self._execute(self.sql.QUEUE_STATS, {"now": self.now()})
+        now = self.now()
+        rows = self._execute(self.sql.QUEUE_STATS, {"now": now})
+        consumers = {}
+        for queue, holder in self._execute(self.sql.HOLDERS, {"now": now}):
+            consumers.setdefault(queue, []).append(holder)
         return [
-            QueueStats(name, int(ready), int(delayed), int(in_flight), int(dead), oldest)
-            for name, ready, delayed, in_flight, dead, oldest in rows
+            QueueStats(name, int(ready), int(delayed), int(in_flight), int(dead), oldest,
+                       created, _settings(settings), codec, tuple(consumers.get(name, ())))
+            for name, ready, delayed, in_flight, dead, oldest, created, settings, codec in rows
         ]
+
+    def create_queue(self, queue, settings=None):
+        text = None if settings is None else json.dumps(settings, sort_keys=True)
+        with self._conns.transaction() as conn:
+            row = conn.execute(self.sql.QUEUE_EXISTS, (queue,)).fetchone()
+            if row is None:
+                conn.execute(self.sql.CREATE_QUEUE, (queue, self.now(), text))
+                return True
+            if text is not None:
+                conn.execute(self.sql.SET_QUEUE_SETTINGS, (text, queue))
+            return False
 
     def counters(self):
         result = {}
@@ -825,6 +910,7 @@ class SQLiteEngine(Engine):
             conn.execute(self.sql.DELETE_QUEUE_ACTIVITY, (queue,))
             conn.execute(self.sql.DELETE_QUEUE_RESULTS, (queue,))
             conn.execute(self.sql.DELETE_QUEUE_CODEC, (queue,))
+            conn.execute(self.sql.DELETE_QUEUE_ENTRY, (queue,))
         if removed:
             self._notifier.notify("done", queue)
         return removed
@@ -857,6 +943,17 @@ class SQLiteEngine(Engine):
         self.flush_metrics()
         _open_engines.discard(self)
         self._conns.close()
+
+
+def _settings(text):
+    """The settings of a queue as stored (JSON text, or NULL: none)."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:  # a tampered row: shown, not trusted
+        return {"unreadable": text}
+    return value if isinstance(value, dict) else {"unreadable": text}
 
 
 class _Transaction:

@@ -225,3 +225,181 @@ def test_expire_now_leaves_a_held_lease_and_dead_letters_alone(db, opened):
     assert q.expire_now() == 0
     assert q.ack(held) is True
     assert [m.data for m in q.dead_letters()] == [b"dead"]
+
+
+# -- sqqueue: recover leases, dead-letter now ----------------------------------------
+
+def test_recover_leases_ends_every_lease_that_ran_out_and_says_how_many(q):
+    q.put_batch([b"a", b"b", b"c"])
+    q.put(b"other", qname="other")
+    stale = q.pop_batch(max_messages=2, invisible_seconds=0)  # run out at once
+    held = q.pop(invisible_seconds=60)
+    q.pop("other", invisible_seconds=0)
+    assert q.recover_leases("default") == 2
+    assert q.recover_processing_messages() == 1  # sqqueue's name; every queue
+    assert q.recover_leases() == 0
+    assert all(q.ack(m) is False for m in stale)  # their holders were too late
+    assert q.ack(held) is True
+    assert sorted(m.data for m in q.pop_batch(max_messages=10)) == [b"a", b"b"]
+
+
+def test_process_failed_can_dead_letter_at_once(q):
+    q.put(b"bad")
+    msg = q.pop()
+    assert msg.attempts == 1 and q.max_retries == 5
+    assert q.process_failed(msg, "Traceback...\nValueError: unfixable", send_to_dlq=True)
+    (dead,) = q.dead_letters()
+    assert dead.id == msg.id and dead.dead_reason == "ValueError: unfixable"
+    assert "Traceback" in dead.last_error
+    assert q.qsize() == 0
+    assert q.metrics()["default"]["dead_lettered"] == 1
+
+
+def test_move_to_dlq_takes_one_id_or_many_leased_or_not(q):
+    ids = q.put_batch([b"1", b"2", b"3", b"4"])
+    leased = q.pop()
+    assert q.move_to_dlq(str(ids[1]), "bad input") == 1
+    assert q.move_to_dlq([leased, ids[2], ids[1], 10**6], "bad input") == 2  # gone/dead skipped
+    assert [m.id for m in q.dead_letters()] == [ids[1], ids[0], ids[2]]  # by dead_at
+    assert {m.dead_reason for m in q.dead_letters()} == {"bad input"}
+    assert q.ack(leased) is False  # its lease ended with the move
+    other = q.put(b"x", qname="other")
+    assert q.move_to_dlq([other], "r", qname="default") == 0  # not this queue's
+    assert q.qsize("other") == 1
+    with pytest.raises(ValueError, match="message id"):
+        q.move_to_dlq(["4", "four"], "r")
+    assert q.qsize() == 1  # checked before anything moved
+    with pytest.raises(TypeError, match="reason"):
+        q.move_to_dlq(ids[3], None)
+
+
+# -- acknowledging many at once -----------------------------------------------------
+
+def test_ack_batch_and_delete_batch(q):
+    q.put_batch([b"%d" % i for i in range(6)])
+    msgs = q.pop_batch(max_messages=4, invisible_seconds=60)
+    assert q.ack_batch(msgs[:3]) == 3
+    assert q.ack_batch(msgs[:3]) == 0  # already gone
+    assert q.metrics()["default"]["acks"] == 3
+    rest = [m.id for m in q.engine.messages("default")]
+    assert len(rest) == 3
+    assert q.delete_batch([str(rest[0]), rest[1], 10**6]) == 2
+    assert q.qsize() == 1
+    with pytest.raises(ValueError, match="delivered by pop"):
+        q.ack_batch([q.peek()])
+    assert q.qsize() == 1
+
+
+# -- consumer_id ---------------------------------------------------------------------
+
+def test_consumer_id_is_recorded_with_the_lease_and_shown(db, opened):
+    q = opened(LiteQueue(db, max_retries=0, consumer_id="worker-1"))
+    q.put_batch([b"a", b"b"])
+    a = q.pop()
+    b = q.pop(consumer_id="worker-2")
+    assert (a.consumer_id, b.consumer_id) == ("worker-1", "worker-2")
+    assert q.get(a.id).consumer_id == "worker-1"
+    assert q.stats().consumers == ("worker-1", "worker-2")
+    q.process_failed(b, "boom")
+    (dead,) = q.dead_letters()
+    assert dead.consumer_id == "worker-2"
+    assert q.stats().consumers == ("worker-1",)
+    q.release(a)
+    assert q.peek().consumer_id == "worker-1"  # who had it last
+    with pytest.raises(TypeError, match="consumer_id"):
+        q.pop(consumer_id="")
+    with pytest.raises(TypeError, match="consumer_id"):
+        LiteQueue(db, consumer_id=7)
+
+
+# -- caller-chosen ids -----------------------------------------------------------------
+
+def test_a_put_with_a_stored_message_id_is_ignored(q):
+    first = q.put(b"order 42", message_id="order-42")
+    assert q.put(b"order 42 again", message_id="order-42") == first
+    assert q.qsize() == 1 and q.get(first).data == b"order 42"
+    assert q.get(first).key == "order-42"
+    assert q.put(b"elsewhere", qname="other", message_id="order-42") != first  # per queue
+    assert q.metrics()["default"]["puts"] == 1
+    msg = q.pop()
+    assert msg.key == "order-42"
+    q.process_failed(msg, "x", send_to_dlq=True)
+    assert q.put(b"while dead", message_id="order-42") == first  # a dead letter holds it
+    q.clear(dlq=True)
+    again = q.put(b"after", message_id="order-42")  # free once it is gone
+    assert again != first and q.get(again).data == b"after"
+    for bad in ("", 42, b"x"):
+        with pytest.raises(TypeError, match="message_id"):
+            q.put(b"x", message_id=bad)
+
+
+def test_message_ids_of_concurrent_producers_store_one_message(db, opened):
+    barrier = threading.Barrier(4)
+    ids = []
+
+    def produce():
+        q = opened(LiteQueue(db))
+        barrier.wait(10)
+        ids.append(q.put(b"once", message_id="the-one"))
+
+    threads = [threading.Thread(target=produce) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 1 and LiteQueue(db).qsize() == 1
+
+
+# -- queues that exist while empty; handles ------------------------------------------------
+
+def test_a_drained_queue_stays_listed_until_deleted(q):
+    q.put(b"x", qname="jobs")
+    msg = q.pop("jobs")
+    q.ack(msg)
+    assert [(s.name, s.live, s.dead) for s in q.queues()] == [("jobs", 0, 0)]
+    assert q.create_queue("emails", settings={"owner": "mail team"}) is True
+    assert q.create_queue("emails") is False
+    stats = {s.name: s for s in q.queues()}
+    assert stats["emails"].settings == {"owner": "mail team"}
+    assert stats["emails"].created_at is not None and stats["jobs"].settings == {}
+    assert q.create_queue("emails", settings={"owner": "ops"}) is False
+    assert q.stats("emails").settings == {"owner": "ops"}
+    assert q.delete_queue("jobs") == 0
+    assert [s.name for s in q.queues()] == ["emails"]
+    assert q.stats("jobs") is None
+    with pytest.raises(TypeError, match="JSON"):
+        q.create_queue("bad", settings={"x": object()})
+    with pytest.raises(TypeError, match="settings must be a dict"):
+        q.create_queue("bad", settings=[1])
+    assert q.stats("bad") is None
+
+
+def test_queue_handles_are_bound_to_one_queue_and_its_dead_letters(q):
+    emails = q.queue("emails")
+    assert q.stats("emails").live == 0  # exists at once
+    ids = [emails.put(b"hi"), emails.send_message(b"ho", message_id="m2")]
+    q.put(b"elsewhere")
+    got = emails.get_messages(count=10, consumer_id="mailer")
+    assert [m.id for m in got] == ids and got[0].consumer_id == "mailer"
+    dlq = emails.dead_letter_queue
+    assert emails.move_to_dlq([got[0].id], "bounced", dlq) == 1
+    assert emails.acknowledge_messages([got[1].id, q.peek().id]) == 1  # not another queue's
+    assert q.qsize() == 1
+    assert [m.dead_reason for m in dlq.get_messages(10)] == ["bounced"]
+    assert dlq.qsize() == 1
+    assert dlq.requeue_messages([ids[0]], emails) == 1
+    assert emails.pop().id == ids[0]
+    assert emails.get_info().in_flight == 1
+    with pytest.raises(ValueError, match="stay with it"):
+        emails.move_to_dlq([ids[0]], "r", q.queue("other").dead_letter_queue)
+
+
+def test_leanmq_queue_pair_and_lookup(q):
+    main, dlq = q.create_queue_pair("notifications")
+    assert main.name == "notifications" and dlq.queue == main
+    assert q.get_queue("notifications") == main
+    assert q.get_queue("missing") is None and q.get_dead_letter_queue("missing") is None
+    assert q.get_dead_letter_queue("notifications").queue == main
+    assert [s.name for s in q.list_queues()] == ["notifications"]
+    main.delete()
+    assert q.get_queue("notifications") is None

@@ -54,6 +54,13 @@ def test_a_version_1_file_is_upgraded_at_open_and_keeps_every_message(v1, opened
     assert q.pop().data == b"ttl"
     assert opened(PersistentQueue(v1, name="objects")).get(timeout=5) == {"a": 1}
     assert q.integrity_check() == ["ok"]
+    # What version 2 added: the queues as things, and lease holders.
+    stats = {s.name: s for s in q.queues()}
+    assert set(stats) == {"default", "emails", "objects"}
+    assert stats["objects"].codec.startswith("serializer=pickle")
+    assert q.pop(consumer_id="w").consumer_id == "w"
+    q.put(b"new", qname="fresh")
+    assert q.stats("fresh").live == 1
 
 
 def test_an_upgraded_file_opens_again_without_change(v1, opened):
