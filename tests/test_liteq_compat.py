@@ -403,3 +403,45 @@ def test_leanmq_queue_pair_and_lookup(q):
     assert [s.name for s in q.list_queues()] == ["notifications"]
     main.delete()
     assert q.get_queue("notifications") is None
+
+
+# -- the seed systems' README examples, translated -------------------------------------
+
+def test_liteq_readme_examples(q):
+    # Quick Start, Usage Guide and Low-Level API of Liteq's README; only the
+    # import changes.
+    q.put(b"Hello Liteq!")
+    with q.consume() as msg:
+        assert msg.data.decode() == "Hello Liteq!"
+    q.put(b"Task 1")
+    q.put(b"Task 2", qname="emails", visible_after_seconds=60)
+    q.put_batch([b"Task 3", b"Task 4"], qname="emails")
+    with q.consume(qname="emails") as msg:
+        assert msg.data == b"Task 3"
+    msg = q.pop(invisible_seconds=30)
+    assert msg.data == b"Task 1"
+    q.delete(msg.id)
+    assert q.qsize("emails") == 2 and not q.empty("emails")
+    q.pop("emails")
+    assert q.empty("emails")  # Task 2 is not visible for a minute
+
+
+def test_leanmq_reference_example(q):
+    import json
+    main_queue, dlq = q.create_queue_pair("notifications")
+    for i in range(5):
+        main_queue.send_message(json.dumps({"id": i, "message": "Notification %d" % i}).encode())
+    messages = main_queue.get_messages(count=10)
+    for message in messages:
+        try:
+            if json.loads(message.data)["id"] == 3:
+                raise ValueError("cannot notify")
+            main_queue.acknowledge_messages([message.id])
+        except Exception as e:
+            main_queue.move_to_dlq([message.id], f"Processing error: {e}", dlq)
+    queue_info = main_queue.get_info()
+    assert (queue_info.name, queue_info.live, queue_info.dead) == ("notifications", 0, 1)
+    failed_messages = dlq.get_messages(count=10)
+    assert [m.dead_reason for m in failed_messages] == ["Processing error: cannot notify"]
+    assert dlq.requeue_messages([m.id for m in failed_messages], main_queue) == 1
+    assert json.loads(main_queue.get_messages()[0].data)["id"] == 3
