@@ -7,6 +7,19 @@ the failure and retries or dead-letters, a busy database raises
 ``pop(wait_seconds=...)`` sleeps until woken instead of polling, and a
 message is never delivered to two consumers while its lease holds.
 
+Liteq's whole signature is accepted: ``retries_on_conflict`` and
+``pause_on_conflict`` retry a put that found the file locked (ids never
+collide here), ``pause_on_empty_fetch`` bounds the sleep between two looks of
+a waiting pop.  Ids are the file's integers; their ``str()`` is accepted
+wherever an id is, so code that keeps Liteq's string ids works.  ``empty()``
+is Liteq's: no message visible now; ``qsize()`` counts every live message.
+
+Beyond Liteq, for sqqueue and LeanMQ users: caller-chosen message ids that
+de-duplicate puts, ``consumer_id`` recorded with leases, dead-lettering and
+acknowledging by the batch of ids, ``recover_leases`` and ``expire_now``,
+queues that exist while empty (:meth:`LiteQueue.create_queue`), and
+:class:`QueueHandle` objects bound to one queue and its dead letters.
+
     >>> import tempfile, os
     >>> q = LiteQueue(os.path.join(tempfile.mkdtemp(), "jobs.db"))
     >>> q.put(b"hello")

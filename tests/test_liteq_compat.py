@@ -99,8 +99,9 @@ def test_pause_on_empty_fetch_bounds_the_time_between_looks(q, db, monkeypatch):
     lease = engine.lease
 
     def counting_lease(*args, **kwargs):
-        looks.release()
-        return lease(*args, **kwargs)
+        found = lease(*args, **kwargs)
+        looks.release()  # after the look: what is inserted next, it missed
+        return found
 
     monkeypatch.setattr(engine, "lease", counting_lease)
 
