@@ -258,6 +258,8 @@ class SQLiteEngine(Engine):
                 if _clock.SUPPORTED:  # anchored now, not in a transaction of its own
                     self._anchor(conn)
                     self._meta = dict(conn.execute(self.sql.READ_META).fetchall())
+            else:  # made meanwhile by another process, maybe an older version
+                self._migrate(conn)
 
     def _wal_and_schema_ready(self, conn):
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]

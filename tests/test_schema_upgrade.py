@@ -76,3 +76,25 @@ def test_a_read_only_open_of_an_old_file_says_to_upgrade_it(v1):
     with pytest.raises(ReadOnlyDatabase, match="schema version 1.*open it once for writing"):
         SQLiteEngine(v1, readonly=True)
     assert _meta(v1)["schema_version"] == "1"  # nothing was changed
+
+
+def _open_after(barrier, path):
+    barrier.wait(30)
+    q = LiteQueue(path)
+    assert q.qsize() == 3
+    q.close()
+
+
+def test_processes_that_open_an_old_file_together_upgrade_it_once(v1, fork):
+    barrier = fork.Barrier(3)
+    children = [fork.Process(target=_open_after, args=(barrier, v1)) for _ in range(3)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+    assert [child.exitcode for child in children] == [0, 0, 0]
+    assert _meta(v1)["schema_version"] == str(sql.SCHEMA_VERSION)
+    assert "liteq_messages_expiry" in _indexes(v1)
+    with LiteQueue(v1) as q:
+        assert q.integrity_check() == ["ok"] and q.qsize() == 3
+        assert [s.name for s in q.queues()] == ["default", "emails", "objects"]
