@@ -159,7 +159,7 @@ def st_raw(directory, n):
             now = clock()
             token = getrandbits(62) + 1
             row = execute(lease, {"queue": QUEUE, "now": now, "until": now + LEASE_SECONDS,
-                                  "lease": token, "n": 1}).fetchall()[0]
+                                  "lease": token, "n": 1, "holder": None}).fetchall()[0]
             loads(row[1])
             execute(ack, (row[0], token)).fetchall()
 
