@@ -204,7 +204,7 @@ def raw_pop_ack(path, n):
             now = clock()
             token = getrandbits(62) + 1
             params = {"queue": QUEUE, "now": now, "until": now + LEASE_SECONDS,
-                      "lease": token, "n": 1}
+                      "lease": token, "n": 1, "holder": None}
             msg_id = execute(lease, params).fetchall()[0][0]
             execute(ack, (msg_id, token, QUEUE))
 

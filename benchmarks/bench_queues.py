@@ -171,7 +171,7 @@ def st_raw(directory, n):
             now = clock()
             token = getrandbits(62) + 1
             row = execute(lease, {"queue": QUEUE, "now": now, "until": now + LEASE_SECONDS,
-                                  "lease": token}).fetchall()[0]
+                                  "lease": token, "holder": None}).fetchall()[0]
             loads(row[1])
             execute(ack, (row[0], token, QUEUE))
 

@@ -460,7 +460,7 @@ def raw_round_trip(path, n, synchronous):
             now = clock()
             token = getrandbits(62) + 1
             msg_id = execute(lease, {"queue": name, "now": now, "until": now + 60.0,
-                                     "lease": token, "n": 1}).fetchall()[0][0]
+                                     "lease": token, "n": 1, "holder": None}).fetchall()[0][0]
             execute(ack, (msg_id, token, name))
 
     return bench_engine.Contender("raw sqlite3 %s" % synchronous, n, run,

@@ -36,7 +36,7 @@ def work_and_crash(path):
 def drain(path):
     q = LiteQueue(path)
     print("restart:  %d jobs still there" % q.qsize())
-    while not q.empty():
+    while q.qsize():  # empty() is False only while a job is visible (Liteq)
         with q.consume(invisible_on_receive=30, wait_seconds=5) as msg:
             again = " (attempt %d: its first worker died)" % msg.attempts if msg.attempts > 1 else ""
             print("          done %s%s" % (msg.data.decode(), again))

@@ -30,7 +30,7 @@ from .exceptions import (
     UnsafePath,
     WorkerDied,
 )
-from .liteq import LiteQueue
+from .liteq import DeadLetterQueue, LiteQueue, QueueHandle
 from .queues import (
     PersistentLifoQueue,
     PersistentPriorityQueue,
@@ -46,6 +46,8 @@ logging.getLogger("persistqueue_liteq").addHandler(logging.NullHandler())
 
 __all__ = [
     "LiteQueue",
+    "QueueHandle",
+    "DeadLetterQueue",
     "Message",
     "QueueStats",
     "LiteQueueError",

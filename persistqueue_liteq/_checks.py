@@ -7,6 +7,7 @@ and the value that was wrong.
 import math
 import numbers
 import os
+import re
 
 DB_ENV = "PERSISTQUEUE_LITEQ_DB"
 
@@ -68,4 +69,21 @@ def count(value, argument, minimum=0):
         raise TypeError("%s must be an int, not %r" % (argument, value))
     if value < minimum:
         raise ValueError("%s must be at least %d, not %r" % (argument, minimum, value))
+    return int(value)
+
+
+_DECIMAL = re.compile(r"[0-9]+\Z")
+
+
+def message_id(value):
+    """A message id: an int, its ``str()`` (Liteq's ids are strings, and
+    code that keeps ``str(msg.id)`` passes it back), or a Message."""
+    value = getattr(value, "id", value)
+    if isinstance(value, str):
+        if not _DECIMAL.match(value):
+            raise ValueError("a message id is an int or its str(), such as '5'; got %r"
+                             % (value,))
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError("a message id is an int, its str() or a Message, not %r" % (value,))
     return int(value)

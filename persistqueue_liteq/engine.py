@@ -158,8 +158,10 @@ class Message:
     #: For a dead letter: when and why it was dead-lettered.
     dead_at: Optional[float] = None
     dead_reason: Optional[str] = None
-    #: The caller's identity of a keyed message (a pool's task), else None.
+    #: The caller's id of the message (``put(key=...)``, a pool's task), else None.
     key: Optional[str] = None
+    #: The ``consumer_id`` of whoever leased it last (its holder while in flight).
+    consumer_id: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +175,14 @@ class QueueStats:
     dead: int
     #: created_at of its oldest live (not dead) message, or None.
     oldest_created_at: Optional[float]
+    #: When the queue came to exist (created, or its first message put).
+    created_at: Optional[float] = None
+    #: What ``create_queue`` recorded for it ({} if nothing).
+    settings: Optional[dict] = dataclasses.field(default=None, hash=False)
+    #: The codec fingerprint its queue objects recorded, or None.
+    codec: Optional[str] = None
+    #: The ``consumer_id`` of every holder of a lease of it now, sorted.
+    consumers: tuple = ()
 
     @property
     def live(self):
@@ -211,8 +221,14 @@ class Engine(abc.ABC):
     # -- producing ----------------------------------------------------------
 
     @abc.abstractmethod
-    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None):
+    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None, key=None):
         """Store one message; return its id.
+
+        ``key``: the caller's id of the message (a str).  If ``queue``
+        already stores a message with that key (live or dead), nothing is
+        stored and that message's id is returned: a producer that repeats a
+        put after a crash stores it once.  Once the message is acknowledged
+        the key is free again.
 
         ``delay``: seconds before it may be delivered.  ``ttl``: seconds after
         which it is dropped undelivered (and counted as expired).
@@ -325,8 +341,11 @@ class Engine(abc.ABC):
     # -- consuming ----------------------------------------------------------
 
     @abc.abstractmethod
-    def lease(self, queue, n, seconds, order="fifo", max_attempts=None):
+    def lease(self, queue, n, seconds, order="fifo", max_attempts=None, holder=None):
         """Lease up to ``n`` ready messages for ``seconds``; return them.
+
+        ``holder``: the consumer_id recorded with the lease (shown by
+        :meth:`get`, :meth:`peek`, :meth:`queues` and in dead letters).
 
         ``order``: "fifo" (earliest ready first), "lifo" or "priority".
         Messages past their TTL are dropped instead of delivered; a message
@@ -375,6 +394,24 @@ class Engine(abc.ABC):
     def dead_letter(self, msg_id, lease, reason, error=None):
         """Move a leased message to the dead-letter queue with ``reason``."""
 
+    @abc.abstractmethod
+    def dead_letter_ids(self, ids, reason, queue=None):
+        """Move the live messages with these ids (of ``queue`` only, if
+        given), leased or not, to the dead-letter queue with ``reason``, in
+        one transaction; return how many moved."""
+
+    @abc.abstractmethod
+    def ack_many(self, items):
+        """Delete many messages in one transaction: ``items`` are
+        ``(msg_id, lease)``, a lease of None deleting the message whatever
+        its state (as :meth:`delete`).  Returns how many were deleted."""
+
+    @abc.abstractmethod
+    def recover_leases(self, queue=None):
+        """End every lease of ``queue`` (None: of every queue) that has run
+        out, now; return how many.  Such a message is ready already; this
+        makes its late holder's ack, release or renewal fail."""
+
     # -- inspecting -----------------------------------------------------------
 
     @abc.abstractmethod
@@ -399,15 +436,41 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def count(self, queue, what="live"):
         """How many messages: "live" (not dead: ready, delayed or in flight),
-        "waiting" (live and not leased), "ready" or "dead"."""
+        "waiting" (live and not leased), "ready" or "dead".  Expired
+        messages (past their TTL and not held by a lease) are counted in
+        none: neither here nor in :meth:`has_live`, :meth:`queues` or
+        :meth:`messages`."""
 
     @abc.abstractmethod
     def has_live(self, queue):
         """Whether ``queue`` has a live message (cheaper than counting)."""
 
     @abc.abstractmethod
+    def next_expiry(self, queue):
+        """When the first live message of ``queue`` that has not expired
+        yet will expire, or None (for waiting until a queue drains)."""
+
+    @abc.abstractmethod
+    def expire(self, queue=None):
+        """Delete the expired messages of ``queue`` (None: of every queue)
+        now, counting them as "expired"; return how many."""
+
+    @abc.abstractmethod
+    def has_ready(self, queue):
+        """Whether ``queue`` has a message that ``lease`` would deliver now
+        (ready and not expired): Liteq's ``not empty()``."""
+
+    @abc.abstractmethod
     def queues(self):
-        """A :class:`QueueStats` for every queue that has messages."""
+        """A :class:`QueueStats` for every queue that exists: created by
+        :meth:`create_queue` or by its first message, until
+        :meth:`delete_queue`, with or without messages."""
+
+    @abc.abstractmethod
+    def create_queue(self, queue, settings=None):
+        """Make ``queue`` exist while empty; ``settings`` (a JSON-able dict,
+        if given) is recorded with it, replacing what was.  True if it did not
+        exist."""
 
     @abc.abstractmethod
     def counters(self):
@@ -471,8 +534,8 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def delete_queue(self, queue):
-        """Delete every message of ``queue``, dead ones included; return how
-        many."""
+        """Delete ``queue``: every message of it, dead ones included, and its
+        entry in :meth:`queues`; return how many messages."""
 
     @abc.abstractmethod
     def waiter(self, kind, queue):
@@ -493,20 +556,22 @@ class Engine(abc.ABC):
         """Release this process's connections; the data stays."""
 
 
-def lease_waiting(engine, queue, n, seconds, order, max_attempts, timeout):
+def lease_waiting(engine, queue, n, seconds, order, max_attempts, timeout, *, poll=None,
+                  holder=None):
     """``engine.lease`` that waits up to ``timeout`` seconds (None: forever)
     for something to lease.  Returns [] if nothing came in time.
 
     Sleeps until a producer's wake-up, or until the earliest delayed or leased
-    message becomes ready, whichever comes first.
+    message becomes ready, or (if given) ``poll`` seconds, whichever comes
+    first.
     """
-    messages = engine.lease(queue, n, seconds, order, max_attempts)
+    messages = engine.lease(queue, n, seconds, order, max_attempts, holder)
     if messages or (timeout is not None and timeout <= 0):
         return messages
     deadline = None if timeout is None else time.monotonic() + timeout
     with engine.waiter("put", queue) as waiter:
         while True:
-            messages = engine.lease(queue, n, seconds, order, max_attempts)
+            messages = engine.lease(queue, n, seconds, order, max_attempts, holder)
             if messages:
                 return messages
             remaining = _remaining(deadline)
@@ -516,6 +581,8 @@ def lease_waiting(engine, queue, n, seconds, order, max_attempts, timeout):
             if due is not None:
                 # 1 ms at least: a message due now is leased by the next look.
                 remaining = min(remaining, max(due - engine.now(), 0.001))
+            if poll is not None:
+                remaining = min(remaining, poll)
             waiter.wait(remaining)
 
 
@@ -528,6 +595,9 @@ def wait_drained(engine, queue, timeout):
             remaining = _remaining(deadline)
             if remaining <= 0:
                 return False
+            expiry = engine.next_expiry(queue)  # an expiry wakes nobody
+            if expiry is not None:
+                remaining = min(remaining, max(expiry - engine.now(), 0.001))
             waiter.wait(remaining)
     return True
 

@@ -20,6 +20,15 @@ dead letter    NULL                        NULL
 Leasing a message moves its ``visible_at`` to the end of the lease, so a lease
 that is never acknowledged makes the message ready again by itself: no sweeper
 process is needed, and a crashed consumer costs one attempt.
+
+A live message past its ``expires_at`` (its TTL) and not held by a lease is
+*expired*: never delivered, counted nowhere, and deleted by the next lease
+that meets it or by ``EXPIRE``.  Counts subtract the expired ones, which a
+partial index on ``expires_at`` finds without reading anything else: a count
+costs what it cost before plus one look per expired message.
+
+Upgrades.  ``SCHEMA_VERSION`` numbers the layout; ``MIGRATIONS[v]`` takes a
+file from version ``v - 1`` to ``v``, in the transaction that opens it.
 """
 
 import re
@@ -27,7 +36,7 @@ import types
 
 #: Version of the table layout below; a file written by a newer version is
 #: refused rather than misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: What ``{p}meta`` says about a file that is ours.
 FORMAT_NAME = "persistqueue_liteq"
@@ -58,7 +67,8 @@ CREATE TABLE IF NOT EXISTS {p}messages (
     last_error  TEXT,
     dead_at     REAL,
     dead_reason TEXT,
-    key         TEXT               -- caller's identity of a task, else NULL
+    key         TEXT,              -- caller's id of the message (a task's key), else NULL
+    holder      TEXT               -- consumer_id of whoever leased it last
 )"""
 
 CREATE_READY_INDEX = """
@@ -76,6 +86,30 @@ CREATE UNIQUE INDEX IF NOT EXISTS {p}messages_key
 # Outcomes of keyed messages (the pools' tasks), kept so that a rerun of a
 # killed script finds what already finished, and a caller that went away can
 # collect them later.  ``seq`` orders them for readers that follow along.
+# Every queue that exists, with or without messages: made by create_queue or
+# by the first message put to it, gone only with delete_queue.  ``settings``
+# is the caller's, as JSON text.
+CREATE_QUEUES = """
+CREATE TABLE IF NOT EXISTS {p}queues (
+    name       TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    settings   TEXT
+) WITHOUT ROWID"""
+
+# The first message of a queue registers it: one lookup in {p}queues per
+# INSERT, whatever front end (or older code, or an import) wrote it.
+CREATE_QUEUE_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS {p}messages_register_queue AFTER INSERT ON {p}messages
+BEGIN
+    INSERT OR IGNORE INTO {p}queues (name, created_at) VALUES (new.queue, new.created_at);
+END"""
+
+# Messages with a TTL, by expiry: what the counts subtract, and what EXPIRE
+# deletes, found without a scan.  Covers every column the expiry test reads.
+CREATE_EXPIRY_INDEX = """
+CREATE INDEX IF NOT EXISTS {p}messages_expiry
+    ON {p}messages (queue, expires_at, visible_at, lease) WHERE expires_at IS NOT NULL"""
+
 CREATE_RESULTS = """
 CREATE TABLE IF NOT EXISTS {p}results (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -170,12 +204,28 @@ CREATE_TABLES = (
     CREATE_READY_INDEX,
     CREATE_PRIORITY_INDEX,
     CREATE_KEY_INDEX,
+    CREATE_EXPIRY_INDEX,
+    CREATE_QUEUES,
+    CREATE_QUEUE_TRIGGER,
     CREATE_RESULTS,
     CREATE_COUNTERS,
     CREATE_ACTIVITY,
     CREATE_ACTIVITY_INDEX,
     CREATE_SIZES,
 ) + CREATE_SIZES_TRIGGERS
+
+# What takes a file of version v - 1 to version v (run in order, each
+# migration in the transaction that opens the file).
+MIGRATIONS = {
+    2: (
+        CREATE_EXPIRY_INDEX,
+        "ALTER TABLE {p}messages ADD COLUMN holder TEXT",
+        CREATE_QUEUES,
+        CREATE_QUEUE_TRIGGER,
+        """INSERT OR IGNORE INTO {p}queues (name, created_at)
+           SELECT queue, min(created_at) FROM {p}messages GROUP BY queue""",
+    ),
+}
 
 # -- schema bookkeeping -----------------------------------------------------
 
@@ -260,6 +310,11 @@ INSERT INTO {p}messages (queue, data, key, visible_at, created_at) VALUES (?, ?,
 
 FIND_KEY = "SELECT id, visible_at IS NULL FROM {p}messages WHERE queue = ? AND key = ?"
 
+# A message with the caller's id (``key``); ``id`` NULL lets AUTOINCREMENT choose.
+INSERT_WITH_KEY = """
+INSERT INTO {p}messages (id, queue, data, priority, visible_at, created_at, expires_at, key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+
 # A dead keyed message whose stored failure was forgotten, submitted again.
 REVIVE_KEYED = """
 UPDATE {p}messages
@@ -301,6 +356,19 @@ INSERT INTO occurrences (digest, n) VALUES (?, 1)
     ON CONFLICT (digest) DO UPDATE SET n = n + 1
 RETURNING n - 1"""
 
+# Expired: past its TTL, live, and not held by a lease (a holder may still
+# acknowledge it).  Every such row is in the expiry index.
+_EXPIRED = """expires_at <= :now AND visible_at IS NOT NULL
+   AND (lease IS NULL OR visible_at <= :now)"""
+
+_COUNT_EXPIRED = """
+(SELECT count(*) FROM {{p}}messages WHERE queue = :queue AND {expired})""".format(
+    expired=_EXPIRED)
+
+# A live message that is not expired.
+_UNEXPIRED = """(expires_at IS NULL OR expires_at > :now
+        OR (lease IS NOT NULL AND visible_at > :now))"""
+
 # -- leasing ----------------------------------------------------------------
 # One statement leases up to :n messages atomically: the subquery walks the
 # index in delivery order and the UPDATE moves each chosen row out of the
@@ -313,7 +381,7 @@ RETURNING n - 1"""
 
 _LEASE = """
 UPDATE {{p}}messages
-   SET visible_at = :until, lease = :lease, attempts = attempts + 1
+   SET visible_at = :until, lease = :lease, attempts = attempts + 1, holder = :holder
  WHERE id {pick} (SELECT id FROM {{p}}messages
                WHERE queue = :queue AND {where}visible_at <= :now
                ORDER BY {order} LIMIT {limit})
@@ -399,6 +467,24 @@ UPDATE {p}messages
  WHERE queue = ? AND visible_at > ? AND typeof(visible_at) NOT IN ('integer', 'real')
 RETURNING id, dead_reason"""
 
+# Dead-letter a live message by id, leased or not (the caller decided).
+DEAD_LETTER_ID = """
+UPDATE {p}messages
+   SET visible_at = NULL, lease = NULL, dead_at = :now, dead_reason = :reason
+ WHERE id = :id AND visible_at IS NOT NULL AND (:queue IS NULL OR queue = :queue)
+RETURNING queue"""
+
+# Leases that ran out, ended now: their late holders can no longer settle them.
+RECOVER_LEASES = """
+UPDATE {p}messages SET lease = NULL
+ WHERE queue = :queue AND visible_at <= :now AND lease IS NOT NULL
+RETURNING queue"""
+
+RECOVER_ALL_LEASES = """
+UPDATE {p}messages SET lease = NULL
+ WHERE visible_at <= :now AND lease IS NOT NULL
+RETURNING queue"""
+
 DELETE_LEASED = "DELETE FROM {p}messages WHERE id = ? AND lease = ?"
 
 ADD_COUNTER = """
@@ -419,7 +505,7 @@ SELECT queue, name, sum(value) FROM {p}activity WHERE bucket >= ? GROUP BY queue
 # -- reading ----------------------------------------------------------------
 
 _COLUMNS = """id, data, queue, attempts, created_at, expires_at, last_error,
-       priority, visible_at, dead_at, dead_reason, key"""
+       priority, visible_at, dead_at, dead_reason, key, holder"""
 
 PEEK = """
 SELECT {c} FROM {{p}}messages
@@ -433,45 +519,89 @@ SELECT {c} FROM {{p}}messages
 
 LIVE_MESSAGES = """
 SELECT {c} FROM {{p}}messages
- WHERE queue = ? AND visible_at IS NOT NULL AND id > ?
- ORDER BY id LIMIT ?""".format(c=_COLUMNS)
+ WHERE queue = :queue AND visible_at IS NOT NULL AND id > :after AND {unexpired}
+ ORDER BY id LIMIT :limit""".format(c=_COLUMNS, unexpired=_UNEXPIRED)
 
 GET = "SELECT {c} FROM {{p}}messages WHERE id = ?".format(c=_COLUMNS)
 
 COUNT_LIVE = """
-SELECT count(*) FROM {p}messages WHERE queue = ? AND visible_at IS NOT NULL"""
+SELECT (SELECT count(*) FROM {{p}}messages WHERE queue = :queue AND visible_at IS NOT NULL)
+       - {expired}""".format(expired=_COUNT_EXPIRED)
 
 COUNT_WAITING = """
-SELECT count(*) FROM {p}messages
- WHERE queue = ? AND visible_at IS NOT NULL AND (lease IS NULL OR visible_at <= ?)"""
+SELECT (SELECT count(*) FROM {{p}}messages
+         WHERE queue = :queue AND visible_at IS NOT NULL
+           AND (lease IS NULL OR visible_at <= :now))
+       - {expired}""".format(expired=_COUNT_EXPIRED)
 
-# The same from {p}sizes: one row, less the messages in flight (leased until
-# after now), found on the ready index's range after now (delayed and in
-# flight: not the queue's depth).  One statement, one snapshot.
-KEPT_LIVE = "SELECT coalesce((SELECT live FROM {p}sizes WHERE queue = ?), 0)"
+# The same from {p}sizes: one row, less the expired (on the expiry index)
+# and, for "waiting", the messages in flight (leased until after now, on the
+# ready index's range after now: delayed and in flight, not the queue's
+# depth; an expired message is never in flight, so none is subtracted
+# twice).  One statement, one snapshot.
+KEPT_LIVE = """
+SELECT coalesce((SELECT live FROM {{p}}sizes WHERE queue = :queue), 0)
+     - {expired}""".format(expired=_COUNT_EXPIRED)
 
 KEPT_WAITING = """
-SELECT coalesce((SELECT live FROM {p}sizes WHERE queue = :queue), 0)
-     - (SELECT count(*) FROM {p}messages
-         WHERE queue = :queue AND visible_at > :now AND lease IS NOT NULL)"""
+SELECT coalesce((SELECT live FROM {{p}}sizes WHERE queue = :queue), 0)
+     - (SELECT count(*) FROM {{p}}messages
+         WHERE queue = :queue AND visible_at > :now AND lease IS NOT NULL)
+     - {expired}""".format(expired=_COUNT_EXPIRED)
 
 COUNT_DEAD = """
-SELECT count(*) FROM {p}messages WHERE queue = ? AND visible_at IS NULL"""
+SELECT count(*) FROM {p}messages WHERE queue = :queue AND visible_at IS NULL"""
 
 COUNT_READY = """
-SELECT count(*) FROM {p}messages WHERE queue = ? AND visible_at <= ?"""
+SELECT (SELECT count(*) FROM {p}messages WHERE queue = :queue AND visible_at <= :now)
+       - (SELECT count(*) FROM {p}messages
+           WHERE queue = :queue AND expires_at <= :now AND visible_at <= :now)"""
 
 ANY_LIVE = """
-SELECT EXISTS (SELECT 1 FROM {p}messages WHERE queue = ? AND visible_at IS NOT NULL)"""
+SELECT EXISTS (SELECT 1 FROM {{p}}messages
+                WHERE queue = :queue AND visible_at IS NOT NULL AND {unexpired})""".format(
+    unexpired=_UNEXPIRED)
 
+# When the first live message of a queue that is not expired yet expires.
+NEXT_EXPIRY = """
+SELECT expires_at FROM {p}messages
+ WHERE queue = :queue AND expires_at > :now AND visible_at IS NOT NULL
+ ORDER BY expires_at LIMIT 1"""
+
+ANY_READY = """
+SELECT EXISTS (SELECT 1 FROM {p}messages
+                WHERE queue = :queue AND visible_at <= :now
+                  AND (expires_at IS NULL OR expires_at > :now))"""
+
+# Expired messages are in no column: "unexpired" is coalesce(expires_at >
+# :now, 1) for the ready and delayed (an in-flight message is never expired).
+# Every queue that exists, messages or not, with its settings and codec.
 QUEUE_STATS = """
-SELECT queue,
-       total(visible_at <= :now),
-       total(visible_at > :now AND lease IS NULL),
-       total(visible_at > :now AND lease IS NOT NULL),
-       total(visible_at IS NULL),
-       min(CASE WHEN visible_at IS NOT NULL THEN created_at END)
-  FROM {p}messages GROUP BY queue ORDER BY queue"""
+SELECT q.name,
+       total(m.visible_at <= :now AND coalesce(m.expires_at > :now, 1)),
+       total(m.visible_at > :now AND m.lease IS NULL AND coalesce(m.expires_at > :now, 1)),
+       total(m.visible_at > :now AND m.lease IS NOT NULL),
+       total(m.id IS NOT NULL AND m.visible_at IS NULL),  -- a queue without rows has one
+       min(CASE WHEN m.visible_at IS NOT NULL AND {unexpired} THEN m.created_at END),
+       q.created_at, q.settings,
+       (SELECT value FROM {{p}}meta WHERE key = 'codec:' || q.name)
+  FROM {{p}}queues AS q LEFT JOIN {{p}}messages AS m ON m.queue = q.name
+ GROUP BY q.name ORDER BY q.name""".format(unexpired="""(m.expires_at IS NULL
+        OR m.expires_at > :now OR (m.lease IS NOT NULL AND m.visible_at > :now))""")
+
+# Who holds the leases of each queue now.
+HOLDERS = """
+SELECT DISTINCT queue, holder FROM {p}messages
+ WHERE lease IS NOT NULL AND visible_at > :now AND holder IS NOT NULL
+ ORDER BY queue, holder"""
+
+QUEUE_EXISTS = "SELECT settings FROM {p}queues WHERE name = ?"
+
+CREATE_QUEUE = "INSERT INTO {p}queues (name, created_at, settings) VALUES (?, ?, ?)"
+
+SET_QUEUE_SETTINGS = "UPDATE {p}queues SET settings = ? WHERE name = ?"
+
+DELETE_QUEUE_ENTRY = "DELETE FROM {p}queues WHERE name = ?"
 
 DEAD_LETTERS = """
 SELECT {c} FROM {{p}}messages
@@ -507,6 +637,14 @@ UPDATE {p}messages
        last_error = NULL
  WHERE queue = ? AND visible_at IS NULL AND id = ?"""
 
+# Delete the expired messages of one queue, or of all.
+EXPIRE = """
+DELETE FROM {{p}}messages WHERE queue = :queue AND {expired} RETURNING queue""".format(
+    expired=_EXPIRED)
+
+EXPIRE_ALL = """
+DELETE FROM {{p}}messages WHERE {expired} RETURNING queue""".format(expired=_EXPIRED)
+
 PURGE_LIVE = "DELETE FROM {p}messages WHERE queue = ? AND visible_at IS NOT NULL"
 PURGE_DEAD = "DELETE FROM {p}messages WHERE queue = ? AND visible_at IS NULL"
 DELETE_QUEUE = "DELETE FROM {p}messages WHERE queue = ?"
@@ -539,5 +677,9 @@ def render(prefix):
     rendered["CREATE_TABLES"] = tuple(s.replace("{p}", prefix).strip() for s in CREATE_TABLES)
     rendered["CREATE_SIZES_TRIGGERS"] = tuple(
         s.replace("{p}", prefix).strip() for s in CREATE_SIZES_TRIGGERS)
+    rendered["MIGRATIONS"] = {
+        version: tuple(s.replace("{p}", prefix).strip() for s in statements)
+        for version, statements in MIGRATIONS.items()
+    }
     rendered["PREFIX"] = prefix
     return types.SimpleNamespace(**rendered)

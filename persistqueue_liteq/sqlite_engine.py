@@ -65,6 +65,7 @@ one transaction that scans the messages table once.
 """
 
 import atexit
+import json
 import logging
 import os
 import random
@@ -255,6 +256,13 @@ class SQLiteEngine(Engine):
             "lifo": self.sql.LEASE_LIFO_ONE,
             "priority": self.sql.LEASE_PRIORITY_ONE,
         }
+        self._count_sql = {
+            "live": self.sql.COUNT_LIVE,
+            "waiting": self.sql.COUNT_WAITING,
+            "ready": self.sql.COUNT_READY,
+            "dead": self.sql.COUNT_DEAD,
+        }
+        self._kept_sql = {"live": self.sql.KEPT_LIVE, "waiting": self.sql.KEPT_WAITING}
         self._meta = {}
         self._open_schema()
         auto_vacuum = self._meta.get(_sql.AUTO_VACUUM_KEY)
@@ -280,9 +288,19 @@ class SQLiteEngine(Engine):
                     "%s has no persistqueue_liteq queue tables (table prefix %r)"
                     % (self.location, self.sql.PREFIX)
                 )
+            if self._schema_version < _sql.SCHEMA_VERSION:
+                self._conns.close()
+                raise ReadOnlyDatabase(
+                    "%s has schema version %d and this persistqueue_liteq reads %d: open it "
+                    "once for writing to upgrade it" % (self.location, self._schema_version,
+                                                        _sql.SCHEMA_VERSION))
             self._add_missing_schema()  # only looks
             return
         if self._conns.run(self._wal_and_schema_ready):
+            if self._schema_version < _sql.SCHEMA_VERSION:
+                with self._conns.transaction() as conn:
+                    self._check_schema(conn)  # again: another process may have upgraded it
+                    self._migrate(conn)
             self._add_missing_schema()
             return
         with self._conns.transaction() as conn:
@@ -297,6 +315,8 @@ class SQLiteEngine(Engine):
                 if _clock.SUPPORTED:  # anchored now, not in a transaction of its own
                     self._anchor(conn)
                     self._meta = dict(conn.execute(self.sql.READ_META).fetchall())
+            else:  # made meanwhile by another process, maybe an older version
+                self._migrate(conn)
         # Made here, or just now by another process (perhaps of an older
         # version, without kept sizes).
         self._add_missing_schema()
@@ -371,7 +391,7 @@ class SQLiteEngine(Engine):
                 "table_prefix" % (self.location, prefix)
             )
         try:
-            version = int(meta.get("schema_version", "0"))
+            version = self._schema_version = int(meta.get("schema_version", "0"))
         except ValueError:
             raise IncompatibleDatabase(
                 "%s: table %smeta says schema version %r, which is not a number; "
@@ -390,6 +410,19 @@ class SQLiteEngine(Engine):
                 "dropped by another program?" % (self.location, prefix, prefix)
             )
         return True
+
+    def _migrate(self, conn):
+        """Take the file from its schema version to ours, in the caller's
+        transaction (so that a crash leaves the old version whole)."""
+        old = self._schema_version
+        for version in range(old + 1, _sql.SCHEMA_VERSION + 1):
+            for statement in self.sql.MIGRATIONS.get(version, ()):
+                conn.execute(statement)
+        if old < _sql.SCHEMA_VERSION:
+            conn.execute(self.sql.WRITE_META, ("schema_version", str(_sql.SCHEMA_VERSION)))
+            self._schema_version = _sql.SCHEMA_VERSION
+            logger.info("upgraded queue tables %s* in %s from schema version %d to %d",
+                        self.sql.PREFIX, self.location, old, _sql.SCHEMA_VERSION)
 
     # -- the clock ----------------------------------------------------------------
 
@@ -465,8 +498,14 @@ class SQLiteEngine(Engine):
 
     # -- producing ------------------------------------------------------------
 
-    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None):
-        if seal is not None:
+    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None, key=None):
+        if key is not None:
+            msg_id, new = self._conns.write_transaction(
+                lambda conn: self._insert_with_key(conn, queue, data, delay, ttl, priority, seal,
+                                                   key))
+            if not new:
+                return msg_id
+        elif seal is not None:
             msg_id = self._conns.write_transaction(
                 lambda conn: self._insert_sealed(conn, queue, data, delay, ttl, priority, seal))
         else:
@@ -477,6 +516,22 @@ class SQLiteEngine(Engine):
         self._notifier.notify("put", queue)
         self._count(queue, "puts")
         return msg_id
+
+    def _insert_with_key(self, conn, queue, data, delay, ttl, priority, seal, key):
+        """INSERT a message with the caller's id unless ``queue`` holds one
+        with it; return (id, whether it was stored)."""
+        row = conn.execute(self.sql.FIND_KEY, (queue, key)).fetchone()
+        if row is not None:
+            return row[0], False
+        now = self.now()
+        msg_id = None
+        if seal is not None:
+            msg_id = conn.execute(self.sql.NEXT_ID).fetchone()[0]
+            data = seal(msg_id, data)
+        cursor = conn.execute(self.sql.INSERT_WITH_KEY, (
+            msg_id, queue, data, priority, now + delay, now, None if ttl is None else now + ttl,
+            key))
+        return cursor.lastrowid, True
 
     def _insert_sealed(self, conn, queue, data, delay, ttl, priority, seal):
         """INSERT one message whose stored payload is ``seal(id, data)``:
@@ -640,7 +695,7 @@ class SQLiteEngine(Engine):
                 token = _new_token()
                 rows = conn.execute(self.sql.LEASE_FIFO, {
                     "queue": queue, "now": now, "until": now + seconds, "lease": token,
-                    "n": lease,
+                    "n": lease, "holder": None,
                 }).fetchall()
         if outcomes:
             self._notifier.notify("done", queue)
@@ -696,7 +751,7 @@ class SQLiteEngine(Engine):
 
     # -- consuming ------------------------------------------------------------
 
-    def lease(self, queue, n, seconds, order="fifo", max_attempts=None):
+    def lease(self, queue, n, seconds, order="fifo", max_attempts=None, holder=None):
         many, one = self._lease_sql[order], self._lease_one_sql[order]
         leased = []
         while len(leased) < n:
@@ -706,14 +761,15 @@ class SQLiteEngine(Engine):
             wanted = n - len(leased)
             rows = self._write(
                 one if wanted == 1 else many,
-                {"queue": queue, "now": now, "until": until, "lease": token, "n": wanted},
+                {"queue": queue, "now": now, "until": until, "lease": token, "n": wanted,
+                 "holder": holder},
             )
             if not rows:
                 break
             unfit = []
             for row in rows:  # a plain loop: most leases are of one message
                 m = Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, until,
-                            row[5], row[6], row[7], None, None, row[8])
+                            row[5], row[6], row[7], None, None, row[8], holder)
                 if (_malformed(m) is not None
                         or (m.expires_at is not None and m.expires_at <= now)
                         or (max_attempts is not None and m.attempts > max_attempts)):
@@ -838,6 +894,51 @@ class SQLiteEngine(Engine):
         statement = self.sql.RELEASE if attempted else self.sql.RELEASE_UNATTEMPTED
         return self._settle(statement, (self.now() + delay, error, msg_id, lease), "put")
 
+    def dead_letter_ids(self, ids, reason, queue=None):
+        now = self.now()
+        moved = {}
+        with self._conns.transaction() as conn:
+            for msg_id in ids:
+                row = conn.execute(self.sql.DEAD_LETTER_ID, {
+                    "now": now, "reason": reason, "id": msg_id, "queue": queue}).fetchone()
+                if row:
+                    moved[row[0]] = moved.get(row[0], 0) + 1
+            conn.executemany(self.sql.ADD_COUNTER,
+                             [(name, "dead_lettered", n) for name, n in moved.items()])
+        for name, n in moved.items():
+            logger.warning("%d message(s) of queue %r dead-lettered: %s", n, name, reason)
+            self._notifier.notify("done", name)
+            self._metrics.add(name, "dead_lettered", n, lasting=True)
+        return sum(moved.values())
+
+    def ack_many(self, items):
+        removed, acks = {}, {}
+        with self._conns.transaction() as conn:
+            for msg_id, lease in items:
+                if lease is None:
+                    row = conn.execute(self.sql.DELETE, (msg_id,)).fetchone()
+                else:
+                    row = conn.execute(self.sql.ACK, (msg_id, lease)).fetchone()
+                    if row:
+                        acks[row[0]] = acks.get(row[0], 0) + 1
+                if row:
+                    removed[row[0]] = removed.get(row[0], 0) + 1
+        for name in removed:
+            self._notifier.notify("done", name)
+        for name, n in acks.items():
+            self._count(name, "acks", n)
+        return sum(removed.values())
+
+    def recover_leases(self, queue=None):
+        now = self.now()
+        if queue is None:
+            rows = self._write(self.sql.RECOVER_ALL_LEASES, {"now": now})
+        else:
+            rows = self._write(self.sql.RECOVER_LEASES, {"queue": queue, "now": now})
+        for name in {row[0] for row in rows}:
+            self._notifier.notify("put", name)
+        return len(rows)
+
     def dead_letter(self, msg_id, lease, reason, error=None):
         with self._conns.transaction() as conn:
             row = conn.execute(
@@ -859,7 +960,7 @@ class SQLiteEngine(Engine):
             id=row[0], data=row[1], queue_name=row[2], retry_count=max(row[3] - 1, 0),
             created_at=row[4], attempts=row[3], expires_at=row[5], last_error=row[6],
             priority=row[7], visible_at=row[8], dead_at=row[9], dead_reason=row[10],
-            key=row[11],
+            key=row[11], consumer_id=row[12],
         )
 
     def peek(self, queue):
@@ -872,7 +973,8 @@ class SQLiteEngine(Engine):
         return [self._stored(row) for row in self._execute(self.sql.PEEK_MANY, (queue, now, now, n))]
 
     def messages(self, queue, after_id=0, limit=1000):
-        rows = self._execute(self.sql.LIVE_MESSAGES, (queue, after_id, limit))
+        rows = self._execute(self.sql.LIVE_MESSAGES, {
+            "queue": queue, "after": after_id, "limit": limit, "now": self.now()})
         return [self._stored(row) for row in rows]
 
     def get(self, msg_id):
@@ -880,30 +982,46 @@ class SQLiteEngine(Engine):
         return self._stored(rows[0]) if rows else None
 
     def count(self, queue, what="live"):
-        s = self.sql
-        if what == "live":
-            if self._sizes_kept:
-                return self._execute(s.KEPT_LIVE, (queue,))[0][0]
-            return self._execute(s.COUNT_LIVE, (queue,))[0][0]
-        if what == "waiting":
-            if self._sizes_kept:
-                return self._execute(s.KEPT_WAITING, {"queue": queue, "now": self.now()})[0][0]
-            return self._execute(s.COUNT_WAITING, (queue, self.now()))[0][0]
-        if what == "ready":
-            return self._execute(s.COUNT_READY, (queue, self.now()))[0][0]
-        if what == "dead":
-            return self._execute(s.COUNT_DEAD, (queue,))[0][0]
-        raise ValueError("count() what must be live, waiting, ready or dead; got %r" % (what,))
+        statement = self._count_sql.get(what)
+        if statement is None:
+            raise ValueError("count() what must be live, waiting, ready or dead; got %r"
+                             % (what,))
+        if self._sizes_kept:
+            statement = self._kept_sql.get(what, statement)
+        return self._execute(statement, {"queue": queue, "now": self.now()})[0][0]
 
     def has_live(self, queue):
-        return bool(self._execute(self.sql.ANY_LIVE, (queue,))[0][0])
+        return bool(self._execute(self.sql.ANY_LIVE, {"queue": queue, "now": self.now()})[0][0])
+
+    def next_expiry(self, queue):
+        rows = self._execute(self.sql.NEXT_EXPIRY, {"queue": queue, "now": self.now()})
+        return rows[0][0] if rows else None
+
+    def has_ready(self, queue):
+        return bool(self._execute(self.sql.ANY_READY, {"queue": queue, "now": self.now()})[0][0])
 
     def queues(self):
-        rows = self._execute(self.sql.QUEUE_STATS, {"now": self.now()})
+        now = self.now()
+        rows = self._execute(self.sql.QUEUE_STATS, {"now": now})
+        consumers = {}
+        for queue, holder in self._execute(self.sql.HOLDERS, {"now": now}):
+            consumers.setdefault(queue, []).append(holder)
         return [
-            QueueStats(name, int(ready), int(delayed), int(in_flight), int(dead), oldest)
-            for name, ready, delayed, in_flight, dead, oldest in rows
+            QueueStats(name, int(ready), int(delayed), int(in_flight), int(dead), oldest,
+                       created, _settings(settings), codec, tuple(consumers.get(name, ())))
+            for name, ready, delayed, in_flight, dead, oldest, created, settings, codec in rows
         ]
+
+    def create_queue(self, queue, settings=None):
+        text = None if settings is None else json.dumps(settings, sort_keys=True)
+        with self._conns.transaction() as conn:
+            row = conn.execute(self.sql.QUEUE_EXISTS, (queue,)).fetchone()
+            if row is None:
+                conn.execute(self.sql.CREATE_QUEUE, (queue, self.now(), text))
+                return True
+            if text is not None:
+                conn.execute(self.sql.SET_QUEUE_SETTINGS, (text, queue))
+            return False
 
     def counters(self):
         result = {}
@@ -1005,8 +1123,8 @@ class SQLiteEngine(Engine):
         messages = []
         for row in rows:
             msg = self._stored(row)
-            if row[12] is not None and msg.visible_at is not None:
-                msg.lease = row[12]
+            if row[-1] is not None and msg.visible_at is not None:
+                msg.lease = row[-1]
             messages.append(msg)
         return messages
 
@@ -1054,6 +1172,23 @@ class SQLiteEngine(Engine):
             self._notifier.notify("put", queue)
         return moved
 
+    def expire(self, queue=None):
+        now = self.now()
+        with self._conns.transaction() as conn:
+            if queue is None:
+                rows = conn.execute(self.sql.EXPIRE_ALL, {"now": now}).fetchall()
+            else:
+                rows = conn.execute(self.sql.EXPIRE, {"queue": queue, "now": now}).fetchall()
+            expired = {}
+            for (name,) in rows:
+                expired[name] = expired.get(name, 0) + 1
+            conn.executemany(self.sql.ADD_COUNTER,
+                             [(name, "expired", n) for name, n in expired.items()])
+        for name, n in expired.items():
+            self._notifier.notify("done", name)
+            self._metrics.add(name, "expired", n, lasting=True)
+        return sum(expired.values())
+
     def purge(self, queue, dead=False):
         statement = self.sql.PURGE_DEAD if dead else self.sql.PURGE_LIVE
         removed = self._changes(statement, (queue,))
@@ -1068,6 +1203,7 @@ class SQLiteEngine(Engine):
             conn.execute(self.sql.DELETE_QUEUE_ACTIVITY, (queue,))
             conn.execute(self.sql.DELETE_QUEUE_RESULTS, (queue,))
             conn.execute(self.sql.DELETE_QUEUE_CODEC, (queue,))
+            conn.execute(self.sql.DELETE_QUEUE_ENTRY, (queue,))
         if removed:
             self._notifier.notify("done", queue)
         return removed
@@ -1100,6 +1236,17 @@ class SQLiteEngine(Engine):
         self.flush_metrics()
         _open_engines.discard(self)
         self._conns.close()
+
+
+def _settings(text):
+    """The settings of a queue as stored (JSON text, or NULL: none)."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:  # a tampered row: shown, not trusted
+        return {"unreadable": text}
+    return value if isinstance(value, dict) else {"unreadable": text}
 
 
 class _Transaction:

@@ -443,8 +443,9 @@ def test_purge_live_then_dead(filled, tmp_path):
         "purged 4 live messages from queue 'jobs'"
     assert cli(tmp_path, "purge", "q.db", "--queue", "mail").out.startswith("purged 0 ")
     assert cli(tmp_path, "purge", "q.db", "--queue", "mail", "--dead").out.startswith("purged 1 ")
-    with LiteQueue(filled) as q:
-        assert q.queues() == []
+    with LiteQueue(filled) as q:  # emptied queues still exist (issue 15)
+        assert [(s.live, s.dead) for s in q.queues()] == [(0, 0)] * len(q.queues())
+        assert {s.name for s in q.queues()} == {"jobs", "mail"}
 
 
 def test_delete_queue_says_how_many_went(filled, tmp_path):
@@ -534,7 +535,7 @@ def test_dlq_purge(dead, tmp_path):
         "purged 2 dead letters"
     assert cli(tmp_path, "dlq", "purge", "q.db").out.strip() == "purged 1 dead letter"
     with LiteQueue(dead) as q:
-        assert [(s.name, s.live, s.dead) for s in q.queues()] == [("jobs", 1, 0)]
+        assert [(s.name, s.live, s.dead) for s in q.queues()] == [("jobs", 1, 0), ("mail", 0, 0)]
 
 
 # -- import and export ------------------------------------------------------------------

@@ -504,3 +504,106 @@ def test_put_on_joins_the_applications_transaction(engine):
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+# -- issue 15: what Liteq, sqqueue and LeanMQ users reach for -------------------------
+
+def test_has_ready_sees_only_what_a_lease_would_deliver_now(engine):
+    engine.put("q", b"later", delay=3600)
+    assert engine.has_live("q") and not engine.has_ready("q")
+    engine.put("q", b"now")
+    assert engine.has_ready("q")
+    lease_one(engine)
+    assert not engine.has_ready("q")
+    engine.put("q", b"short", ttl=0.05)
+    wait_until(lambda: not engine.has_ready("q"))  # expired: nothing to deliver
+
+
+def test_expired_messages_are_counted_nowhere(engine):
+    engine.put("q", b"short", ttl=0.05)
+    engine.put("q", b"delayed short", delay=3600, ttl=0.05)
+    engine.put("q", b"long", ttl=3600)
+    expired = engine.put("q", b"expired", ttl=0.05)
+    engine.lease("q", 1, 3600.0)  # "short": leased before it expired
+    wait_until(lambda: engine.count("q", "live") == 2)  # long, and short while held
+    assert engine.next_expiry("q") is not None
+    assert (engine.count("q", "waiting"), engine.count("q", "ready")) == (1, 1)
+    assert engine.has_live("q")
+    (stats,) = [s for s in engine.queues() if s.name == "q"]
+    assert (stats.ready, stats.delayed, stats.in_flight, stats.live) == (1, 0, 1, 2)
+    assert [m.data for m in engine.messages("q")] == [b"short", b"long"]
+    assert engine.get(expired).data == b"expired"  # stored until removed
+
+
+def test_expire_removes_what_has_expired_and_counts_it(engine):
+    engine.put("a", b"1", ttl=0.05)
+    engine.put("a", b"2", delay=3600, ttl=0.05)
+    engine.put("b", b"3", ttl=0.05)
+    engine.put("a", b"kept", ttl=3600)
+    leased = lease_one(engine, "b", seconds=3600.0)
+    engine.put("b", b"4", ttl=0.05)
+    wait_until(lambda: engine.count("a") == 1 and engine.count("b") == 1)
+    assert engine.expire("a") == 2
+    assert engine.expire() == 1  # "4"; "3" is held by its lease
+    assert engine.expire() == 0
+    assert engine.ack(leased.id, leased.lease)
+    assert engine.metrics()["a"]["expired"] == 2
+    engine.flush_metrics()
+    assert engine.counters()["b"]["expired"] == 1
+
+
+def test_an_empty_queue_has_no_next_expiry(engine):
+    assert engine.next_expiry("q") is None
+    engine.put("q", b"x")
+    assert engine.next_expiry("q") is None
+    engine.put("q", b"y", ttl=3600)
+    assert engine.next_expiry("q") > engine.now()
+
+
+def test_put_with_a_key_stores_it_once_per_queue(engine):
+    first = engine.put("q", b"a", key="k")
+    assert engine.put("q", b"b", key="k") == first
+    assert engine.count("q") == 1 and engine.get(first).key == "k"
+    assert engine.put("other", b"c", key="k") != first
+    sealed = engine.put("q", b"d", key="k2", seal=lambda msg_id, data: b"%d:" % msg_id + data)
+    assert engine.get(sealed).data == b"%d:d" % sealed
+    msg = lease_one(engine)
+    engine.ack(msg.id, msg.lease)
+    assert engine.put("q", b"e", key="k") != first
+
+
+def test_lease_records_its_holder(engine):
+    engine.put_many("q", [b"a", b"b"])
+    a = lease_one(engine, holder="w1")
+    b = lease_one(engine, seconds=0)  # no holder named
+    assert (a.consumer_id, b.consumer_id) == ("w1", None)
+    assert engine.get(a.id).consumer_id == "w1"
+    (stats,) = [s for s in engine.queues() if s.name == "q"]
+    assert stats.consumers == ("w1",)
+
+
+def test_dead_letter_ids_ack_many_and_recover_leases(engine):
+    ids = engine.put_many("q", [b"1", b"2", b"3", b"4", b"5"])
+    leased = engine.lease("q", 2, 0.0)  # 1 and 2, run out at once
+    assert engine.recover_leases("q") == 2
+    assert engine.recover_leases() == 0
+    assert not engine.ack(leased[0].id, leased[0].lease)  # the late holder
+    assert engine.dead_letter_ids([ids[0], ids[1], 10**6], "why") == 2
+    assert engine.dead_letter_ids([ids[2]], "why", queue="other") == 0
+    assert [m.dead_reason for m in engine.dead_letters("q")] == ["why", "why"]
+    held = lease_one(engine)
+    assert engine.ack_many([(held.id, held.lease), (held.id, held.lease), (ids[4], None)]) == 2
+    assert engine.count("q") == 1 and engine.count("q", "dead") == 2  # ids[3] is left
+
+
+def test_queues_exist_while_empty_until_deleted(engine):
+    assert engine.create_queue("made", {"a": 1}) is True
+    assert engine.create_queue("made") is False
+    msg_id = engine.put("used", b"x")
+    engine.delete(msg_id)
+    stats = {s.name: s for s in engine.queues()}
+    assert set(stats) == {"made", "used"}
+    assert stats["made"].settings == {"a": 1} and stats["made"].live == 0
+    assert (stats["used"].live, stats["used"].dead, stats["used"].settings) == (0, 0, {})
+    assert engine.delete_queue("made") == 0
+    assert [s.name for s in engine.queues()] == ["used"]

@@ -132,7 +132,7 @@ def test_waiting_counts_a_message_whose_lease_ran_out(engine):
 def test_the_priority_lease_walks_the_priority_index(engine):
     plan = engine._conns.get().execute(
         "EXPLAIN QUERY PLAN " + engine.sql.LEASE_PRIORITY,
-        {"queue": "q", "now": 0, "until": 1, "lease": 1, "n": 1},
+        {"queue": "q", "now": 0, "until": 1, "lease": 1, "n": 1, "holder": None},
     ).fetchall()
     text = " ".join(row[3] for row in plan)
     assert "messages_priority" in text and "TEMP B-TREE" not in text, text

@@ -188,7 +188,8 @@ def test_clear_live_and_dead(db):
     q.process_failed(q.pop(), "x")
     assert q.clear() == 2
     assert q.clear(dlq=True) == 1
-    assert q.queues() == []
+    # Emptied, the queue still exists (issue 15): only delete_queue ends it.
+    assert [(s.name, s.live, s.dead) for s in q.queues()] == [("default", 0, 0)]
 
 
 def test_change_visibility_extends_or_ends_a_lease(q):
@@ -253,6 +254,8 @@ def test_inventory_purge_and_delete_queue(q):
     assert a.oldest_created_at <= stats["b"].oldest_created_at
     assert q.purge("b") == 1
     assert q.delete_queue("a") == 3
+    assert [(s.name, s.live) for s in q.queues()] == [("b", 0)]  # emptied, not deleted
+    assert q.delete_queue("b") == 0
     assert q.queues() == []
 
 

@@ -256,5 +256,10 @@ def test_closed_queue(q):
 
 
 def test_ids_must_be_ints(q):
-    with pytest.raises(TypeError, match="message id"):
-        q.delete("1")
+    # An id's str() is one too (issue 15: Liteq's ids are strings); see
+    # test_liteq_compat for the strings that are not.
+    for bad in (1.0, None, b"1", [1]):
+        with pytest.raises(TypeError, match="message id"):
+            q.delete(bad)
+    with pytest.raises(ValueError, match="message id"):
+        q.delete("one")

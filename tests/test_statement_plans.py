@@ -9,7 +9,7 @@ import pytest
 from persistqueue_liteq import sql
 
 S = sql.render("liteq_")
-PARAMS = {"queue": "q", "now": 1.0, "until": 2.0, "lease": 3, "n": 1}
+PARAMS = {"queue": "q", "now": 1.0, "until": 2.0, "lease": 3, "n": 1, "holder": None}
 
 
 def plan(statement, params=PARAMS):
