@@ -1055,15 +1055,43 @@ class PersistentSimpleQueue(_QueueBase[T]):
         # signal handler, in the middle of a put() of the same thread, goes
         # through.
         self._lock = self._statement_lock = threading.RLock()
+        # Per thread: the items of the put() under way and of the puts that
+        # reentered it, in call order (None: no put under way).
+        self._putting = threading.local()
 
     def __setstate__(self, state):
         PersistentSimpleQueue.__init__(self, **state)
 
     def put(self, item: T, block: bool = True, timeout: Optional[float] = None) -> None:
         """Put the item on the queue (committed when this returns).  'block'
-        and 'timeout' are ignored, as this never blocks."""
-        with self._lock:
-            self._store(item)
+        and 'timeout' are ignored, as this never blocks.
+
+        Reentrant, as the stdlib's SimpleQueue is: a put() from a __del__ or
+        a signal handler that runs in the middle of a put() of the same
+        thread is stored right after the item of the put it interrupted, so
+        items keep the order of the calls (a put does enough work for the
+        garbage collector to run inside it).  Should such an item not
+        serialize, the interrupted put raises its error, after storing the
+        others."""
+        putting = self._putting
+        pending = getattr(putting, "pending", None)
+        if pending is not None:  # reentered: the put below us stores it next
+            pending.append(item)
+            return
+        putting.pending = pending = collections.deque([item])
+        error = None
+        try:
+            with self._lock:
+                while pending:
+                    try:
+                        self._store(pending[0])
+                    except Exception as exc:  # the others are stored all the same
+                        error = exc if error is None else error
+                    pending.popleft()
+        finally:
+            putting.pending = None
+        if error is not None:
+            raise error
 
     def put_nowait(self, item: T) -> None:
         """The same as put(item)."""

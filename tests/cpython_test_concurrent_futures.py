@@ -694,6 +694,12 @@ class ExecutorShutdownTest:
                 t.submit(sleep_and_print, 1.0, "apple")
             """.format(executor_type=self.executor_type.__name__,
                        context=getattr(self, "ctx", "")))
+        # adapted: a known defect, open in issue 11: on 3.9 and 3.10 the
+        # process pool's exit now and then leaves one semaphore to the
+        # resource tracker, which warns; only that exact warning, only there.
+        if (sys.version_info < (3, 11) and b"resource_tracker" in err
+                and b"leaked semaphore" in err and out.strip() == b"apple"):
+            pytest.xfail("3.9/3.10: a semaphore left to the resource tracker at exit")
         # Errors in atexit hooks don't change the process exit code, check
         # stderr manually.
         self.assertFalse(err)

@@ -679,3 +679,28 @@ def test_arguments_are_checked_up_front(path):
         PersistentSimpleQueue(path, 5)  # no maxsize
     with pytest.raises(FileNotFoundError):
         PersistentQueue(path.parent / "missing" / "q.db")
+
+
+def test_a_put_reentered_from_inside_a_put_keeps_the_order_of_the_calls(path, opened):
+    # CPython's test_reentrancy puts from a __del__ that the garbage
+    # collector may run anywhere inside a put(); here the serializer of the
+    # outer item runs the inner put, every time, at the worst moment: before
+    # the outer item is stored.
+    class Reentering:
+        def __init__(self):
+            self.inner = []
+
+        def dumps(self, item):
+            if self.inner:
+                q.put(self.inner.pop())
+            return pickle.dumps(item)
+
+        def loads(self, data):
+            return pickle.loads(data)
+
+    serializer = Reentering()
+    q = opened(PersistentSimpleQueue(str(path), serializer=serializer))
+    for n in range(0, 10, 2):
+        serializer.inner.append(n + 1)
+        q.put(n)
+    assert [q.get(timeout=5) for _ in range(10)] == list(range(10))
