@@ -70,6 +70,8 @@ from concurrent.futures._base import (
 from concurrent.futures.process import _check_system_limits
 from logging.handlers import QueueHandler
 
+import pytest  # adapted: for the one xfail of test_interpreter_shutdown
+
 import persistqueue_liteq
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
