@@ -342,17 +342,6 @@ def test_an_item_whose_consumer_was_killed_comes_back_once(path, opened, fork):
         q.get(block=False)
 
 
-@pytest.fixture
-def fork():
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
-    yield ctx
-    for child in multiprocessing.active_children():
-        os.kill(child.pid, signal.SIGKILL)
-        child.join()
-
-
 def test_protocol_is_persist_queues(path, opened):
     q = opened(SQLiteAckQueue(path))
     assert q._serializer.protocol == 4
