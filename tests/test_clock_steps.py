@@ -8,7 +8,6 @@ them with events and joins, never with sleeps.  The only sleep is the one
 that lets a TTL run out.
 """
 
-import multiprocessing
 import os
 import signal
 import sqlite3
@@ -28,12 +27,10 @@ N = 20
 
 
 @pytest.fixture
-def ctx():
-    context = multiprocessing.get_context("fork")
-    yield context
-    for child in multiprocessing.active_children():
-        os.kill(child.pid, signal.SIGKILL)
-        child.join()
+def ctx(fork):
+    """conftest's fork context (children SIGKILLed after the test), by the
+    name these tests use."""
+    return fork
 
 
 def step_wall_clock(seconds):
