@@ -375,7 +375,7 @@ class _PutGroups:
     way are stored together, in the next transaction (one commit and one
     wake-up for all of them instead of one each).
 
-    ``_lock`` guards ``_waiting`` (the (item, future) not yet taken by a
+    ``_lock`` guards ``_waiting`` (the (item, outcome, over) not yet taken by a
     storage thread) and ``_scheduled``; the loop appends, the storage thread
     takes the whole list.
     """
@@ -390,28 +390,33 @@ class _PutGroups:
 
     async def put(self, item):
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        # ``outcome`` is what the caller awaits; ``over`` is set with it but
+        # never cancelled: a cancelled put waits on it for its commit.  The
+        # caller awaits ``outcome`` itself, not a shield of it, so that it
+        # resumes in the same turn of the loop as a get of this queue that
+        # leased the item (its look ran after this commit, on the same
+        # storage thread): when that get returns, this put is done.
+        outcome, over = loop.create_future(), loop.create_future()
         with self._lock:
-            self._waiting.append((item, future))
+            self._waiting.append((item, outcome, over))
             start, self._scheduled = not self._scheduled, True
         if start:
             self._offload.submit(self._store, loop)
         self._offload.in_flight += 1
         try:
-            await asyncio.shield(future)
+            await outcome
         except asyncio.CancelledError:
-            if not self._withdraw(future):  # taken: wait for its commit
-                with contextlib.suppress(Exception):
-                    await _uncancellable(future)
+            if not self._withdraw(over):  # taken: wait for its commit
+                await _uncancellable(over)
             raise
         finally:
             self._offload.in_flight -= 1
 
-    def _withdraw(self, future):
+    def _withdraw(self, over):
         """Take back a put that no storage thread took yet; True if done."""
         with self._lock:
-            for i, (_, waiting) in enumerate(self._waiting):
-                if waiting is future:
+            for i, waiting in enumerate(self._waiting):
+                if waiting[2] is over:
                     del self._waiting[i]
                     return True
         return False
@@ -422,15 +427,16 @@ class _PutGroups:
         if not group:
             return
         try:
-            outcomes = self._sync._store_group([item for item, _ in group])
+            outcomes = self._sync._store_group([item for item, _, _ in group])
         except BaseException as exc:  # DatabaseBusy: none of them stored
             outcomes = [exc] * len(group)
         with contextlib.suppress(RuntimeError):  # the loop was closed
             loop.call_soon_threadsafe(self._settle, group, outcomes)
 
     def _settle(self, group, outcomes):
-        for (_, future), outcome in zip(group, outcomes):
-            if future.done():
+        for (_, future, over), outcome in zip(group, outcomes):
+            over.set_result(None)
+            if future.done():  # cancelled
                 continue
             if outcome is None:
                 future.set_result(None)
