@@ -31,17 +31,29 @@ VICTIM_UID = 12345  # an unprivileged victim, for what root's privileges hide
 
 
 
-def _can_act_as_others():
+def _python_for_others():
+    """An interpreter that other users may run: this one, or (when it lies
+    below a directory only we may enter, such as a CI run's virtual
+    environment in a private temporary directory) the one it was made from,
+    or the system's python3.  The victims need only the standard library
+    and a copy of the package.  None if there is none, or if this is not
+    root on Linux with setpriv."""
     if (not sys.platform.startswith("linux") or os.geteuid() != 0
             or shutil.which("setpriv") is None):
-        return False
-    command = ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups",
-               sys.executable, "-c", "pass"]
-    return subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+        return None
+    candidates = [sys.executable, getattr(sys, "_base_executable", None),
+                  os.path.realpath(sys.executable), shutil.which("python3", path=os.defpath)]
+    for python in dict.fromkeys(c for c in candidates if c):
+        command = ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY,
+                   "--clear-groups", python, "-c", "pass"]
+        if subprocess.run(command, capture_output=True, timeout=60).returncode == 0:
+            return python
+    return None
 
 
+PYTHON = _python_for_others()
 needs_root = pytest.mark.skipif(
-    not _can_act_as_others(),
+    PYTHON is None,
     reason="needs root, setpriv (Linux) and a Python that other users may run, to act "
            "as another user",
 )
@@ -62,6 +74,11 @@ def box():
     for name in ("a", "b", "c"):
         with open(os.path.join(secret, name), "w") as f:
             f.write(name)
+    # The package, where every victim can read it (the checkout may lie
+    # below a directory that only root may enter).
+    shutil.copytree(os.path.join(ROOT, "persistqueue_liteq"),
+                    os.path.join(path, "lib", "persistqueue_liteq"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -69,7 +86,7 @@ def box():
 def as_user(uid, code, *args):
     """Run Python ``code`` as ``uid`` (no groups); fail the test if it fails."""
     command = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups",
-               sys.executable, "-c", textwrap.dedent(code)] + [str(a) for a in args]
+               PYTHON, "-c", textwrap.dedent(code)] + [str(a) for a in args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
 
@@ -77,9 +94,11 @@ def as_user(uid, code, *args):
 def victim(box, code, *args, uid=None, timeout=90):
     """Run the victim's ``code`` (after PREAMBLE) with TMPDIR=<box>/tmp;
     return its JSON, or fail with its traceback."""
-    env = dict(os.environ, TMPDIR=os.path.join(box, "tmp"), PYTHONPATH=ROOT)
+    env = dict(os.environ, TMPDIR=os.path.join(box, "tmp"),
+               PYTHONPATH=os.path.join(box, "lib"))
     env.pop("XDG_RUNTIME_DIR", None)
-    command = [sys.executable, "-c", PREAMBLE + textwrap.dedent(code)] + [str(a) for a in args]
+    python = sys.executable if uid is None else PYTHON
+    command = [python, "-c", PREAMBLE + textwrap.dedent(code)] + [str(a) for a in args]
     if uid is not None:
         command = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups"] + command
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
