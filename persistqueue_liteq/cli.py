@@ -58,10 +58,10 @@ from . import __version__
 from . import _cli_consume, _cli_jsonl
 from . import sql as _sql
 from ._cli_codec import QueueCodec, Unshowable
+from .backends import open_engine
 from .engine import METRIC_NAMES
 from .exceptions import LiteQueueError
 from .liteq import LiteQueue
-from .sqlite_engine import SQLiteEngine
 
 __all__ = ["main"]
 
@@ -94,7 +94,8 @@ def _reading(args):
     if os.path.isdir(args.db):
         raise CLIError("%s is a directory, not a queue file" % args.db)
     try:
-        engine = SQLiteEngine(args.db, args.timeout, table_prefix=args.table_prefix, readonly=True)
+        engine = open_engine(args.db, timeout=args.timeout, table_prefix=args.table_prefix,
+                             readonly=True)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from exc
     try:

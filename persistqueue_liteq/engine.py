@@ -28,8 +28,8 @@ from typing import Optional
 
 from . import _fork, metrics_hooks
 
-__all__ = ["Engine", "Message", "Metrics", "QueueStats", "clock", "lease_waiting",
-           "wait_drained"]
+__all__ = ["Engine", "EngineSpec", "Message", "Metrics", "QueueStats", "clock",
+           "lease_waiting", "wait_drained"]
 
 _last_time = 0.0
 _clock_lock = threading.Lock()
@@ -190,6 +190,53 @@ class QueueStats:
         return self.ready + self.delayed + self.in_flight
 
 
+class EngineSpec:
+    """How to open an engine again: its backend (``scheme``, such as
+    "sqlite"), its database (``location``: a file's absolute path, or a
+    URL) and the backend options it was opened with.  Picklable: a child
+    process reopens its parent's database with :meth:`open`.  Made by
+    :func:`~persistqueue_liteq.backends.describe`, and kept by every engine
+    as ``engine.spec``; shown without passwords."""
+
+    __slots__ = ("scheme", "location", "options")
+
+    def __init__(self, scheme, location, options=None):
+        self.scheme = scheme
+        self.location = location
+        self.options = dict(options or {})
+
+    def open(self):
+        """A new engine on this database, with these options."""
+        from .backends import backend_of
+
+        return backend_of(self.scheme)(self.location, **self.options)
+
+    def with_options(self, options):
+        """This spec with ``options`` added to (or replacing) its own."""
+        from .backends import _check_options
+
+        _check_options(self.scheme, options)
+        return EngineSpec(self.scheme, self.location, dict(self.options, **options))
+
+    def __reduce__(self):
+        return EngineSpec, (self.scheme, self.location, self.options)
+
+    def __eq__(self, other):
+        if not isinstance(other, EngineSpec):
+            return NotImplemented
+        return (self.scheme, self.location, self.options) == (
+            other.scheme, other.location, other.options)
+
+    def __hash__(self):
+        return hash((self.scheme, self.location))
+
+    def __repr__(self):
+        from .backends import redact
+
+        options = "".join(", %s=%r" % item for item in sorted(self.options.items()))
+        return "EngineSpec(%r, %r%s)" % (self.scheme, redact(self.location), options)
+
+
 class Engine(abc.ABC):
     """Storage of messages for many named queues in one database.
 
@@ -198,8 +245,11 @@ class Engine(abc.ABC):
     False) when the lease is no longer the message's current one.
     """
 
-    #: Where the data lives, for messages (a path or a URL).
+    #: Where the data lives, for messages (a path or a URL, without its
+    #: password).
     location: str
+    #: How to open this engine again (in another process): an EngineSpec.
+    spec: EngineSpec
 
     # -- time -----------------------------------------------------------------
 

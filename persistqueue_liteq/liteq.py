@@ -41,8 +41,8 @@ import traceback
 from . import _checks
 from .engine import lease_waiting, wait_drained
 from .exceptions import DatabaseBusy
+from .backends import front_end_engine
 from .sql import DEFAULT_PREFIX
-from .sqlite_engine import SQLiteEngine
 
 __all__ = ["LiteQueue", "QueueHandle", "DeadLetterQueue"]
 
@@ -58,8 +58,10 @@ class LiteQueue:
     """An SQS-style queue of bytes messages, many named queues to a file.
 
     Args:
-        filename: the SQLite file (created if missing); None reads the path
-            from $PERSISTQUEUE_LITEQ_DB.
+        filename: where the queues live: the SQLite file (created if
+            missing), a URL (``sqlite:///jobs.db``), an engine already open
+            (see :mod:`.backends`; then no other storage option may be given)
+            or None, which reads the location from $PERSISTQUEUE_LITEQ_DB.
         max_retries: how many times a message is delivered again after its
             first delivery failed; after ``1 + max_retries`` failed deliveries
             it goes to the dead-letter queue.
@@ -88,13 +90,12 @@ class LiteQueue:
         journal_mode=None,
         consumer_id=None,
     ):
-        filename = _checks.db_path(filename)
         self.consumer_id = _consumer_id(consumer_id)
         self.max_retries = _checks.count(max_retries, "max_retries")
         self.timeout_seconds = _checks.seconds(timeout_seconds, "timeout_seconds")
-        self._engine = SQLiteEngine(
-            filename, self.timeout_seconds, synchronous=synchronous, table_prefix=table_prefix,
-            journal_mode=journal_mode,
+        self._engine, self._owns_engine = front_end_engine(
+            filename, timeout=self.timeout_seconds, synchronous=synchronous,
+            table_prefix=table_prefix, journal_mode=journal_mode,
         )
         self.filename = self._engine.location
 
@@ -537,8 +538,10 @@ class LiteQueue:
         return self._engine.integrity_check()
 
     def close(self):
-        """Close this process's connections (the data stays)."""
-        self._engine.close()
+        """Close this process's connections (the data stays); an engine
+        given to the constructor stays open (its owner closes it)."""
+        if self._owns_engine:
+            self._engine.close()
 
     def __enter__(self):
         return self

@@ -102,11 +102,12 @@ from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 
 from . import _checks, sql
+from .backends import describe, front_end_engine, redact
+from .engine import Engine, EngineSpec
 from .exceptions import (DatabaseBusy, LiteQueueError, SerializationError, StorageFault,
                          TaskTimeout, WorkerDied)
 from .serializers import SignatureError, Signer, _check_key
 from .sql import DEFAULT_PREFIX
-from .sqlite_engine import SQLiteEngine
 
 try:
     import cloudpickle
@@ -225,14 +226,14 @@ def _describe_exit(exitcode):
 class _Config:
     """What a worker needs to know; picklable, for spawn."""
 
-    def __init__(self, path, queue, engine_options, lease_seconds, max_retries,
+    def __init__(self, spec, queue, timeout, lease_seconds, max_retries,
                  retry_backoff, retry_backoff_max, retry_on=(), hmac_key=None):
         # Read when the pool is made, so that a worker started by spawn or
         # forkserver sees what its pool's process has (tests change it).
         self.batch_seconds = _BATCH_SECONDS
-        self.path = path
+        self.spec = spec  # the engine's EngineSpec: how a worker opens it
+        self.path = redact(spec.location)  # for messages
         self.queue = queue
-        self.engine_options = engine_options
         self.lease_seconds = lease_seconds
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
@@ -242,7 +243,7 @@ class _Config:
         # a lease, which the heartbeat could not extend meanwhile, so that a
         # worker's tasks are no longer its own by then; and at least two
         # timeout_seconds, so that one lock held a little too long is waited out.
-        self.fault_seconds = max(lease_seconds, 2 * engine_options["timeout"])
+        self.fault_seconds = max(lease_seconds, 2 * timeout)
         self.signer = None if hmac_key is None else Signer(hmac_key)
 
     # With hmac_key, task rows are signed for their queue and key and result
@@ -290,7 +291,7 @@ class _Config:
         return min(self.retry_backoff * 2 ** (attempts - 1), self.retry_backoff_max)
 
     def open_engine(self):
-        return SQLiteEngine(self.path, **self.engine_options)
+        return self.spec.open()
 
 
 def _patiently(cfg, what, fn, *args, **kwargs):
@@ -870,20 +871,20 @@ class _PersistentExecutor(concurrent.futures.Executor):
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        path = _checks.db_path(path)
         if hmac_key is not None:
             hmac_key = _check_key(hmac_key)
-        if journal_mode == "keep":
+        timeout = _checks.seconds(timeout_seconds, "timeout_seconds")
+        given = describe(path) if isinstance(path, (Engine, EngineSpec)) else None
+        if (journal_mode if given is None else given.options.get("journal_mode")) == "keep":
             # Its workers and result followers read while others commit:
             # outside WAL mode every reader blocks every commit.
             raise ValueError("a pool needs its file in WAL mode: journal_mode='keep' is for "
                              "LiteQueue and the queue family; pass journal_mode='wal'")
-        engine_options = dict(timeout=_checks.seconds(timeout_seconds, "timeout_seconds"),
-                              synchronous=synchronous, table_prefix=table_prefix,
-                              journal_mode=journal_mode)
-        self._engine = SQLiteEngine(path, **engine_options)
+        self._engine, _ = front_end_engine(path, timeout=timeout, synchronous=synchronous,
+                                           table_prefix=table_prefix, journal_mode=journal_mode)
         self._cfg = _Config(
-            self._engine.location, _checks.queue_name(name, "name"), engine_options,
+            self._engine.spec, _checks.queue_name(name, "name"),
+            self._engine.spec.options.get("timeout", timeout),
             _checks.seconds(lease_seconds, "lease_seconds", positive=True),
             _checks.count(max_retries, "max_retries"),
             _checks.seconds(retry_backoff, "retry_backoff"),
@@ -1352,7 +1353,10 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
     """A ProcessPoolExecutor whose tasks live in a queue file.
 
     Args:
-        path: the queue file (created if missing).
+        path: the queue file (created if missing), a URL
+            (``sqlite:///jobs.db``), an engine already open or its EngineSpec
+            (see :mod:`.backends`; with an engine, no other storage option
+            may be given).
         max_workers, mp_context, initializer, initargs, max_tasks_per_child:
             as for ProcessPoolExecutor.
         name: the queue of this pool's tasks in the file.

@@ -64,8 +64,8 @@ from .engine import METRIC_NAMES, Message
 from .exceptions import CodecMismatch, DatabaseBusy, UnboundSignatures
 from .liteq import describe_exception
 from .serializers import Codec, SignatureError, UnboundSignature, order_key, resolve
+from .backends import describe, front_end_engine, redact
 from .sql import DEFAULT_PREFIX
-from .sqlite_engine import SQLiteEngine
 
 try:
     from queue import ShutDown
@@ -174,10 +174,10 @@ class _QueueBase(Generic[T]):
 
     def _configure(self, path, name, visibility_timeout, max_retries, serializer,
                    hmac_key, auto_ack, timeout_seconds, synchronous, table_prefix):
-        path = os.fspath(_checks.db_path(path))
-        # Absolute, so that a child process (or a thread after os.chdir) opens
-        # the same file.
-        self.path = os.path.abspath(os.fsdecode(path))
+        # A path, URL, engine or EngineSpec (see backends); self.path is the
+        # database's absolute path (or URL), for messages.
+        self._location = path
+        self.path = redact(describe(path).location)
         self.name = _checks.queue_name(name, "name")
         self.visibility_timeout = _checks.seconds(
             visibility_timeout, "visibility_timeout", positive=True)
@@ -200,8 +200,8 @@ class _QueueBase(Generic[T]):
         _instances.add(self)
 
     def _open_engine(self):
-        self._engine = SQLiteEngine(
-            self.path, self.timeout_seconds,
+        self._engine, self._owns_engine = front_end_engine(
+            self._location, timeout=self.timeout_seconds,
             synchronous=self._synchronous, table_prefix=self._table_prefix,
             journal_mode=self._journal_mode,
         )
@@ -608,7 +608,8 @@ class _QueueBase(Generic[T]):
             except DatabaseBusy:
                 pass  # the remaining leases run out by themselves
             finally:
-                self._engine.close()
+                if self._owns_engine:
+                    self._engine.close()
 
     def join_thread(self) -> None:
         """Wait for the heartbeat thread to end; only after close().
@@ -631,10 +632,11 @@ class _QueueBase(Generic[T]):
     # -- pickling -------------------------------------------------------------------
 
     def __getstate__(self):
-        """The path and options: a process that unpickles the queue opens the
-        file again (it holds none of the leases of the process that sent it)."""
+        """The engine's spec and the options: a process that unpickles the
+        queue opens the database again (it holds none of the leases of the
+        process that sent it)."""
         return {
-            "path": self.path,
+            "path": self._engine.spec,
             "name": self.name,
             "visibility_timeout": self.visibility_timeout,
             "max_retries": self.max_retries,
@@ -642,9 +644,6 @@ class _QueueBase(Generic[T]):
             "hmac_key": self._hmac_key,
             "auto_ack": self.auto_ack,
             "timeout_seconds": self.timeout_seconds,
-            "synchronous": self._synchronous,
-            "table_prefix": self._table_prefix,
-            "journal_mode": self._journal_mode,
         }
 
 
@@ -653,7 +652,10 @@ class PersistentQueue(_QueueBase[T]):
     in an SQLite file until they are done.
 
     Args:
-        path: the SQLite file (created if missing; its directory must exist).
+        path: the SQLite file (created if missing; its directory must exist),
+            a URL (``sqlite:///jobs.db``), an engine already open or its
+            EngineSpec (see :mod:`.backends`; with an engine, no other
+            storage option may be given).
             Any number of threads and processes may open it at once.
         maxsize: as queue.Queue: ``put`` blocks while ``qsize() >= maxsize``
             (counted across processes); 0 or less is unbounded.

@@ -76,7 +76,7 @@ import weakref
 from . import _clock
 from . import sql as _sql
 from .connections import Connections, check_sqlite_version
-from .engine import METRIC_NAMES, Engine, Message, Metrics, QueueStats, clock
+from .engine import METRIC_NAMES, Engine, EngineSpec, Message, Metrics, QueueStats, clock
 from .exceptions import IncompatibleDatabase, ReadOnlyDatabase, StorageError
 from .wakeup import Notifier
 
@@ -219,14 +219,15 @@ class SQLiteEngine(Engine):
             written.
     """
 
-    def __init__(self, path, timeout=5.0, synchronous="NORMAL", table_prefix=_sql.DEFAULT_PREFIX,
-                 readonly=False, journal_mode=None):
-        check_sqlite_version()
-        if journal_mode not in JOURNAL_MODES:
-            raise ValueError("journal_mode must be None, 'wal' or 'keep'; got %r"
-                             % (journal_mode,))
-        self._journal_mode = journal_mode
-        self.sql = _sql.render(table_prefix)
+    #: The options of :mod:`.backends` that this engine takes, with their
+    #: defaults.
+    DEFAULT_OPTIONS = {"timeout": 5.0, "synchronous": "NORMAL",
+                       "table_prefix": _sql.DEFAULT_PREFIX, "readonly": False,
+                       "journal_mode": None}
+
+    @staticmethod
+    def check_location(path):
+        """``path`` as a str, if it can name a queue file; else ValueError."""
         path = os.fspath(path)
         if not isinstance(path, str):
             path = os.fsdecode(path)
@@ -235,6 +236,17 @@ class SQLiteEngine(Engine):
                 "a queue needs a database file that several connections can open; "
                 "got %r" % (path,)
             )
+        return path
+
+    def __init__(self, path, timeout=5.0, synchronous="NORMAL", table_prefix=_sql.DEFAULT_PREFIX,
+                 readonly=False, journal_mode=None):
+        check_sqlite_version()
+        if journal_mode not in JOURNAL_MODES:
+            raise ValueError("journal_mode must be None, 'wal' or 'keep'; got %r"
+                             % (journal_mode,))
+        self._journal_mode = journal_mode
+        self.sql = _sql.render(table_prefix)
+        path = self.check_location(path)
         _check_directory(path)
         if os.path.isdir(path):
             raise IsADirectoryError(
@@ -244,6 +256,9 @@ class SQLiteEngine(Engine):
         if readonly and not os.path.isfile(path):
             raise FileNotFoundError("no such queue file: %s" % path)
         self.location = path
+        self.spec = EngineSpec("sqlite", os.path.abspath(path), dict(
+            timeout=timeout, synchronous=synchronous, table_prefix=table_prefix,
+            readonly=readonly, journal_mode=journal_mode))
         self.readonly = readonly
         self._conns = Connections(path, timeout, synchronous, readonly=readonly)
         self._lease_sql = {

@@ -7,6 +7,20 @@ import pytest
 from persistqueue_liteq import LiteQueue
 
 
+#: The backends that the ``location`` fixture opens: a new backend adds its
+#: name here and a branch to ``location``.
+BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=BACKENDS)
+def location(request, tmp_path):
+    """A fresh database of each backend, as a location any front end and
+    persistqueue_liteq.backends.open_engine take."""
+    if request.param == "sqlite":
+        return "sqlite:///" + str(tmp_path / "queue.db")
+    raise AssertionError("no location for backend %r" % request.param)
+
+
 @pytest.fixture
 def db(tmp_path):
     return str(tmp_path / "queue.db")

@@ -1,7 +1,7 @@
 """The engine contract: what every backend's Engine must do, tested on the
 engine itself rather than through a front end.
 
-One class, run against every backend the ``engine`` fixture knows (huey runs
+One class, run against every backend that conftest's ``location`` fixture knows (huey runs
 one storage test class against each of its backends the same way).  The
 front ends' own suites test argument checking and the stdlib's contracts;
 this one tests storage semantics: leases and their tokens, attempts, delays,
@@ -16,15 +16,14 @@ import time
 
 import pytest
 
+from persistqueue_liteq.backends import open_engine
 from persistqueue_liteq.engine import Engine, QueueStats
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
-
-BACKENDS = ["sqlite"]
 
 
-@pytest.fixture(params=BACKENDS)
-def engine(request, tmp_path):
-    engine = SQLiteEngine(str(tmp_path / "contract.db"))
+@pytest.fixture
+def engine(location):
+    """An engine of each backend (conftest's ``location``)."""
+    engine = open_engine(location)
     yield engine
     engine.close()
 

@@ -1,0 +1,181 @@
+"""Opening an engine by location: the one module that knows the backends.
+
+A *location* is what users pass to every front end: a path (``"jobs.db"``,
+a :class:`os.PathLike`), a URL (``"sqlite:///jobs.db"``; ``postgresql://...``
+once that backend exists), None (then ``$PERSISTQUEUE_LITEQ_DB``), an
+:class:`~.engine.Engine` already open, or an :class:`EngineSpec`.
+
+:func:`describe` turns a location and backend options into an
+:class:`EngineSpec`: a picklable description that any process opens again
+with :meth:`EngineSpec.open` (how queues and pools reach their children).
+:func:`open_engine` opens one.  Backend options are the backend's own
+(SQLite's: ``timeout``, ``synchronous``, ``table_prefix``, ``readonly``,
+``journal_mode``); an option a backend does not take is a TypeError that
+names it.
+
+SQLite URLs follow the usual convention: ``sqlite:///jobs.db`` is relative
+to the current directory, ``sqlite:////var/jobs.db`` absolute; query
+parameters are options (``sqlite:///jobs.db?synchronous=FULL``).  A
+password in a URL is never shown: :func:`redact` replaces it wherever a
+location is printed (reprs, log lines, errors).
+"""
+
+import importlib
+import os
+import re
+import urllib.parse
+
+from . import _checks
+from .engine import Engine, EngineSpec
+
+__all__ = ["describe", "open_engine", "redact", "EngineSpec"]
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+#: scheme -> the module and class of its engine, whose DEFAULT_OPTIONS are
+#: the options it takes.
+_BACKENDS = {
+    "sqlite": (".sqlite_engine", "SQLiteEngine"),
+}
+_NOT_YET = ("postgresql", "postgres")
+
+
+def redact(location):
+    """``location`` as text with any password in it replaced by ``***``."""
+    text = os.fsdecode(location) if isinstance(location, (bytes, os.PathLike)) else str(location)
+    if not _URL.match(text):
+        return text
+    parts = urllib.parse.urlsplit(text)
+    if parts.password is None:
+        return text
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc="%s:***@%s" % (user, netloc[2])))
+
+
+def describe(location=None, **options):
+    """The :class:`EngineSpec` of ``location`` opened with ``options``.
+
+    Raises TypeError (no location and no $PERSISTQUEUE_LITEQ_DB, a location
+    of the wrong type, an option the backend does not take) or ValueError
+    (a URL of no backend, or one the same option is given twice in,
+    differently).
+    """
+    if isinstance(location, EngineSpec):
+        return location.with_options(options) if options else location
+    if isinstance(location, Engine):
+        return describe(location.spec, **options)
+    scheme, target, options = _parse(location, options)
+    if scheme == "sqlite":
+        # Absolute, so that a child process (or a thread after os.chdir)
+        # opens the same file.
+        target = os.path.abspath(target)
+    return EngineSpec(scheme, target, options)
+
+
+def open_engine(location=None, **options):
+    """An engine open on ``location`` (see :func:`describe`); an Engine given
+    as ``location`` is returned as it is (then no options may be given)."""
+    if isinstance(location, Engine):
+        if options:
+            raise TypeError(
+                "options %s given with an engine already open: pass them when opening "
+                "it" % ", ".join(sorted(options)))
+        return location
+    if isinstance(location, EngineSpec):
+        return describe(location, **options).open()
+    # The file as the caller named it: the engine shows it so in messages.
+    scheme, target, options = _parse(location, options)
+    return backend_of(scheme)(target, **options)
+
+
+def front_end_engine(location, **options):
+    """``(engine, opened)``: the engine a front end works on, and whether it
+    opened it (and so closes it).  Front ends pass all their options,
+    defaults included: only those that differ from the backend's defaults
+    count (a URL's own options stand), and with an Engine given as
+    ``location``, which is used as it is, those are refused."""
+    scheme = _scheme_of(location)
+    # (A scheme of no backend: open_engine says so.)
+    defaults = backend_of(scheme).DEFAULT_OPTIONS if scheme in _BACKENDS else {}
+    options = {name: value for name, value in options.items()
+               if name not in defaults or value != defaults[name]}
+    return open_engine(location, **options), not isinstance(location, Engine)
+
+
+def _scheme_of(location):
+    if isinstance(location, Engine):
+        return location.spec.scheme
+    if isinstance(location, EngineSpec):
+        return location.scheme
+    match = _URL.match(os.fsdecode(os.fspath(_checks.db_path(location))))
+    return "sqlite" if match is None else match.group(1).lower()
+
+
+def backend_of(scheme):
+    """The engine class of ``scheme`` (imported on first use)."""
+    module, name = _BACKENDS[scheme]
+    return getattr(importlib.import_module(module, __package__), name)
+
+
+def _parse(location, options):
+    """``(scheme, target, options)`` of a path or URL: the target as the
+    backend takes it (a file's path as given), the options checked."""
+    location = _checks.db_path(location)
+    location = os.fsdecode(os.fspath(location))
+    match = _URL.match(location)
+    if match is None:
+        scheme, target = "sqlite", location
+    else:
+        scheme, target, options = _parse_url(match.group(1).lower(), location, options)
+    _check_options(scheme, options)
+    return scheme, backend_of(scheme).check_location(target), options
+
+
+def _parse_url(scheme, url, options):
+    shown = redact(url)
+    if scheme in _NOT_YET:
+        raise ValueError(
+            "%s: the PostgreSQL backend is not available in this version; use a path "
+            "or a sqlite:/// URL" % shown)
+    if scheme not in _BACKENDS:
+        raise ValueError("%s: no backend for %r URLs (known: %s)"
+                         % (shown, scheme, ", ".join(sorted(_BACKENDS))))
+    parts = urllib.parse.urlsplit(url)
+    if parts.netloc:
+        raise ValueError("%s: a sqlite URL names a file, not a host: sqlite:///relative.db "
+                         "or sqlite:////absolute.db" % shown)
+    target = urllib.parse.unquote(parts.path[1:])  # sqlite:///x -> "x"
+    if not target:
+        raise ValueError("%s: the URL names no file" % shown)
+    merged = dict(options)
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        value = _option_value(name, value, shown)
+        if name in merged and merged[name] != value:
+            raise ValueError("%s: option %s given both in the URL (%r) and as an argument "
+                             "(%r)" % (shown, name, value, merged[name]))
+        merged[name] = value
+    return scheme, target, merged
+
+
+def _option_value(name, text, shown):
+    """A URL's option text as the option's type."""
+    if name == "timeout":
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("%s: option timeout must be a number of seconds, not %r"
+                             % (shown, text)) from None
+    if name == "readonly":
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError("%s: option readonly must be true or false, not %r" % (shown, text))
+        return text.lower() in ("1", "true", "yes")
+    return text
+
+
+def _check_options(scheme, options):
+    known = tuple(backend_of(scheme).DEFAULT_OPTIONS)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError("the %s backend takes no option %s (it takes %s)"
+                        % (scheme, ", ".join(unknown), ", ".join(known)))
