@@ -59,7 +59,8 @@ from typing import Any, Callable, Generic, Optional, TypeVar
 
 from . import _checks
 from .exceptions import CodecMismatch
-from .liteq import LiteQueue, describe_exception
+from ._policy import describe_exception, seconds_until
+from .liteq import LiteQueue
 from .queues import (
     PersistentLifoQueue,
     PersistentPriorityQueue,
@@ -129,10 +130,9 @@ if hasattr(os, "register_at_fork"):
 
 
 def _seconds_until(engine, due):
-    """Seconds from now until ``due`` (on ``engine``'s clock), 1 ms at least:
-    a message due now is leased by the next look.  The one place this module
-    reads the engine's clock."""
-    return None if due is None else max(due - engine.now(), 0.001)
+    """_policy.seconds_until, but None (wait for a wake-up) if nothing is
+    due.  The one place this module reads the engine's clock."""
+    return None if due is None else seconds_until(engine, due)
 
 
 # -- running off the loop ----------------------------------------------------------

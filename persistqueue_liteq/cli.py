@@ -58,6 +58,7 @@ from . import __version__
 from . import _cli_consume, _cli_jsonl
 from . import sql as _sql
 from ._cli_codec import QueueCodec, Unshowable
+from ._policy import redrive_tasks
 from .backends import open_engine
 from .engine import METRIC_NAMES
 from .exceptions import LiteQueueError
@@ -550,13 +551,7 @@ def _cmd_dlq_redrive(args):
         engine = q.engine
         moved = 0
         for queue, ids in _redrive_targets(engine, args).items():
-            # As the pools' redrive does: a task's stored failure is forgotten,
-            # or a resubmission would be answered with it.
-            wanted = None if ids is None else set(ids)
-            for msg in engine.dead_letters(queue):
-                if msg.key is not None and (wanted is None or msg.id in wanted):
-                    engine.forget_results(queue, msg.key)
-            moved += engine.redrive(queue, ids)
+            moved += redrive_tasks(engine, queue, ids)  # as the pools' redrive does
     print("redrove %d dead letter%s" % (moved, "" if moved == 1 else "s"))
     return 0
 

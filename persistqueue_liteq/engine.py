@@ -27,6 +27,7 @@ import time
 from typing import Optional
 
 from . import _fork, metrics_hooks
+from ._policy import seconds_until
 
 __all__ = ["Engine", "EngineSpec", "Message", "Metrics", "QueueStats", "clock",
            "lease_waiting", "wait_drained"]
@@ -627,10 +628,7 @@ def lease_waiting(engine, queue, n, seconds, order, max_attempts, timeout, *, po
             remaining = _remaining(deadline)
             if remaining <= 0:
                 return []
-            due = engine.next_visible_at(queue)
-            if due is not None:
-                # 1 ms at least: a message due now is leased by the next look.
-                remaining = min(remaining, max(due - engine.now(), 0.001))
+            remaining = seconds_until(engine, engine.next_visible_at(queue), remaining)
             if poll is not None:
                 remaining = min(remaining, poll)
             waiter.wait(remaining)
@@ -645,10 +643,8 @@ def wait_drained(engine, queue, timeout):
             remaining = _remaining(deadline)
             if remaining <= 0:
                 return False
-            expiry = engine.next_expiry(queue)  # an expiry wakes nobody
-            if expiry is not None:
-                remaining = min(remaining, max(expiry - engine.now(), 0.001))
-            waiter.wait(remaining)
+            # An expiry wakes nobody.
+            waiter.wait(seconds_until(engine, engine.next_expiry(queue), remaining))
     return True
 
 

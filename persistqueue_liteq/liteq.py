@@ -36,9 +36,9 @@ import itertools
 import json
 import logging
 import time
-import traceback
 
 from . import _checks
+from ._policy import describe_exception, last_line, out_of_retries
 from .engine import lease_waiting, wait_drained
 from .exceptions import DatabaseBusy
 from .backends import front_end_engine
@@ -47,11 +47,6 @@ from .sql import DEFAULT_PREFIX
 __all__ = ["LiteQueue", "QueueHandle", "DeadLetterQueue"]
 
 logger = logging.getLogger("persistqueue_liteq")
-
-
-def describe_exception(exc):
-    """The text stored as a message's last error: the full traceback."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
 
 
 class LiteQueue:
@@ -288,13 +283,10 @@ class LiteQueue:
         reason = str(reason)
         delay = _checks.seconds(delay_seconds, "delay_seconds")
         if send_to_dlq:
-            last_line = reason.strip().splitlines()[-1] if reason.strip() else ""
-            return self._engine.dead_letter(msg.id, msg.lease, last_line or "dead-lettered",
-                                            error=reason)
+            return self._engine.dead_letter(msg.id, msg.lease,
+                                            last_line(reason) or "dead-lettered", error=reason)
         if msg.attempts > self.max_retries:
-            last_line = reason.strip().splitlines()[-1] if reason.strip() else ""
-            summary = "failed %d time%s (max_retries=%d): %s" % (
-                msg.attempts, "" if msg.attempts == 1 else "s", self.max_retries, last_line)
+            summary = out_of_retries(msg.attempts, self.max_retries, last_line(reason))
             return self._engine.dead_letter(msg.id, msg.lease, summary, error=reason)
         return self._engine.release(msg.id, msg.lease, delay, error=reason)
 

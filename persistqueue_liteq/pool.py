@@ -102,6 +102,7 @@ from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 
 from . import _checks, sql
+from ._policy import describe_exception, out_of_retries, redrive_tasks, seconds_until
 from .backends import describe, front_end_engine, redact
 from .engine import Engine, EngineSpec
 from .exceptions import (DatabaseBusy, LiteQueueError, SerializationError, StorageFault,
@@ -387,8 +388,7 @@ def _settle_failure(engine, cfg, task_id, lease, key, attempts, exc, reason):
     """A worker died or timed out on a task: retry it later, or store the
     failure for good."""
     if attempts > cfg.max_retries:
-        summary = "failed %d time%s (max_retries=%d): %s" % (
-            attempts, "" if attempts == 1 else "s", cfg.max_retries, reason)
+        summary = out_of_retries(attempts, cfg.max_retries, reason)
         engine.complete(task_id, lease, key, False,
                         cfg.seal_result(key, False, _failure_payload(exc)), dead_reason=summary)
     else:
@@ -407,15 +407,14 @@ def _raised(engine, cfg, msg, exc):
     """The task raised ``exc``: its outcome, as with the stdlib's pools,
     unless it is one of ``retry_on`` and retries are left (then it is
     released for a later attempt and there is no outcome yet: None)."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    text = describe_exception(exc)
     reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     retryable = isinstance(exc, cfg.retry_on)
     if retryable and msg.attempts <= cfg.max_retries:
         engine.release(msg.id, msg.lease, cfg.backoff(msg.attempts), error=text)
         return None
     if retryable:
-        reason = "failed %d time%s (max_retries=%d): %s" % (
-            msg.attempts, "" if msg.attempts == 1 else "s", cfg.max_retries, reason)
+        reason = out_of_retries(msg.attempts, cfg.max_retries, reason)
     else:
         reason = "raised %s" % reason
     return _failed(cfg, msg, exc, reason, text)
@@ -608,9 +607,8 @@ def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None, idle=None):
                         slot.count_idle(idle, True)
                         is_idle = True
                     # Until a put wakes us, or a retry's backoff or a lease ends.
-                    due = engine.next_visible_at(cfg.queue)
-                    waiter.wait(_IDLE_CHECK if due is None else
-                                min(_IDLE_CHECK, max(due - engine.now(), 0.001)))
+                    waiter.wait(seconds_until(engine, engine.next_visible_at(cfg.queue),
+                                              _IDLE_CHECK))
                     continue
                 overseer.busy.set()
                 ran, done = _run_batch(engine, cfg, slot, batch, overseer, should_stop,
@@ -1341,12 +1339,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
 
     def redrive(self, ids=None):
         """Run dead tasks again (their stored failures are forgotten)."""
-        dead = self._engine.dead_letters(self._cfg.queue)
-        wanted = None if ids is None else set(ids)
-        for msg in dead:
-            if wanted is None or msg.id in wanted:
-                self._engine.forget_results(self._cfg.queue, msg.key)
-        return self._engine.redrive(self._cfg.queue, ids)
+        return redrive_tasks(self._engine, self._cfg.queue, ids)
 
 
 class PersistentProcessPoolExecutor(_PersistentExecutor):

@@ -60,9 +60,9 @@ from queue import Empty, Full
 from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar
 
 from . import _checks
+from ._policy import describe_exception, seconds_until
 from .engine import METRIC_NAMES, Message
 from .exceptions import CodecMismatch, DatabaseBusy, UnboundSignatures
-from .liteq import describe_exception
 from .serializers import Codec, SignatureError, UnboundSignature, order_key, resolve
 from .backends import describe, front_end_engine, redact
 from .sql import DEFAULT_PREFIX
@@ -437,11 +437,8 @@ class _QueueBase(Generic[T]):
                     raise Empty
                 with self._statement_lock:
                     due = self._engine.next_visible_at(self.name)
-                if due is not None:
-                    # 1 ms at least: a message due now is leased by the next look.
-                    remaining = min(remaining, max(due - self._engine.now(), 0.001))
                 # A shutdown() wakes this waiter too, through the engine.
-                waiter.wait(min(remaining, _RELOOK))
+                waiter.wait(seconds_until(self._engine, due, min(remaining, _RELOOK)))
 
     def _waiting_count(self):
         """Items stored and not leased: ready (a lease that ran out included)

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from persistqueue_liteq import LiteQueue
-from persistqueue_liteq.liteq import describe_exception
+from persistqueue_liteq._policy import describe_exception
 from persistqueue_liteq.sqlite_engine import SQLiteEngine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
