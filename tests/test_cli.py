@@ -233,13 +233,52 @@ def filled(db):
 
 # -- help and usage ----------------------------------------------------------------
 
+COMMANDS = ["stats", "peek", "put", "purge", "delete-queue", "dlq", "import-jsonl",
+            "export-jsonl", "checkpoint", "vacuum", "check", "worker", "consume"]
+DLQ_VERBS = ["list", "show", "redrive", "purge"]
+
+
+def _listed(help_text, metavar):
+    """The subcommands a help text lists under ``metavar`` (argparse's layout:
+    the metavar on a line of its own, then one line per subcommand indented
+    deeper, its help going on in lines indented deeper still)."""
+    lines = help_text.splitlines()
+    start = lines.index("  " + metavar) + 1
+    names = []
+    for line in lines[start:]:
+        match = re.match(r"    (\S+)(?:\s|$)", line)
+        if match:
+            names.append(match.group(1))
+        elif not line.startswith("      "):
+            break  # the end of the list
+    return names
+
+
+def _accepted(result):
+    """The subcommands argparse says it accepts, from its "invalid choice"
+    error (quoted or not, as Python versions differ)."""
+    match = re.search(r"invalid choice: .*?\(choose from ([^)]*)\)", result.err)
+    assert result.rc == 2 and match, result.err
+    return [name.strip().strip("'") for name in match.group(1).split(",")]
+
+
 def test_help_lists_every_command(tmp_path):
+    """The help lists exactly the subcommands the parser accepts, and each
+    of them is one: its own --help works and shows its own usage."""
     result = cli(tmp_path, "--help")
-    assert result.rc == 0
-    for command in ("stats", "peek", "put", "purge", "delete-queue", "dlq", "import-jsonl",
-                    "export-jsonl", "checkpoint", "vacuum", "check", "worker"):
-        assert command in result.out
-    assert cli(tmp_path, "dlq", "--help").rc == 0
+    assert result.rc == 0, result.err
+    assert _listed(result.out, "COMMAND") == COMMANDS
+    assert _accepted(cli(tmp_path, "no-such-command", "q.db")) == COMMANDS
+    dlq = cli(tmp_path, "dlq", "--help")
+    assert dlq.rc == 0, dlq.err
+    assert _listed(dlq.out, "VERB") == DLQ_VERBS
+    assert _accepted(cli(tmp_path, "dlq", "no-such-verb", "q.db")) == DLQ_VERBS
+    helps = cli_many(tmp_path, [[command, "--help"] for command in COMMANDS]
+                     + [["dlq", verb, "--help"] for verb in DLQ_VERBS])
+    for words, result in zip([[c] for c in COMMANDS] + [["dlq", v] for v in DLQ_VERBS], helps):
+        assert result.rc == 0, (words, result.err)
+        assert result.out.startswith("usage: persistqueue-liteq %s " % " ".join(words)), \
+            (words, result.out)
     assert cli(tmp_path, "--version").out.startswith("persistqueue-liteq ")
 
 
