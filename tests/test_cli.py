@@ -680,16 +680,49 @@ def test_import_shows_progress_on_a_terminal(db, tmp_path):
 
 # -- maintenance ----------------------------------------------------------------------
 
+def pages(path):
+    """(page_count, freelist_count) of the file."""
+    conn = sqlite3.connect(path)
+    try:
+        return tuple(conn.execute("PRAGMA %s" % pragma).fetchone()[0]
+                     for pragma in ("page_count", "freelist_count"))
+    finally:
+        conn.close()
+
+
+def everything(engine):
+    """Every message of the file, live and dead, with its state."""
+    return [engine.snapshot(s.name) for s in engine.queues()]
+
+
 def test_checkpoint_vacuum_and_check(filled, tmp_path):
+    with LiteQueue(filled) as q:  # 2 MB put and acked: free pages
+        q.put_batch([os.urandom(1000) for _ in range(2000)], "bulk")
+        while True:
+            msgs = q.pop_batch("bulk", max_messages=500)
+            if not msgs:
+                break
+            assert q.ack_batch(msgs) == len(msgs)
+        kept = everything(q.engine)
+    assert sum(map(len, kept)) == 5  # filled's
     result = cli(tmp_path, "checkpoint", "q.db")
     assert result.rc == 0 and result.out.startswith("checkpoint TRUNCATE: "), result.err
+    page_count, free = pages(filled)
+    size = os.path.getsize(filled)
+    assert free > 400
     result = cli(tmp_path, "vacuum", "q.db")
-    assert result.rc == 0 and re.match(r"vacuumed q\.db: \d+ bytes before, \d+ after", result.out)
+    match = re.match(r"vacuumed q\.db: (\d+) bytes before, (\d+) after", result.out)
+    assert result.rc == 0 and match, result.err
+    assert int(match.group(1)) == size and int(match.group(2)) == os.path.getsize(filled)
+    assert os.path.getsize(filled) < size / 2
+    after, free_after = pages(filled)
+    assert free_after == 0 and after <= page_count - free
     result = cli(tmp_path, "check", "q.db")
     assert result.rc == 0, result.err
     assert re.search(r"^integrity: +ok$", result.out, re.M)
     assert re.search(r"^WAL file: +none$", result.out, re.M)
     with LiteQueue(filled) as q:  # a writer keeps a WAL file open
+        assert everything(q.engine) == kept  # vacuum kept every message as it was
         q.put(b"more", "jobs")
         result = cli(tmp_path, "check", "q.db")
         wal = os.path.getsize(filled + "-wal")
