@@ -336,9 +336,13 @@ def test_full_durability_option(db):
     assert LiteQueue(db).engine._conns.get().execute("PRAGMA synchronous").fetchone()[0] == 1
 
 
-def test_file_is_in_wal_mode(q):
+def test_file_is_in_wal_mode(q, db):
     q.put(b"x")
-    assert q.engine._conns.get().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn = sqlite3.connect(db)  # WAL mode is the file's, seen by every connection
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
 
 
 def pages(path):

@@ -367,12 +367,13 @@ def test_cancel_reaches_tasks_waiting_in_a_workers_batch(db, tmp_path, big_batch
             [(None, block_until, (gate, started), {})]
             + [(None, record, (log, i), {}) for i in range(5)])
         wait_for_file(started)
-        # All six are leased, by the one worker: nothing waits unleased.
-        assert ex._engine.count(ex._cfg.queue, "live") == 6
-        assert ex._engine.count(ex._cfg.queue, "waiting") == 0
-        assert all(f.cancel() for f in waiting)
-        assert all(f.cancelled() for f in waiting)
-        assert ex._engine.count(ex._cfg.queue, "live") == 1
+        with contextlib.closing(SQLiteEngine(db)) as engine:
+            # All six are leased, by the one worker: nothing waits unleased.
+            assert engine.count("tasks", "live") == 6
+            assert engine.count("tasks", "waiting") == 0
+            assert all(f.cancel() for f in waiting)
+            assert all(f.cancelled() for f in waiting)
+            assert engine.count("tasks", "live") == 1
         open(gate, "w").close()
         assert busy.result(60) == "released"
         assert ex.submit(record, log, "after").result(60) == "after"
