@@ -5,6 +5,7 @@ every await point, and the pools under asyncio."""
 import asyncio
 import concurrent.futures
 import os
+import re
 import signal
 import threading
 import time
@@ -21,8 +22,6 @@ from persistqueue_liteq.aio import (
     QueueShutDown,
 )
 from persistqueue_liteq.pool import PersistentThreadPoolExecutor
-
-from .conftest import run_child
 
 
 def run(coro):
@@ -41,6 +40,19 @@ async def until(predicate, timeout=10.0):
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.001)
+
+
+def waiting(q, kind="getters"):
+    """How many getters (or putters) wait on ``q``, as its repr says, in
+    asyncio.Queue's format: ``_getters[N]``, left out when none."""
+    match = re.search(r" _%s\[(\d+)\]" % kind, repr(q))
+    return int(match.group(1)) if match else 0
+
+
+def unfinished(q):
+    """Items this process got from ``q`` and has not done: its repr's ``tasks=N``."""
+    match = re.search(r" tasks=(\d+)", repr(q))
+    return int(match.group(1)) if match else 0
 
 
 def on_file(path, method, *args, **kwargs):
@@ -90,7 +102,7 @@ def test_shutdown_releases_waiting_getters(db):
     async def main():
         async with AsyncPersistentQueue(db) as q:
             getters = [asyncio.ensure_future(q.get()) for _ in range(3)]
-            await until(lambda: len(q._getters) == 3)
+            await until(lambda: waiting(q) == 3)
             q.shutdown()
             for getter in getters:
                 with pytest.raises(QueueShutDown):
@@ -149,7 +161,7 @@ def test_a_put_of_another_process_wakes_an_awaiting_get(db, fork):
     async def main():
         async with AsyncPersistentQueue(db) as q:
             getter = asyncio.ensure_future(q.get())
-            await until(lambda: len(q._getters) == 1)
+            await until(lambda: waiting(q) == 1)
             started = time.monotonic()
             os.write(ready_w, b"x")
             assert await getter == "from child"
@@ -211,7 +223,7 @@ def test_a_thousand_awaiting_getters_need_no_threads_and_no_cpu(db, fork):
             await q.join()
             threads = threading.active_count()
             getters = [asyncio.ensure_future(q.get()) for _ in range(n)]
-            await until(lambda: len(q._getters) == n, timeout=30)
+            await until(lambda: waiting(q) == n, timeout=30)
             assert threading.active_count() <= threads + 1  # none per waiter
             cpu = time.process_time()
             await asyncio.sleep(1.0)
@@ -354,11 +366,11 @@ def test_get_cancelled_while_waiting_takes_nothing(db):
     async def main():
         async with AsyncPersistentQueue(db) as q:
             getter = asyncio.ensure_future(q.get())
-            await until(lambda: len(q._getters) == 1)
+            await until(lambda: waiting(q) == 1)
             getter.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await getter
-            assert not q._getters
+            assert waiting(q) == 0
             await q.put("kept")
             assert q.qsize() == 1
             assert q.get_nowait() == "kept"
@@ -379,7 +391,7 @@ def test_get_cancelled_while_its_lease_is_taken_hands_the_item_back_at_once(db):
             with pytest.raises(asyncio.CancelledError):
                 await getter
             await flush(q)  # the hand-back runs after the look, on the same thread
-            assert q.sync._unfinished_here() == 0
+            assert unfinished(q) == 0
             # Ready at once (not after the 60 s lease), the delivery not counted.
             assert q.qsize() == 1
             msg = on_file(db, "peek")
@@ -402,7 +414,7 @@ def test_get_cancelled_before_its_look_runs_takes_nothing(db):
             with pytest.raises(asyncio.CancelledError):
                 await getter
             await flush(q)
-            assert q.qsize() == 1 and q.sync._unfinished_here() == 0
+            assert q.qsize() == 1 and unfinished(q) == 0
 
     run(main())
 
@@ -412,11 +424,11 @@ def test_put_cancelled_while_waiting_on_a_full_queue_stores_nothing(db):
         async with AsyncPersistentQueue(db, maxsize=1) as q:
             await q.put("first")
             putter = asyncio.ensure_future(q.put("second"))
-            await until(lambda: len(q._putters) == 1)
+            await until(lambda: waiting(q, "putters") == 1)
             putter.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await putter
-            assert not q._putters
+            assert waiting(q, "putters") == 0
             assert q.get_nowait() == "first"
             assert q.qsize() == 0
 

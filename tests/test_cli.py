@@ -233,13 +233,52 @@ def filled(db):
 
 # -- help and usage ----------------------------------------------------------------
 
+COMMANDS = ["stats", "peek", "put", "purge", "delete-queue", "dlq", "import-jsonl",
+            "export-jsonl", "checkpoint", "vacuum", "check", "worker", "consume"]
+DLQ_VERBS = ["list", "show", "redrive", "purge"]
+
+
+def _listed(help_text, metavar):
+    """The subcommands a help text lists under ``metavar`` (argparse's layout:
+    the metavar on a line of its own, then one line per subcommand indented
+    deeper, its help going on in lines indented deeper still)."""
+    lines = help_text.splitlines()
+    start = lines.index("  " + metavar) + 1
+    names = []
+    for line in lines[start:]:
+        match = re.match(r"    (\S+)(?:\s|$)", line)
+        if match:
+            names.append(match.group(1))
+        elif not line.startswith("      "):
+            break  # the end of the list
+    return names
+
+
+def _accepted(result):
+    """The subcommands argparse says it accepts, from its "invalid choice"
+    error (quoted or not, as Python versions differ)."""
+    match = re.search(r"invalid choice: .*?\(choose from ([^)]*)\)", result.err)
+    assert result.rc == 2 and match, result.err
+    return [name.strip().strip("'") for name in match.group(1).split(",")]
+
+
 def test_help_lists_every_command(tmp_path):
+    """The help lists exactly the subcommands the parser accepts, and each
+    of them is one: its own --help works and shows its own usage."""
     result = cli(tmp_path, "--help")
-    assert result.rc == 0
-    for command in ("stats", "peek", "put", "purge", "delete-queue", "dlq", "import-jsonl",
-                    "export-jsonl", "checkpoint", "vacuum", "check", "worker"):
-        assert command in result.out
-    assert cli(tmp_path, "dlq", "--help").rc == 0
+    assert result.rc == 0, result.err
+    assert _listed(result.out, "COMMAND") == COMMANDS
+    assert _accepted(cli(tmp_path, "no-such-command", "q.db")) == COMMANDS
+    dlq = cli(tmp_path, "dlq", "--help")
+    assert dlq.rc == 0, dlq.err
+    assert _listed(dlq.out, "VERB") == DLQ_VERBS
+    assert _accepted(cli(tmp_path, "dlq", "no-such-verb", "q.db")) == DLQ_VERBS
+    helps = cli_many(tmp_path, [[command, "--help"] for command in COMMANDS]
+                     + [["dlq", verb, "--help"] for verb in DLQ_VERBS])
+    for words, result in zip([[c] for c in COMMANDS] + [["dlq", v] for v in DLQ_VERBS], helps):
+        assert result.rc == 0, (words, result.err)
+        assert result.out.startswith("usage: persistqueue-liteq %s " % " ".join(words)), \
+            (words, result.out)
     assert cli(tmp_path, "--version").out.startswith("persistqueue-liteq ")
 
 
@@ -641,16 +680,49 @@ def test_import_shows_progress_on_a_terminal(db, tmp_path):
 
 # -- maintenance ----------------------------------------------------------------------
 
+def pages(path):
+    """(page_count, freelist_count) of the file."""
+    conn = sqlite3.connect(path)
+    try:
+        return tuple(conn.execute("PRAGMA %s" % pragma).fetchone()[0]
+                     for pragma in ("page_count", "freelist_count"))
+    finally:
+        conn.close()
+
+
+def everything(engine):
+    """Every message of the file, live and dead, with its state."""
+    return [engine.snapshot(s.name) for s in engine.queues()]
+
+
 def test_checkpoint_vacuum_and_check(filled, tmp_path):
+    with LiteQueue(filled) as q:  # 2 MB put and acked: free pages
+        q.put_batch([os.urandom(1000) for _ in range(2000)], "bulk")
+        while True:
+            msgs = q.pop_batch("bulk", max_messages=500)
+            if not msgs:
+                break
+            assert q.ack_batch(msgs) == len(msgs)
+        kept = everything(q.engine)
+    assert sum(map(len, kept)) == 5  # filled's
     result = cli(tmp_path, "checkpoint", "q.db")
     assert result.rc == 0 and result.out.startswith("checkpoint TRUNCATE: "), result.err
+    page_count, free = pages(filled)
+    size = os.path.getsize(filled)
+    assert free > 400
     result = cli(tmp_path, "vacuum", "q.db")
-    assert result.rc == 0 and re.match(r"vacuumed q\.db: \d+ bytes before, \d+ after", result.out)
+    match = re.match(r"vacuumed q\.db: (\d+) bytes before, (\d+) after", result.out)
+    assert result.rc == 0 and match, result.err
+    assert int(match.group(1)) == size and int(match.group(2)) == os.path.getsize(filled)
+    assert os.path.getsize(filled) < size / 2
+    after, free_after = pages(filled)
+    assert free_after == 0 and after <= page_count - free
     result = cli(tmp_path, "check", "q.db")
     assert result.rc == 0, result.err
     assert re.search(r"^integrity: +ok$", result.out, re.M)
     assert re.search(r"^WAL file: +none$", result.out, re.M)
     with LiteQueue(filled) as q:  # a writer keeps a WAL file open
+        assert everything(q.engine) == kept  # vacuum kept every message as it was
         q.put(b"more", "jobs")
         result = cli(tmp_path, "check", "q.db")
         wal = os.path.getsize(filled + "-wal")

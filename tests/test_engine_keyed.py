@@ -1,5 +1,7 @@
 """Keyed messages and stored outcomes: what the durable pools stand on."""
 
+import sqlite3
+
 import pytest
 
 from persistqueue_liteq.sqlite_engine import SQLiteEngine
@@ -130,9 +132,13 @@ def test_waiting_counts_a_message_whose_lease_ran_out(engine):
 
 
 def test_the_priority_lease_walks_the_priority_index(engine):
-    plan = engine._conns.get().execute(
-        "EXPLAIN QUERY PLAN " + engine.sql.LEASE_PRIORITY,
-        {"queue": "q", "now": 0, "until": 1, "lease": 1, "n": 1, "holder": None},
-    ).fetchall()
+    conn = sqlite3.connect(engine.location)  # the plan is the file's schema's
+    try:
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN " + engine.sql.LEASE_PRIORITY,
+            {"queue": "q", "now": 0, "until": 1, "lease": 1, "n": 1, "holder": None},
+        ).fetchall()
+    finally:
+        conn.close()
     text = " ".join(row[3] for row in plan)
     assert "messages_priority" in text and "TEMP B-TREE" not in text, text

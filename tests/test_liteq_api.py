@@ -1,6 +1,7 @@
 """LiteQueue's API: Liteq's names and defaults, and what we add."""
 
 import math
+import os
 import sqlite3
 import threading
 
@@ -335,17 +336,50 @@ def test_full_durability_option(db):
     assert LiteQueue(db).engine._conns.get().execute("PRAGMA synchronous").fetchone()[0] == 1
 
 
-def test_file_is_in_wal_mode(q):
+def test_file_is_in_wal_mode(q, db):
     q.put(b"x")
-    assert q.engine._conns.get().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn = sqlite3.connect(db)  # WAL mode is the file's, seen by every connection
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
 
 
-def test_checkpoint_and_vacuum(q):
-    q.put_batch([b"x" * 1000] * 500)
-    q.clear()
+def pages(path):
+    """(page_count, freelist_count) of the file, as another connection sees it."""
+    conn = sqlite3.connect(path)
+    try:
+        return tuple(conn.execute("PRAGMA %s" % pragma).fetchone()[0]
+                     for pragma in ("page_count", "freelist_count"))
+    finally:
+        conn.close()
+
+
+def test_checkpoint_and_vacuum(q, db):
+    """After many puts and acks, vacuum gives the freed pages back (the file
+    shrinks) and keeps every live message as it was: ready, delayed, leased."""
+    q.put_batch([b"kept %d" % i for i in range(3)], "kept")
+    q.put(b"delayed", "kept", visible_after_seconds=3600)
+    assert q.pop("kept", invisible_seconds=600).data == b"kept 0"
+    q.put_batch([os.urandom(1000) for _ in range(2000)])
+    while True:
+        msgs = q.pop_batch(max_messages=500)
+        if not msgs:
+            break
+        assert q.ack_batch(msgs) == len(msgs)
+    kept = q.engine.snapshot("kept")
+    assert len(kept) == 4
     busy, _, _ = q.checkpoint()
     assert busy == 0
+    page_count, free = pages(db)
+    size = os.path.getsize(db)
+    assert free > 400  # the 2 MB acked
     q.vacuum()
+    q.checkpoint()
+    after, free_after = pages(db)
+    assert free_after == 0 and after <= page_count - free
+    assert os.path.getsize(db) < size / 2
+    assert q.engine.snapshot("kept") == kept
     assert q.integrity_check() == ["ok"]
 
 

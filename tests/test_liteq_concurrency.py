@@ -309,13 +309,12 @@ def test_a_crowded_directory_is_swept_of_empty_ones(q, monkeypatch):
 
 
 def test_a_waiter_whose_directory_was_swept_makes_it_again(q):
-    notifier = q.engine._notifier
-    directory = notifier._directory("put", "default")
-    with notifier.waiter("put", "default"):
+    directory = q.engine._notifier._directory("put", "default")
+    with q.engine.waiter("put", "default"):
         pass
     wakeup._remove_if_empty(directory)
     assert not os.path.exists(directory)
-    with notifier.waiter("put", "default") as waiter:
+    with q.engine.waiter("put", "default") as waiter:
         q.put(b"x")
         assert waiter.wait(30)
 
@@ -325,8 +324,7 @@ def test_a_waiter_racing_a_sweep_makes_its_directory_again(q, monkeypatch, swept
     """A sweep (of another process) removes the directory between the
     waiter's makedirs and its bind, or between makedirs' own two looks,
     which then says "exists" for a directory that is gone."""
-    notifier = q.engine._notifier
-    directory = notifier._directory("put", "default")
+    directory = q.engine._notifier._directory("put", "default")
     real_makedirs, calls = os.makedirs, []
 
     def makedirs(path, mode=0o777, exist_ok=False):
@@ -340,7 +338,7 @@ def test_a_waiter_racing_a_sweep_makes_its_directory_again(q, monkeypatch, swept
                 raise FileExistsError(17, "File exists", path)
 
     monkeypatch.setattr(wakeup.os, "makedirs", makedirs)
-    with notifier.waiter("put", "default") as waiter:
+    with q.engine.waiter("put", "default") as waiter:
         assert calls == [directory, directory]
         q.put(b"x")
         assert waiter.wait(30)

@@ -9,7 +9,9 @@ is documented to differ.
 """
 
 import os
+import pickle
 import signal
+import sqlite3
 import threading
 
 import pytest
@@ -344,4 +346,10 @@ def test_an_item_whose_consumer_was_killed_comes_back_once(path, opened, fork):
 
 def test_protocol_is_persist_queues(path, opened):
     q = opened(SQLiteAckQueue(path))
-    assert q._serializer.protocol == 4
+    q.put("job")
+    conn = sqlite3.connect(os.path.join(path, "data.db"))  # persist-queue's file name
+    try:
+        [(data,)] = conn.execute("SELECT data FROM liteq_messages").fetchall()
+    finally:
+        conn.close()
+    assert data[:2] == b"\x80\x04" and pickle.loads(data) == "job"  # PROTO 4

@@ -1,6 +1,7 @@
 """The durable pools: concurrent.futures behaviour, and what it must do better."""
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -48,6 +49,13 @@ def kill_self_once(marker, value):
         open(marker, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
     return value
+
+
+def kill_self_once_then_block(marker, started, gate, value):
+    """Dies with SIGKILL the first time; the second, says so by creating
+    ``started`` and returns ``value`` once ``gate`` exists."""
+    kill_self_once(marker, None)
+    return block_until(gate, started) and value
 
 
 def kill_self():
@@ -221,13 +229,25 @@ def test_a_failing_initializer_breaks_the_thread_pool(db):
 # -- better than ProcessPoolExecutor ----------------------------------------------------
 
 def test_a_worker_killed_mid_task_costs_one_retry_not_the_pool(db, tmp_path):
+    """One SIGKILL, one attempt: the task's second run is its second delivery
+    (seen in the file while it runs), and it is not dead-lettered."""
+    marker, started, gate = (str(tmp_path / name) for name in ("marker", "started", "gate"))
     with PersistentProcessPoolExecutor(db, max_workers=2, **FAST) as ex:
-        dying = ex.submit(kill_self_once, str(tmp_path / "marker"), "survived")
-        others = [ex.submit(square, i) for i in range(20)]
+        try:
+            dying = ex.submit_keyed("dying", kill_self_once_then_block, marker, started, gate,
+                                    "survived")
+            others = [ex.submit(square, i) for i in range(20)]
+            wait_for_file(started)  # its second run, which waits for the gate
+            with contextlib.closing(SQLiteEngine(db)) as engine:
+                (running,) = [m for m in engine.snapshot("tasks") if m.key == "dying"]
+        finally:
+            open(gate, "w").close()
+        assert running.attempts == 2 and running.lease is not None
+        assert "SIGKILL" in running.last_error and "(attempt 1 of 3)" in running.last_error
         assert dying.result(60) == "survived"
         assert [f.result(60) for f in others] == [i * i for i in range(20)]
-    msg_attempts = SQLiteEngine(db).dead_letters("tasks")
-    assert msg_attempts == []
+    with contextlib.closing(SQLiteEngine(db)) as engine:
+        assert engine.dead_letters("tasks") == []
 
 
 def test_a_task_that_always_kills_its_worker_fails_alone(db):
@@ -347,12 +367,13 @@ def test_cancel_reaches_tasks_waiting_in_a_workers_batch(db, tmp_path, big_batch
             [(None, block_until, (gate, started), {})]
             + [(None, record, (log, i), {}) for i in range(5)])
         wait_for_file(started)
-        # All six are leased, by the one worker: nothing waits unleased.
-        assert ex._engine.count(ex._cfg.queue, "live") == 6
-        assert ex._engine.count(ex._cfg.queue, "waiting") == 0
-        assert all(f.cancel() for f in waiting)
-        assert all(f.cancelled() for f in waiting)
-        assert ex._engine.count(ex._cfg.queue, "live") == 1
+        with contextlib.closing(SQLiteEngine(db)) as engine:
+            # All six are leased, by the one worker: nothing waits unleased.
+            assert engine.count("tasks", "live") == 6
+            assert engine.count("tasks", "waiting") == 0
+            assert all(f.cancel() for f in waiting)
+            assert all(f.cancelled() for f in waiting)
+            assert engine.count("tasks", "live") == 1
         open(gate, "w").close()
         assert busy.result(60) == "released"
         assert ex.submit(record, log, "after").result(60) == "after"
