@@ -69,6 +69,7 @@ Rules kept here so that the engine need not think of them:
 
 import contextlib
 import errno
+import logging
 import os
 import pathlib
 import random
@@ -96,6 +97,8 @@ from .exceptions import (
     StorageError,
     UnsafePath,
 )
+
+logger = logging.getLogger("persistqueue_liteq")
 
 #: The oldest SQLite with everything the engine uses (RETURNING).
 MIN_SQLITE = (3, 35, 0)
@@ -423,6 +426,9 @@ class Connections:
                 return  # restarted, or all copied, by another connection
             if time.monotonic() >= deadline:
                 self._restart_pages = frames * 2
+                logger.debug("%s: a RESTART checkpoint stayed busy for %gs (another "
+                             "connection reads or writes); the WAL may grow to %d pages "
+                             "before the next", self.path, _RESTART_WAIT, frames * 2)
                 return
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, _LONGEST_RETRY)
@@ -440,6 +446,10 @@ class Connections:
             finally:
                 conn.execute("PRAGMA busy_timeout=0")
             self._restart_pages = pages * 2 if busy else _RESTART_PAGES
+            if busy:
+                logger.debug("%s: a RESTART checkpoint stayed busy for %gs (another "
+                             "connection reads or writes); the WAL may grow to %d pages "
+                             "before the next", self.path, _RESTART_WAIT, pages * 2)
         except sqlite3.Error:
             pass
 

@@ -10,11 +10,15 @@ reading its size after each of its commits sees the peak.
 The bound: one process's checkpoint interval (4 MB) and the payload that
 crossed it (1 MB, or a batch of 10 MB), over the 16 MB at which the WAL is
 restarted: 31 MB.  With two writers another's interval and batch may come on
-top while a restart waits for it, so 48 MB; a RESTART that stayed busy
-doubles the length that calls for the next one, which these writers, who
-never hold a read open, do not cause.
+top while a restart waits for it, so 48 MB.  A RESTART that stayed busy
+past its 0.2 s wait doubles the length that calls for the next one: these
+writers never hold a read open, but on a loaded machine one may be left
+unscheduled inside its transaction that long (seen in CI, at 55 MB), so
+the children count those, from the library's debug log, and the bound
+doubles with each.
 """
 
+import logging
 import os
 
 from persistqueue_liteq import LiteQueue
@@ -58,12 +62,28 @@ def test_the_wal_stays_bounded_for_large_payloads(q, db):
     assert q.integrity_check() == ["ok"]
 
 
+class _GaveUp(logging.Handler):
+    """Counts the RESTART checkpoints that stayed busy past their wait."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record):
+        if "RESTART checkpoint stayed busy" in record.getMessage():
+            self.count += 1
+
+
 def _writer(db, start, out):
+    gave_up = _GaveUp()
+    logger = logging.getLogger("persistqueue_liteq")
+    logger.addHandler(gave_up)
+    logger.setLevel(logging.DEBUG)
     q = LiteQueue(db)
     start.wait()
     peak = _large_traffic(q, db, 150, 15)
     with open(out, "w") as f:
-        f.write(str(peak))
+        f.write("%d %d" % (peak, gave_up.count))
     os._exit(0)
 
 
@@ -78,6 +98,12 @@ def test_the_wal_stays_bounded_for_large_payloads_from_two_processes(q, db, fork
     for proc in procs:
         proc.join(120)
         assert proc.exitcode == 0
-    peaks = [int(open(out).read()) for out in outs]
-    assert 0 < max(peaks) <= 48 * MB, "WAL peaked at %s MB" % [round(p / MB, 1) for p in peaks]
+    peaks, gave_up = zip(*(map(int, open(out).read().split()) for out in outs))
+    # A RESTART that stayed busy past its wait (the other writer was in its
+    # transaction, and the machine did not run it for 0.2 s) lets the WAL
+    # grow to twice the length before the next: the bound doubles with each,
+    # as the library says it does.
+    bound = 48 * MB * 2 ** sum(gave_up)
+    assert 0 < max(peaks) <= bound, "WAL peaked at %s MB (%d busy RESTARTs)" % (
+        [round(p / MB, 1) for p in peaks], sum(gave_up))
     assert q.integrity_check() == ["ok"]
