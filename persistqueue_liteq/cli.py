@@ -49,7 +49,6 @@ import math
 import os
 import re
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -1244,7 +1243,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("%s: interrupted" % PROG, file=sys.stderr)
         return 130
-    except (CLIError, LiteQueueError, OSError, ValueError, sqlite3.Error) as exc:
+    except (CLIError, LiteQueueError, OSError, ValueError) as exc:
         log.debug("failed", exc_info=True)
         print("%s: error: %s" % (PROG, _one_line(exc)), file=sys.stderr)
         return 1

@@ -590,6 +590,12 @@ class SQLiteEngine(Engine):
             raise TypeError("put_on needs the application's sqlite3.Connection, not %s"
                             % type(conn).__name__)
         self._check_same_file(conn)
+        try:
+            return self._put_on(conn, queue, data, delay, ttl, seal, codec, priority)
+        except sqlite3.Error as exc:  # on the application's connection: ours all the same
+            raise self._conns.error(exc) from exc
+
+    def _put_on(self, conn, queue, data, delay, ttl, seal, codec, priority):
         s = self.sql
         held = None
         if codec is not None:
