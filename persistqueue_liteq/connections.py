@@ -196,6 +196,9 @@ class Connections:
         self.synchronous = synchronous
         # Read-only: SQLite's mode=ro, so that the OS refuses any write.
         self._uri = pathlib.Path(self._target).as_uri() + "?mode=ro" if readonly else None
+        # Bytes of the file and its -wal before any connection of ours (a
+        # read-only one creates an empty -wal): what maintenance reports.
+        self.sizes_at_open = (file_size(self._target), file_size(self._target + "-wal"))
         self._local = threading.local()
         self._lock = threading.RLock()
         self.writer = threading.RLock()
@@ -685,6 +688,14 @@ class _ThreadEnd:
         conns = self._conns()
         if conns is not None:
             conns._forget(self._conn)
+
+
+def file_size(path):
+    """Bytes of the file at ``path``, or None if there is none."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
 
 
 def _out_of_descriptors():

@@ -91,7 +91,6 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -101,9 +100,11 @@ from concurrent.futures import BrokenExecutor, Future
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 
-from . import _checks, sql
-from .exceptions import (DatabaseBusy, LiteQueueError, SerializationError, StorageFault,
-                         TaskTimeout, WorkerDied)
+from . import _checks
+from ._spill import SpilledCounts
+from .exceptions import (DatabaseBusy, IncompatibleDatabase, LiteQueueError, PayloadTooLarge,
+                         SerializationError, StorageError, StorageFault, TaskTimeout,
+                         WorkerDied)
 from .serializers import SignatureError, Signer, _check_key
 from .sql import DEFAULT_PREFIX
 from .sqlite_engine import SQLiteEngine
@@ -143,10 +144,12 @@ _OCCURRENCES_IN_MEMORY = 65536
 _CALL_KEYS = "[0-9a-f]" * 32 + "#*"
 # How often an idle worker looks for a stop request even without a wake-up.
 _IDLE_CHECK = 1.0
-# What a storage fault raises: ours (DatabaseBusy, ReadOnlyDatabase, ...),
-# the OS's, and what sqlite3 raises that the engine has no name for (a full
-# disk, a blob too big, an I/O error).  Anything else is a bug, not a fault.
-_STORAGE_ERRORS = (LiteQueueError, OSError, sqlite3.Error)
+# What a storage fault raises: the engine's (every error of the driver is one
+# of ours: a lock held too long, StorageError and its kinds, a file that is
+# no longer a usable queue database, a value too long to store) and the OS's.
+# Anything else is a bug, not a fault: never waited out, it is logged and
+# fails the futures it concerns.
+_STORAGE_ERRORS = (DatabaseBusy, StorageError, IncompatibleDatabase, PayloadTooLarge, OSError)
 # Waits between two tries of a failing storage call: doubling, up to the last.
 _FAULT_FIRST_RETRY = 0.05
 _FAULT_LONGEST_RETRY = 1.0
@@ -750,9 +753,8 @@ class _Occurrences:
             self._counts[digest] = 1
             return 0
         if self._spill is None:
-            self._spill = sqlite3.connect("", isolation_level=None, check_same_thread=False)
-            self._spill.execute(sql.CREATE_OCCURRENCES)
-        return self._spill.execute(sql.NEXT_OCCURRENCE, (digest,)).fetchone()[0]
+            self._spill = SpilledCounts()
+        return self._spill.next(digest)
 
     def close(self):
         if self._spill is not None:

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from persistqueue_liteq import LiteQueue, PersistentQueue, StorageError
+from persistqueue_liteq import PersistentQueue, StorageError
 from persistqueue_liteq.aio import AsyncPersistentQueue
 
 
