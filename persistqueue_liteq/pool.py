@@ -41,7 +41,11 @@ Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
   result the file refuses (too big for SQLite or for the disk) fails its
   task as an exception would: an attempt, then the dead-letter queue.
   Every such event is logged, with a traceback where a thread or worker
-  ended, on the "persistqueue_liteq" logger.
+  ended, on the "persistqueue_liteq" logger.  Any other exception of the
+  pool's own threads is a bug, never waited out: it is logged with its
+  traceback and fails the futures it concerns (those waiting for results,
+  if the collector meets it; every future, as BrokenProcessPool's cause,
+  if the process pool's manager does).
 * Workers die with the pool's process, however it dies, so that a rerun of
   the script never runs a task twice at once; they are not daemonic, so a
   task may start processes, as in the standard library's pool.
