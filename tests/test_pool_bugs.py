@@ -178,3 +178,34 @@ def test_a_bug_in_the_manager_breaks_the_pool_with_it_as_the_cause(db, tmp_path,
     finally:
         open(release, "w").close()
         ex.shutdown()
+
+
+def test_a_bug_handing_back_the_tasks_of_a_dead_worker_fails_their_futures(
+        db, monkeypatch, logged):
+    """A worker thread ends on a bug, and handing its task back meets a bug
+    too: the task's future fails with it (it waited out the task's whole
+    lease, the thread's end unhandled)."""
+    bug, boom = RuntimeError("a bug"), RuntimeError("boom")
+    records = logged(boom)
+    complete_many = SQLiteEngine.complete_many
+    failed = []
+
+    def complete_many_with_a_bug(self, queue, outcomes, *args, **kwargs):
+        worker = threading.current_thread().name.startswith("persistqueue_liteq worker")
+        if outcomes and worker and not failed:
+            failed.append(outcomes)
+            raise bug
+        return complete_many(self, queue, outcomes, *args, **kwargs)
+
+    def release(self, *args, **kwargs):
+        raise boom
+
+    monkeypatch.setattr(SQLiteEngine, "complete_many", complete_many_with_a_bug)
+    monkeypatch.setattr(SQLiteEngine, "release", release)
+    with PersistentThreadPoolExecutor(db, max_workers=1, lease_seconds=60) as ex:
+        future = ex.submit(square, 5)
+        with pytest.raises(RuntimeError, match="boom"):
+            future.result(timeout=20)
+        assert failed and records.seen.is_set()
+        monkeypatch.undo()
+        assert ex.submit(square, 6).result(timeout=20) == 36
