@@ -28,6 +28,7 @@ from .exceptions import (
     TaskTimeout,
     UnboundSignatures,
     UnsafePath,
+    Unsupported,
     WorkerDied,
 )
 from .liteq import DeadLetterQueue, LiteQueue, QueueHandle
@@ -62,6 +63,7 @@ __all__ = [
     "DatabaseReplaced",
     "PayloadTooLarge",
     "UnsafePath",
+    "Unsupported",
     "SerializationError",
     "TaskTimeout",
     "WorkerDied",

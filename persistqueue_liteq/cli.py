@@ -20,8 +20,10 @@ a queue that records its codec: pickle and JSON queues get items encoded to
 match) and :mod:`._cli_consume` (the ``consume`` loop).
 
 Everything goes through the engine (:class:`~persistqueue_liteq.sqlite_engine.
-SQLiteEngine` and :class:`~persistqueue_liteq.LiteQueue`): there is no SQL
-here.  An error is one line on stderr, ``persistqueue-liteq: error: ...``,
+SQLiteEngine` and :class:`~persistqueue_liteq.LiteQueue`), and ``checkpoint``,
+``vacuum`` and ``check`` through its optional maintenance interface
+(:class:`~persistqueue_liteq.engine.Maintenance`): there is no SQL and no
+driver here.  An error is one line on stderr, ``persistqueue-liteq: error: ...``,
 with exit status 2 for a usage error and 1 for any other.
 
 What "a read-only command never changes a file" means.  ``stats``, ``peek``,
@@ -49,20 +51,20 @@ import math
 import os
 import re
 import signal
-import sqlite3
 import sys
 import threading
 import time
 
 from . import __version__
 from . import _cli_consume, _cli_jsonl
-from . import sql as _sql
 from ._cli_codec import QueueCodec, Unshowable
 from ._policy import redrive_tasks
 from .backends import open_engine
-from .engine import METRIC_NAMES
+from .engine import METRIC_NAMES, Maintenance, maintenance_of
 from .exceptions import LiteQueueError
 from .liteq import LiteQueue
+from .sql import DEFAULT_PREFIX
+from .sqlite_engine import check_table_prefix
 
 __all__ = ["main"]
 
@@ -770,45 +772,48 @@ def _write_records(out, engine, queues, what):
 
 # -- maintenance -----------------------------------------------------------------
 
-def _size(path):
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return None
-
+# All through the engine's maintenance interface (engine.Maintenance): a
+# backend without one stops these commands with Unsupported, one line.
 
 def _cmd_checkpoint(args):
     with _writing(args) as q:
-        busy, wal_pages, copied = q.checkpoint(args.mode)
+        upkeep = maintenance_of(q.engine, "checkpoint")
+        busy, wal_pages, copied = upkeep.checkpoint(args.mode)
+    # Once closed: the last connection to close removes the WAL.
     print("checkpoint %s: %d of %d WAL pages copied%s; WAL file now %s bytes" % (
         args.mode, max(copied, 0), max(wal_pages, 0),
-        " (busy: a reader kept the rest)" if busy else "", _size(args.db + "-wal") or 0))
+        " (busy: a reader kept the rest)" if busy else "", upkeep.sizes().log or 0))
     return 0
 
 
 def _cmd_vacuum(args):
     if args.auto is not None:
         with _writing(args) as q:
-            q.engine.set_auto_vacuum(None if args.auto == "off" else args.auto)
+            maintenance_of(q.engine, "vacuum --auto").set_auto_vacuum(
+                None if args.auto == "off" else args.auto)
         print("%s: automatic vacuum: %s" % (args.db, "off" if args.auto == "off" else
                                             "past %d free pages" % args.auto))
         return 0
-    before = (_size(args.db) or 0) + (_size(args.db + "-wal") or 0)
     with _writing(args) as q:
-        q.vacuum()
-        q.checkpoint("TRUNCATE")  # so that the smaller file shows now
-    after = (_size(args.db) or 0) + (_size(args.db + "-wal") or 0)
+        upkeep = maintenance_of(q.engine, "vacuum")
+        before = upkeep.sizes_at_open.total
+        upkeep.vacuum()
+        upkeep.checkpoint("TRUNCATE")  # so that the smaller file shows now
+    after = upkeep.sizes().total
     print("vacuumed %s: %d bytes before, %d after" % (args.db, before, after))
     return 0
 
 
 def _cmd_check(args):
-    # Measured first: a read-only open may create an empty WAL file.
-    wal = _size(args.db + "-wal")
     with _reading(args) as engine:
-        problems = engine.integrity_check()
+        upkeep = maintenance_of(engine, "check")
+        # As it was before the engine opened it: a read-only open may
+        # create an empty WAL file.
+        wal = upkeep.sizes_at_open.log
+        problems = upkeep.integrity_check()
+        size = upkeep.sizes().database
     ok = problems == ["ok"]
-    print("file:       %s (%d bytes)" % (os.path.abspath(args.db), _size(args.db) or 0))
+    print("file:       %s (%d bytes)" % (os.path.abspath(args.db), size or 0))
     print("WAL file:   %s" % ("none" if wal is None else "%d bytes" % wal))
     print("integrity:  %s" % ("ok" if ok else "%d problem(s)" % len(problems)))
     if ok:
@@ -975,7 +980,7 @@ def _queue_name(text):
 
 def _table_prefix(text):
     try:
-        _sql.render(text)
+        check_table_prefix(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -986,7 +991,7 @@ def _add_common(parser, defaults):
     they override (SUPPRESS keeps a subcommand from resetting them)."""
     keep = argparse.SUPPRESS
     parser.add_argument("--table-prefix", type=_table_prefix, metavar="PREFIX",
-                        default=_sql.DEFAULT_PREFIX if defaults else keep,
+                        default=DEFAULT_PREFIX if defaults else keep,
                         help="prefix of the queue tables (default %(default)s)"
                         if defaults else argparse.SUPPRESS)
     parser.add_argument("--timeout", type=_number(float, 0.0), metavar="SECONDS",
@@ -1128,7 +1133,7 @@ def _build_parser():
 
     p = _command(commands, "checkpoint", _cmd_checkpoint, "copy the WAL into the file")
     p.add_argument("--mode", default="TRUNCATE", type=str.upper,
-                   choices=["PASSIVE", "FULL", "RESTART", "TRUNCATE"])
+                   choices=Maintenance.CHECKPOINT_MODES)
     p = _command(commands, "vacuum", _cmd_vacuum, "give free pages back to the file system")
     p.add_argument("--auto", type=_auto_pages, metavar="PAGES|off",
                    help="instead: store in the file that a process finding more than PAGES "
@@ -1240,7 +1245,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("%s: interrupted" % PROG, file=sys.stderr)
         return 130
-    except (CLIError, LiteQueueError, OSError, ValueError, sqlite3.Error) as exc:
+    except (CLIError, LiteQueueError, OSError, ValueError) as exc:
         log.debug("failed", exc_info=True)
         print("%s: error: %s" % (PROG, _one_line(exc)), file=sys.stderr)
         return 1

@@ -63,8 +63,11 @@ Rules kept here so that the engine need not think of them:
   "database or disk is full" ``DiskFull``; "string or blob too big"
   ``PayloadTooLarge``; "unable to open" is ``OutOfFileDescriptors`` when the
   process cannot open a file just then (SQLite says the same for both),
-  else ``ReadOnlyDatabase``; anything else (a disk I/O error) is a
-  ``StorageError``.  Only ``sqlite3.ProgrammingError``, a bug, passes as it is.
+  else ``ReadOnlyDatabase``; anything else (a disk I/O error, an error
+  the driver has no other name for, even its ``ProgrammingError``) is a
+  ``StorageError`` that names the file and the driver's error.  No
+  ``sqlite3`` exception reaches a front end, so none of them needs to know
+  the driver.
 """
 
 import contextlib
@@ -196,6 +199,9 @@ class Connections:
         self.synchronous = synchronous
         # Read-only: SQLite's mode=ro, so that the OS refuses any write.
         self._uri = pathlib.Path(self._target).as_uri() + "?mode=ro" if readonly else None
+        # Bytes of the file and its -wal before any connection of ours (a
+        # read-only one creates an empty -wal): what maintenance reports.
+        self.sizes_at_open = (file_size(self._target), file_size(self._target + "-wal"))
         self._local = threading.local()
         self._lock = threading.RLock()
         self.writer = threading.RLock()
@@ -581,8 +587,11 @@ class Connections:
                 yield conn
                 conn.execute("COMMIT")
             except BaseException as exc:
-                if conn.in_transaction:
-                    conn.rollback()
+                try:
+                    if conn.in_transaction:
+                        conn.rollback()
+                except sqlite3.Error as failed:  # raised with exc as its context
+                    raise _chained(self.error(failed), failed)
                 if isinstance(exc, sqlite3.Error):
                     raise _chained(self.error(exc), exc)
                 raise
@@ -593,7 +602,11 @@ class Connections:
         naming the file (sqlite3's own is chained as its cause)."""
         text = str(exc).lower()
         if isinstance(exc, sqlite3.ProgrammingError):
-            return exc  # a bug (ours or a caller's thread misuse), not the file's doing
+            # A bug (ours, or a caller's misuse of a connection), not the
+            # file's doing; still ours, naming the file, with sqlite3's as
+            # its cause.
+            return StorageError("%s: SQLite refused a statement (%s: %s); nothing of "
+                                "this operation was done" % (self.path, type(exc).__name__, exc))
         if "locked" in text or "busy" in text:
             return DatabaseBusy(
                 "%s stayed locked by another connection for more than "
@@ -638,7 +651,8 @@ class Connections:
                 "%s: the operating system failed to read or write the file or its "
                 "-wal/-shm (%s); nothing of this operation was stored" % (self.path, exc)
             )
-        return StorageError("%s: SQLite failed: %s" % (self.path, exc))
+        return StorageError("%s: SQLite failed with %s: %s; nothing of this operation was "
+                            "done" % (self.path, type(exc).__name__, exc))
 
     def close(self):
         """Close this thread's connection and those of threads that ended;
@@ -684,6 +698,14 @@ class _ThreadEnd:
         conns = self._conns()
         if conns is not None:
             conns._forget(self._conn)
+
+
+def file_size(path):
+    """Bytes of the file at ``path``, or None if there is none."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
 
 
 def _out_of_descriptors():

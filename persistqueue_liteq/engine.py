@@ -18,6 +18,12 @@ database agrees on.  It reads like the wall clock (seconds since the epoch)
 but need not follow it: the SQLite engine's clock is not moved by steps of
 the wall clock (see :mod:`.sqlite_engine`).  Compare stored times only with
 ``engine.now()``, and show them to people through ``engine.wall_time()``.
+
+Upkeep of the storage (copying a write-ahead log back, giving free space
+back, checking integrity) is optional: :meth:`Engine.maintenance` returns a
+:class:`Maintenance`, or None for a backend that has none, and
+:func:`maintenance_of` turns that None into
+:class:`~persistqueue_liteq.exceptions.Unsupported`.
 """
 
 import abc
@@ -28,9 +34,10 @@ from typing import Optional
 
 from . import _fork, metrics_hooks
 from ._policy import seconds_until
+from .exceptions import Unsupported
 
-__all__ = ["Engine", "EngineSpec", "Message", "Metrics", "QueueStats", "clock",
-           "lease_waiting", "wait_drained"]
+__all__ = ["Engine", "EngineSpec", "Maintenance", "Message", "Metrics", "QueueStats",
+           "StorageSizes", "clock", "lease_waiting", "maintenance_of", "wait_drained"]
 
 _last_time = 0.0
 _clock_lock = threading.Lock()
@@ -238,6 +245,85 @@ class EngineSpec:
         return "EngineSpec(%r, %r%s)" % (self.scheme, redact(self.location), options)
 
 
+@dataclasses.dataclass(frozen=True)
+class StorageSizes:
+    """The bytes a database takes on disk, at one moment (None: that file
+    does not exist)."""
+
+    #: The database file.
+    database: Optional[int]
+    #: Its write-ahead log (SQLite's ``-wal``).
+    log: Optional[int]
+
+    @property
+    def total(self):
+        """Both together (a missing file counts 0)."""
+        return (self.database or 0) + (self.log or 0)
+
+
+class Maintenance(abc.ABC):
+    """The upkeep of one engine's storage, for operators (what the command
+    line's ``checkpoint``, ``vacuum`` and ``check`` run): optional, see
+    :meth:`Engine.maintenance`.  Every method may block writers of the
+    database while it runs (a vacuum rewrites the whole file)."""
+
+    #: The modes of :meth:`checkpoint`, mildest first.
+    CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
+
+    @abc.abstractmethod
+    def checkpoint(self, mode="TRUNCATE"):
+        """Copy the write-ahead log into the database (one of
+        :data:`CHECKPOINT_MODES`; "TRUNCATE" also cuts the log back to
+        nothing); return ``(busy, pages in the log, pages copied)``, busy
+        true when a reader kept part of the log.  ValueError for another
+        mode."""
+
+    @abc.abstractmethod
+    def vacuum(self):
+        """Rebuild the database to give its free space back to the file
+        system."""
+
+    @abc.abstractmethod
+    def integrity_check(self):
+        """Check the whole database: ``["ok"]`` when it is sound, else one
+        str per problem found."""
+
+    @abc.abstractmethod
+    def sizes(self):
+        """A :class:`StorageSizes` of now.  Reads no data, so it may be
+        called once the engine is closed too (to see what closing left)."""
+
+    @property
+    @abc.abstractmethod
+    def sizes_at_open(self):
+        """A :class:`StorageSizes` of the moment before the engine opened
+        the database (opening one, even read-only, may create an empty
+        write-ahead log)."""
+
+    @property
+    @abc.abstractmethod
+    def auto_vacuum_free_pages(self):
+        """The database's threshold of free pages for an automatic vacuum,
+        or None (never)."""
+
+    @abc.abstractmethod
+    def set_auto_vacuum(self, free_pages):
+        """Store in the database that an engine finding more than
+        ``free_pages`` free pages vacuums it; None turns it off."""
+
+
+def maintenance_of(engine, operation):
+    """``engine.maintenance()``, or
+    :class:`~persistqueue_liteq.exceptions.Unsupported` naming the backend
+    and ``operation`` (what the caller was about to do) if it has none."""
+    upkeep = engine.maintenance()
+    if upkeep is None:
+        raise Unsupported(
+            "%s (the %s backend) has no maintenance interface: %s is not supported there"
+            % (getattr(engine, "location", "the database"), type(engine).__name__, operation))
+    return upkeep
+
+
 class Engine(abc.ABC):
     """Storage of messages for many named queues in one database.
 
@@ -268,6 +354,14 @@ class Engine(abc.ABC):
         """A time of the engine's clock as wall-clock seconds since the
         epoch, for showing to people (None stays None)."""
         return t
+
+    # -- upkeep ---------------------------------------------------------------
+
+    def maintenance(self):
+        """This engine's :class:`Maintenance`, or None (this default) when
+        its backend offers none; front ends ask :func:`maintenance_of`, which
+        raises :class:`~persistqueue_liteq.exceptions.Unsupported` then."""
+        return None
 
     # -- producing ----------------------------------------------------------
 

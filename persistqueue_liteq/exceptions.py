@@ -16,6 +16,7 @@ happen (SQLite rolled it back) and nothing committed before it is lost::
      +-- IncompatibleDatabase
      +-- PayloadTooLarge             (also ValueError)
      +-- UnsafePath                  (also PermissionError)
+     +-- Unsupported                 (also NotImplementedError)
      +-- StorageError                (also OSError)
      |    +-- DiskFull
      |    +-- OutOfFileDescriptors
@@ -43,6 +44,7 @@ __all__ = [
     "CodecMismatch",
     "UnboundSignatures",
     "StorageFault",
+    "Unsupported",
 ]
 
 
@@ -135,3 +137,9 @@ class StorageFault(LiteQueueError):
     disk that stayed full, a lock that another program held too long.  The
     futures it held up fail with it (the cause is chained); the pool goes on
     and works again once the file does."""
+
+
+class Unsupported(LiteQueueError, NotImplementedError):
+    """The engine's backend does not offer the operation (maintenance such as
+    a checkpoint or a vacuum, on a backend without it); the message names
+    the backend and the operation.  Nothing was done."""

@@ -39,7 +39,7 @@ import time
 
 from . import _checks
 from ._policy import describe_exception, last_line, out_of_retries
-from .engine import lease_waiting, wait_drained
+from .engine import lease_waiting, maintenance_of, wait_drained
 from .exceptions import DatabaseBusy
 from .backends import front_end_engine
 from .sql import DEFAULT_PREFIX
@@ -518,16 +518,22 @@ class LiteQueue:
         many messages went."""
         return self._engine.delete_queue(_checks.queue_name(qname))
 
+    # Upkeep, through the engine's optional maintenance interface: each
+    # raises Unsupported on a backend without one.
+
     def checkpoint(self, mode="TRUNCATE"):
-        """Copy the write-ahead log into the database file and cut it back."""
-        return self._engine.checkpoint(mode)
+        """Copy the write-ahead log into the database file and cut it back;
+        return ``(busy, pages in the log, pages copied)`` (see
+        :meth:`.engine.Maintenance.checkpoint`)."""
+        return maintenance_of(self._engine, "checkpoint").checkpoint(mode)
 
     def vacuum(self):
         """Give the file's free pages back to the file system."""
-        self._engine.vacuum()
+        maintenance_of(self._engine, "vacuum").vacuum()
 
     def integrity_check(self):
-        return self._engine.integrity_check()
+        """``["ok"]`` when the file is sound, else its problems (one str each)."""
+        return maintenance_of(self._engine, "integrity_check").integrity_check()
 
     def close(self):
         """Close this process's connections (the data stays); an engine

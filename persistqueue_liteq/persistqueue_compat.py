@@ -73,6 +73,7 @@ import threading
 from queue import Empty
 from typing import Any, Dict, List, Optional
 
+from .engine import maintenance_of
 from .queues import PersistentQueue, _deadline
 from .serializers import PickleSerializer
 
@@ -366,7 +367,7 @@ class _Compat(PersistentQueue):
     def shrink_disk_usage(self) -> None:
         """VACUUM the file (give its free pages back)."""
         with self.mutex:
-            self._engine.vacuum()
+            maintenance_of(self._engine, "shrink_disk_usage").vacuum()
 
     @property
     def size(self) -> int:

@@ -41,7 +41,11 @@ Used like ProcessPoolExecutor and ThreadPoolExecutor; what differs:
   result the file refuses (too big for SQLite or for the disk) fails its
   task as an exception would: an attempt, then the dead-letter queue.
   Every such event is logged, with a traceback where a thread or worker
-  ended, on the "persistqueue_liteq" logger.
+  ended, on the "persistqueue_liteq" logger.  Any other exception of the
+  pool's own threads is a bug, never waited out: it is logged with its
+  traceback and fails the futures it concerns (those waiting for results,
+  if the collector meets it; every future, as BrokenProcessPool's cause,
+  if the process pool's manager does).
 * Workers die with the pool's process, however it dies, so that a rerun of
   the script never runs a task twice at once; they are not daemonic, so a
   task may start processes, as in the standard library's pool.
@@ -91,7 +95,6 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -101,12 +104,14 @@ from concurrent.futures import BrokenExecutor, Future
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 
-from . import _checks, sql
+from . import _checks
 from ._policy import describe_exception, out_of_retries, redrive_tasks, seconds_until
+from ._spill import SpilledCounts
 from .backends import describe, front_end_engine, redact
 from .engine import Engine, EngineSpec
-from .exceptions import (DatabaseBusy, LiteQueueError, SerializationError, StorageFault,
-                         TaskTimeout, WorkerDied)
+from .exceptions import (DatabaseBusy, IncompatibleDatabase, LiteQueueError, PayloadTooLarge,
+                         SerializationError, StorageError, StorageFault, TaskTimeout,
+                         WorkerDied)
 from .serializers import SignatureError, Signer, _check_key
 from .sql import DEFAULT_PREFIX
 
@@ -145,10 +150,12 @@ _OCCURRENCES_IN_MEMORY = 65536
 _CALL_KEYS = "[0-9a-f]" * 32 + "#*"
 # How often an idle worker looks for a stop request even without a wake-up.
 _IDLE_CHECK = 1.0
-# What a storage fault raises: ours (DatabaseBusy, ReadOnlyDatabase, ...),
-# the OS's, and what sqlite3 raises that the engine has no name for (a full
-# disk, a blob too big, an I/O error).  Anything else is a bug, not a fault.
-_STORAGE_ERRORS = (LiteQueueError, OSError, sqlite3.Error)
+# What a storage fault raises: the engine's (every error of the driver is one
+# of ours: a lock held too long, StorageError and its kinds, a file that is
+# no longer a usable queue database, a value too long to store) and the OS's.
+# Anything else is a bug, not a fault: never waited out, it is logged and
+# fails the futures it concerns.
+_STORAGE_ERRORS = (DatabaseBusy, StorageError, IncompatibleDatabase, PayloadTooLarge, OSError)
 # Waits between two tries of a failing storage call: doubling, up to the last.
 _FAULT_FIRST_RETRY = 0.05
 _FAULT_LONGEST_RETRY = 1.0
@@ -157,13 +164,15 @@ _FAULT_LONGEST_RETRY = 1.0
 # -- what crosses the file -----------------------------------------------------
 
 def _dumps(obj, what):
+    # Pickling runs the caller's code (__reduce__, __getstate__): any
+    # exception of it means "cannot pickle".
     try:
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         if cloudpickle is not None:
             try:
                 return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-            except Exception:
+            except Exception:  # the caller's code again
                 pass
         hint = ""
         if cloudpickle is None and ("lambda" in str(exc) or "local object" in str(exc)):
@@ -202,7 +211,7 @@ def _failure_payload(exc):
     pickled, a SerializationError that says so and carries its text."""
     try:
         return pickle.dumps(_ExceptionWithTraceback(exc), pickle.HIGHEST_PROTOCOL)
-    except Exception as pickling_error:
+    except Exception as pickling_error:  # any exception of the task's exception's own code
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return pickle.dumps(SerializationError(
             "the task raised %s, which cannot be pickled (%s):\n%s"
@@ -443,7 +452,7 @@ def _run_one(engine, cfg, msg, slot):
     try:
         return True, (msg.id, msg.lease, msg.key, True,
                       cfg.seal_result(msg.key, True, pickle.dumps(result, pickle.HIGHEST_PROTOCOL)))
-    except Exception as exc:
+    except Exception as exc:  # any exception of the result's own code (its __reduce__)
         error = SerializationError("the result of task %s cannot be pickled: %s" % (msg.key, exc))
         return True, _failed(cfg, msg, error, str(error))
 
@@ -497,7 +506,13 @@ class _Overseer:
 
     ``lock`` guards ``outcomes`` and is held while they are written, by
     either thread, so that outcomes reach the file in the order the tasks
-    finished."""
+    finished.
+
+    A storage fault is left to the worker, which waits it out when it
+    stores the outcomes with its next lease, and a task not handed back is
+    delivered again once its lease runs out.  Any other exception is a bug:
+    logged once, with its traceback, and the overseer stores and hands back
+    nothing more (the worker does it all, or meets the bug itself and ends)."""
 
     def __init__(self, engine, cfg, slot, idle):
         self.engine, self.cfg, self.slot, self.idle = engine, cfg, slot, idle
@@ -507,6 +522,7 @@ class _Overseer:
         self.started = 0  # how many tasks the worker started: a new one changes it
         self.busy = threading.Event()  # the worker holds a batch
         self.done = False
+        self.failure = None  # the bug it met, if it met one
         self._thread = threading.Thread(target=self._watch, daemon=True,
                                         name="persistqueue_liteq overseer")
         self._thread.start()
@@ -538,10 +554,11 @@ class _Overseer:
             if self.done:
                 return
             slow = self.started == seen and self.slot.task_id and self.busy.is_set()
-            store = self.outcomes and (
+            sound = self.failure is None
+            store = sound and self.outcomes and (
                 slow or time.monotonic() - self.oldest > 2 * _WATCH_EVERY)
             tell = slow and told != seen
-            hand_back = slow and self.idle and self.slot.has_waiting()
+            hand_back = sound and slow and self.idle and self.slot.has_waiting()
             if not (store or tell or hand_back):
                 continue
             with _prompt_switching():
@@ -559,16 +576,26 @@ class _Overseer:
                 if self.outcomes:
                     self.engine.complete_many(self.cfg.queue, self.outcomes)
                     self.outcomes = []
-        except Exception:  # busy for a moment: the worker stores them with its next lease
+        except _STORAGE_ERRORS:  # busy for a moment: the worker stores them with its next lease
             pass
+        except Exception as exc:
+            self._failed("storing the outcomes of finished tasks", exc)
 
     def _hand_back(self):
         lease, ids = self.slot.take_back_waiting()
         for task_id in ids:
             try:
                 self.engine.release(task_id, lease, attempted=False)
-            except Exception:
+            except _STORAGE_ERRORS:
                 pass  # busy: its lease runs out and it is delivered again
+            except Exception as exc:
+                self._failed("handing back task %d" % task_id, exc)
+                return  # the others' leases run out: they are delivered again
+
+    def _failed(self, what, exc):
+        self.failure = exc
+        logger.error("%s: the overseer of a worker failed %s (a bug, not a storage fault); "
+                     "the worker does without it", self.cfg.path, what, exc_info=True)
 
 
 def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None, idle=None):
@@ -702,16 +729,29 @@ def _extend_leases(engine, cfg, slots):
 
     A beat that finds the file failing stops there: the next one, a third
     of a lease later, tries again; if the fault outlasts the leases, the
-    tasks come back to whichever worker can run them.  Never raises."""
+    tasks come back to whichever worker can run them.  Raises only what is
+    not a storage fault (a bug)."""
     for slot in slots:
         lease, held = slot.held()
         for task_id, _ in held:
             try:
                 engine.set_visibility(task_id, lease, cfg.lease_seconds)
-            except Exception as exc:
+            except _STORAGE_ERRORS as exc:
                 logger.warning("%s: could not extend the lease of task %d: %s",
                                cfg.path, task_id, exc)
                 return
+
+
+def _beat(executor, slots):
+    """One heartbeat of ``executor``.  A bug in it (storage faults are left
+    to the next beat) is logged and fails the futures of the tasks whose
+    leases it could not extend: they may be delivered again while they run."""
+    try:
+        _extend_leases(executor._engine, executor._cfg, slots)
+    except Exception as exc:
+        logger.error("the heartbeat of the pool on %s failed; the futures of the tasks its "
+                     "workers hold fail with it", executor._engine.location, exc_info=True)
+        executor._fail_tasks([task_id for slot in slots for task_id, _ in slot.held()[1]], exc)
 
 
 def _exception_types(retry_on):
@@ -749,9 +789,8 @@ class _Occurrences:
             self._counts[digest] = 1
             return 0
         if self._spill is None:
-            self._spill = sqlite3.connect("", isolation_level=None, check_same_thread=False)
-            self._spill.execute(sql.CREATE_OCCURRENCES)
-        return self._spill.execute(sql.NEXT_OCCURRENCE, (digest,)).fetchone()[0]
+            self._spill = SpilledCounts()
+        return self._spill.next(digest)
 
     def close(self):
         if self._spill is not None:
@@ -1010,8 +1049,11 @@ class _PersistentExecutor(concurrent.futures.Executor):
             answers = {key: self._patient.result(queue, key)
                        for (_, (key, _)), (status, _) in zip(batch, statuses)
                        if status == "done"}
-        except Exception as exc:  # the file refused them: say so to their callers
-            logger.error("could not store %d tasks in %s: %s", len(batch), engine.location, exc)
+        except Exception as exc:
+            # A storage fault that lasted (StorageFault) or a bug: either way
+            # these calls are not stored, and their callers are told.
+            logger.error("could not store %d tasks in %s: %s", len(batch), engine.location, exc,
+                         exc_info=not isinstance(exc, StorageFault))
             for future, (key, _) in batch:
                 if self._forget(key, future) and future._start():
                     future.set_exception(exc)
@@ -1087,14 +1129,24 @@ class _PersistentExecutor(concurrent.futures.Executor):
     # -- results ----------------------------------------------------------------
 
     def _collect(self):
-        """The collector thread: never ends before the pool, whatever fails."""
+        """The collector thread: never ends before the pool, whatever fails.
+
+        :meth:`_collect_results` waits storage faults out; what it raises is
+        a bug, which fails the futures of every stored task (the collector
+        was to resolve them) and is logged; then the collector starts
+        again, and fails the futures stored meanwhile if it fails again."""
         while True:
             try:
                 self._collect_results()
                 return
-            except Exception:
-                logger.error("the collector of the pool on %s failed; it goes on",
+            except Exception as exc:
+                logger.error("the collector of the pool on %s failed; the futures of the "
+                             "tasks stored so far fail with it, and it goes on",
                              self._engine.location, exc_info=True)
+                self._fail_stored(exc)
+                with self._lock:
+                    if self._shutdown and not self._pending and not self._outbox:
+                        return
                 time.sleep(_FAULT_LONGEST_RETRY)
 
     def _collect_results(self):
@@ -1175,6 +1227,12 @@ class _PersistentExecutor(concurrent.futures.Executor):
                       if f._stored_at is not None and f._stored_at < when]
         self._fail_futures(stored, error)
 
+    def _fail_stored(self, error):
+        """Fail the future of every stored task with ``error``."""
+        with self._lock:
+            stored = [f for fs in self._pending.values() for f in fs if f._stored_at is not None]
+        self._fail_futures(stored, error)
+
     def _fail_tasks(self, task_ids, error):
         """Fail the futures of these stored tasks with ``error``."""
         ids = set(task_ids)
@@ -1210,6 +1268,10 @@ class _PersistentExecutor(concurrent.futures.Executor):
                             error_type(exc_text), exc_text)
         except StorageFault as exc:
             logger.error("cannot hand back the tasks of a worker that ended: %s", exc)
+            self._fail_tasks([task_id] + [other for other, _ in held], exc)
+        except Exception as exc:  # not a storage fault (those are waited out): a bug
+            logger.error("cannot hand back the tasks of a worker that ended; their futures "
+                         "fail with the error", exc_info=True)
             self._fail_tasks([task_id] + [other for other, _ in held], exc)
 
     def _resolve_future(self, future, ok, data):
@@ -1252,7 +1314,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 self._keys.pop(future._task_id, None)
             return found
 
-    def _mark_broken(self, reason):
+    def _mark_broken(self, reason, cause=None):
         logger.error("pool on %s is broken: %s", self._engine.location, reason)
         with self._lock:
             self._broken = reason
@@ -1260,6 +1322,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
             self._outbox.clear()
             self._stored.notify_all()
         error = self._broken_error(reason)
+        error.__cause__ = cause
         for futures in pending.values():
             for future in futures:
                 if future._start():
@@ -1439,15 +1502,24 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         self._workers[proc] = slot
 
     def _manage(self):
-        """The manager thread: never ends before the pool, whatever fails."""
+        """The manager thread: never ends before the pool.  What the OS or
+        the file refuses for a moment (starting a process, a storage call
+        not waited out) is logged and tried again; anything else is a bug,
+        which would fail again and again: it breaks the pool, every future
+        failing with BrokenProcessPool, the bug as its cause."""
         while True:
             try:
                 self._manage_workers()
                 return
-            except Exception:
+            except _STORAGE_ERRORS:
                 logger.error("the manager of the pool on %s failed; it goes on",
                              self._engine.location, exc_info=True)
                 self._stop.wait(_FAULT_LONGEST_RETRY)
+            except Exception as exc:
+                logger.error("the manager of the pool on %s failed (a bug): the pool is "
+                             "broken", self._engine.location, exc_info=True)
+                self._break("its manager thread failed: %s" % _exception_line(exc), cause=exc)
+                time.sleep(_FAULT_LONGEST_RETRY)  # then reaps the workers it stopped
 
     def _manage_workers(self):
         heartbeat_every = self._cfg.lease_seconds / 3
@@ -1503,9 +1575,9 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
                 "(lease_seconds, or twice timeout_seconds); its log says why"
                 % (self._engine.location, proc.pid, self._cfg.fault_seconds)), slot.gave_up_at)
 
-    def _break(self, reason):
+    def _break(self, reason, cause=None):
         """Workers cannot run: fail every future, stop the others."""
-        self._mark_broken(reason)
+        self._mark_broken(reason, cause)
         self._stop.set()
         for other in list(self._workers):
             other.terminate()
@@ -1514,7 +1586,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         return list(self._workers.values()) if self._run_workers else []
 
     def _heartbeat(self):
-        _extend_leases(self._engine, self._cfg, self._slots_of_workers())
+        _beat(self, self._slots_of_workers())
 
     def _enforce_timeout(self):
         now = time.monotonic()  # as slot.running(): see there
@@ -1741,11 +1813,7 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
 
     def _heartbeat_loop(self):
         while not self._stop_event.wait(self._cfg.lease_seconds / 3):
-            try:
-                _extend_leases(self._engine, self._cfg, self._slots)
-            except Exception:  # never expected: the beat goes on
-                logger.error("heartbeat of the pool on %s failed", self._engine.location,
-                             exc_info=True)
+            _beat(self, self._slots)
 
     def _end_workers_at_exit(self):
         pass  # daemon threads

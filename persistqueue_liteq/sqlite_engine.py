@@ -75,12 +75,13 @@ import weakref
 
 from . import _clock
 from . import sql as _sql
-from .connections import Connections, check_sqlite_version
-from .engine import METRIC_NAMES, Engine, EngineSpec, Message, Metrics, QueueStats, clock
+from .connections import Connections, check_sqlite_version, file_size
+from .engine import (METRIC_NAMES, Engine, EngineSpec, Maintenance, Message, Metrics,
+                     QueueStats, StorageSizes, clock)
 from .exceptions import IncompatibleDatabase, ReadOnlyDatabase, StorageError
 from .wakeup import Notifier
 
-__all__ = ["SQLiteEngine"]
+__all__ = ["SQLiteEngine", "SQLiteMaintenance", "check_table_prefix"]
 
 logger = logging.getLogger("persistqueue_liteq")
 
@@ -605,6 +606,12 @@ class SQLiteEngine(Engine):
             raise TypeError("put_on needs the application's sqlite3.Connection, not %s"
                             % type(conn).__name__)
         self._check_same_file(conn)
+        try:
+            return self._put_on(conn, queue, data, delay, ttl, seal, codec, priority)
+        except sqlite3.Error as exc:  # on the application's connection: ours all the same
+            raise self._conns.error(exc) from exc
+
+    def _put_on(self, conn, queue, data, delay, ttl, seal, codec, priority):
         s = self.sql
         held = None
         if codec is not None:
@@ -1231,11 +1238,14 @@ class SQLiteEngine(Engine):
 
     # -- maintenance (SQLite's own) -----------------------------------------------
 
+    def maintenance(self):
+        return SQLiteMaintenance(self)
+
     def checkpoint(self, mode="TRUNCATE"):
         """Copy the WAL into the database file; return SQLite's
         (busy, wal pages, pages checkpointed)."""
         mode = str(mode).upper()
-        if mode not in ("PASSIVE", "FULL", "RESTART", "TRUNCATE"):
+        if mode not in Maintenance.CHECKPOINT_MODES:
             raise ValueError("checkpoint mode must be PASSIVE, FULL, RESTART or TRUNCATE; got %r" % mode)
         return tuple(self._write("PRAGMA wal_checkpoint(%s)" % mode)[0])
 
@@ -1251,6 +1261,47 @@ class SQLiteEngine(Engine):
         self.flush_metrics()
         _open_engines.discard(self)
         self._conns.close()
+
+
+class SQLiteMaintenance(Maintenance):
+    """The upkeep of an SQLite engine's file (see :class:`Maintenance`):
+    ``PRAGMA wal_checkpoint``, ``VACUUM``, ``PRAGMA integrity_check``, the
+    automatic vacuum's threshold in the file, and the sizes of the file and
+    its ``-wal``."""
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    def checkpoint(self, mode="TRUNCATE"):
+        return self._engine.checkpoint(mode)
+
+    def vacuum(self):
+        self._engine.vacuum()
+
+    def integrity_check(self):
+        return self._engine.integrity_check()
+
+    def sizes(self):
+        path = self._engine.location
+        return StorageSizes(file_size(path), file_size(path + "-wal"))
+
+    @property
+    def sizes_at_open(self):
+        return StorageSizes(*self._engine._conns.sizes_at_open)
+
+    @property
+    def auto_vacuum_free_pages(self):
+        return self._engine.auto_vacuum_free_pages
+
+    def set_auto_vacuum(self, free_pages):
+        self._engine.set_auto_vacuum(free_pages)
+
+
+def check_table_prefix(prefix):
+    """Return ``prefix`` if the SQLite engine takes it as ``table_prefix``;
+    else ValueError saying why (for checking a user's input early)."""
+    _sql.render(prefix)
+    return prefix
 
 
 def _settings(text):

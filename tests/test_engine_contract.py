@@ -17,7 +17,8 @@ import time
 import pytest
 
 from persistqueue_liteq.backends import open_engine
-from persistqueue_liteq.engine import Engine, QueueStats
+from persistqueue_liteq.engine import Engine, Maintenance, QueueStats, StorageSizes, maintenance_of
+from persistqueue_liteq.exceptions import LiteQueueError, Unsupported
 
 
 @pytest.fixture
@@ -606,3 +607,46 @@ def test_queues_exist_while_empty_until_deleted(engine):
     assert (stats["used"].live, stats["used"].dead, stats["used"].settings) == (0, 0, {})
     assert engine.delete_queue("made") == 0
     assert [s.name for s in engine.queues()] == ["used"]
+
+
+# -- the optional maintenance interface -------------------------------------------
+
+def test_maintenance_is_none_or_a_maintenance_that_works(engine):
+    upkeep = engine.maintenance()
+    if upkeep is None:  # a backend without one: front ends raise Unsupported
+        return
+    assert isinstance(upkeep, Maintenance)
+    engine.put_many("q", [b"x" * 1000] * 50)
+    busy, log_pages, copied = upkeep.checkpoint("PASSIVE")
+    assert isinstance(busy, int) and log_pages >= copied
+    assert upkeep.checkpoint("TRUNCATE")[0] == 0  # nobody reads: nothing kept
+    with pytest.raises(ValueError, match="checkpoint mode"):
+        upkeep.checkpoint("SOMETIMES")
+    assert upkeep.integrity_check() == ["ok"]
+    engine.purge("q")
+    before = upkeep.sizes()
+    assert isinstance(before, StorageSizes) and before.database > 0
+    upkeep.vacuum()
+    upkeep.checkpoint("TRUNCATE")
+    assert upkeep.sizes().total < before.total  # the purged pages went back
+    assert isinstance(upkeep.sizes_at_open, StorageSizes)
+    assert upkeep.auto_vacuum_free_pages is None
+    upkeep.set_auto_vacuum(500)
+    assert upkeep.auto_vacuum_free_pages == 500
+    upkeep.set_auto_vacuum(None)
+    assert upkeep.auto_vacuum_free_pages is None
+    assert len(engine.lease("q", 10, 30.0)) == 0 and engine.count("q") == 0
+
+
+def test_an_engine_without_maintenance_says_so():
+    class Bare(Engine):  # the default: no maintenance interface
+        location = "bare://"
+
+    for name in list(Bare.__abstractmethods__):
+        setattr(Bare, name, lambda self, *args, **kwargs: None)
+    Bare.__abstractmethods__ = frozenset()
+    bare = Bare()
+    assert bare.maintenance() is None
+    with pytest.raises(Unsupported, match=r"bare:// \(the Bare backend\).*: vacuum is not") as caught:
+        maintenance_of(bare, "vacuum")
+    assert isinstance(caught.value, LiteQueueError) and isinstance(caught.value, NotImplementedError)
