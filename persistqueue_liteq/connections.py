@@ -75,6 +75,7 @@ import random
 import sqlite3
 import stat
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -276,12 +277,17 @@ class Connections:
             raise DatabaseReplaced(broken)
         return conn
 
-    def _forget(self, conn):
+    def _forget(self, conn, blocking=True):
         """Close ``conn`` unless somebody else already took it out of
-        ``_all`` (and so closes it)."""
-        with self._lock:
+        ``_all`` (and so closes it); without ``blocking``, only if ``_lock``
+        is free (else ``conn`` stays open, for the process's exit to close)."""
+        if not self._lock.acquire(blocking):
+            return
+        try:
             if self._generation != _fork.generation or self._all.pop(conn, None) is None:
                 return
+        finally:
+            self._lock.release()
         if self._broken is not None:
             return  # kept open for good by _break
         try:
@@ -660,6 +666,8 @@ class _ThreadEnd:
     connection (in the ending thread, which runs no statement any more)."""
 
     __slots__ = ("_conns", "_conn", "_pid")
+    # Kept here: late in the interpreter's exit, module globals may be gone.
+    _finalizing = staticmethod(sys.is_finalizing)
 
     def __init__(self, conns, conn):
         self._conns = weakref.ref(conns)
@@ -673,7 +681,11 @@ class _ThreadEnd:
             return
         conns = self._conns()
         if conns is not None:
-            conns._forget(self._conn)
+            # While the interpreter finalizes, the main thread clears the
+            # states of the daemon threads it stopped, which drops their
+            # slots here; one stopped inside ``with _lock`` holds it for
+            # good, and waiting for it would hang the exit.
+            conns._forget(self._conn, blocking=not self._finalizing())
 
 
 def _out_of_descriptors():

@@ -2,6 +2,8 @@
 thread ends, never closed by a forked child."""
 
 import os
+import subprocess
+import sys
 import threading
 
 from persistqueue_liteq import LiteQueue
@@ -125,3 +127,36 @@ def test_opening_and_closing_queues_again_and_again_leaks_no_descriptors(tmp_pat
     for i in range(200):
         cycle(tmp_path / ("file%d.db" % i))
     assert _open_descriptors() <= before + 2
+
+
+_DAEMON_HOLDS_THE_LOCK = """if 1:
+    import sys, threading
+    from persistqueue_liteq import LiteQueue
+    q = LiteQueue(sys.argv[1])
+    held = threading.Event()
+    def hold(conns=q._engine._conns):
+        q.put(b"x")  # this thread's connection
+        with conns._lock:  # where a daemon thread may be when the interpreter stops it
+            held.set()
+            threading.Event().wait()
+    threading.Thread(target=hold, daemon=True).start()
+    held.wait()
+    print("exiting")
+"""
+
+
+def test_exit_with_a_daemon_thread_inside_the_connections_lock(tmp_path):
+    # The interpreter stops its daemon threads where they are when it
+    # exits, then clears their states from the main thread, which drops
+    # their connections' slots: closing one there used to wait forever for
+    # the lock a stopped thread held (a pool's threads open their
+    # connections under it: a script that made a pool and ended at once
+    # hung at its exit about one time in three).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _DAEMON_HOLDS_THE_LOCK, str(tmp_path / "q.db")],
+            env=dict(os.environ, PYTHONPATH=root), capture_output=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the script hung at its exit") from None
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"exiting\n", b"")
