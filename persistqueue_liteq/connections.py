@@ -665,14 +665,16 @@ class _ThreadEnd:
     when the thread ends, CPython drops the slot, and this closes the
     connection (in the ending thread, which runs no statement any more)."""
 
-    __slots__ = ("_conns", "_conn", "_pid")
+    __slots__ = ("_conns", "_conn", "_pid", "_thread")
     # Kept here: late in the interpreter's exit, module globals may be gone.
     _finalizing = staticmethod(sys.is_finalizing)
+    _get_ident = staticmethod(threading.get_ident)
 
     def __init__(self, conns, conn):
         self._conns = weakref.ref(conns)
         self._conn = conn
         self._pid = os.getpid()
+        self._thread = threading.get_ident()
 
     def __del__(self):
         # In a forked child the parent's other threads' slots are dropped
@@ -680,12 +682,20 @@ class _ThreadEnd:
         if os.getpid() != self._pid:
             return
         conns = self._conns()
-        if conns is not None:
-            # While the interpreter finalizes, the main thread clears the
-            # states of the daemon threads it stopped, which drops their
-            # slots here; one stopped inside ``with _lock`` holds it for
-            # good, and waiting for it would hang the exit.
-            conns._forget(self._conn, blocking=not self._finalizing())
+        if conns is None:
+            return
+        if not self._finalizing():
+            conns._forget(self._conn)
+        elif self._get_ident() == self._thread:
+            # The interpreter's exit, in the connection's own thread; but a
+            # daemon thread the interpreter stopped inside ``with _lock``
+            # holds it for good: never wait for it.
+            conns._forget(self._conn, blocking=False)
+        # Else the interpreter's exit clears the state of a daemon thread it
+        # stopped, from the main thread: wherever that thread stopped (in a
+        # statement on this connection, which closing would crash, or
+        # holding the lock, which waiting for would hang), its connection
+        # is left for the process's exit to close.
 
 
 def _out_of_descriptors():
