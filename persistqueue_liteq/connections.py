@@ -79,6 +79,7 @@ import random
 import sqlite3
 import stat
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -285,12 +286,17 @@ class Connections:
             raise DatabaseReplaced(broken)
         return conn
 
-    def _forget(self, conn):
+    def _forget(self, conn, blocking=True):
         """Close ``conn`` unless somebody else already took it out of
-        ``_all`` (and so closes it)."""
-        with self._lock:
+        ``_all`` (and so closes it); without ``blocking``, only if ``_lock``
+        is free (else ``conn`` stays open, for the process's exit to close)."""
+        if not self._lock.acquire(blocking):
+            return
+        try:
             if self._generation != _fork.generation or self._all.pop(conn, None) is None:
                 return
+        finally:
+            self._lock.release()
         if self._broken is not None:
             return  # kept open for good by _break
         try:
@@ -683,12 +689,16 @@ class _ThreadEnd:
     when the thread ends, CPython drops the slot, and this closes the
     connection (in the ending thread, which runs no statement any more)."""
 
-    __slots__ = ("_conns", "_conn", "_pid")
+    __slots__ = ("_conns", "_conn", "_pid", "_thread")
+    # Kept here: late in the interpreter's exit, module globals may be gone.
+    _finalizing = staticmethod(sys.is_finalizing)
+    _get_ident = staticmethod(threading.get_ident)
 
     def __init__(self, conns, conn):
         self._conns = weakref.ref(conns)
         self._conn = conn
         self._pid = os.getpid()
+        self._thread = threading.get_ident()
 
     def __del__(self):
         # In a forked child the parent's other threads' slots are dropped
@@ -696,8 +706,20 @@ class _ThreadEnd:
         if os.getpid() != self._pid:
             return
         conns = self._conns()
-        if conns is not None:
+        if conns is None:
+            return
+        if not self._finalizing():
             conns._forget(self._conn)
+        elif self._get_ident() == self._thread:
+            # The interpreter's exit, in the connection's own thread; but a
+            # daemon thread the interpreter stopped inside ``with _lock``
+            # holds it for good: never wait for it.
+            conns._forget(self._conn, blocking=False)
+        # Else the interpreter's exit clears the state of a daemon thread it
+        # stopped, from the main thread: wherever that thread stopped (in a
+        # statement on this connection, which closing would crash, or
+        # holding the lock, which waiting for would hang), its connection
+        # is left for the process's exit to close.
 
 
 def file_size(path):

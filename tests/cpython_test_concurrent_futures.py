@@ -27,7 +27,8 @@
 #   (requires_resource('walltime'), cpython_only) run their tests; the
 #   sanitizer checks are dropped (no sanitizer build runs these);
 #   assert_python_ok runs the script with this repository on PYTHONPATH
-#   (CPython's runs it isolated, which would not find the package).
+#   (CPython's runs it isolated, which would not find the package), and
+#   fails if it has not ended in 45 s (before the test's timeout).
 # * The modules' shared helpers (mul, defined in three of them) appear once.
 # * Only the executor-generic tests are here: ExecutorTest, WaitTests,
 #   AsCompletedTests, ExecutorShutdownTest, InitializerMixin,
@@ -133,11 +134,17 @@ class _LocalSupport:
         pass
 
     @staticmethod
-    def assert_python_ok(*args, timeout=120):
+    def assert_python_ok(*args):
         env = dict(os.environ, PYTHONPATH=_ROOT)
         env.pop("PYTHONWARNINGS", None)
-        proc = subprocess.run([sys.executable, "-X", "faulthandler"] + list(args), cwd=_ROOT,
-                              env=env, capture_output=True, timeout=timeout)
+        # A script that hangs fails its test, sooner than the test's timeout
+        # (which would end the whole run), with what it said so far.
+        try:
+            proc = subprocess.run([sys.executable, "-X", "faulthandler"] + list(args),
+                                  cwd=_ROOT, env=env, capture_output=True, timeout=45)
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError("the script did not end in 45 s:\n%s"
+                                 % (exc.stderr or b"").decode(errors="replace")) from None
         if proc.returncode:
             raise AssertionError("the script failed (exit code %d):\n%s"
                                  % (proc.returncode, proc.stderr.decode(errors="replace")))
@@ -709,20 +716,7 @@ class ExecutorShutdownTest:
 
     def test_submit_after_interpreter_shutdown(self):
         # Test the atexit hook for shutdown of worker threads and processes
-        try:  # adapted: a known defect, open in issue 11 (see below)
-            rc, out, err = self._submit_after_interpreter_shutdown()
-        except subprocess.TimeoutExpired:
-            # Once, on 3.13 in CI, the child hung at its exit: a real
-            # defect, not found yet; said so, instead of the whole run
-            # being killed by the test timeout.
-            pytest.xfail("the child hung at interpreter exit (seen once, on 3.13)")
-        # Errors in atexit hooks don't change the process exit code, check
-        # stderr manually.
-        self.assertIn("RuntimeError: cannot schedule new futures", err.decode())
-        self.assertEqual(out.strip(), b"runtime-error")
-
-    def _submit_after_interpreter_shutdown(self):  # adapted: the test's body, with a timeout
-        return assert_python_ok('-c', """if 1:
+        rc, out, err = assert_python_ok('-c', """if 1:
             import atexit
             @atexit.register
             def run_last():
@@ -742,7 +736,11 @@ class ExecutorShutdownTest:
                     t = {executor_type}(5, mp_context=context)
                     t.submit(id, 42).result()
             """.format(executor_type=self.executor_type.__name__,
-                       context=getattr(self, "ctx", "")), timeout=45)
+                       context=getattr(self, "ctx", "")))
+        # Errors in atexit hooks don't change the process exit code, check
+        # stderr manually.
+        self.assertIn("RuntimeError: cannot schedule new futures", err.decode())
+        self.assertEqual(out.strip(), b"runtime-error")
 
     def test_hang_issue12364(self):
         fs = [self.executor.submit(time.sleep, 0.1) for _ in range(50)]

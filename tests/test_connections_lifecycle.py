@@ -2,6 +2,8 @@
 thread ends, never closed by a forked child."""
 
 import os
+import subprocess
+import sys
 import threading
 
 from persistqueue_liteq import LiteQueue
@@ -125,3 +127,69 @@ def test_opening_and_closing_queues_again_and_again_leaks_no_descriptors(tmp_pat
     for i in range(200):
         cycle(tmp_path / ("file%d.db" % i))
     assert _open_descriptors() <= before + 2
+
+
+
+def _exit_of(script, tmp_path):
+    """Run ``script`` with a queue file's path; (exit code, stdout, stderr)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-X", "faulthandler", "-c", script, str(tmp_path / "q.db")],
+            env=dict(os.environ, PYTHONPATH=root), capture_output=True, timeout=30)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError("the script hung at its exit:\n%s"
+                             % (exc.stderr or b"").decode(errors="replace")) from None
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+_DAEMON_HOLDS_THE_LOCK = """if 1:
+    import sys, threading
+    from persistqueue_liteq import LiteQueue
+    q = LiteQueue(sys.argv[1])
+    held = threading.Event()
+    def hold(conns=q._engine._conns):
+        q.put(b"x")  # this thread's connection
+        with conns._lock:  # where a daemon thread may be when the interpreter stops it
+            held.set()
+            threading.Event().wait()
+    threading.Thread(target=hold, daemon=True).start()
+    held.wait()
+    print("exiting")
+"""
+
+
+def test_exit_with_a_daemon_thread_inside_the_connections_lock(tmp_path):
+    # The interpreter stops its daemon threads where they are when it
+    # exits, then clears their states from the main thread, which drops
+    # their connections' slots: closing one there used to wait forever for
+    # the lock a stopped thread held (a pool's threads open their
+    # connections under it: a script that made a thread pool and ended at
+    # once hung at its exit now and then).
+    assert _exit_of(_DAEMON_HOLDS_THE_LOCK, tmp_path) == (0, b"exiting\n", b"")
+
+
+_DAEMON_IN_A_STATEMENT = """if 1:
+    import sys, threading
+    from persistqueue_liteq import LiteQueue
+    q = LiteQueue(sys.argv[1])
+    started = threading.Event()
+    def query(conns=q._engine._conns):
+        conn = conns.get()  # this thread's connection
+        conn.create_function("started", 0, lambda: started.set() or 1)
+        # Says it started from inside the statement, which never ends.
+        conn.execute("WITH RECURSIVE c(n) AS (SELECT started() UNION ALL "
+                     "SELECT n + 1 FROM c) SELECT count(*) FROM c").fetchall()
+    threading.Thread(target=query, daemon=True).start()
+    started.wait()
+    print("exiting")
+"""
+
+
+def test_exit_with_a_daemon_thread_inside_a_statement(tmp_path):
+    # The same, with the stopped thread inside a statement on its
+    # connection: closing that connection from the main thread waited for
+    # the statement (forever here), or crashed the exit with a segmentation
+    # fault (seen on 3.10 with a thread pool's worker): it is left for the
+    # process's exit to close.
+    assert _exit_of(_DAEMON_IN_A_STATEMENT, tmp_path) == (0, b"exiting\n", b"")
