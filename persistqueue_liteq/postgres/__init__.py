@@ -1,0 +1,18 @@
+"""The PostgreSQL backend: ``postgresql://`` locations (see :mod:`.engine`).
+
+Needs psycopg 3 and psycopg_pool: ``pip install "persistqueue_liteq[postgres]"``.
+The rest of the package never imports this one unless such a location is
+opened.
+"""
+
+try:
+    import psycopg  # noqa: F401
+    import psycopg_pool  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise ImportError(
+        "postgresql:// locations need psycopg 3 and psycopg_pool (%s): install them with "
+        "pip install 'persistqueue_liteq[postgres]'" % exc, name=exc.name) from exc
+
+from .engine import PostgresEngine  # noqa: E402
+
+__all__ = ["PostgresEngine"]
