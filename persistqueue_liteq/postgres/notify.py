@@ -165,7 +165,8 @@ class Listener:
         while True:
             conn = None
             try:
-                conn = psycopg.connect(self._conninfo, autocommit=True)
+                conn = psycopg.connect(self._conninfo, autocommit=True,
+                                       application_name="persistqueue_liteq listener")
                 reconnected = self._thread_started_before
                 self._thread_started_before = True
                 pause = 0.1
