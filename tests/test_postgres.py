@@ -190,17 +190,26 @@ def test_two_processes_submitting_one_key_at_once_store_it_once(engine, fork):
         engine.purge(key_queue)
 
 
+def _backend_pid(engine):
+    return engine._conns.execute("SELECT pg_backend_pid()")[0][0]
+
+
 def test_a_forked_child_uses_its_own_connections_and_the_parent_keeps_its_own(engine, fork):
     engine.put("q", b"before")
+    parent_pids = {_backend_pid(engine) for _ in range(20)}  # its pool's connections
+    out = fork.Queue()
 
-    def child_work(e):
+    def child_work(e, out):
+        out.put(_backend_pid(e))
         msg = e.lease("q", 1, 30.0)[0]
         assert e.ack(msg.id, msg.lease)
         e.put("q", b"from the child")
         e.close()
 
-    assert run_child(fork, child_work, engine) == 0
+    assert run_child(fork, child_work, engine, out) == 0
+    assert out.get(timeout=10) not in parent_pids  # a connection of its own
     # The parent's pool still works: the child closed only its own.
+    assert {_backend_pid(engine) for _ in range(20)} == parent_pids
     assert [m.data for m in engine.lease("q", 5, 30.0)] == [b"from the child"]
 
 
