@@ -289,6 +289,24 @@ def test_liteq_and_the_queue_family_work_on_postgres(pg):
         LiteQueue(pg, synchronous="FULL")
 
 
+def test_the_async_queue_works_on_postgres(pg):
+    import asyncio
+
+    from persistqueue_liteq.aio import AsyncPersistentQueue
+
+    async def main():
+        q = AsyncPersistentQueue(pg)
+        getter = asyncio.ensure_future(q.get())  # blocks: the queue is empty
+        await asyncio.sleep(0)
+        await q.put("async")
+        got = await asyncio.wait_for(getter, 30)
+        q.task_done()
+        await q.aclose()
+        return got
+
+    assert asyncio.run(main()) == "async"
+
+
 def test_a_thread_pool_submits_maps_and_keeps_results_on_postgres(pg):
     with PersistentThreadPoolExecutor(pg, max_workers=2) as ex:
         assert ex.submit(square, 7).result(60) == 49

@@ -71,10 +71,11 @@ class Connections:
                 _inherited.append(self._pool)  # the parent's: left alone
                 self._pool = None
             if self._pool is None:
-                check = getattr(psycopg_pool.ConnectionPool, "check_connection", None)
+                # No check at each getconn (a round trip per operation): a
+                # connection found dead at its first use is retried (see run).
                 self._pool = psycopg_pool.ConnectionPool(
                     self.conninfo, min_size=1, max_size=self.pool_size, open=True,
-                    kwargs={"autocommit": False}, configure=self._configure, check=check,
+                    kwargs={"autocommit": False}, configure=self._configure,
                     timeout=self.timeout, name="persistqueue_liteq", num_workers=1)
                 self._pid = os.getpid()
             return self._pool
@@ -103,10 +104,15 @@ class Connections:
     # -- transactions -------------------------------------------------------------
 
     def _current(self):
+        """This thread's transaction, to join, unless it is in the middle of
+        a statement or of its COMMIT (a put from a ``__del__`` that the
+        garbage collector ran there): that call gets a transaction of its
+        own."""
         if self._generation != _fork.generation:
             self._local = threading.local()
             self._generation = _fork.generation
-        return getattr(self._local, "tx", None)
+        tx = getattr(self._local, "tx", None)
+        return None if tx is None or tx.busy else tx
 
     @contextlib.contextmanager
     def transaction(self):
@@ -128,14 +134,14 @@ class Connections:
         except psycopg.Error as exc:
             raise self.error(exc) from None
         tx = Tx(conn)
-        self._local.tx = tx
+        outer, self._local.tx = getattr(self._local, "tx", None), tx
         try:
             try:
                 if self.on_connect is not None:
                     self.on_connect(conn)
                 yield tx
-                tx.send_notifications()
-                conn.commit()
+                tx.committing = True
+                tx.commit()
             except BaseException:
                 try:
                     conn.rollback()
@@ -145,23 +151,31 @@ class Connections:
         except psycopg.Error as exc:
             raise self.error(exc) from exc
         finally:
-            self._local.tx = None
+            self._local.tx = outer
             self.pool().putconn(conn)
         for callback in tx.after:
             callback()
 
     def run(self, work):
         """``work(tx)`` in a transaction of its own, run again (whole) after a
-        deadlock or a serialization failure."""
+        deadlock or a serialization failure, or a connection lost before
+        its COMMIT was sent (the server rolled it back: nothing happened;
+        a connection of the pool that died while idle shows so)."""
+        outer = self._current()
+        if outer is not None:
+            return work(outer)
         for attempt in range(_ATTEMPTS):
+            tx = None
             try:
                 with self.transaction() as tx:
                     return work(tx)
             except StorageError as exc:
-                if (not isinstance(exc.__cause__, _RETRIED) or attempt == _ATTEMPTS - 1
-                        or self._current() is not None):
+                lost = (isinstance(exc.__cause__, psycopg.OperationalError)
+                        and not isinstance(exc.__cause__, _RETRIED)
+                        and tx is not None and not tx.committing and tx.conn.broken)
+                if not (isinstance(exc.__cause__, _RETRIED) or lost) or attempt == _ATTEMPTS - 1:
                     raise
-            time.sleep(0.01 * (attempt + 1) * (0.5 + random.random()))
+            time.sleep(0.01 * attempt * (0.5 + random.random()))
 
     def execute(self, statement, params=None):
         """Run one statement; return all its rows."""
@@ -211,29 +225,54 @@ def _scrub(text, conninfo):
 class Tx:
     """One transaction: its connection, and what to send at its commit."""
 
-    __slots__ = ("conn", "notifications", "after")
+    __slots__ = ("conn", "notifications", "after", "committing", "busy")
 
     def __init__(self, conn):
         self.conn = conn
         self.notifications = {}  # (channel, payload): None, in order
         self.after = []
+        self.committing = False
+        #: In a statement or the COMMIT: a reentrant call must not join.
+        self.busy = False
+
+    def _execute(self, statement, params):
+        self.busy = True
+        try:
+            return self.conn.execute(statement, params)
+        finally:
+            self.busy = False
 
     def rows(self, statement, params=None):
-        cur = self.conn.execute(statement, params)
-        return cur.fetchall() if cur.description is not None else []
+        self.busy = True
+        try:
+            cur = self.conn.execute(statement, params)
+            return cur.fetchall() if cur.description is not None else []
+        finally:
+            self.busy = False
 
     def one(self, statement, params=None):
-        return self.conn.execute(statement, params).fetchone()
+        self.busy = True
+        try:
+            return self.conn.execute(statement, params).fetchone()
+        finally:
+            self.busy = False
 
     def rowcount(self, statement, params=None):
-        return self.conn.execute(statement, params).rowcount
+        return self._execute(statement, params).rowcount
 
     def notify(self, channel, payload, callback=None):
         self.notifications[channel, payload] = None
         if callback is not None:
             self.after.append(callback)
 
-    def send_notifications(self):
-        if self.notifications:
-            with self.conn.cursor() as cur:
-                cur.executemany("SELECT pg_notify(%s, %s)", list(self.notifications))
+    def commit(self):
+        """Send the notifications (delivered at commit) and COMMIT, in one
+        round trip."""
+        self.busy = True
+        if not self.notifications:
+            self.conn.commit()
+            return
+        with self.conn.pipeline():
+            for channel, payload in self.notifications:
+                self.conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+            self.conn.commit()

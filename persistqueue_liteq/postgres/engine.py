@@ -397,7 +397,14 @@ class PostgresEngine(Engine):
         return fingerprint
 
     def claim_codec(self, queue, fingerprint):
-        return self._run(lambda tx: self._claim_codec_in(tx.conn, queue, fingerprint))
+        def work(tx):
+            tx.busy = True  # statements on tx.conn: see Tx.busy
+            try:
+                return self._claim_codec_in(tx.conn, queue, fingerprint)
+            finally:
+                tx.busy = False
+
+        return self._run(work)
 
     def replace_data(self, msg_id, old, new):
         return bool(self._conns.changes(self.sql.REPLACE_DATA, (new, msg_id, old)))
@@ -819,11 +826,15 @@ class PostgresEngine(Engine):
         items = sorted(pending.items())  # one order for every process: no deadlock
 
         def work(tx):
-            with tx.conn.cursor() as cur:
-                cur.executemany(self.sql.ADD_COUNTER,
-                                [(queue, name, n) for (queue, name), n in items])
-                cur.executemany(self.sql.ADD_ACTIVITY,
-                                [(queue, name, bucket, n) for (queue, name), n in items])
+            tx.busy = True  # statements on tx.conn: see Tx.busy
+            try:
+                with tx.conn.cursor() as cur:
+                    cur.executemany(self.sql.ADD_COUNTER,
+                                    [(queue, name, n) for (queue, name), n in items])
+                    cur.executemany(self.sql.ADD_ACTIVITY,
+                                    [(queue, name, bucket, n) for (queue, name), n in items])
+            finally:
+                tx.busy = False
             tx.rows(self.sql.FORGET_ACTIVITY, (bucket - _sql.ACTIVITY_KEPT,))
 
         try:
