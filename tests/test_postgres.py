@@ -322,3 +322,75 @@ def test_a_killed_process_workers_task_is_retried_on_postgres(pg, tmp_path):
         assert [f.result(60) for f in others] == [i * i for i in range(10)]
         assert ex.dead_letters() == []
     assert os.path.exists(tmp_path / "marker")  # it did die once
+
+
+def test_glob_patterns_become_the_same_regular_expressions():
+    import re
+
+    from persistqueue_liteq.postgres.sql import glob_to_regex
+
+    keys = ["call:ab12", "call:ab12:x", "Call:ab12", "call:[x]", "call.ab12", "a*b", "a?b"]
+    for pattern, matching in [
+        ("call:*", {"call:ab12", "call:ab12:x", "call:[x]"}),
+        ("call:ab1?", {"call:ab12"}),
+        ("call[:.]ab12", {"call:ab12", "call.ab12"}),
+        ("call:[^a]*", {"call:[x]"}),
+        ("a*b", {"a*b", "a?b"}),
+        ("call.ab12", {"call.ab12"}),
+        ("call:[x", set()),
+    ]:
+        regex = glob_to_regex(pattern)
+        assert {k for k in keys if re.search(regex, k)} == matching, pattern
+
+
+def test_forget_results_matching_takes_a_glob_on_postgres(engine):
+    engine.put_keyed("tasks", [("call:1", b"a"), ("call:2", b"b"), ("other", b"c")])
+    for msg in engine.lease("tasks", 3, 30.0):
+        engine.complete(msg.id, msg.lease, msg.key, msg.key != "call:2", b"r")
+    assert engine.forget_results_matching("tasks", "call:*", failed_only=True) == 1
+    assert engine.forget_results_matching("tasks", "call:*") == 1
+    assert [key for _, key, _, _ in engine.results_since("tasks", 0)] == ["other"]
+
+
+def test_results_commit_in_seq_order_so_a_follower_skips_none(engine):
+    """A result writer waits for the one before it to commit: a follower of
+    results_since that saw seq n never finds n - 1 committed later."""
+    import threading
+
+    import psycopg
+
+    engine.put_keyed("tasks", [("first", b"1"), ("second", b"2")])
+    first, second = sorted(engine.lease("tasks", 2, 30.0), key=lambda m: m.key)
+    stored, go, done = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_writer():  # stores its result, then holds its transaction open
+        with engine._conns.transaction() as tx:
+            engine._complete_in(tx, first.id, first.lease, first.key, True, b"r", None)
+            stored.set()
+            go.wait(30)
+
+    def second_writer():
+        engine.complete(second.id, second.lease, second.key, True, b"r")
+        done.set()
+
+    threads = [threading.Thread(target=slow_writer)]
+    threads[0].start()
+    assert stored.wait(30)
+    threads.append(threading.Thread(target=second_writer))
+    threads[1].start()
+    with psycopg.connect(engine.spec.location, autocommit=True) as admin:
+        for _ in range(3000):  # until the second writer waits for the advisory lock
+            if admin.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = "
+                             "'advisory' AND application_name = 'persistqueue_liteq'"
+                             ).fetchone()[0]:
+                break
+            done.wait(0.01)
+        else:
+            raise AssertionError("the second writer did not wait for the first")
+    assert not done.is_set()
+    assert engine.results_since("tasks", 0) == []  # nothing committed yet
+    go.set()
+    for thread in threads:
+        thread.join(30)
+    rows = engine.results_since("tasks", 0)
+    assert [key for _, key, _, _ in rows] == ["first", "second"]

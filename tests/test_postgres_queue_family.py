@@ -10,6 +10,7 @@ wait for their fsync here (``synchronous_commit=off``, through libpq's
 ``options``), to keep these tests' tens of thousands of commits fast.
 """
 
+import importlib.util
 import os
 import uuid
 
@@ -39,9 +40,7 @@ class _OnPostgres:
         if not url:
             self.skipTest("set %s to a postgresql:// URL to test the PostgreSQL backend"
                           % POSTGRES_ENV)
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("psycopg") is None:
             self.skipTest("the postgres extra is not installed")
         schema = "test_" + uuid.uuid4().hex[:16]
         # Commits not waiting for their fsync (what SQLite's default

@@ -37,7 +37,6 @@ version; a database of a newer version is refused.
 import atexit
 import json
 import logging
-import os
 import random
 import threading
 import time
