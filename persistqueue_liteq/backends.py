@@ -58,11 +58,21 @@ def redact(location):
     if not _URL.match(text):
         return text
     parts = urllib.parse.urlsplit(text)
-    if parts.password is None:
-        return text
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc="%s:***@%s" % (user, netloc[2])))
+    if parts.password is not None:
+        netloc = parts.netloc.rpartition("@")
+        user = netloc[0].partition(":")[0]
+        parts = parts._replace(netloc="%s:***@%s" % (user, netloc[2]))
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if any(name in _SECRET_PARAMETERS for name, _ in query):
+        # libpq takes a password in the query too (?password=...).
+        parts = parts._replace(query="&".join(
+            "%s=***" % name if name in _SECRET_PARAMETERS
+            else urllib.parse.urlencode([(name, value)]) for name, value in query))
+    return urllib.parse.urlunsplit(parts)
+
+
+#: Query parameters of a URL that are secrets (libpq's).
+_SECRET_PARAMETERS = ("password", "sslpassword")
 
 
 def describe(location=None, **options):

@@ -104,6 +104,8 @@ def test_passwords_never_show(tmp_path):
     url = "postgresql://alice:s3cr%40t@db.example:5432/jobs?sslmode=require"
     assert redact(url) == "postgresql://alice:***@db.example:5432/jobs?sslmode=require"
     assert redact("postgresql://alice@db/jobs") == "postgresql://alice@db/jobs"
+    assert redact("postgresql://db/jobs?user=alice&password=s3cr%40t&sslmode=require") == (
+        "postgresql://db/jobs?user=alice&password=***&sslmode=require")
     assert redact(str(tmp_path)) == str(tmp_path)
     with pytest.raises(ValueError) as info:
         describe(url + "&timeout=soon")

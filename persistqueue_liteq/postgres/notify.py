@@ -93,6 +93,9 @@ class Listener:
         self._wanted = set()  # channels some waiter asked for
         self._listening = set()  # channels LISTENed on the current connection
         self._thread = None
+        #: Whether the last connection attempt failed: waiters then do not
+        #: wait for a LISTEN that cannot come (their safety looks stand in).
+        self._down = False
         self._poke_r, self._poke_w = os.pipe()
         os.set_blocking(self._poke_w, False)
         os.set_blocking(self._poke_r, False)
@@ -110,6 +113,8 @@ class Listener:
                 return
             self._wanted.add(waiter.key[0])
             self._start()
+            if self._down:
+                return
         self._poke()
         deadline = time.monotonic() + LISTEN_WAIT
         with self._lock:
@@ -169,9 +174,13 @@ class Listener:
                                        application_name="persistqueue_liteq listener")
                 reconnected = self._thread_started_before
                 self._thread_started_before = True
+                self._down = False
                 pause = 0.1
                 self._serve(conn, reconnected)
             except Exception as exc:  # lost: listen again after a pause
+                with self._lock:
+                    self._down = True
+                    self._lock.notify_all()  # waiters waiting for a LISTEN go on
                 logger.warning("wake-ups from %s interrupted (%s); reconnecting in %.1f s "
                                "(waiters look at their queues every %g s meanwhile)",
                                self._shown, exc, pause, SAFETY_INTERVAL)
