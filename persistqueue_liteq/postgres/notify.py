@@ -118,7 +118,7 @@ class Listener:
         self._poke()
         deadline = time.monotonic() + LISTEN_WAIT
         with self._lock:
-            while waiter.key[0] not in self._listening:
+            while waiter.key[0] not in self._listening and not self._down:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return  # down: the waiter's safety looks stand in
