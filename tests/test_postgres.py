@@ -394,3 +394,19 @@ def test_results_commit_in_seq_order_so_a_follower_skips_none(engine):
         thread.join(30)
     rows = engine.results_since("tasks", 0)
     assert [key for _, key, _, _ in rows] == ["first", "second"]
+
+
+def test_a_pooled_connection_that_died_while_idle_is_replaced_not_raised(engine):
+    import psycopg
+
+    engine.put("q", b"before")
+    with psycopg.connect(engine.spec.location, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'persistqueue_liteq' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    assert killed
+    # Died before anything of these was sent: run again on a new connection.
+    for _ in range(len(killed) + 1):
+        engine.put("q", b"after")
+    assert engine.count("q") == len(killed) + 2
