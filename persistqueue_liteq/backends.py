@@ -1,8 +1,8 @@
 """Opening an engine by location: the one module that knows the backends.
 
 A *location* is what users pass to every front end: a path (``"jobs.db"``,
-a :class:`os.PathLike`), a URL (``"sqlite:///jobs.db"``; ``postgresql://...``
-once that backend exists), None (then ``$PERSISTQUEUE_LITEQ_DB``), an
+a :class:`os.PathLike`), a URL (``"sqlite:///jobs.db"``,
+``"postgresql://user@host/db"``), None (then ``$PERSISTQUEUE_LITEQ_DB``), an
 :class:`~.engine.Engine` already open, or an :class:`EngineSpec`.
 
 :func:`describe` turns a location and backend options into an
@@ -10,7 +10,8 @@ once that backend exists), None (then ``$PERSISTQUEUE_LITEQ_DB``), an
 with :meth:`EngineSpec.open` (how queues and pools reach their children).
 :func:`open_engine` opens one.  Backend options are the backend's own
 (SQLite's: ``timeout``, ``synchronous``, ``table_prefix``, ``readonly``,
-``journal_mode``); an option a backend does not take is a TypeError that
+``journal_mode``; PostgreSQL's: ``timeout``, ``table_prefix``, ``schema``,
+``pool_size``); an option a backend does not take is a TypeError that
 names it.
 
 SQLite URLs follow the usual convention: ``sqlite:///jobs.db`` is relative
@@ -18,6 +19,14 @@ to the current directory, ``sqlite:////var/jobs.db`` absolute; query
 parameters are options (``sqlite:///jobs.db?synchronous=FULL``).  A
 password in a URL is never shown: :func:`redact` replaces it wherever a
 location is printed (reprs, log lines, errors).
+
+PostgreSQL URLs (``postgresql://`` or ``postgres://``) name a server and
+database; the backend's options come out of the query, libpq's parameters
+(``sslmode``, ...) stay in it.  The whole URL, password included, is the
+target that the engine connects to and that its spec carries (so that a child
+process reopens it); the engine shows it only redacted.  That backend needs
+``pip install "persistqueue_liteq[postgres]"``; without psycopg, opening such
+a URL is an ImportError saying so.
 """
 
 import importlib
@@ -36,8 +45,11 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: the options it takes.
 _BACKENDS = {
     "sqlite": (".sqlite_engine", "SQLiteEngine"),
+    "postgresql": (".postgres", "PostgresEngine"),
+    "postgres": (".postgres", "PostgresEngine"),
 }
-_NOT_YET = ("postgresql", "postgres")
+#: Schemes whose target is the whole URL (a server), not a file.
+_SERVER_SCHEMES = ("postgresql", "postgres")
 
 
 def redact(location):
@@ -46,11 +58,21 @@ def redact(location):
     if not _URL.match(text):
         return text
     parts = urllib.parse.urlsplit(text)
-    if parts.password is None:
-        return text
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc="%s:***@%s" % (user, netloc[2])))
+    if parts.password is not None:
+        netloc = parts.netloc.rpartition("@")
+        user = netloc[0].partition(":")[0]
+        parts = parts._replace(netloc="%s:***@%s" % (user, netloc[2]))
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if any(name in _SECRET_PARAMETERS for name, _ in query):
+        # libpq takes a password in the query too (?password=...).
+        parts = parts._replace(query="&".join(
+            "%s=***" % name if name in _SECRET_PARAMETERS
+            else urllib.parse.urlencode([(name, value)]) for name, value in query))
+    return urllib.parse.urlunsplit(parts)
+
+
+#: Query parameters of a URL that are secrets (libpq's).
+_SECRET_PARAMETERS = ("password", "sslpassword")
 
 
 def describe(location=None, **options):
@@ -96,8 +118,13 @@ def front_end_engine(location, **options):
     count (a URL's own options stand), and with an Engine given as
     ``location``, which is used as it is, those are refused."""
     scheme = _scheme_of(location)
-    # (A scheme of no backend: open_engine says so.)
-    defaults = backend_of(scheme).DEFAULT_OPTIONS if scheme in _BACKENDS else {}
+    # (A scheme of no backend: open_engine says so.)  A backend's
+    # IGNORED_DEFAULTS are front-end options it has no use for, dropped at
+    # their default values (PostgreSQL has no journal mode).
+    defaults = {}
+    if scheme in _BACKENDS:
+        backend = backend_of(scheme)
+        defaults = dict(getattr(backend, "IGNORED_DEFAULTS", {}), **backend.DEFAULT_OPTIONS)
     options = {name: value for name, value in options.items()
                if name not in defaults or value != defaults[name]}
     return open_engine(location, **options), not isinstance(location, Engine)
@@ -113,7 +140,8 @@ def _scheme_of(location):
 
 
 def backend_of(scheme):
-    """The engine class of ``scheme`` (imported on first use)."""
+    """The engine class of ``scheme`` (imported on first use).  ImportError
+    naming the extra to install if the backend's driver is missing."""
     module, name = _BACKENDS[scheme]
     return getattr(importlib.import_module(module, __package__), name)
 
@@ -134,14 +162,12 @@ def _parse(location, options):
 
 def _parse_url(scheme, url, options):
     shown = redact(url)
-    if scheme in _NOT_YET:
-        raise ValueError(
-            "%s: the PostgreSQL backend is not available in this version; use a path "
-            "or a sqlite:/// URL" % shown)
     if scheme not in _BACKENDS:
         raise ValueError("%s: no backend for %r URLs (known: %s)"
                          % (shown, scheme, ", ".join(sorted(_BACKENDS))))
     parts = urllib.parse.urlsplit(url)
+    if scheme in _SERVER_SCHEMES:
+        return _parse_server_url(scheme, url, parts, shown, options)
     if parts.netloc:
         raise ValueError("%s: a sqlite URL names a file, not a host: sqlite:///relative.db "
                          "or sqlite:////absolute.db" % shown)
@@ -158,6 +184,28 @@ def _parse_url(scheme, url, options):
     return scheme, target, merged
 
 
+def _parse_server_url(scheme, url, parts, shown, options):
+    """A server's URL: the target is the URL itself, less the query
+    parameters that are the backend's options (the others are the driver's,
+    such as libpq's sslmode, and stay)."""
+    known = backend_of(scheme).DEFAULT_OPTIONS
+    merged = dict(options)
+    kept = []
+    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if name not in known:
+            kept.append((name, value))
+            continue
+        value = _option_value(name, value, shown)
+        if name in merged and merged[name] != value:
+            raise ValueError("%s: option %s given both in the URL (%r) and as an argument "
+                             "(%r)" % (shown, name, value, merged[name]))
+        merged[name] = value
+    if not parts.hostname and not parts.path.strip("/") and not kept:
+        raise ValueError("%s: the URL names no server or database" % shown)
+    target = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(kept)))
+    return "postgresql", target, merged
+
+
 def _option_value(name, text, shown):
     """A URL's option text as the option's type."""
     if name == "timeout":
@@ -165,6 +213,12 @@ def _option_value(name, text, shown):
             return float(text)
         except ValueError:
             raise ValueError("%s: option timeout must be a number of seconds, not %r"
+                             % (shown, text)) from None
+    if name == "pool_size":
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("%s: option pool_size must be a whole number, not %r"
                              % (shown, text)) from None
     if name == "readonly":
         if text.lower() not in ("1", "0", "true", "false", "yes", "no"):

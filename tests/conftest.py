@@ -1,6 +1,7 @@
 import multiprocessing
 import os
 import signal
+import uuid
 
 import pytest
 
@@ -9,7 +10,10 @@ from persistqueue_liteq import LiteQueue
 
 #: The backends that the ``location`` fixture opens: a new backend adds its
 #: name here and a branch to ``location``.
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
+
+#: The PostgreSQL server the "postgresql" backend's tests use (a URL), if any.
+POSTGRES_ENV = "PERSISTQUEUE_LITEQ_TEST_POSTGRES"
 
 
 @pytest.fixture(params=BACKENDS)
@@ -18,7 +22,29 @@ def location(request, tmp_path):
     persistqueue_liteq.backends.open_engine take."""
     if request.param == "sqlite":
         return "sqlite:///" + str(tmp_path / "queue.db")
+    if request.param == "postgresql":
+        return postgres_location(request)
     raise AssertionError("no location for backend %r" % request.param)
+
+
+def postgres_location(request):
+    """A fresh namespace (a schema of its own, dropped after the test) on
+    the server named by $PERSISTQUEUE_LITEQ_TEST_POSTGRES; skipped without it."""
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip("set %s to a postgresql:// URL to test the PostgreSQL backend"
+                    % POSTGRES_ENV)
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    schema = "test_" + uuid.uuid4().hex[:16]
+    request.addfinalizer(lambda: drop_postgres_schema(url, schema))
+    return url + ("&" if "?" in url else "?") + "schema=" + schema
+
+
+def drop_postgres_schema(url, schema):
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute('DROP SCHEMA IF EXISTS "%s" CASCADE' % schema)
 
 
 @pytest.fixture

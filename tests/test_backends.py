@@ -67,7 +67,8 @@ def test_url_query_parameters_are_backend_options(tmp_path):
     ("sqlite:///jobs.db?readonly=perhaps", "readonly must be true or false"),
     ("sqlite:///:memory:", "several connections can open"),
     (":memory:", "several connections can open"),
-    ("postgresql://localhost/jobs", "PostgreSQL backend is not available"),
+    ("postgresql://localhost/jobs?pool_size=many", "pool_size must be a whole number"),
+    ("postgresql://", "names no server or database"),
 ])
 def test_a_location_of_no_backend_is_a_clear_error(location, message):
     with pytest.raises(ValueError, match=message):
@@ -103,9 +104,11 @@ def test_passwords_never_show(tmp_path):
     url = "postgresql://alice:s3cr%40t@db.example:5432/jobs?sslmode=require"
     assert redact(url) == "postgresql://alice:***@db.example:5432/jobs?sslmode=require"
     assert redact("postgresql://alice@db/jobs") == "postgresql://alice@db/jobs"
+    assert redact("postgresql://db/jobs?user=alice&password=s3cr%40t&sslmode=require") == (
+        "postgresql://db/jobs?user=alice&password=***&sslmode=require")
     assert redact(str(tmp_path)) == str(tmp_path)
     with pytest.raises(ValueError) as info:
-        describe(url)
+        describe(url + "&timeout=soon")
     assert "s3cr" not in str(info.value)
     spec = EngineSpec("postgresql", url, {"timeout": 1.0})
     assert "s3cr" not in repr(spec) and "alice:***@" in repr(spec)

@@ -484,24 +484,56 @@ def test_lease_id_leases_that_message_only_if_it_is_ready(engine):
     assert engine.ack(msg.id, msg.lease)
 
 
-def test_put_on_joins_the_applications_transaction(engine):
-    import sqlite3
+class _AppConnection:
+    """The application's own connection to the engine's database, with its
+    transactions: what put_on joins."""
 
-    conn = sqlite3.connect(engine.location, isolation_level=None)
+    def __init__(self, engine):
+        self.scheme = engine.spec.scheme
+        if self.scheme == "sqlite":
+            import sqlite3
+
+            self.conn = sqlite3.connect(engine.location, isolation_level=None)
+        else:
+            import psycopg
+
+            self.conn = psycopg.connect(engine.spec.location)
+
+    def begin(self):
+        if self.scheme == "sqlite":
+            self.conn.execute("BEGIN IMMEDIATE")
+        # (psycopg opens a transaction at the first statement)
+
+    def commit(self):
+        if self.scheme == "sqlite":
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.commit()
+
+    def rollback(self):
+        if self.scheme == "sqlite":
+            self.conn.execute("ROLLBACK")
+        else:
+            self.conn.rollback()
+
+
+def test_put_on_joins_the_applications_transaction(engine):
+    app = _AppConnection(engine)
+    conn = app.conn
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        app.begin()
         msg_id = engine.put_on(conn, "q", b"outbox", codec=None)
-        conn.execute("ROLLBACK")
+        app.rollback()
         assert engine.get(msg_id) is None
-        conn.execute("BEGIN IMMEDIATE")
+        app.begin()
         msg_id, held = engine.put_on(conn, "q", b"outbox", codec="serializer=bytes;key=none")
-        conn.execute("COMMIT")
+        app.commit()
         assert held == "serializer=bytes;key=none" == engine.codec_of("q")
         assert lease_one(engine).id == msg_id
-        conn.execute("BEGIN IMMEDIATE")
+        app.begin()
         assert engine.put_on(conn, "q", b"x", codec="serializer=json;key=none") == (
             None, "serializer=bytes;key=none")  # the queue holds a message of another codec
-        conn.execute("COMMIT")
+        app.commit()
     finally:
         conn.close()
 

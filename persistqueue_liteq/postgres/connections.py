@@ -1,0 +1,278 @@
+"""Connections of one engine to one PostgreSQL database: a psycopg_pool per
+process, transactions, and what psycopg's errors mean in our exceptions.
+
+The pool is made on first use in each process: a forked child never uses
+(or closes) its parent's connections, which it keeps referenced so that no
+finalizer of theirs runs there (psycopg itself never ends a connection from
+another process than the one that opened it).
+
+Every operation is one transaction on one connection of the pool.  Nested
+use on one thread joins the outer transaction (as the SQLite engine's
+``Connections.transaction`` does).  Deadlocks and serialization failures
+roll back and are run again, whole, a few times.  A lock held longer than
+``timeout`` (``lock_timeout``), or no free connection for that long, is
+:class:`~persistqueue_liteq.exceptions.DatabaseBusy`.
+"""
+
+import contextlib
+import os
+import random
+import threading
+import time
+
+import psycopg
+import psycopg_pool
+from psycopg import errors
+
+from .. import _fork
+from ..exceptions import (DatabaseBusy, DiskFull, IncompatibleDatabase, PayloadTooLarge,
+                          ReadOnlyDatabase, StorageError)
+
+_RETRIED = (errors.DeadlockDetected, errors.SerializationFailure)
+_ATTEMPTS = 5
+
+_inherited = []  # pools of a parent process: kept, never used or closed
+
+
+class Connections:
+    """A process's pool of connections to ``conninfo`` (``shown``: it
+    without the password, for messages)."""
+
+    def __init__(self, conninfo, shown, timeout, pool_size):
+        self.conninfo = conninfo
+        self.shown = shown
+        self.timeout = timeout
+        self.pool_size = pool_size
+        self.closed = False
+        self._lock = threading.Lock()  # guards _pool and _pid
+        self._pool = None
+        self._pid = None
+        self._local = threading.local()
+        self._generation = _fork.generation
+        #: Called with a fresh connection, before it is used (the clock).
+        self.on_connect = None
+
+    # -- the pool ---------------------------------------------------------------
+
+    def _configure(self, conn):
+        ms = max(int(self.timeout * 1000), 1)
+        conn.execute("SET lock_timeout = %d" % ms)
+        conn.execute("SET application_name = 'persistqueue_liteq'")
+        conn.commit()
+
+    def pool(self):
+        if self.closed:
+            raise ValueError("the queue engine on %s is closed" % self.shown)
+        pool, pid = self._pool, self._pid
+        if pool is not None and pid == os.getpid():
+            return pool
+        with self._lock:
+            if self._pool is not None and self._pid != os.getpid():
+                _inherited.append(self._pool)  # the parent's: left alone
+                self._pool = None
+            if self._pool is None:
+                # No check at each getconn (a round trip per operation): a
+                # connection found dead at its first use is retried (see run).
+                self._pool = psycopg_pool.ConnectionPool(
+                    self.conninfo, min_size=1, max_size=self.pool_size, open=True,
+                    kwargs={"autocommit": False}, configure=self._configure,
+                    timeout=self.timeout, name="persistqueue_liteq", num_workers=1)
+                self._pid = os.getpid()
+            return self._pool
+
+    def connect(self):
+        """A connection of its own (not pooled): the caller closes it."""
+        try:
+            conn = psycopg.connect(self.conninfo, autocommit=False,
+                                   connect_timeout=max(int(self.timeout), 2))
+            self._configure(conn)
+        except psycopg.Error as exc:
+            raise self.error(exc) from None
+        return conn
+
+    def close(self):
+        with self._lock:
+            self.closed = True
+            pool, self._pool = self._pool, None
+            mine = self._pid == os.getpid()
+        if pool is not None:
+            if mine:
+                pool.close()
+            else:
+                _inherited.append(pool)
+
+    # -- transactions -------------------------------------------------------------
+
+    def _current(self):
+        """This thread's transaction, to join, unless it is in the middle of
+        a statement or of its COMMIT (a put from a ``__del__`` that the
+        garbage collector ran there): that call gets a transaction of its
+        own."""
+        if self._generation != _fork.generation:
+            self._local = threading.local()
+            self._generation = _fork.generation
+        tx = getattr(self._local, "tx", None)
+        return None if tx is None or tx.busy else tx
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """A transaction on a pooled connection: yields a :class:`Tx`;
+        committed at the end of the block, rolled back if it raises.  The
+        notifications the block asked for are sent in it (delivered at
+        commit); ``tx.after`` callbacks run once it committed."""
+        outer = self._current()
+        if outer is not None:
+            yield outer
+            return
+        try:
+            conn = self.pool().getconn(timeout=self.timeout)
+        except psycopg_pool.PoolTimeout as exc:
+            raise DatabaseBusy(
+                "no connection to %s within timeout_seconds=%g: all %d of this process's "
+                "are busy, or the server does not answer (%s)"
+                % (self.shown, self.timeout, self.pool_size, exc)) from None
+        except psycopg.Error as exc:
+            raise self.error(exc) from None
+        tx = Tx(conn)
+        outer, self._local.tx = getattr(self._local, "tx", None), tx
+        try:
+            try:
+                if self.on_connect is not None:
+                    self.on_connect(conn)
+                yield tx
+                tx.committing = True
+                tx.commit()
+            except BaseException:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    pass
+                raise
+        except psycopg.Error as exc:
+            raise self.error(exc) from exc
+        finally:
+            self._local.tx = outer
+            self.pool().putconn(conn)
+        for callback in tx.after:
+            callback()
+
+    def run(self, work):
+        """``work(tx)`` in a transaction of its own, run again (whole) after a
+        deadlock or a serialization failure, or a connection lost before
+        its COMMIT was sent (the server rolled it back: nothing happened;
+        a connection of the pool that died while idle shows so)."""
+        outer = self._current()
+        if outer is not None:
+            return work(outer)
+        for attempt in range(_ATTEMPTS):
+            tx = None
+            try:
+                with self.transaction() as tx:
+                    return work(tx)
+            except StorageError as exc:
+                lost = (isinstance(exc.__cause__, psycopg.OperationalError)
+                        and not isinstance(exc.__cause__, _RETRIED)
+                        and tx is not None and not tx.committing and tx.conn.broken)
+                if not (isinstance(exc.__cause__, _RETRIED) or lost) or attempt == _ATTEMPTS - 1:
+                    raise
+            time.sleep(0.01 * attempt * (0.5 + random.random()))
+
+    def execute(self, statement, params=None):
+        """Run one statement; return all its rows."""
+        return self.run(lambda tx: tx.rows(statement, params))
+
+    def changes(self, statement, params=None):
+        """Run one statement; return how many rows it changed."""
+        return self.run(lambda tx: tx.rowcount(statement, params))
+
+    # -- errors ---------------------------------------------------------------------
+
+    def error(self, exc):
+        """The exception of ours that says what psycopg's ``exc`` means."""
+        text = _scrub(str(exc).strip(), self.conninfo)
+        if isinstance(exc, (errors.LockNotAvailable, errors.QueryCanceled)):
+            return DatabaseBusy("%s: a lock stayed held by another connection for more than "
+                                "timeout_seconds=%g (%s)" % (self.shown, self.timeout, text))
+        if isinstance(exc, errors.DiskFull):
+            return DiskFull("%s: the server has no room to write (%s); nothing of this "
+                            "operation was stored" % (self.shown, text))
+        if isinstance(exc, errors.ProgramLimitExceeded):
+            return PayloadTooLarge("%s: a value is longer than PostgreSQL stores (%s); "
+                                   "nothing was stored" % (self.shown, text))
+        if isinstance(exc, (errors.ReadOnlySqlTransaction, errors.InsufficientPrivilege)):
+            return ReadOnlyDatabase("%s cannot be written: %s" % (self.shown, text))
+        if isinstance(exc, (errors.UndefinedTable, errors.UndefinedFunction,
+                            errors.InvalidSchemaName)):
+            return IncompatibleDatabase(
+                "%s no longer has its queue tables (%s): were they dropped by another "
+                "program while this queue had them open?" % (self.shown, text))
+        if isinstance(exc, psycopg.OperationalError):
+            return StorageError("%s: cannot reach the database: %s" % (self.shown, text))
+        return StorageError("%s: PostgreSQL failed: %s" % (self.shown, text))
+
+
+def _scrub(text, conninfo):
+    """``text`` without the password of ``conninfo``, if it is there."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(conninfo).get("password")
+    except psycopg.Error:
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return text
+
+
+class Tx:
+    """One transaction: its connection, and what to send at its commit."""
+
+    __slots__ = ("conn", "notifications", "after", "committing", "busy")
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.notifications = {}  # (channel, payload): None, in order
+        self.after = []
+        self.committing = False
+        #: In a statement or the COMMIT: a reentrant call must not join.
+        self.busy = False
+
+    def _execute(self, statement, params):
+        self.busy = True
+        try:
+            return self.conn.execute(statement, params)
+        finally:
+            self.busy = False
+
+    def rows(self, statement, params=None):
+        self.busy = True
+        try:
+            cur = self.conn.execute(statement, params)
+            return cur.fetchall() if cur.description is not None else []
+        finally:
+            self.busy = False
+
+    def one(self, statement, params=None):
+        self.busy = True
+        try:
+            return self.conn.execute(statement, params).fetchone()
+        finally:
+            self.busy = False
+
+    def rowcount(self, statement, params=None):
+        return self._execute(statement, params).rowcount
+
+    def notify(self, channel, payload, callback=None):
+        self.notifications[channel, payload] = None
+        if callback is not None:
+            self.after.append(callback)
+
+    def commit(self):
+        """Send the notifications (delivered at commit) and COMMIT, in one
+        round trip."""
+        self.busy = True
+        if not self.notifications:
+            self.conn.commit()
+            return
+        with self.conn.pipeline():
+            for channel, payload in self.notifications:
+                self.conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+            self.conn.commit()

@@ -1,0 +1,412 @@
+"""What the PostgreSQL backend adds to the engine contract
+(tests/test_engine_contract.py runs that on it too): processes that meet
+only through the server, LISTEN/NOTIFY wake-ups, keys submitted at once,
+lock timeouts, passwords, the front ends and the pools on it.
+
+Runs when $PERSISTQUEUE_LITEQ_TEST_POSTGRES names a server (conftest's
+``postgres_location``: a fresh schema per test); the tests that need no
+server run always.
+"""
+
+import logging
+import os
+import subprocess
+import sys
+import urllib.parse
+
+import pytest
+
+from persistqueue_liteq import (LiteQueue, PersistentProcessPoolExecutor, PersistentQueue,
+                                PersistentThreadPoolExecutor)
+from persistqueue_liteq.backends import describe, open_engine
+from persistqueue_liteq.exceptions import DatabaseBusy, StorageError
+
+from .conftest import postgres_location, run_child
+from .test_pool import kill_self_once, square
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def pg(request):
+    """A location on the test server, in a schema of its own."""
+    return postgres_location(request)
+
+
+@pytest.fixture
+def engine(pg):
+    engine = open_engine(pg)
+    yield engine
+    engine.close()
+
+
+# -- without a server ----------------------------------------------------------------
+
+
+def test_without_psycopg_a_postgres_url_names_the_extra_to_install():
+    child = ("import sys; sys.modules['psycopg'] = None\n"
+             "from persistqueue_liteq import LiteQueue\n"
+             "LiteQueue('sqlite:///' + sys.argv[1]).put(b'x')  # the core works\n"
+             "try:\n"
+             "    LiteQueue('postgresql://u:secret@localhost/db')\n"
+             "except ImportError as exc:\n"
+             "    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", child, os.devnull + ".db"],
+                          capture_output=True, text=True, timeout=60, cwd="/tmp",
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr
+    assert "persistqueue_liteq[postgres]" in done.stdout
+    assert "secret" not in done.stdout + done.stderr
+
+
+def test_the_url_keeps_libpq_parameters_and_gives_up_the_backends_options():
+    pytest.importorskip("psycopg")
+    spec = describe("postgres://alice:pw@db.example/jobs?sslmode=require&schema=app"
+                    "&table_prefix=q_&timeout=2.5&pool_size=3")
+    assert spec.scheme == "postgresql"
+    assert spec.location == "postgres://alice:pw@db.example/jobs?sslmode=require"
+    assert spec.options == {"schema": "app", "table_prefix": "q_", "timeout": 2.5,
+                            "pool_size": 3}
+    assert "pw" not in repr(spec)
+    with pytest.raises(TypeError, match="no option journal_size"):
+        describe("postgresql://db.example/jobs", journal_size=3)
+    with pytest.raises(ValueError, match="table_prefix must be letters"):
+        open_engine("postgresql://db.example/jobs", table_prefix="x; DROP TABLE")
+
+
+def test_a_server_that_does_not_answer_is_a_storage_error_without_the_password():
+    pytest.importorskip("psycopg")
+    with pytest.raises(StorageError) as info:
+        open_engine("postgresql://alice:s3cr3t@127.0.0.1:1/jobs?connect_timeout=2")
+    assert "s3cr3t" not in str(info.value) and "alice:***@" in str(info.value)
+
+
+# -- processes meeting through the server ---------------------------------------------------
+
+
+def _get_blocked(location, ready):
+    q = PersistentQueue(location, name="jobs")
+    ready.set()
+    item = q.get(timeout=60)
+    q.task_done()
+    q.close()
+    sys.exit(0 if item == "from another process" else 2)
+
+
+def test_a_blocked_get_in_one_process_wakes_when_another_process_puts(pg, fork):
+    ready = fork.Event()
+    child = fork.Process(target=_get_blocked, args=(pg, ready))
+    child.start()
+    assert ready.wait(30)
+
+    def put_from_another_process():
+        q = PersistentQueue(pg, name="jobs")
+        q.put("from another process")
+        q.close()
+
+    assert run_child(fork, put_from_another_process) == 0
+    child.join(60)
+    assert child.exitcode == 0
+
+
+def _wait_for_put(spec, ready):
+    engine = spec.open()
+    with engine.waiter("put", "q") as waiter:
+        if engine.lease("q", 1, 30.0):  # the last look: nothing yet
+            sys.exit(3)
+        ready.set()
+        woken = waiter.wait(60.0)  # False when it ends at the 1 s safety look
+        got = engine.lease("q", 1, 30.0)
+    engine.close()
+    sys.exit(0 if woken and got else 2)
+
+
+def test_a_waiter_in_another_process_is_woken_by_the_notification(engine, fork):
+    ready = fork.Event()
+    child = fork.Process(target=_wait_for_put, args=(engine.spec, ready))
+    child.start()
+    assert ready.wait(30)
+    producer = engine.spec.open()  # another engine: no in-process shortcut
+    producer.put("q", b"x")
+    producer.close()
+    child.join(60)
+    assert child.exitcode == 0  # 2: it was not woken (or found nothing)
+
+
+def test_a_notification_from_another_process_wakes_a_waiter(engine, fork):
+    def put_from_child(spec):
+        other = spec.open()
+        other.put("q", b"x")
+        other.close()
+
+    with engine.waiter("put", "q") as waiter:
+        assert run_child(fork, put_from_child, engine.spec) == 0
+        # Woken (True), not timed out (False): the safety look is 1 s, and
+        # wait() returns False when it ends without a wake-up.
+        assert waiter.wait(30.0) is True
+
+
+def test_after_the_listener_reconnects_every_waiter_is_woken(engine):
+    import psycopg
+
+    with engine.waiter("done", "q") as waiter:
+        with psycopg.connect(engine.spec.location, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'persistqueue_liteq listener' "
+                "AND pid <> pg_backend_pid()").fetchall()
+        assert killed
+        woken = False
+        for _ in range(30):  # each wait ends at the 1 s safety look at the latest
+            if waiter.wait(1.0):
+                woken = True
+                break
+        assert woken
+
+
+def _submit_key(spec, barrier, out):
+    engine = spec.open()
+    barrier.wait(30)
+    (status, msg_id), = engine.put_keyed("tasks", [("same", b"call")])
+    out.put((status, msg_id))
+    engine.close()
+
+
+def test_two_processes_submitting_one_key_at_once_store_it_once(engine, fork):
+    for attempt in range(5):
+        key_queue = "tasks"
+        barrier, out = fork.Barrier(2), fork.Queue()
+        children = [fork.Process(target=_submit_key, args=(engine.spec, barrier, out))
+                    for _ in range(2)]
+        for child in children:
+            child.start()
+        results = sorted(out.get(timeout=30) for _ in children)
+        for child in children:
+            child.join(30)
+            assert child.exitcode == 0
+        assert [status for status, _ in results] == ["new", "queued"]
+        assert results[0][1] == results[1][1]
+        assert engine.count(key_queue) == 1
+        engine.purge(key_queue)
+
+
+def _backend_pid(engine):
+    return engine._conns.execute("SELECT pg_backend_pid()")[0][0]
+
+
+def test_a_forked_child_uses_its_own_connections_and_the_parent_keeps_its_own(engine, fork):
+    engine.put("q", b"before")
+    parent_pids = {_backend_pid(engine) for _ in range(20)}  # its pool's connections
+    out = fork.Queue()
+
+    def child_work(e, out):
+        out.put(_backend_pid(e))
+        msg = e.lease("q", 1, 30.0)[0]
+        assert e.ack(msg.id, msg.lease)
+        e.put("q", b"from the child")
+        e.close()
+
+    assert run_child(fork, child_work, engine, out) == 0
+    assert out.get(timeout=10) not in parent_pids  # a connection of its own
+    # The parent's pool still works: the child closed only its own.
+    assert {_backend_pid(engine) for _ in range(20)} == parent_pids
+    assert [m.data for m in engine.lease("q", 5, 30.0)] == [b"from the child"]
+
+
+def test_a_row_lock_held_past_the_timeout_is_database_busy(pg):
+    import psycopg
+
+    engine = open_engine(pg, timeout=0.2)
+    try:
+        engine.put("q", b"x")
+        msg = engine.lease("q", 1, 30.0)[0]
+        with psycopg.connect(engine.spec.location) as app:
+            app.execute('SELECT 1 FROM "%s"."%smessages" WHERE id = %%s FOR UPDATE'
+                        % (engine.sql.SCHEMA, engine.sql.PREFIX), (msg.id,))
+            with pytest.raises(DatabaseBusy, match="timeout_seconds=0.2"):
+                engine.ack(msg.id, msg.lease)
+            assert engine.lease("q", 1, 30.0) == []  # SKIP LOCKED: never waits
+            app.rollback()
+        assert engine.ack(msg.id, msg.lease)
+    finally:
+        engine.close()
+
+
+def test_namespaces_share_a_database_without_seeing_each_other(pg):
+    a = open_engine(pg, table_prefix="a_")
+    b = open_engine(pg, table_prefix="b_")
+    try:
+        a.put("q", b"of a")
+        assert b.count("q") == 0 and a.count("q") == 1
+        assert [s.name for s in b.queues()] == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_password_shows_nowhere(pg, caplog):
+    parts = urllib.parse.urlsplit(pg)
+    user = parts.username or "postgres"
+    netloc = "%s:hunter2@%s" % (user, parts.netloc.rpartition("@")[2])
+    url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))  # trust auth: any password
+    caplog.set_level(logging.DEBUG, logger="persistqueue_liteq")
+    lite = LiteQueue(url, table_prefix="pw_")
+    try:
+        lite.put(b"x")
+        shown = [lite.filename, lite.engine.location, repr(lite.engine), repr(lite.engine.spec)]
+        assert ":hunter2@" in lite.engine.spec.location  # kept, to be opened again
+    finally:
+        lite.close()
+    with pytest.raises(Exception) as info:
+        open_engine(url.replace(parts.path, "/no_such_database_here"))
+    shown += [str(info.value), caplog.text]
+    assert not [text for text in shown if "hunter2" in text]
+    assert ":***@" in lite.filename
+
+
+# -- the front ends on PostgreSQL ------------------------------------------------------------
+
+
+def test_liteq_and_the_queue_family_work_on_postgres(pg):
+    lite = LiteQueue(pg)
+    try:
+        lite.put(b"lite")
+        msg = lite.pop()
+        assert msg.data == b"lite"
+        assert lite.ack(msg)
+        assert lite.qsize() == 0
+    finally:
+        lite.close()
+    q = PersistentQueue(pg, name="family")
+    try:
+        q.put({"any": "object"})
+        assert q.get(timeout=30) == {"any": "object"}
+        q.task_done()
+        q.join()
+    finally:
+        q.close()
+    with pytest.raises(TypeError, match="no option synchronous"):
+        LiteQueue(pg, synchronous="FULL")
+
+
+def test_the_async_queue_works_on_postgres(pg):
+    import asyncio
+
+    from persistqueue_liteq.aio import AsyncPersistentQueue
+
+    async def main():
+        q = AsyncPersistentQueue(pg)
+        getter = asyncio.ensure_future(q.get())  # blocks: the queue is empty
+        await asyncio.sleep(0)
+        await q.put("async")
+        got = await asyncio.wait_for(getter, 30)
+        q.task_done()
+        await q.aclose()
+        return got
+
+    assert asyncio.run(main()) == "async"
+
+
+def test_a_thread_pool_submits_maps_and_keeps_results_on_postgres(pg):
+    with PersistentThreadPoolExecutor(pg, max_workers=2) as ex:
+        assert ex.submit(square, 7).result(60) == 49
+        assert list(ex.map(square, range(10))) == [i * i for i in range(10)]
+
+
+def test_a_killed_process_workers_task_is_retried_on_postgres(pg, tmp_path):
+    with PersistentProcessPoolExecutor(pg, max_workers=2, max_retries=2,
+                                       retry_backoff=0) as ex:
+        dying = ex.submit(kill_self_once, str(tmp_path / "marker"), "survived")
+        others = [ex.submit(square, i) for i in range(10)]
+        assert dying.result(60) == "survived"
+        assert [f.result(60) for f in others] == [i * i for i in range(10)]
+        assert ex.dead_letters() == []
+    assert os.path.exists(tmp_path / "marker")  # it did die once
+
+
+def test_glob_patterns_become_the_same_regular_expressions():
+    import re
+
+    from persistqueue_liteq.postgres.sql import glob_to_regex
+
+    keys = ["call:ab12", "call:ab12:x", "Call:ab12", "call:[x]", "call.ab12", "a*b", "a?b"]
+    for pattern, matching in [
+        ("call:*", {"call:ab12", "call:ab12:x", "call:[x]"}),
+        ("call:ab1?", {"call:ab12"}),
+        ("call[:.]ab12", {"call:ab12", "call.ab12"}),
+        ("call:[^a]*", {"call:[x]"}),
+        ("a*b", {"a*b", "a?b"}),
+        ("call.ab12", {"call.ab12"}),
+        ("call:[x", set()),
+    ]:
+        regex = glob_to_regex(pattern)
+        assert {k for k in keys if re.search(regex, k)} == matching, pattern
+
+
+def test_forget_results_matching_takes_a_glob_on_postgres(engine):
+    engine.put_keyed("tasks", [("call:1", b"a"), ("call:2", b"b"), ("other", b"c")])
+    for msg in engine.lease("tasks", 3, 30.0):
+        engine.complete(msg.id, msg.lease, msg.key, msg.key != "call:2", b"r")
+    assert engine.forget_results_matching("tasks", "call:*", failed_only=True) == 1
+    assert engine.forget_results_matching("tasks", "call:*") == 1
+    assert [key for _, key, _, _ in engine.results_since("tasks", 0)] == ["other"]
+
+
+def test_results_commit_in_seq_order_so_a_follower_skips_none(engine):
+    """A result writer waits for the one before it to commit: a follower of
+    results_since that saw seq n never finds n - 1 committed later."""
+    import threading
+
+    import psycopg
+
+    engine.put_keyed("tasks", [("first", b"1"), ("second", b"2")])
+    first, second = sorted(engine.lease("tasks", 2, 30.0), key=lambda m: m.key)
+    stored, go, done = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_writer():  # stores its result, then holds its transaction open
+        with engine._conns.transaction() as tx:
+            engine._complete_in(tx, first.id, first.lease, first.key, True, b"r", None)
+            stored.set()
+            go.wait(30)
+
+    def second_writer():
+        engine.complete(second.id, second.lease, second.key, True, b"r")
+        done.set()
+
+    threads = [threading.Thread(target=slow_writer)]
+    threads[0].start()
+    assert stored.wait(30)
+    threads.append(threading.Thread(target=second_writer))
+    threads[1].start()
+    with psycopg.connect(engine.spec.location, autocommit=True) as admin:
+        for _ in range(3000):  # until the second writer waits for the advisory lock
+            if admin.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = "
+                             "'advisory' AND application_name = 'persistqueue_liteq'"
+                             ).fetchone()[0]:
+                break
+            done.wait(0.01)
+        else:
+            raise AssertionError("the second writer did not wait for the first")
+    assert not done.is_set()
+    assert engine.results_since("tasks", 0) == []  # nothing committed yet
+    go.set()
+    for thread in threads:
+        thread.join(30)
+    rows = engine.results_since("tasks", 0)
+    assert [key for _, key, _, _ in rows] == ["first", "second"]
+
+
+def test_a_pooled_connection_that_died_while_idle_is_replaced_not_raised(engine):
+    import psycopg
+
+    engine.put("q", b"before")
+    with psycopg.connect(engine.spec.location, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'persistqueue_liteq' AND pid <> pg_backend_pid()"
+        ).fetchall()
+    assert killed
+    # Died before anything of these was sent: run again on a new connection.
+    for _ in range(len(killed) + 1):
+        engine.put("q", b"after")
+    assert engine.count("q") == len(killed) + 2
