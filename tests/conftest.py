@@ -14,6 +14,23 @@ BACKENDS = ["sqlite", "postgresql"]
 
 #: The PostgreSQL server the "postgresql" backend's tests use (a URL), if any.
 POSTGRES_ENV = "PERSISTQUEUE_LITEQ_TEST_POSTGRES"
+#: Set (by .ci/run) to make a PostgreSQL test that would be skipped for want
+#: of a server or of psycopg fail instead: CI must run them for real.
+REQUIRE_POSTGRES_ENV = "PERSISTQUEUE_LITEQ_REQUIRE_POSTGRES"
+_NO_POSTGRES = ("to test the PostgreSQL backend", "the postgres extra is not installed",
+                "import 'psycopg'")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get(REQUIRE_POSTGRES_ENV):
+        reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple)
+                     else report.longrepr)
+        if any(text in reason for text in _NO_POSTGRES):
+            report.outcome = "failed"
+            report.longrepr = "skipped, but $%s is set: %s" % (REQUIRE_POSTGRES_ENV, reason)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -10,6 +10,7 @@ server run always.
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -19,7 +20,7 @@ import pytest
 from persistqueue_liteq import (LiteQueue, PersistentProcessPoolExecutor, PersistentQueue,
                                 PersistentThreadPoolExecutor)
 from persistqueue_liteq.backends import describe, open_engine
-from persistqueue_liteq.exceptions import DatabaseBusy, StorageError
+from persistqueue_liteq.exceptions import DatabaseBusy, ReadOnlyDatabase, StorageError
 
 from .conftest import postgres_location, run_child
 from .test_pool import kill_self_once, square
@@ -410,3 +411,42 @@ def test_a_pooled_connection_that_died_while_idle_is_replaced_not_raised(engine)
     for _ in range(len(killed) + 1):
         engine.put("q", b"after")
     assert engine.count("q") == len(killed) + 2
+
+
+def test_a_readonly_engine_looks_and_changes_nothing(pg):
+    with pytest.raises(FileNotFoundError, match="no queue tables"):
+        open_engine(pg, readonly=True)  # and it made none
+    with pytest.raises(FileNotFoundError):
+        open_engine(pg, readonly=True)
+    writer = open_engine(pg)
+    writer.put("jobs", b"x")
+    reader = open_engine(pg, readonly=True)
+    try:
+        assert reader.spec.options["readonly"] is True
+        assert reader.count("jobs") == 1
+        assert reader.peek("jobs").data == b"x"
+        with pytest.raises(ReadOnlyDatabase):
+            reader.put("jobs", b"y")
+        with pytest.raises(ReadOnlyDatabase):
+            reader.lease("jobs", 1, 30)
+        assert writer.count("jobs") == 1
+    finally:
+        reader.close()
+        writer.close()
+
+
+def test_the_command_line_reads_a_postgres_queue(pg, tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "persistqueue_liteq"] + list(args),
+                              capture_output=True, text=True, timeout=60, env=env)
+
+    assert cli("stats", pg).returncode == 1  # nothing there: said so, nothing made
+    done = cli("put", pg, "hello", "--queue", "jobs")
+    assert done.returncode == 0, done.stderr
+    done = cli("stats", pg)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^jobs +1 ", done.stdout, re.M), done.stdout
+    done = cli("checkpoint", pg)
+    assert done.returncode == 1 and "no maintenance interface" in done.stderr

@@ -38,8 +38,9 @@ class Connections:
     """A process's pool of connections to ``conninfo`` (``shown``: it
     without the password, for messages)."""
 
-    def __init__(self, conninfo, shown, timeout, pool_size):
+    def __init__(self, conninfo, shown, timeout, pool_size, readonly=False):
         self.conninfo = conninfo
+        self.readonly = readonly
         self.shown = shown
         self.timeout = timeout
         self.pool_size = pool_size
@@ -58,6 +59,8 @@ class Connections:
         ms = max(int(self.timeout * 1000), 1)
         conn.execute("SET lock_timeout = %d" % ms)
         conn.execute("SET application_name = 'persistqueue_liteq'")
+        if self.readonly:  # every write is refused by the server: ReadOnlyDatabase
+            conn.execute("SET default_transaction_read_only = on")
         conn.commit()
 
     def pool(self):

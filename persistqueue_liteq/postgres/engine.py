@@ -106,20 +106,23 @@ class PostgresEngine(Engine):
         schema: the schema of the tables (made if missing); None: the
             connection's ``current_schema()``.
         pool_size: most connections this engine opens in one process.
+        readonly: only look at existing queue tables: nothing is created or
+            changed (the server refuses every write: ReadOnlyDatabase).
 
     Raises:
         StorageError: the server cannot be reached (the message says why,
             without the password).
         IncompatibleDatabase: tables of that prefix that are not ours, or of
             a newer version.
+        FileNotFoundError: with ``readonly``, there are no queue tables.
     """
 
     DEFAULT_OPTIONS = {"timeout": 5.0, "table_prefix": _sql.DEFAULT_PREFIX, "schema": None,
-                       "pool_size": 10}
+                       "pool_size": 10, "readonly": False}
 
     #: Options the front ends pass, defaults included, that mean nothing
     #: here: dropped when they have these values (see backends.front_end_engine).
-    IGNORED_DEFAULTS = {"synchronous": "NORMAL", "journal_mode": None, "readonly": False}
+    IGNORED_DEFAULTS = {"synchronous": "NORMAL", "journal_mode": None}
 
     @staticmethod
     def check_location(url):
@@ -131,7 +134,7 @@ class PostgresEngine(Engine):
         return url
 
     def __init__(self, url, timeout=5.0, table_prefix=_sql.DEFAULT_PREFIX, schema=None,
-                 pool_size=10):
+                 pool_size=10, readonly=False):
         url = self.check_location(url)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise ValueError("timeout must be a number of seconds >= 0; got %r" % (timeout,))
@@ -142,9 +145,11 @@ class PostgresEngine(Engine):
             _sql.check_identifier(schema, "schema", 63)
         self.location = redact(url)
         self.spec = EngineSpec("postgresql", url, dict(
-            timeout=timeout, table_prefix=table_prefix, schema=schema, pool_size=pool_size))
+            timeout=timeout, table_prefix=table_prefix, schema=schema, pool_size=pool_size,
+            readonly=readonly))
         self.timeout = float(timeout)
-        self._conns = Connections(url, self.location, self.timeout, pool_size)
+        self.readonly = bool(readonly)
+        self._conns = Connections(url, self.location, self.timeout, pool_size, self.readonly)
         self._clock_lock = threading.Lock()
         self._offset = None
         self._synced_at = -CLOCK_RESYNC
@@ -177,6 +182,10 @@ class PostgresEngine(Engine):
                 self.sql = _sql.render(schema, prefix)
                 self._lock_key = _namespace_key(schema, prefix)
                 if not self._check_schema(conn):
+                    if self.readonly:
+                        raise FileNotFoundError(
+                            "no queue tables %s.%s* in %s" % (
+                                self.sql.SCHEMA, self.sql.PREFIX, self.location))
                     self._create_schema(conn)
                 conn.commit()
             except psycopg.Error as exc:
