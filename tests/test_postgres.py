@@ -209,8 +209,10 @@ def test_a_forked_child_uses_its_own_connections_and_the_parent_keeps_its_own(en
 
     assert run_child(fork, child_work, engine, out) == 0
     assert out.get(timeout=10) not in parent_pids  # a connection of its own
-    # The parent's pool still works: the child closed only its own.
-    assert {_backend_pid(engine) for _ in range(20)} == parent_pids
+    # The parent's pool still works: the child closed only its own (the
+    # parent's connections all still serve it; its pool may have opened
+    # another meanwhile).
+    assert parent_pids <= {_backend_pid(engine) for _ in range(20)}
     assert [m.data for m in engine.lease("q", 5, 30.0)] == [b"from the child"]
 
 
