@@ -1,3 +1,4 @@
+import logging
 import multiprocessing
 import os
 import signal
@@ -19,6 +20,19 @@ POSTGRES_ENV = "PERSISTQUEUE_LITEQ_TEST_POSTGRES"
 REQUIRE_POSTGRES_ENV = "PERSISTQUEUE_LITEQ_REQUIRE_POSTGRES"
 _NO_POSTGRES = ("to test the PostgreSQL backend", "the postgres extra is not installed",
                 "import 'psycopg'")
+
+
+@pytest.fixture(autouse=True)
+def _package_logger_restored():
+    """The package's logger as it was before the test: a test that runs the
+    command line's main() in this process gets its logging set up (a
+    handler on that test's stderr, propagate off), which would hide later
+    tests' records from caplog and write to a closed stream."""
+    logger = logging.getLogger("persistqueue_liteq")
+    saved = logger.handlers[:], logger.propagate, logger.level
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])  # (setLevel also clears the loggers' level caches)
 
 
 @pytest.hookimpl(hookwrapper=True)
