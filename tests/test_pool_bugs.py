@@ -14,19 +14,9 @@ import pytest
 from persistqueue_liteq.pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
 from persistqueue_liteq.sqlite_engine import SQLiteEngine
 
+from .test_pool import block_until, square
+
 POOLS = {"threads": PersistentThreadPoolExecutor, "processes": PersistentProcessPoolExecutor}
-
-
-def square(x):
-    return x * x
-
-
-def block_until(path, started=None):
-    if started is not None:
-        open(started, "w").close()
-    while not os.path.exists(path):
-        time.sleep(0.01)
-    return "released"
 
 
 def quick_or_blocking(x, release):
