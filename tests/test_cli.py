@@ -26,6 +26,8 @@ from persistqueue_liteq import LiteQueue
 from persistqueue_liteq._policy import describe_exception
 from persistqueue_liteq.sqlite_engine import SQLiteEngine
 
+from .test_liteq_api import pages
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "persistqueue-liteq: error: "
 CLEAR = "\x1b[H\x1b[2J"
@@ -679,16 +681,6 @@ def test_import_shows_progress_on_a_terminal(db, tmp_path):
 
 
 # -- maintenance ----------------------------------------------------------------------
-
-def pages(path):
-    """(page_count, freelist_count) of the file."""
-    conn = sqlite3.connect(path)
-    try:
-        return tuple(conn.execute("PRAGMA %s" % pragma).fetchone()[0]
-                     for pragma in ("page_count", "freelist_count"))
-    finally:
-        conn.close()
-
 
 def everything(engine):
     """Every message of the file, live and dead, with its state."""
