@@ -48,6 +48,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -609,7 +610,8 @@ class AsyncPersistentQueue(Generic[T]):
         self._channels = _Channels(self._sync.engine)
         self._offload = _Offloader()
         self._puts = _PutGroups(self._sync, self._offload, self._wake_getter)
-        self._acks = set()  # futures of the acknowledgements under way
+        self._acks = set()  # concurrent futures of the acknowledgements under way
+        self._acks_lock = threading.Lock()  # they end on the storage thread
         self._freed = 0  # slots freed by this object's gets (for putters)
 
     @property
@@ -782,16 +784,22 @@ class AsyncPersistentQueue(Generic[T]):
 
     def _acknowledge(self, lease):
         try:
-            asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # called outside the loop: acknowledge here
             self._sync._acknowledge(lease)
             return
-        future = asyncio.wrap_future(self._offload.submit(self._sync._acknowledge, lease))
-        self._acks.add(future)
-        future.add_done_callback(self._acknowledged)
+        # The acknowledgement ends on the storage thread, and wakes the loop
+        # only if a join() waits for it: one cross-thread wake-up per
+        # task_done() instead of two.
+        future = self._offload.submit(self._sync._acknowledge, lease)
+        with self._acks_lock:
+            self._acks.add(future)
+        future.add_done_callback(functools.partial(self._acknowledged, loop))
 
-    def _acknowledged(self, future):
-        self._acks.discard(future)
+    def _acknowledged(self, loop, future):
+        """On the storage thread (or here, if it ended already)."""
+        with self._acks_lock:
+            self._acks.discard(future)
         if not future.cancelled() and future.exception() is not None:
             # Still held: the heartbeat keeps it; close() hands it back.
             logger.warning("task_done() of queue %r in %s: the acknowledgement failed "
@@ -799,7 +807,16 @@ class AsyncPersistentQueue(Generic[T]):
                            self._sync.name, self._sync.path, future.exception())
         channel = self._channels.find("done", self._sync.name)
         if channel is not None:  # a join() is under way
-            channel.wake()
+            with contextlib.suppress(RuntimeError):  # the loop was closed
+                loop.call_soon_threadsafe(channel.wake)
+
+    async def _acknowledgements(self):
+        """Wait for the acknowledgements under way; False if there were none."""
+        with self._acks_lock:
+            acks = [asyncio.wrap_future(future) for future in self._acks]
+        if acks:
+            await asyncio.wait(acks)
+        return bool(acks)
 
     async def join(self) -> None:
         """Wait until every item put by any process is got and done (or
@@ -808,8 +825,7 @@ class AsyncPersistentQueue(Generic[T]):
         with self._channels.held("done", self._sync.name) as channel:
             while True:
                 seen = channel.version
-                if self._acks:
-                    await asyncio.wait(set(self._acks))
+                if await self._acknowledgements():
                     continue
                 if self._sync._shutdown_immediate:
                     if not self._sync._unfinished_here():
@@ -856,8 +872,7 @@ class AsyncPersistentQueue(Generic[T]):
     async def aclose(self) -> None:
         """close(), with the acknowledgements under way finished first and
         the storage calls off the loop."""
-        if self._acks:
-            await asyncio.wait(set(self._acks))
+        await self._acknowledgements()
         self._channels.close()
         await self._offload.run(self._sync.close)
         self._sync.engine.close()
