@@ -826,6 +826,10 @@ if hasattr(threading, "_register_atexit"):
 else:  # pragma: no cover (not CPython)
     atexit.register(_end_workers_at_exit)
 
+# How long an exiting interpreter waits for a pool's manager to reap the workers
+# it ended.
+_EXIT_REAP_SECONDS = 5.0
+
 # The threads of pools told shutdown(wait=False).
 _shutting_down = set()
 # The interpreter is exiting: no more submissions.
@@ -1611,6 +1615,13 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
             self._stop.set()  # the manager starts no more
             for proc in list(self._workers):
                 proc.terminate()
+            # The manager reaps them and hands their tasks back.  It is a
+            # daemon thread: the interpreter would freeze it wherever it is
+            # when it finalizes, say between a reaped slot's sem_unlink and
+            # telling the resource tracker, which then warns of a "leaked
+            # semaphore".  Bounded: a file locked by another tool must not
+            # hold the exit for long (the tasks come back after their lease).
+            self._manager.join(_EXIT_REAP_SECONDS)
 
 
 class _Slot:

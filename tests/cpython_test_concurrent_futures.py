@@ -71,7 +71,6 @@ from concurrent.futures._base import (
 from concurrent.futures.process import _check_system_limits
 from logging.handlers import QueueHandler
 
-import pytest  # adapted: for the one xfail of test_interpreter_shutdown
 
 import persistqueue_liteq
 
@@ -703,14 +702,6 @@ class ExecutorShutdownTest:
                 t.submit(sleep_and_print, 1.0, "apple")
             """.format(executor_type=self.executor_type.__name__,
                        context=getattr(self, "ctx", "")))
-        # adapted: a known defect, open in issue 11: now and then (not once
-        # in ~250 runs alone; once in a CI run on 3.11, once in four on
-        # 3.9/3.10 before) the process pool's exit leaves one semaphore,
-        # already unlinked, on the resource tracker's books, which warns;
-        # only that exact warning, and only with the right output.
-        if (b"resource_tracker" in err and b"leaked semaphore" in err
-                and out.strip() == b"apple"):
-            pytest.xfail("a semaphore left on the resource tracker's books at exit (issue 11)")
         # Errors in atexit hooks don't change the process exit code, check
         # stderr manually.
         self.assertFalse(err)

@@ -414,6 +414,48 @@ def test_tasks_submitted_before_exit_are_stored(db):
     engine.close()
 
 
+_SLOW_UNREGISTER = """
+import atexit, sys, threading, time
+sys.path.insert(0, %r)
+from multiprocessing import resource_tracker
+unregister, in_manager = resource_tracker.unregister, threading.Event()
+
+def slow_unregister(name, rtype):
+    # A reaped worker's slot lets go of its semaphore in the manager thread:
+    # widen the window between its sem_unlink and the tracker hearing of it.
+    if threading.current_thread().name != "MainThread":
+        in_manager.set()
+        time.sleep(0.5)
+    unregister(name, rtype)
+
+resource_tracker.unregister = slow_unregister
+
+@atexit.register  # runs after the pool's exit handlers, before finalization
+def until_the_manager_reaps():
+    print("manager unregistered" if in_manager.wait(30) else "manager never unregistered")
+
+from persistqueue_liteq import PersistentProcessPoolExecutor
+if __name__ == "__main__":
+    ex = PersistentProcessPoolExecutor(%r, 1)
+    print(ex.submit(pow, 2, 5).result())
+"""
+
+
+def test_exit_leaves_no_semaphore_to_the_resource_tracker(db, tmp_path):
+    """An interpreter that exits with a pool open waits for the manager to
+    reap the workers it ends: a daemon thread frozen at finalization between
+    a semaphore's unlink and its unregistering would leave it on the
+    resource tracker's books ("leaked semaphore objects" at shutdown)."""
+    script = tmp_path / "exit_with_pool.py"
+    script.write_text(_SLOW_UNREGISTER % (ROOT, db))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["32", "manager", "unregistered"], done.stdout
+    assert "leaked semaphore" not in done.stderr, done.stderr
+    assert done.stderr == ""
+
+
 def test_shutdown_can_cancel_pending_futures(make_pool, tmp_path):
     ex = make_pool(max_workers=1)
     gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
