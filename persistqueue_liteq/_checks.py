@@ -31,6 +31,8 @@ def queue_name(name, argument="qname"):
         raise TypeError("%s must be a str, not %s" % (argument, type(name).__name__))
     if not name:
         raise ValueError("%s must not be empty" % argument)
+    if "\0" in name:  # PostgreSQL's text cannot hold one: refused on every backend
+        raise ValueError("%s must not contain a NUL character: %r" % (argument, name))
     return name
 
 

@@ -33,13 +33,24 @@ def test_put_batch_of_a_single_bytes_object_is_refused(q):
         q.put_batch(b"abc")
 
 
-@pytest.mark.parametrize("qname, error", [("", ValueError), (None, TypeError), (3, TypeError)])
-def test_bad_queue_names(q, qname, error):
-    with pytest.raises(error, match="qname"):
-        q.put(b"x", qname=qname)
-    with pytest.raises(error, match="qname"):
-        q.pop(qname)
-    assert q.queues() == []
+@pytest.mark.parametrize("qname, error", [("", ValueError), (None, TypeError), (3, TypeError),
+                                          ("a\0b", ValueError)])
+def test_bad_queue_names(location, qname, error):
+    """On every backend (PostgreSQL's text cannot hold a NUL: the same
+    ValueError on both, not a StorageError from one)."""
+    q = LiteQueue(location)
+    try:
+        q.put(b"kept", qname="other")
+        with pytest.raises(error, match="qname"):
+            q.put(b"x", qname=qname)
+        with pytest.raises(error, match="qname"):
+            q.put_batch([b"x"], qname=qname)
+        with pytest.raises(error, match="qname"):
+            q.pop(qname)
+        assert [stats.name for stats in q.queues()] == ["other"]
+        assert q.pop("other").data == b"kept"
+    finally:
+        q.close()
 
 
 def test_bad_numbers_in_the_constructor(db):
