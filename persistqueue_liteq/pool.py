@@ -125,10 +125,14 @@ __all__ = ["PersistentProcessPoolExecutor", "PersistentThreadPoolExecutor"]
 logger = logging.getLogger("persistqueue_liteq")
 
 # A worker's state: starting (until its initializer ran and its engine is
-# open), its initializer failed, or up.
-_IDLE, _INIT_FAILED, _UP = 0, 1, 2
+# open), its initializer failed, up, or stopped by a bug of its own (not a
+# storage fault, not its task's).
+_IDLE, _INIT_FAILED, _UP, _BUG = 0, 1, 2, 3
 # Workers that die before they are up, in a row, that break a process pool.
 _FAILED_STARTS = 3
+# Workers stopped by a bug in a row, no result stored meanwhile, that break a
+# pool: a bug that stops every worker would otherwise replace them forever.
+_BUGS_IN_A_ROW = 3
 # The stdlib's pools log an initializer's failure there, with its traceback.
 _futures_logger = logging.getLogger("concurrent.futures")
 # A task of a worker's batch: leased and waiting, started, or cancelled (or
@@ -688,13 +692,15 @@ def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks, idle):
         engine = _patiently(cfg, "opening the queue file", cfg.open_engine)
         slot.up()
         _worker_loop(engine, cfg, slot, stop.is_set, max_tasks, idle)
-    except BaseException:
+    except BaseException as exc:
         # Said on stderr (the last resort of logging, if nothing else
         # handles it); the pool hands back what this worker held and
-        # starts another.
+        # starts another, unless bugs stop worker after worker.
         logger.error("worker process %d stopped", os.getpid(), exc_info=True)
-        if isinstance(sys.exc_info()[1], StorageFault):
+        if isinstance(exc, StorageFault):
             slot.give_up()
+        elif isinstance(exc, Exception):
+            slot.fail_bug(_exception_line(exc))
         sys.exit(1)
 
 
@@ -949,6 +955,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
         self._occurrences = _Occurrences()
         self._shutdown = False
         self._broken = None
+        self._bugs_in_a_row = 0  # workers stopped by a bug since a result came
         # Whether this run submitted calls under digests, had a future
         # cancelled, and forgot the failures of earlier runs' calls.
         self._made_call_keys = self._cancelled = self._failures_forgotten = False
@@ -1173,6 +1180,8 @@ class _PersistentExecutor(concurrent.futures.Executor):
                     if failing_since is not None:
                         logger.info("%s: results can be read again", engine.location)
                         failing_since = None
+                if rows:
+                    self._bugs_in_a_row = 0  # the workers make progress
                 for seq, key, ok, data in rows:
                     self._seq = seq
                     with self._lock:
@@ -1317,6 +1326,19 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 self._pending.pop(key, None)
                 self._keys.pop(future._task_id, None)
             return found
+
+    def _worker_stopped_by_bug(self, who, bug, cause=None):
+        """``who`` (a worker) was stopped by ``bug`` (a line): True if that
+        breaks the pool, _BUGS_IN_A_ROW of them with no result meanwhile."""
+        with self._lock:
+            self._bugs_in_a_row += 1
+            count = self._bugs_in_a_row
+        if count < _BUGS_IN_A_ROW:
+            return False
+        self._break("%d workers in a row were stopped by a bug, with no result stored "
+                    "meanwhile; the last, %s: %s (its traceback is logged)"
+                    % (count, who, bug), cause=cause)
+        return True
 
     def _mark_broken(self, reason, cause=None):
         logger.error("pool on %s is broken: %s", self._engine.location, reason)
@@ -1568,11 +1590,14 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
                 return self._break("%d worker processes in a row could not start; the last: "
                                    "%s (see its stderr)" % (self._failed_starts, why))
             logger.warning("%s; starting another", why)
-        elif slot.state == _UP:
+        elif slot.state in (_UP, _BUG):
             self._failed_starts = 0
         why = self._killed.pop(proc.pid, None)
         reason = why or "worker process %d died with %s" % (proc.pid, _describe_exit(proc.exitcode))
         self._hand_back(slot, reason, TaskTimeout if why else WorkerDied)
+        if slot.state == _BUG and not why and not self._stop.is_set():
+            if self._worker_stopped_by_bug("worker process %d" % proc.pid, slot.failure):
+                return
         if slot.gave_up_at:
             self._storage_lost(StorageFault(
                 "%s: worker process %d could not use the file for more than %gs "
@@ -1725,12 +1750,19 @@ class _Slot:
 
     def fail_init(self, text):
         """The initializer raised: ``text`` says what, for the pool's message."""
+        self._fail(text, _INIT_FAILED)
+
+    def fail_bug(self, text):
+        """A bug stopped the worker: ``text`` says what."""
+        self._fail(text, _BUG)
+
+    def _fail(self, text, state):
         data = text.encode("utf-8", "replace")[:255]
         if isinstance(self._failure, list):
             self._failure[0] = data
         else:
             self._failure.value = data
-        self._ints[2] = _INIT_FAILED
+        self._ints[2] = state
 
     @property
     def failure(self):
@@ -1798,9 +1830,8 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
                 self._initializer(*self._initargs)
             except BaseException as exc:
                 _futures_logger.critical("Exception in initializer:", exc_info=True)
-                self._mark_broken("A thread initializer failed, the thread pool is not usable "
-                                  "anymore: %s" % _exception_line(exc))
-                self._stop_event.set()
+                self._break("A thread initializer failed, the thread pool is not usable "
+                            "anymore: %s" % _exception_line(exc))
                 return
         try:
             _worker_loop(self._engine, self._cfg, slot, self._stop_event.is_set,
@@ -1811,13 +1842,22 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
             # initializer, as every thread of the pool does).
             name = threading.current_thread().name
             logger.error("%s stopped; a new thread replaces it", name, exc_info=True)
+            broken = False
             try:
                 self._hand_back(slot, "%s stopped: %r" % (name, exc), WorkerDied)
                 if isinstance(exc, StorageFault):
                     self._storage_lost(exc, time.monotonic())
+                elif isinstance(exc, Exception):
+                    broken = self._worker_stopped_by_bug(name, _exception_line(exc), exc)
             finally:
                 slot.publish([])  # the heartbeat extends its leases no more
-                self._start_thread(slot)
+                if not broken:
+                    self._start_thread(slot)
+
+    def _break(self, reason, cause=None):
+        """Workers cannot run: fail every future, stop the threads."""
+        self._mark_broken(reason, cause)
+        self._stop_event.set()
 
     def _slots_of_workers(self):
         return self._slots if self._run_workers else []

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.thread import BrokenThreadPool
 
 import pytest
 
@@ -199,3 +200,38 @@ def test_a_bug_handing_back_the_tasks_of_a_dead_worker_fails_their_futures(
         assert failed and records.seen.is_set()
         monkeypatch.undo()
         assert ex.submit(square, 6).result(timeout=20) == 36
+
+
+def _buggy_complete_many(self, *args, **kwargs):
+    raise TypeError("a bug in complete_many")
+
+
+def _break_complete_many():
+    """A process worker's initializer: every lease of the worker raises."""
+    SQLiteEngine.complete_many = _buggy_complete_many
+
+
+@pytest.mark.parametrize("kind", POOLS)
+def test_workers_stopped_by_a_bug_again_and_again_break_the_pool(db, monkeypatch, logged, kind):
+    """A worker whose own storage calls fail with a bug (not a storage
+    fault) every time is not replaced forever: after a few in a row with no
+    result stored meanwhile the pool is broken, its message naming the bug,
+    as concurrent.futures breaks a pool whose workers cannot run."""
+    if kind == "threads":
+        monkeypatch.setattr(SQLiteEngine, "complete_many", _buggy_complete_many)
+        options, broken = {}, BrokenThreadPool
+    else:
+        options, broken = {"initializer": _break_complete_many}, BrokenProcessPool
+    ex = POOLS[kind](db, max_workers=2, **options)
+    try:
+        try:
+            future = ex.submit(square, 3)
+        except broken:  # broken already: its workers need no task to fail
+            pass
+        else:
+            with pytest.raises(broken, match="TypeError: a bug in complete_many"):
+                future.result(timeout=30)
+        with pytest.raises(broken, match="TypeError: a bug in complete_many"):
+            ex.submit(square, 4)
+    finally:
+        ex.shutdown(wait=True)
