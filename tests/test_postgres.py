@@ -75,6 +75,33 @@ def test_the_url_keeps_libpq_parameters_and_gives_up_the_backends_options():
         open_engine("postgresql://db.example/jobs", table_prefix="x; DROP TABLE")
 
 
+def test_every_connection_gets_keepalives_and_a_tcp_user_timeout_unless_its_url_sets_them(
+        monkeypatch):
+    """A cut link must fail an operation in seconds, not TCP's 15 minutes
+    (tests/test_postgres_multihost.py cuts real links); the location's own
+    values win."""
+    pytest.importorskip("psycopg")
+    from psycopg.conninfo import conninfo_to_dict
+
+    from persistqueue_liteq.postgres.connections import Connections, with_tcp_defaults
+
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    params = conninfo_to_dict(with_tcp_defaults("postgresql://u@db.example/jobs"))
+    assert params["keepalives"] == "1"
+    assert int(params["keepalives_idle"]) + int(params["keepalives_count"]) * int(
+        params["keepalives_interval"]) <= 15
+    assert int(params["tcp_user_timeout"]) <= 15000
+    assert int(params["connect_timeout"]) <= 15
+    mine = conninfo_to_dict(with_tcp_defaults(
+        "postgresql://u@db.example/jobs?tcp_user_timeout=60000&keepalives=0"))
+    assert (mine["tcp_user_timeout"], mine["keepalives"]) == ("60000", "0")
+    assert mine["keepalives_idle"] == params["keepalives_idle"]
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "33")
+    assert "connect_timeout" not in conninfo_to_dict(with_tcp_defaults("host=db.example"))
+    conns = Connections("postgresql://u@db.example/jobs", "db.example", 5.0, 2)
+    assert conninfo_to_dict(conns._dsn)["tcp_user_timeout"] == params["tcp_user_timeout"]
+
+
 def test_a_server_that_does_not_answer_is_a_storage_error_without_the_password():
     pytest.importorskip("psycopg")
     with pytest.raises(StorageError) as info:

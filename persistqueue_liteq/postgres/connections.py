@@ -33,6 +33,30 @@ _ATTEMPTS = 5
 
 _inherited = []  # pools of a parent process: kept, never used or closed
 
+#: libpq's TCP settings for every connection whose location does not set
+#: them.  Without them a peer that vanished (a cut link, a machine switched
+#: off, a NAT that forgot the connection) leaves a statement or a COMMIT
+#: waiting for TCP's own timeout, about 15 minutes: with them an idle or
+#: waiting connection is found dead after 5 + 3 * 2 s of unanswered
+#: keepalives, and one whose data goes unacknowledged after 10 s
+#: (``tcp_user_timeout``); a connection attempt gives up after 10 s.
+TCP_DEFAULTS = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2",
+                "keepalives_count": "3", "tcp_user_timeout": "10000", "connect_timeout": "10"}
+#: Environment variables of libpq that set one of them instead.
+_TCP_ENV = {"connect_timeout": "PGCONNECT_TIMEOUT"}
+
+
+def with_tcp_defaults(conninfo):
+    """``conninfo`` with :data:`TCP_DEFAULTS` for what it does not say
+    itself (its own values, or $PGCONNECT_TIMEOUT, win)."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return conninfo  # libpq says what is wrong with it when connecting
+    missing = {name: value for name, value in TCP_DEFAULTS.items()
+               if name not in given and not os.environ.get(_TCP_ENV.get(name, ""))}
+    return psycopg.conninfo.make_conninfo(conninfo, **missing) if missing else conninfo
+
 
 class Connections:
     """A process's pool of connections to ``conninfo`` (``shown``: it
@@ -40,6 +64,7 @@ class Connections:
 
     def __init__(self, conninfo, shown, timeout, pool_size, readonly=False):
         self.conninfo = conninfo
+        self._dsn = with_tcp_defaults(conninfo)  # what is connected to
         self.readonly = readonly
         self.shown = shown
         self.timeout = timeout
@@ -77,7 +102,7 @@ class Connections:
                 # No check at each getconn (a round trip per operation): a
                 # connection found dead at its first use is retried (see run).
                 self._pool = psycopg_pool.ConnectionPool(
-                    self.conninfo, min_size=1, max_size=self.pool_size, open=True,
+                    self._dsn, min_size=1, max_size=self.pool_size, open=True,
                     kwargs={"autocommit": False}, configure=self._configure,
                     timeout=self.timeout, name="persistqueue_liteq", num_workers=1)
                 self._pid = os.getpid()
@@ -86,7 +111,7 @@ class Connections:
     def connect(self):
         """A connection of its own (not pooled): the caller closes it."""
         try:
-            conn = psycopg.connect(self.conninfo, autocommit=False,
+            conn = psycopg.connect(self._dsn, autocommit=False,
                                    connect_timeout=max(int(self.timeout), 2))
             self._configure(conn)
         except psycopg.Error as exc:
