@@ -442,6 +442,23 @@ def test_a_pooled_connection_that_died_while_idle_is_replaced_not_raised(engine)
     assert engine.count("q") == len(killed) + 2
 
 
+def test_a_transaction_on_a_pooled_connection_that_died_while_idle_gets_another(engine):
+    """Nothing of the transaction was sent: like a single put, it must not
+    fail because the server ended an idle connection (a restart, a cut
+    link: found by tests/test_postgres_multihost.py)."""
+    import psycopg
+
+    engine.put("q", b"before")
+    pids = {_backend_pid(engine) for _ in range(20)}  # its pool's (only this test's)
+    with psycopg.connect(engine.spec.location, autocommit=True) as admin:
+        for pid in pids:
+            assert admin.execute("SELECT pg_terminate_backend(%s, 20000)", (pid,)).fetchone()[0]
+    with engine.transaction() as tx:
+        tx.put("q", b"in")
+        tx.put("r", b"in")
+    assert (engine.count("q"), engine.count("r")) == (2, 1)
+
+
 def test_a_readonly_engine_looks_and_changes_nothing(pg):
     with pytest.raises(FileNotFoundError, match="no queue tables"):
         open_engine(pg, readonly=True)  # and it made none

@@ -142,25 +142,45 @@ class Connections:
         tx = getattr(self._local, "tx", None)
         return None if tx is None or tx.busy else tx
 
+    def _getconn(self, checked):
+        """A connection of the pool; with ``checked``, one that answered a
+        first statement (a connection the server ended while it was idle
+        is put back, which discards it, and another taken)."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                conn = self.pool().getconn(timeout=self.timeout)
+            except psycopg_pool.PoolTimeout as exc:
+                raise DatabaseBusy(
+                    "no connection to %s within timeout_seconds=%g: all %d of this process's "
+                    "are busy, or the server does not answer (%s)"
+                    % (self.shown, self.timeout, self.pool_size, exc)) from None
+            except psycopg.Error as exc:
+                raise self.error(exc) from None
+            if not checked:
+                return conn
+            try:
+                conn.execute("SELECT 1")
+                return conn
+            except psycopg.Error as exc:
+                self.pool().putconn(conn)
+                if not conn.broken or attempt == _ATTEMPTS - 1:
+                    raise self.error(exc) from exc
+
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self, checked=False):
         """A transaction on a pooled connection: yields a :class:`Tx`;
         committed at the end of the block, rolled back if it raises.  The
         notifications the block asked for are sent in it (delivered at
-        commit); ``tx.after`` callbacks run once it committed."""
+        commit); ``tx.after`` callbacks run once it committed.
+
+        ``checked``: for a block that cannot be run again (an application's
+        transaction; :meth:`run` runs its work again instead), a round trip
+        first makes sure the connection still works."""
         outer = self._current()
         if outer is not None:
             yield outer
             return
-        try:
-            conn = self.pool().getconn(timeout=self.timeout)
-        except psycopg_pool.PoolTimeout as exc:
-            raise DatabaseBusy(
-                "no connection to %s within timeout_seconds=%g: all %d of this process's "
-                "are busy, or the server does not answer (%s)"
-                % (self.shown, self.timeout, self.pool_size, exc)) from None
-        except psycopg.Error as exc:
-            raise self.error(exc) from None
+        conn = self._getconn(checked)
         tx = Tx(conn)
         outer, self._local.tx = getattr(self._local, "tx", None), tx
         try:
