@@ -297,7 +297,7 @@ def wait_until_sessions_end(location, ports, timeout=20):
     import psycopg
 
     base = location.split("?")[0]
-    deadline = time.monotonic() + within
+    deadline = time.monotonic() + timeout
     with psycopg.connect(base, autocommit=True) as admin:
         while True:
             left = admin.execute(
@@ -366,9 +366,11 @@ def consume(agent, ledger, queue="q", n=100, seconds=30.0):
         got = agent.call("lease", queue=queue, n=n, seconds=seconds)
         if not got:
             return
-        for msg_id, payload, lease, _ in got:
+        for _, payload, _, _ in got:
             ledger.delivered(payload)
-            if agent.call("ack", msg_id=msg_id, lease=lease):
+        done = agent.call("ack_each", items=[[m[0], m[2]] for m in got])
+        for (_, payload, _, _), acked in zip(got, done):
+            if acked:
                 ledger.acked[payload] += 1
 
 
@@ -448,17 +450,121 @@ def _key_round(a, b, keys):
 
 def test_the_same_keyed_calls_from_two_hosts_at_once_are_stored_once(net, admin):
     a, b = net.agent("a"), net.agent("b")
-    for round_ in range(3):
-        keys = ["r%d-k%d" % (round_, i) for i in range(20)]
+    for round_ in range(5):
+        keys = ["r%d-k%d" % (round_, i) for i in range(50)]
         first, second = _key_round(a, b, keys)
         for key, (s1, id1), (s2, id2) in zip(keys, first, second):
             assert sorted([s1, s2]) == ["new", "queued"], (key, s1, s2)
             assert id1 == id2, key
-        assert admin.count("tasks") == 20 * (round_ + 1)
+        assert admin.count("tasks") == 50 * (round_ + 1)
     ledger = Ledger()
     ledger.stored.update("call " + m.key for m in admin.messages("tasks", limit=1000))
     consume(b, ledger, queue="tasks")
     ledger.check(admin, "tasks")
+
+
+def test_a_link_cut_during_an_acks_commit_that_never_arrived_gives_the_message_back(
+        net, admin):
+    a, b = net.agent("a", FAST_TCP), net.agent("b")
+    ledger = Ledger()
+    produce(a, ledger, ["m0"])
+    ((msg_id, payload, lease, _),) = a.call("lease", queue="q", n=1, seconds=2.0)
+    a.call("pause_next_commit")
+    a.start("ack", msg_id=msg_id, lease=lease)
+    a.expect("committing")  # the DELETE is done; its COMMIT is next
+    net.hosts["a"].cut()
+    a.send("go")
+    failed = a.reply(timeout=30)
+    assert (failed.get("error"), failed.get("ours")) == ("StorageError", True), failed
+    ledger.uncertain_acks.add(payload)
+    net.hosts["a"].restore()
+    net.drop("a")  # the server rolls the orphaned DELETE back
+    got = b.call("lease_wait", queue="q", seconds=30.0, within=20.0)
+    assert got[:2] == [msg_id, payload] and got[3] == 2  # not acked: it came back
+    ledger.delivered(payload)
+    assert b.call("ack", msg_id=got[0], lease=got[2]) is True
+    ledger.acked[payload] += 1
+    ledger.check(admin)
+
+
+def test_a_link_cut_after_an_acks_commit_reached_the_server_keeps_it_acked(net, admin):
+    import psycopg
+
+    a, b = net.agent("a", FAST_TCP), net.agent("b")
+    ledger = Ledger()
+    produce(a, ledger, ["m0"])
+    ((msg_id, payload, lease, _),) = a.call("lease", queue="q", n=1, seconds=2.0)
+    key = uuid.uuid4().int >> 65  # an advisory lock of this test's own
+    table = '"%s"."%smessages"' % (admin.sql.SCHEMA, admin.sql.PREFIX)
+    with psycopg.connect(net.location.split("?")[0], autocommit=True) as conn:
+        # The COMMIT runs this deferred trigger, which waits for our lock:
+        # the COMMIT is on the server, its answer not yet sent.
+        conn.execute('CREATE FUNCTION "%s".hold_commit() RETURNS trigger LANGUAGE plpgsql '
+                     "AS $$ BEGIN PERFORM pg_advisory_xact_lock(%d); RETURN NULL; END $$"
+                     % (admin.sql.SCHEMA, key))
+        conn.execute('CREATE CONSTRAINT TRIGGER hold_commit AFTER DELETE ON %s DEFERRABLE '
+                     'INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "%s".hold_commit()'
+                     % (table, admin.sql.SCHEMA))
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        a.start("ack", msg_id=msg_id, lease=lease)
+        deadline = time.monotonic() + 20
+        while not conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND objid = %s", (key & 0xFFFFFFFF,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the ack's COMMIT never waited"
+            time.sleep(0.02)  # polling a condition, with a deadline
+        net.hosts["a"].cut()
+        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))  # it commits; the answer is lost
+    failed = a.reply(timeout=30)
+    assert (failed.get("error"), failed.get("ours")) == ("StorageError", True), failed
+    ledger.uncertain_acks.add(payload)
+    net.hosts["a"].restore()
+    net.drop("a")
+    assert b.call("lease", queue="q", n=1, seconds=30.0) == []  # acked: never both
+    ledger.check(admin)
+
+
+def test_a_producer_cut_while_a_batch_is_in_flight_stores_all_or_nothing(net, admin):
+    a, b = net.agent("a", FAST_TCP), net.agent("b")
+    payloads = ["p%05d-" % i + "x" * 4000 for i in range(2000)]  # 8 MB
+    assert a.call("count", queue="q") == 0  # its pool has a connection
+    net.forwarder.ask("hold", net.hosts["a"].root_ip, 1 << 20)
+    a.start("put_many", queue="q", payloads=payloads)
+    deadline = time.monotonic() + 20
+    while True:  # 1 MB through; the rest waits in the sockets: in flight
+        held, waiting = net.forwarder.ask("pending", net.hosts["a"].root_ip)
+        if held and waiting:
+            break
+        assert time.monotonic() < deadline, "the batch never got in flight"
+        time.sleep(0.02)  # polling a condition, with a deadline
+    net.hosts["a"].cut()
+    net.forwarder.ask("release", net.hosts["a"].root_ip)
+    failed = a.reply(timeout=30)
+    assert failed.get("ours") is True, failed
+    net.hosts["a"].restore()
+    net.drop("a")
+    assert admin.count("q") == 0  # nothing
+    ledger = Ledger()
+    produce(a, ledger, payloads)  # again, whole
+    assert admin.count("q") == len(payloads)  # all, once
+    consume(b, ledger, n=500)
+    ledger.check(admin)
+
+
+def test_a_producer_cut_during_a_transactions_commit_stores_none_of_it(net, admin):
+    a = net.agent("a", FAST_TCP)
+    a.call("pause_next_commit")
+    a.start("transaction_put", queues=["q", "r"], payload="both or neither")
+    a.expect("committing")
+    net.hosts["a"].cut()
+    a.send("go")
+    failed = a.reply(timeout=30)
+    assert (failed.get("error"), failed.get("ours")) == ("StorageError", True), failed
+    net.hosts["a"].restore()
+    net.drop("a")
+    assert (admin.count("q"), admin.count("r")) == (0, 0)
+    a.call("transaction_put", queues=["q", "r"], payload="both or neither")
+    assert (admin.count("q"), admin.count("r")) == (1, 1)
 
 
 # -- the processes ------------------------------------------------------------------
@@ -528,6 +634,9 @@ class _AgentOps:
     def ack(self, msg_id, lease):
         return self.engine.ack(msg_id, lease)
 
+    def ack_each(self, items):
+        return [self.engine.ack(msg_id, lease) for msg_id, lease in items]
+
     def pause_next_commit(self):
         self.pause_commit = True
 
@@ -539,6 +648,11 @@ class _AgentOps:
             woken = waiter.wait(within)  # False when it ends at the safety look
             got = self.engine.lease(queue, 1, 30.0)
         return {"woken": woken, "got": [m.data.decode() for m in got]}
+
+    def transaction_put(self, queues, payload):
+        with self.engine.transaction() as tx:
+            for queue in queues:
+                tx.put(queue, payload.encode())
 
     def put_keyed(self, queue, keys):
         _emit({"event": "armed"})
@@ -599,7 +713,9 @@ class _Pair:
 
 
 def _tune(sock):
-    """A host that vanished is noticed within ~3 s."""
+    """No delay added to small packets; a host that vanished is noticed
+    within ~3 s."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
@@ -637,6 +753,7 @@ def _accept(listener, side, port):
         _tune(down)
         try:
             up = socket.create_connection(("127.0.0.1", port))
+            up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             down.close()
             continue
@@ -683,7 +800,7 @@ def _forward_main(port, addresses):
                     try:
                         waiting += int.from_bytes(fcntl.ioctl(
                             pair.down, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
-                    except OSError:
+                    except (OSError, ValueError):  # closed
                         pass
                 answer = [side.budget is not None and side.budget <= 0, waiting]
             elif word == "drop":
