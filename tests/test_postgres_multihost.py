@@ -21,14 +21,17 @@ names a server (CI); skipped otherwise.
 """
 
 import collections
+import glob
 import json
 import os
+import pathlib
 import queue as queue_module
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -567,6 +570,108 @@ def test_a_producer_cut_during_a_transactions_commit_stores_none_of_it(net, admi
     assert (admin.count("q"), admin.count("r")) == (1, 1)
 
 
+def _postgres_bin():
+    """The directory of initdb and pg_ctl, or None."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return os.path.dirname(found[-1]) if found else None
+
+
+class PrivateServer:
+    """A PostgreSQL cluster of this test's own, on 127.0.0.1, to restart:
+    restarting the server of $PERSISTQUEUE_LITEQ_TEST_POSTGRES would break
+    whatever else uses it meanwhile."""
+
+    def __init__(self, tmp_path):
+        self.bin = _postgres_bin()
+        # Not under tmp_path: the server's user must reach it.
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="pqlqnet-pg-"))
+        with socket.create_server(("127.0.0.1", 0)) as probe:
+            self.port = probe.getsockname()[1]
+        shutil.chown(self.dir, "postgres", "postgres")
+        self._as_postgres("initdb", "-N", "-A", "trust", "-U", "root", "-D", str(self.dir / "data"))
+        self.start()
+
+    def _as_postgres(self, tool, *args):
+        done = subprocess.run(["runuser", "-u", "postgres", "--", os.path.join(self.bin, tool),
+                               *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, "%s: %s" % (tool, done.stdout + done.stderr)
+
+    def _ctl(self, *args):
+        options = "-c listen_addresses=127.0.0.1 -p %d -c unix_socket_directories=%s " \
+                  "-c fsync=off" % (self.port, self.dir)
+        self._as_postgres("pg_ctl", "-D", str(self.dir / "data"), "-o", options,
+                          "-l", str(self.dir / "log"), "-w", "-t", "30", *args)
+
+    def start(self):
+        self._ctl("start")
+        self.wait_ready()
+
+    def restart(self):
+        """Crash and recover (``-m immediate``: no shutdown checkpoint)."""
+        self._ctl("restart", "-m", "immediate")
+        self.wait_ready()
+
+    def wait_ready(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                             timeout=30).returncode != 0:
+            assert time.monotonic() < deadline, "the server did not come back"
+            time.sleep(0.1)  # polling a condition, with a deadline
+
+    def stop(self):
+        try:
+            self._ctl("stop", "-m", "immediate")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def location(self):
+        return "postgresql://root@127.0.0.1:%d/postgres?schema=restarted" % self.port
+
+
+@pytest.fixture
+def private_server(tmp_path):
+    if _postgres_bin() is None or shutil.which("runuser") is None:
+        pytest.skip("no PostgreSQL server programs (initdb, pg_ctl) to run a server to restart")
+    server = PrivateServer(tmp_path)
+    yield server
+    server.stop()
+
+
+def test_a_server_restarted_under_load_loses_and_doubles_nothing(private_server, tmp_path):
+    from persistqueue_liteq.backends import open_engine
+
+    net = Net(private_server.location, tmp_path, port=private_server.port)
+    try:
+        a, b = net.agent("a", FAST_TCP), net.agent("b", FAST_TCP)
+        restarted, done = str(tmp_path / "restarted"), str(tmp_path / "produced")
+        a.start("produce", queue="q", n=200, until=restarted)
+        b.start("consume_until", queue="q", seconds=2.0, until=done, signal_after=50)
+        b.expect("going", timeout=30)  # both hosts at work
+        private_server.restart()
+        open(restarted, "w").close()
+        produced = a.reply(timeout=40)["ok"]
+        open(done, "w").close()
+        consumed = b.reply(timeout=40)["ok"]
+        errors = produced["errors"] + consumed["errors"]
+        assert all(ours for _, ours in errors), errors  # every failure one of ours
+        ledger = Ledger()
+        ledger.stored.update(produced["stored"])
+        ledger.uncertain_puts.update(produced["uncertain"])
+        ledger.uncertain_acks.update(consumed["uncertain"])
+        for payload, acked_before in consumed["deliveries"]:
+            if acked_before:
+                ledger.after_ack.append(payload)
+        ledger.acked.update(consumed["acked"])
+        engine = open_engine(private_server.location)
+        try:
+            ledger.check(engine)
+        finally:
+            engine.close()
+    finally:
+        net.close()
+
+
 # -- the processes ------------------------------------------------------------------
 
 
@@ -636,6 +741,56 @@ class _AgentOps:
 
     def ack_each(self, items):
         return [self.engine.ack(msg_id, lease) for msg_id, lease in items]
+
+    def produce(self, queue, n, until):
+        """Put one message at a time: at least ``n``, and until the file
+        ``until`` exists; say which puts returned and which raised."""
+        from persistqueue_liteq.exceptions import LiteQueueError
+
+        stored, uncertain, errors = [], [], []
+        i = 0
+        while i < n or not os.path.exists(until):
+            payload = "p%d" % i
+            try:
+                self.engine.put(queue, payload.encode())
+                stored.append(payload)
+            except Exception as exc:
+                uncertain.append(payload)
+                errors.append([repr(exc), isinstance(exc, LiteQueueError)])
+            i += 1
+        return {"stored": stored, "uncertain": uncertain, "errors": errors}
+
+    def consume_until(self, queue, seconds, until, signal_after):
+        """Lease and ack until the file ``until`` exists and nothing is left."""
+        from persistqueue_liteq.exceptions import LiteQueueError
+
+        acked, uncertain, errors, deliveries = [], [], [], []
+        acked_set = set()
+        with self.engine.waiter("put", queue) as waiter:
+            while True:
+                try:
+                    got = self.engine.lease(queue, 10, seconds)
+                    if not got and os.path.exists(until) and not self.engine.count(queue):
+                        break
+                except Exception as exc:
+                    errors.append([repr(exc), isinstance(exc, LiteQueueError)])
+                    continue
+                if not got:
+                    waiter.wait(1.0)
+                for m in got:
+                    payload = m.data.decode()
+                    deliveries.append([payload, payload in acked_set])
+                    try:
+                        if self.engine.ack(m.id, m.lease):
+                            acked.append(payload)
+                            acked_set.add(payload)
+                            if len(acked) == signal_after:
+                                _emit({"event": "going"})
+                    except Exception as exc:
+                        uncertain.append(payload)
+                        errors.append([repr(exc), isinstance(exc, LiteQueueError)])
+        return {"acked": acked, "uncertain": uncertain, "errors": errors,
+                "deliveries": deliveries}
 
     def pause_next_commit(self):
         self.pause_commit = True
