@@ -143,10 +143,14 @@ class Connections:
         return None if tx is None or tx.busy else tx
 
     def _getconn(self, checked):
-        """A connection of the pool; with ``checked``, one that answered a
-        first statement (a connection the server ended while it was idle
-        is put back, which discards it, and another taken)."""
-        for attempt in range(_ATTEMPTS):
+        """A connection of the pool, ``on_connect`` called with it; with
+        ``checked``, one that answered a first statement.  A connection
+        found dead there (the server ended it while it was idle) is put
+        back, which discards it, and another taken (each of the pool's
+        may be, after a restart of the server), until ``timeout``."""
+        began = time.monotonic()
+        attempts = max(_ATTEMPTS, self.pool_size + 1)
+        for attempt in range(attempts):
             try:
                 conn = self.pool().getconn(timeout=self.timeout)
             except psycopg_pool.PoolTimeout as exc:
@@ -156,14 +160,16 @@ class Connections:
                     % (self.shown, self.timeout, self.pool_size, exc)) from None
             except psycopg.Error as exc:
                 raise self.error(exc) from None
-            if not checked:
-                return conn
             try:
-                conn.execute("SELECT 1")
+                if checked:
+                    conn.execute("SELECT 1")
+                if self.on_connect is not None:
+                    self.on_connect(conn)
                 return conn
             except psycopg.Error as exc:
                 self.pool().putconn(conn)
-                if not conn.broken or attempt == _ATTEMPTS - 1:
+                if (not conn.broken or attempt == attempts - 1
+                        or time.monotonic() - began >= self.timeout):
                     raise self.error(exc) from exc
 
     @contextlib.contextmanager
@@ -185,8 +191,6 @@ class Connections:
         outer, self._local.tx = getattr(self._local, "tx", None), tx
         try:
             try:
-                if self.on_connect is not None:
-                    self.on_connect(conn)
                 yield tx
                 tx.committing = True
                 tx.commit()
@@ -208,10 +212,14 @@ class Connections:
         """``work(tx)`` in a transaction of its own, run again (whole) after a
         deadlock or a serialization failure, or a connection lost before
         its COMMIT was sent (the server rolled it back: nothing happened;
-        a connection of the pool that died while idle shows so)."""
+        a connection of the pool that died while idle shows so), as long as
+        ``timeout`` has not passed: a connection that took that long to be
+        found dead (``tcp_user_timeout``, keepalives: the network or the
+        server is gone) is not tried again on each of the pool's others."""
         outer = self._current()
         if outer is not None:
             return work(outer)
+        began = time.monotonic()
         for attempt in range(_ATTEMPTS):
             tx = None
             try:
@@ -220,7 +228,8 @@ class Connections:
             except StorageError as exc:
                 lost = (isinstance(exc.__cause__, psycopg.OperationalError)
                         and not isinstance(exc.__cause__, _RETRIED)
-                        and tx is not None and not tx.committing and tx.conn.broken)
+                        and tx is not None and not tx.committing and tx.conn.broken
+                        and time.monotonic() - began < self.timeout)
                 if not (isinstance(exc.__cause__, _RETRIED) or lost) or attempt == _ATTEMPTS - 1:
                     raise
             time.sleep(0.01 * attempt * (0.5 + random.random()))
