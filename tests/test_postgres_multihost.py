@@ -13,8 +13,10 @@ exec``): one engine, commands and replies as JSON lines on its stdin and
 stdout.  A link is cut with ``ip link set <veth> down`` inside the host's
 namespace (netem is not always there).
 
-Every test keeps a ledger: each message is acknowledged exactly once or
-dead-lettered; none lost, none acknowledged twice.
+Every test of a failure keeps a ledger: each message is acknowledged
+exactly once or dead-lettered; none lost, none acknowledged twice.  The
+server restarted under load is a cluster of the test's own (initdb, pg_ctl
+as the postgres user), so that whatever else uses the test server goes on.
 
 Runs as root where ``ip netns`` works and $PERSISTQUEUE_LITEQ_TEST_POSTGRES
 names a server (CI); skipped otherwise.
@@ -277,10 +279,6 @@ class Net:
         in flight is rolled back, not pending)."""
         ports = self.forwarder.ask("drop", self.hosts[name].root_ip)
         wait_until_sessions_end(self.location, ports)
-
-    def log(self):
-        self._log.flush()
-        return (self.tmp_path / "children.log").read_text()[-4000:]
 
     def close(self):
         for agent in self.agents:
@@ -591,7 +589,8 @@ class PrivateServer:
         with socket.create_server(("127.0.0.1", 0)) as probe:
             self.port = probe.getsockname()[1]
         shutil.chown(self.dir, "postgres", "postgres")
-        self._as_postgres("initdb", "-N", "-A", "trust", "-U", "root", "-D", str(self.dir / "data"))
+        self._as_postgres("initdb", "-N", "-A", "trust", "-U", "root",
+                          "-D", str(self.dir / "data"))
         self.start()
 
     def _as_postgres(self, tool, *args):
