@@ -75,6 +75,33 @@ def test_the_url_keeps_libpq_parameters_and_gives_up_the_backends_options():
         open_engine("postgresql://db.example/jobs", table_prefix="x; DROP TABLE")
 
 
+def test_every_connection_gets_keepalives_and_a_tcp_user_timeout_unless_its_url_sets_them(
+        monkeypatch):
+    """A cut link must fail an operation in seconds, not TCP's 15 minutes
+    (tests/test_postgres_multihost.py cuts real links); the location's own
+    values win."""
+    pytest.importorskip("psycopg")
+    from psycopg.conninfo import conninfo_to_dict
+
+    from persistqueue_liteq.postgres.connections import Connections, with_tcp_defaults
+
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    params = conninfo_to_dict(with_tcp_defaults("postgresql://u@db.example/jobs"))
+    assert params["keepalives"] == "1"
+    assert int(params["keepalives_idle"]) + int(params["keepalives_count"]) * int(
+        params["keepalives_interval"]) <= 15
+    assert int(params["tcp_user_timeout"]) <= 15000
+    assert int(params["connect_timeout"]) <= 15
+    mine = conninfo_to_dict(with_tcp_defaults(
+        "postgresql://u@db.example/jobs?tcp_user_timeout=60000&keepalives=0"))
+    assert (mine["tcp_user_timeout"], mine["keepalives"]) == ("60000", "0")
+    assert mine["keepalives_idle"] == params["keepalives_idle"]
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "33")
+    assert "connect_timeout" not in conninfo_to_dict(with_tcp_defaults("host=db.example"))
+    conns = Connections("postgresql://u@db.example/jobs", "db.example", 5.0, 2)
+    assert conninfo_to_dict(conns._dsn)["tcp_user_timeout"] == params["tcp_user_timeout"]
+
+
 def test_a_server_that_does_not_answer_is_a_storage_error_without_the_password():
     pytest.importorskip("psycopg")
     with pytest.raises(StorageError) as info:
@@ -413,6 +440,23 @@ def test_a_pooled_connection_that_died_while_idle_is_replaced_not_raised(engine)
     for _ in range(len(killed) + 1):
         engine.put("q", b"after")
     assert engine.count("q") == len(killed) + 2
+
+
+def test_a_transaction_on_a_pooled_connection_that_died_while_idle_gets_another(engine):
+    """Nothing of the transaction was sent: like a single put, it must not
+    fail because the server ended an idle connection (a restart, a cut
+    link: found by tests/test_postgres_multihost.py)."""
+    import psycopg
+
+    engine.put("q", b"before")
+    pids = {_backend_pid(engine) for _ in range(20)}  # its pool's (only this test's)
+    with psycopg.connect(engine.spec.location, autocommit=True) as admin:
+        for pid in pids:
+            assert admin.execute("SELECT pg_terminate_backend(%s, 20000)", (pid,)).fetchone()[0]
+    with engine.transaction() as tx:
+        tx.put("q", b"in")
+        tx.put("r", b"in")
+    assert (engine.count("q"), engine.count("r")) == (2, 1)
 
 
 def test_a_readonly_engine_looks_and_changes_nothing(pg):

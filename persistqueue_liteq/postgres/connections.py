@@ -33,6 +33,30 @@ _ATTEMPTS = 5
 
 _inherited = []  # pools of a parent process: kept, never used or closed
 
+#: libpq's TCP settings for every connection whose location does not set
+#: them.  Without them a peer that vanished (a cut link, a machine switched
+#: off, a NAT that forgot the connection) leaves a statement or a COMMIT
+#: waiting for TCP's own timeout, about 15 minutes: with them an idle or
+#: waiting connection is found dead after 5 + 3 * 2 s of unanswered
+#: keepalives, and one whose data goes unacknowledged after 10 s
+#: (``tcp_user_timeout``); a connection attempt gives up after 10 s.
+TCP_DEFAULTS = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2",
+                "keepalives_count": "3", "tcp_user_timeout": "10000", "connect_timeout": "10"}
+#: Environment variables of libpq that set one of them instead.
+_TCP_ENV = {"connect_timeout": "PGCONNECT_TIMEOUT"}
+
+
+def with_tcp_defaults(conninfo):
+    """``conninfo`` with :data:`TCP_DEFAULTS` for what it does not say
+    itself (its own values, or $PGCONNECT_TIMEOUT, win)."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return conninfo  # libpq says what is wrong with it when connecting
+    missing = {name: value for name, value in TCP_DEFAULTS.items()
+               if name not in given and not os.environ.get(_TCP_ENV.get(name, ""))}
+    return psycopg.conninfo.make_conninfo(conninfo, **missing) if missing else conninfo
+
 
 class Connections:
     """A process's pool of connections to ``conninfo`` (``shown``: it
@@ -40,6 +64,7 @@ class Connections:
 
     def __init__(self, conninfo, shown, timeout, pool_size, readonly=False):
         self.conninfo = conninfo
+        self._dsn = with_tcp_defaults(conninfo)  # what is connected to
         self.readonly = readonly
         self.shown = shown
         self.timeout = timeout
@@ -77,7 +102,7 @@ class Connections:
                 # No check at each getconn (a round trip per operation): a
                 # connection found dead at its first use is retried (see run).
                 self._pool = psycopg_pool.ConnectionPool(
-                    self.conninfo, min_size=1, max_size=self.pool_size, open=True,
+                    self._dsn, min_size=1, max_size=self.pool_size, open=True,
                     kwargs={"autocommit": False}, configure=self._configure,
                     timeout=self.timeout, name="persistqueue_liteq", num_workers=1)
                 self._pid = os.getpid()
@@ -86,7 +111,7 @@ class Connections:
     def connect(self):
         """A connection of its own (not pooled): the caller closes it."""
         try:
-            conn = psycopg.connect(self.conninfo, autocommit=False,
+            conn = psycopg.connect(self._dsn, autocommit=False,
                                    connect_timeout=max(int(self.timeout), 2))
             self._configure(conn)
         except psycopg.Error as exc:
@@ -117,31 +142,55 @@ class Connections:
         tx = getattr(self._local, "tx", None)
         return None if tx is None or tx.busy else tx
 
+    def _getconn(self, checked):
+        """A connection of the pool, ``on_connect`` called with it; with
+        ``checked``, one that answered a first statement.  A connection
+        found dead there (the server ended it while it was idle) is put
+        back, which discards it, and another taken (each of the pool's
+        may be, after a restart of the server), until ``timeout``."""
+        began = time.monotonic()
+        attempts = max(_ATTEMPTS, self.pool_size + 1)
+        for attempt in range(attempts):
+            try:
+                conn = self.pool().getconn(timeout=self.timeout)
+            except psycopg_pool.PoolTimeout as exc:
+                raise DatabaseBusy(
+                    "no connection to %s within timeout_seconds=%g: all %d of this process's "
+                    "are busy, or the server does not answer (%s)"
+                    % (self.shown, self.timeout, self.pool_size, exc)) from None
+            except psycopg.Error as exc:
+                raise self.error(exc) from None
+            try:
+                if checked:
+                    conn.execute("SELECT 1")
+                if self.on_connect is not None:
+                    self.on_connect(conn)
+                return conn
+            except psycopg.Error as exc:
+                self.pool().putconn(conn)
+                if (not conn.broken or attempt == attempts - 1
+                        or time.monotonic() - began >= self.timeout):
+                    raise self.error(exc) from exc
+
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self, checked=False):
         """A transaction on a pooled connection: yields a :class:`Tx`;
         committed at the end of the block, rolled back if it raises.  The
         notifications the block asked for are sent in it (delivered at
-        commit); ``tx.after`` callbacks run once it committed."""
+        commit); ``tx.after`` callbacks run once it committed.
+
+        ``checked``: for a block that cannot be run again (an application's
+        transaction; :meth:`run` runs its work again instead), a round trip
+        first makes sure the connection still works."""
         outer = self._current()
         if outer is not None:
             yield outer
             return
-        try:
-            conn = self.pool().getconn(timeout=self.timeout)
-        except psycopg_pool.PoolTimeout as exc:
-            raise DatabaseBusy(
-                "no connection to %s within timeout_seconds=%g: all %d of this process's "
-                "are busy, or the server does not answer (%s)"
-                % (self.shown, self.timeout, self.pool_size, exc)) from None
-        except psycopg.Error as exc:
-            raise self.error(exc) from None
+        conn = self._getconn(checked)
         tx = Tx(conn)
         outer, self._local.tx = getattr(self._local, "tx", None), tx
         try:
             try:
-                if self.on_connect is not None:
-                    self.on_connect(conn)
                 yield tx
                 tx.committing = True
                 tx.commit()
@@ -163,10 +212,14 @@ class Connections:
         """``work(tx)`` in a transaction of its own, run again (whole) after a
         deadlock or a serialization failure, or a connection lost before
         its COMMIT was sent (the server rolled it back: nothing happened;
-        a connection of the pool that died while idle shows so)."""
+        a connection of the pool that died while idle shows so), as long as
+        ``timeout`` has not passed: a connection that took that long to be
+        found dead (``tcp_user_timeout``, keepalives: the network or the
+        server is gone) is not tried again on each of the pool's others."""
         outer = self._current()
         if outer is not None:
             return work(outer)
+        began = time.monotonic()
         for attempt in range(_ATTEMPTS):
             tx = None
             try:
@@ -175,7 +228,8 @@ class Connections:
             except StorageError as exc:
                 lost = (isinstance(exc.__cause__, psycopg.OperationalError)
                         and not isinstance(exc.__cause__, _RETRIED)
-                        and tx is not None and not tx.committing and tx.conn.broken)
+                        and tx is not None and not tx.committing and tx.conn.broken
+                        and time.monotonic() - began < self.timeout)
                 if not (isinstance(exc.__cause__, _RETRIED) or lost) or attempt == _ATTEMPTS - 1:
                     raise
             time.sleep(0.01 * attempt * (0.5 + random.random()))

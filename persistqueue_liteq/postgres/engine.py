@@ -998,7 +998,8 @@ class _Transaction:
         self._queues = {}
 
     def __enter__(self):
-        self._context = self._engine._tx()
+        # Checked: a pooled connection found dead cannot be run again here.
+        self._context = self._engine._conns.transaction(checked=True)
         self._tx = self._context.__enter__()
         return self
 

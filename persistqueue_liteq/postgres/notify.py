@@ -166,11 +166,13 @@ class Listener:
     def _run(self):
         import psycopg
 
+        from .connections import with_tcp_defaults
+
         pause = 0.1
         while True:
             conn = None
             try:
-                conn = psycopg.connect(self._conninfo, autocommit=True,
+                conn = psycopg.connect(with_tcp_defaults(self._conninfo), autocommit=True,
                                        application_name="persistqueue_liteq listener")
                 reconnected = self._thread_started_before
                 self._thread_started_before = True
