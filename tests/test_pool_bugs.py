@@ -235,3 +235,30 @@ def test_workers_stopped_by_a_bug_again_and_again_break_the_pool(db, monkeypatch
             ex.submit(square, 4)
     finally:
         ex.shutdown(wait=True)
+
+
+def _busy_now_and_then(method, times):
+    """A process worker's initializer: the first ``times`` calls of
+    ``method`` in this worker find the file locked (a passing fault), then
+    it works."""
+    from persistqueue_liteq.exceptions import DatabaseBusy
+
+    real, left = getattr(SQLiteEngine, method), [times]
+
+    def flaky(self, *args, **kwargs):
+        if left[0]:
+            left[0] -= 1
+            raise DatabaseBusy("locked for a moment")
+        return real(self, *args, **kwargs)
+
+    setattr(SQLiteEngine, method, flaky)
+
+
+def test_a_passing_fault_in_the_workers_storage_calls_is_waited_out(db):
+    """A lock that passes is waited out by the worker: no worker stops, the
+    pool does not break (from the pool11 branch)."""
+    with PersistentProcessPoolExecutor(db, max_workers=2, initializer=_busy_now_and_then,
+                                       initargs=("complete_many", 3)) as ex:
+        futures = [ex.submit(square, i) for i in range(20)]
+        assert [f.result(timeout=40) for f in futures] == [i * i for i in range(20)]
+        assert ex.submit(square, 21).result(timeout=40) == 441
