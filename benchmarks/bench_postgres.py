@@ -91,7 +91,7 @@ DATA = bytes(range(100))
 
 @dataclasses.dataclass
 class Settings:
-    ops: int = 3000  # rows 1, 2: operations in all, shared by the processes
+    ops: int = 1500  # rows 1, 2: operations in all, shared by the processes
     batches: int = 20  # row 3: put_batch calls of 1000
     lease_batches: int = 40  # row 4: batches of 100 in all
     pool_tasks: int = 20_000  # row 5
