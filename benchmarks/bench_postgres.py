@@ -599,7 +599,7 @@ def main(argv=None):
     try:
         results = measure(ctx, args.url, s)
     finally:
-        drop_schemas(args.url)
+        attempt(drop_schemas, args.url)
     load_end = os.getloadavg()
     _common.emit(report(args.url, s, *results, load_start, load_end,
                         time.monotonic() - started), args.output)
