@@ -624,7 +624,9 @@ def test_dead_letter_ids_ack_many_and_recover_leases(engine):
     assert engine.dead_letter_ids([ids[2]], "why", queue="other") == 0
     assert [m.dead_reason for m in engine.dead_letters("q")] == ["why", "why"]
     held = lease_one(engine)
-    assert engine.ack_many([(held.id, held.lease), (held.id, held.lease), (ids[4], None)]) == 2
+    # ids[3] is ready (no lease): a token that is not its lease acks nothing.
+    assert engine.ack_many([(held.id, held.lease), (held.id, held.lease), (ids[4], None),
+                            (ids[3], held.lease)]) == 2
     assert engine.count("q") == 1 and engine.count("q", "dead") == 2  # ids[3] is left
 
 

@@ -699,17 +699,19 @@ class PostgresEngine(Engine):
     def ack_many(self, items):
         items = list(items)
 
+        leased = [(msg_id, lease) for msg_id, lease in items if lease is not None]
+        any_lease = [msg_id for msg_id, lease in items if lease is None]
+
         def work(tx):
             removed, acks = {}, {}
-            for msg_id, lease in items:
-                if lease is None:
-                    row = tx.one(self.sql.DELETE, (msg_id,))
-                else:
-                    row = tx.one(self.sql.ACK, (msg_id, lease))
-                    if row:
-                        acks[row[0]] = acks.get(row[0], 0) + 1
-                if row:
-                    removed[row[0]] = removed.get(row[0], 0) + 1
+            if leased:  # one round trip for all of them, not one each
+                for (name,) in tx.rows(self.sql.ACK_MANY, ([i for i, _ in leased],
+                                                          [lease for _, lease in leased])):
+                    acks[name] = acks.get(name, 0) + 1
+                    removed[name] = removed.get(name, 0) + 1
+            if any_lease:
+                for (name,) in tx.rows(self.sql.DELETE_MANY, (any_lease,)):
+                    removed[name] = removed.get(name, 0) + 1
             for name in removed:
                 self._notify(tx, "done", name)
             return removed, acks

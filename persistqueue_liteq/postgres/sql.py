@@ -306,6 +306,10 @@ SELECT min(visible_at) FROM {t:messages} WHERE queue = %s AND visible_at > %s"""
 ACK = "DELETE FROM {t:messages} WHERE id = %s AND lease = %s RETURNING queue"
 ACK_IN_QUEUE = "DELETE FROM {t:messages} WHERE id = %s AND lease = %s AND queue = %s"
 DELETE = "DELETE FROM {t:messages} WHERE id = %s RETURNING queue"
+# Many at once, one statement each: (id, lease) pairs, and ids of any lease.
+ACK_MANY = """DELETE FROM {t:messages} m USING unnest(%s::bigint[], %s::bigint[]) AS a(id, lease)
+ WHERE m.id = a.id AND m.lease = a.lease RETURNING m.queue"""
+DELETE_MANY = "DELETE FROM {t:messages} WHERE id = ANY(%s::bigint[]) RETURNING queue"
 DELETE_UNLEASED = "DELETE FROM {t:messages} WHERE id = %s AND lease IS NULL RETURNING queue"
 
 SET_VISIBILITY = """
