@@ -19,7 +19,7 @@ among them), :mod:`._cli_codec` (what ``put`` stores in, and ``peek`` shows of,
 a queue that records its codec: pickle and JSON queues get items encoded to
 match) and :mod:`._cli_consume` (the ``consume`` loop).
 
-Everything goes through the engine (:class:`~persistqueue_liteq.sqlite_engine.
+Everything goes through the engine (:class:`~persistqueue_liteq.sqlite.engine.
 SQLiteEngine` and :class:`~persistqueue_liteq.LiteQueue`), and ``checkpoint``,
 ``vacuum`` and ``check`` through its optional maintenance interface
 (:class:`~persistqueue_liteq.engine.Maintenance`): there is no SQL and no
@@ -63,8 +63,8 @@ from .backends import open_engine
 from .engine import METRIC_NAMES, Maintenance, maintenance_of
 from .exceptions import LiteQueueError
 from .liteq import LiteQueue
-from .sql import DEFAULT_PREFIX
-from .sqlite_engine import check_table_prefix
+from .engine import DEFAULT_PREFIX
+from ._checks import table_prefix as check_table_prefix
 
 __all__ = ["main"]
 

@@ -24,7 +24,7 @@ import pytest
 
 from persistqueue_liteq import LiteQueue
 from persistqueue_liteq._policy import describe_exception
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 from .test_liteq_api import pages
 

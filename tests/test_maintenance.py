@@ -11,7 +11,7 @@ import pytest
 from persistqueue_liteq import LiteQueue, cli
 from persistqueue_liteq.exceptions import Unsupported
 from persistqueue_liteq.persistqueue_compat import SQLiteQueue
-from persistqueue_liteq.sqlite_engine import SQLiteEngine, SQLiteMaintenance
+from persistqueue_liteq.sqlite.engine import SQLiteEngine, SQLiteMaintenance
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "persistqueue_liteq")
