@@ -284,6 +284,15 @@ def test_help_lists_every_command(tmp_path):
     assert cli(tmp_path, "--version").out.startswith("persistqueue-liteq ")
 
 
+def test_the_cli_package_runs_as_a_module_too(tmp_path):
+    """``python -m persistqueue_liteq.cli`` is the same command line."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "persistqueue_liteq.cli", "--version"], cwd=tmp_path, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert (completed.returncode, completed.stderr) == (0, b"")
+    assert completed.stdout.startswith(b"persistqueue-liteq ")
+
+
 BAD_ARGUMENTS = [
     [],
     ["stats"],
