@@ -96,7 +96,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from persistqueue_liteq import LiteQueue  # noqa: E402
-from persistqueue_liteq import sql as _sql  # noqa: E402
+from persistqueue_liteq.sqlite import sql as _sql  # noqa: E402
 
 SQL = _sql.render("liteq_")
 QUEUE = "default"
@@ -405,7 +405,7 @@ def _pipe_receiver(conn, timeout=40):
 def _waiter_setup(engine, rounds):
     """µs per enter + exit of a waiter, on one name and on distinct names,
     and the directories the distinct names left behind."""
-    from persistqueue_liteq import wakeup
+    from persistqueue_liteq.sqlite import wakeup
 
     def timed(names):
         start = time.perf_counter()

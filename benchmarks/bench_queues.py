@@ -93,7 +93,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from persistqueue_liteq import PersistentQueue  # noqa: E402
-from persistqueue_liteq import sql as _sql  # noqa: E402
+from persistqueue_liteq.sqlite import sql as _sql  # noqa: E402
 
 try:
     import persistqueue as _pq  # persist-queue, optional

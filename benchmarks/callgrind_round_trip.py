@@ -85,7 +85,7 @@ def run_one(kind, n):
     # The files are looked at before a write at most once a millisecond: how
     # many writes share a look depends on how fast valgrind runs.  Every
     # write looks here (what a process writing less than once a ms pays).
-    from persistqueue_liteq import connections
+    from persistqueue_liteq.sqlite import connections
 
     connections._LOOK_INTERVAL = 0.0
     with tempfile.TemporaryDirectory() as directory:

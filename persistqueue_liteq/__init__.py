@@ -7,7 +7,7 @@
 * :class:`AsyncPersistentQueue` (and Lifo, Priority), :class:`AsyncLiteQueue`:
   the same for asyncio (:mod:`.aio`).
 * The engine interface (:mod:`.engine`) and its SQLite implementation
-  (:mod:`.sqlite_engine`), on which everything else is built.
+  (:mod:`.sqlite`), on which everything else is built.
 """
 
 import logging

@@ -74,6 +74,27 @@ def count(value, argument, minimum=0):
     return int(value)
 
 
+_PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def table_prefix(prefix):
+    """Return ``prefix`` if it may be pasted into statements as the start of a
+    table name; else ValueError saying why.  The SQLite backend's rule (its
+    statements check every prefix with this), which the command line also
+    applies to a user's input before opening anything."""
+    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+        raise ValueError(
+            "table_prefix must be letters, digits and underscores, not "
+            "starting with a digit; got %r" % (prefix,)
+        )
+    if prefix.lower().startswith("sqlite_"):
+        raise ValueError(
+            "table_prefix must not start with 'sqlite_': SQLite keeps such names "
+            "reserved for its own tables; got %r" % (prefix,)
+        )
+    return prefix
+
+
 _DECIMAL = re.compile(r"[0-9]+\Z")
 
 

@@ -7,7 +7,7 @@ same moment.  Its clock is then ``wall + (boottime() - boottime_then)``: every
 process of the machine computes the same value (CLOCK_BOOTTIME is one clock
 for the whole kernel, and counts suspend like the wall clock), and nobody's
 ``date -s`` or NTP step changes it.  See :class:`~persistqueue_liteq.
-sqlite_engine.SQLiteEngine` for the anchor's life.
+sqlite.engine.SQLiteEngine` for the anchor's life.
 
 Where the system has neither (macOS, Windows, a Linux without ``/proc``),
 :data:`SUPPORTED` is False and the engine uses the wall clock as before.

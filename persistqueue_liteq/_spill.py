@@ -5,7 +5,7 @@ goes once it has seen more distinct calls than it counts in memory (see
 
 import sqlite3
 
-from . import sql
+from .sqlite import sql
 from .exceptions import StorageError
 
 __all__ = ["SpilledCounts"]

@@ -69,7 +69,7 @@ from .queues import (
     ShutDown,
     _FULL_RECHECK,
 )
-from .wakeup import SAFETY_INTERVAL
+from .engine import SAFETY_INTERVAL
 
 __all__ = [
     "AsyncPersistentQueue",

@@ -44,7 +44,7 @@ _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 #: scheme -> the module and class of its engine, whose DEFAULT_OPTIONS are
 #: the options it takes.
 _BACKENDS = {
-    "sqlite": (".sqlite_engine", "SQLiteEngine"),
+    "sqlite": (".sqlite", "SQLiteEngine"),
     "postgresql": (".postgres", "PostgresEngine"),
     "postgres": (".postgres", "PostgresEngine"),
 }

@@ -2,7 +2,7 @@
 
 Front ends (:class:`~persistqueue_liteq.LiteQueue`, the queue.Queue family and
 the pools) check their arguments, serialize, and call these methods; they
-never see SQL or connections.  :class:`~persistqueue_liteq.sqlite_engine.
+never see SQL or connections.  :class:`~persistqueue_liteq.sqlite.engine.
 SQLiteEngine` is the implementation on one SQLite file; a PostgreSQL engine
 implements the same methods.
 
@@ -16,7 +16,7 @@ Times (``visible_at``, ``created_at``, ``expires_at``, ...) are seconds on the
 engine's clock, :meth:`Engine.now`: a clock that every process using the
 database agrees on.  It reads like the wall clock (seconds since the epoch)
 but need not follow it: the SQLite engine's clock is not moved by steps of
-the wall clock (see :mod:`.sqlite_engine`).  Compare stored times only with
+the wall clock (see :mod:`.sqlite.engine`).  Compare stored times only with
 ``engine.now()``, and show them to people through ``engine.wall_time()``.
 
 Upkeep of the storage (copying a write-ahead log back, giving free space
@@ -36,8 +36,16 @@ from . import _fork, metrics_hooks
 from ._policy import seconds_until
 from .exceptions import Unsupported
 
-__all__ = ["Engine", "EngineSpec", "Maintenance", "Message", "Metrics", "QueueStats",
+__all__ = ["DEFAULT_PREFIX", "SAFETY_INTERVAL", "Engine", "EngineSpec", "Maintenance", "Message", "Metrics", "QueueStats",
            "StorageSizes", "clock", "lease_waiting", "maintenance_of", "wait_drained"]
+
+#: The table prefix of every backend unless one is given (names only; each
+#: backend checks and quotes it its own way).
+DEFAULT_PREFIX = "liteq_"
+
+#: Longest sleep between two looks at a queue when no wake-up arrives: a
+#: wake-up can be lost, so every waiter looks again at least this often.
+SAFETY_INTERVAL = 1.0
 
 _last_time = 0.0
 _clock_lock = threading.Lock()

@@ -42,7 +42,7 @@ from ._policy import describe_exception, last_line, out_of_retries
 from .engine import lease_waiting, maintenance_of, wait_drained
 from .exceptions import DatabaseBusy
 from .backends import front_end_engine
-from .sql import DEFAULT_PREFIX
+from .engine import DEFAULT_PREFIX
 
 __all__ = ["LiteQueue", "QueueHandle", "DeadLetterQueue"]
 

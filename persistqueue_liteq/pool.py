@@ -113,7 +113,7 @@ from .exceptions import (DatabaseBusy, IncompatibleDatabase, LiteQueueError, Pay
                          SerializationError, StorageError, StorageFault, TaskTimeout,
                          WorkerDied)
 from .serializers import SignatureError, Signer, _check_key
-from .sql import DEFAULT_PREFIX
+from .engine import DEFAULT_PREFIX
 
 try:
     import cloudpickle

@@ -23,7 +23,7 @@ file, so they hold across processes; ``shutdown(immediate=True)`` keeps the
 stored items (``clear()`` discards them).
 
 Data flow (one file, any number of threads and processes; the tables are the
-engine's, see :mod:`.sqlite_engine`)::
+engine's, see :mod:`.sqlite.engine`)::
 
     put(item)                                  get()
       _put: serializer.dumps                     _get: engine.lease: the next
@@ -65,7 +65,7 @@ from .engine import METRIC_NAMES, Message
 from .exceptions import CodecMismatch, DatabaseBusy, UnboundSignatures
 from .serializers import Codec, SignatureError, UnboundSignature, order_key, resolve
 from .backends import describe, front_end_engine, redact
-from .sql import DEFAULT_PREFIX
+from .engine import DEFAULT_PREFIX
 
 try:
     from queue import ShutDown

@@ -178,7 +178,7 @@ def test_a_put_of_another_process_wakes_an_awaiting_get(location, fork, monkeypa
 
 
 def test_waiting_falls_back_to_a_timer_without_sockets(db, monkeypatch):
-    from persistqueue_liteq import wakeup
+    from persistqueue_liteq.sqlite import wakeup
 
     monkeypatch.setattr(wakeup.Notifier, "waiter",
                         lambda self, kind, queue: wakeup._PollingWaiter(0.01))

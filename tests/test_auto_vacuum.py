@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from persistqueue_liteq import LiteQueue
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 from .test_cli import cli
 

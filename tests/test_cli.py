@@ -24,7 +24,7 @@ import pytest
 
 from persistqueue_liteq import LiteQueue
 from persistqueue_liteq._policy import describe_exception
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 from .test_liteq_api import pages
 
@@ -282,6 +282,15 @@ def test_help_lists_every_command(tmp_path):
         assert result.out.startswith("usage: persistqueue-liteq %s " % " ".join(words)), \
             (words, result.out)
     assert cli(tmp_path, "--version").out.startswith("persistqueue-liteq ")
+
+
+def test_the_cli_package_runs_as_a_module_too(tmp_path):
+    """``python -m persistqueue_liteq.cli`` is the same command line."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "persistqueue_liteq.cli", "--version"], cwd=tmp_path, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert (completed.returncode, completed.stderr) == (0, b"")
+    assert completed.stdout.startswith(b"persistqueue-liteq ")
 
 
 BAD_ARGUMENTS = [

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from persistqueue_liteq import LiteQueue, PersistentQueue
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 from .test_cli import ROOT, Result, cli, one_error_line
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from persistqueue_liteq import LiteQueue, PersistentQueue, engine
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 pytestmark = pytest.mark.skipif(
     not (hasattr(time, "CLOCK_BOOTTIME") and os.path.exists("/proc/sys/kernel/random/boot_id")),

@@ -4,7 +4,7 @@ import sqlite3
 
 import pytest
 
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 
 @pytest.fixture

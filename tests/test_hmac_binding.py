@@ -24,7 +24,7 @@ from persistqueue_liteq import (
     UnboundSignatures,
 )
 from persistqueue_liteq.serializers import Codec, JSONSerializer, PickleSerializer, Signer
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 KEY = b"the queue's key"
 REFUSED = "cannot be deserialized: SignatureError: payload refused"

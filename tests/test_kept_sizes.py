@@ -9,8 +9,9 @@ import sqlite3
 
 import pytest
 
-from persistqueue_liteq import LiteQueue, PersistentQueue, sql
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq import LiteQueue, PersistentQueue
+from persistqueue_liteq.sqlite import sql
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 from .conftest import run_child
 

@@ -12,7 +12,8 @@ import threading
 
 import pytest
 
-from persistqueue_liteq import DatabaseBusy, LiteQueue, wakeup
+from persistqueue_liteq import DatabaseBusy, LiteQueue
+from persistqueue_liteq.sqlite import wakeup
 
 
 # -- Liteq's signature ----------------------------------------------------------

@@ -15,7 +15,8 @@ import threading
 
 import pytest
 
-from persistqueue_liteq import LiteQueue, wakeup
+from persistqueue_liteq import LiteQueue
+from persistqueue_liteq.sqlite import wakeup
 
 from .conftest import run_child
 

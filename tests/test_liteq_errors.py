@@ -10,7 +10,7 @@ import time
 import pytest
 
 from persistqueue_liteq import DatabaseBusy, IncompatibleDatabase, LiteQueue, ReadOnlyDatabase
-from persistqueue_liteq import connections, sql
+from persistqueue_liteq.sqlite import connections, sql
 
 from .conftest import run_child
 

@@ -11,12 +11,15 @@ import pytest
 from persistqueue_liteq import LiteQueue, cli
 from persistqueue_liteq.exceptions import Unsupported
 from persistqueue_liteq.persistqueue_compat import SQLiteQueue
-from persistqueue_liteq.sqlite_engine import SQLiteEngine, SQLiteMaintenance
+from persistqueue_liteq.sqlite.engine import SQLiteEngine, SQLiteMaintenance
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "persistqueue_liteq")
-FRONT_ENDS = ["cli.py", "liteq.py", "queues.py", "pool.py", "aio.py", "persistqueue_compat.py"] + [
-    name for name in sorted(os.listdir(PACKAGE)) if name.startswith("_cli_")]
+FRONT_ENDS = ["liteq.py", "queues.py", "pool.py", "aio.py", "persistqueue_compat.py"] + [
+    os.path.join("cli", name) for name in sorted(os.listdir(os.path.join(PACKAGE, "cli")))
+    if name.endswith(".py")]
+#: The backends' own packages, which front ends never import.
+BACKENDS = ("persistqueue_liteq.sqlite", "persistqueue_liteq.postgres")
 
 
 def _without_maintenance(monkeypatch, engine):
@@ -74,20 +77,32 @@ def test_the_cli_on_a_backend_without_maintenance(db, monkeypatch, capsys, comma
 
 
 def _imports(path):
-    """(module, name) of every import of the file (name None for a module)."""
+    """(module, name) of every import of the file (name None for a module),
+    relative modules made absolute."""
+    package = ".".join(["persistqueue_liteq"] + os.path.dirname(
+        os.path.relpath(path, PACKAGE)).split(os.sep)).rstrip(".")
     tree = ast.parse(open(path).read(), path)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             yield from ((alias.name, None) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            module = "." * node.level + (node.module or "")
+            module = node.module or ""
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                module = base + ("." + module if module else "")
             yield from ((module, alias.name) for alias in node.names)
+
+
+def _in_a_backend(module, name):
+    """Whether ``from module import name`` reaches into a backend's package."""
+    full = module if name is None else module + "." + name
+    return any(m == b or m.startswith(b + ".") for b in BACKENDS for m in (module, full))
 
 
 @pytest.mark.parametrize("name", FRONT_ENDS)
 def test_front_ends_know_neither_the_driver_nor_its_sql(name):
     imported = set(_imports(os.path.join(PACKAGE, name)))
     assert not [i for i in imported if i[0] == "sqlite3"]
-    # The statements module only for the default table prefix, no statement.
-    assert {i for i in imported if i in {(".", "sql"), (".sql", None)}
-            or i[0] == ".sql" and i[1] != "DEFAULT_PREFIX"} == set()
+    # Nothing from a backend's package (statements, connections, engine): the
+    # default table prefix and the prefix check are the engine interface's.
+    assert {i for i in imported if _in_a_backend(*i)} == set()

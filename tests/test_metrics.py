@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from persistqueue_liteq import LiteQueue, PersistentQueue
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 from .conftest import run_child
 
@@ -146,7 +146,7 @@ def test_the_metrics_flush_prunes_old_activity_by_an_index(db):
 def test_a_file_without_the_activity_index_gets_it_and_prunes_only_old_buckets(db):
     import sqlite3
 
-    from persistqueue_liteq import sql
+    from persistqueue_liteq.sqlite import sql
 
     SQLiteEngine(db).close()
     with sqlite3.connect(db) as conn:  # as a file of an older version

@@ -14,10 +14,10 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 
 from persistqueue_liteq import pool as pool_module
-from persistqueue_liteq import wakeup
+from persistqueue_liteq.sqlite import wakeup
 from persistqueue_liteq.exceptions import SerializationError, TaskTimeout, WorkerDied
 from persistqueue_liteq.pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = dict(max_retries=2, retry_backoff=0)

@@ -13,7 +13,7 @@ from concurrent.futures.thread import BrokenThreadPool
 import pytest
 
 from persistqueue_liteq.pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 from .test_pool import block_until, square
 

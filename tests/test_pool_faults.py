@@ -15,7 +15,7 @@ import pytest
 from persistqueue_liteq import pool as pool_module
 from persistqueue_liteq.exceptions import StorageFault, TaskTimeout
 from persistqueue_liteq.pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOUR = 3600.0

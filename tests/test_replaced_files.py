@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from persistqueue_liteq import DatabaseReplaced, LiteQueue, StorageError, connections
+from persistqueue_liteq import DatabaseReplaced, LiteQueue, StorageError
+from persistqueue_liteq.sqlite import connections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

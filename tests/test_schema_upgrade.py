@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from persistqueue_liteq import LiteQueue, PersistentQueue, ReadOnlyDatabase, sql
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq import LiteQueue, PersistentQueue, ReadOnlyDatabase
+from persistqueue_liteq.sqlite import sql
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 V1 = Path(__file__).parent / "data" / "schema_v1.db"
 

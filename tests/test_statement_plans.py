@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from persistqueue_liteq import sql
+from persistqueue_liteq.sqlite import sql
 
 S = sql.render("liteq_")
 PARAMS = {"queue": "q", "now": 1.0, "until": 2.0, "lease": 3, "n": 1, "holder": None}
@@ -34,7 +34,7 @@ def test_a_lease_of_one_message_is_one_probe_of_its_index(name, index):
 
 
 def test_the_engine_leases_one_message_with_the_statement_of_one(tmp_path, monkeypatch):
-    from persistqueue_liteq.sqlite_engine import SQLiteEngine
+    from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
     engine = SQLiteEngine(str(tmp_path / "q.db"))
     try:

@@ -4,8 +4,8 @@ before); and a waiter that arrives is still woken."""
 
 import os
 
-from persistqueue_liteq import wakeup
-from persistqueue_liteq.sqlite_engine import SQLiteEngine
+from persistqueue_liteq.sqlite import wakeup
+from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
 
 def test_a_notification_with_no_waiter_looks_at_nothing_but_the_channel(tmp_path, monkeypatch):

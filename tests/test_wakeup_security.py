@@ -23,7 +23,7 @@ import textwrap
 
 import pytest
 
-from persistqueue_liteq import wakeup
+from persistqueue_liteq.sqlite import wakeup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOBODY = 65534
@@ -109,8 +109,8 @@ def victim(box, code, *args, uid=None, timeout=90):
 
 PREAMBLE = textwrap.dedent("""\
     import json, logging, multiprocessing, os, sys, threading
-    from persistqueue_liteq import (LiteQueue, PersistentQueue,
-                                    PersistentThreadPoolExecutor, wakeup)
+    from persistqueue_liteq import LiteQueue, PersistentQueue, PersistentThreadPoolExecutor
+    from persistqueue_liteq.sqlite import wakeup
 
     warnings = []
 

@@ -1,6 +1,6 @@
 """Every SQL statement of the PostgreSQL engine, as named constants.
 
-The layout follows the SQLite engine's (:mod:`persistqueue_liteq.sql`): one
+The layout follows the SQLite engine's (:mod:`persistqueue_liteq.sqlite.sql`): one
 table of messages whose state is read from ``visible_at`` and ``lease``
 (ready: ``visible_at <= now``; delayed or in flight: ``> now``; dead:
 NULL), one table of the pools' results, counters, activity buckets, the

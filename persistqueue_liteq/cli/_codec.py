@@ -24,8 +24,8 @@ import io
 import json
 import pickle
 
-from .exceptions import LiteQueueError
-from .serializers import BytesSerializer, Codec, JSONSerializer, PickleSerializer, SignatureError
+from ..exceptions import LiteQueueError
+from ..serializers import BytesSerializer, Codec, JSONSerializer, PickleSerializer, SignatureError
 
 __all__ = ["QueueCodec", "Unshowable", "BadSignature"]
 

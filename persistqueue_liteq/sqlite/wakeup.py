@@ -102,10 +102,13 @@ import tempfile
 import threading
 import time
 
+from .. import engine as _engine
+
 HAVE_SOCKETS = hasattr(socket, "AF_UNIX") and sys.platform != "win32"
 
-#: Longest sleep between two looks at the queue when nothing arrives.
-SAFETY_INTERVAL = 1.0
+#: Longest sleep between two looks at the queue when nothing arrives (the
+#: backend-neutral figure; tests may change this module's copy).
+SAFETY_INTERVAL = _engine.SAFETY_INTERVAL
 #: Sleep between two looks where there are no Unix sockets.
 POLL_INTERVAL = 0.005
 #: Longest sleep between two looks where wake-ups cannot be used safely.

@@ -2,7 +2,7 @@
 
 The table names carry a prefix (``{p}``, by default ``liteq_``) so that a queue
 can live inside an application's own database file; :func:`render` fills it in
-once per engine.  The Python around these statements (``sqlite_engine.py``)
+once per engine.  The Python around these statements (``engine.py``)
 reads like the algorithm; nothing else in the package builds SQL.
 
 One table holds every message of every named queue.  A message's state is
@@ -31,8 +31,10 @@ Upgrades.  ``SCHEMA_VERSION`` numbers the layout; ``MIGRATIONS[v]`` takes a
 file from version ``v - 1`` to ``v``, in the transaction that opens it.
 """
 
-import re
 import types
+
+from .. import _checks
+from .. import engine as _engine
 
 #: Version of the table layout below; a file written by a newer version is
 #: refused rather than misread.
@@ -41,9 +43,7 @@ SCHEMA_VERSION = 2
 #: What ``{p}meta`` says about a file that is ours.
 FORMAT_NAME = "persistqueue_liteq"
 
-DEFAULT_PREFIX = "liteq_"
-
-_PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+DEFAULT_PREFIX = _engine.DEFAULT_PREFIX
 
 # -- tables ---------------------------------------------------------------
 
@@ -257,7 +257,7 @@ VACUUM = "VACUUM"
 
 # -- the file's clock ---------------------------------------------------------
 # The anchor of the engine's clock, in {p}meta: the boot it was made in, and
-# the wall clock and CLOCK_BOOTTIME read together then (see sqlite_engine).
+# the wall clock and CLOCK_BOOTTIME read together then (see engine.py).
 CLOCK_BOOT_ID = "clock_boot_id"
 CLOCK_WALL = "clock_wall"
 CLOCK_BOOTTIME = "clock_boottime"
@@ -660,16 +660,7 @@ def render(prefix):
     pasted into the statements, so nothing else may pass), or that SQLite
     reserves for itself ("sqlite_", in any case).
     """
-    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
-        raise ValueError(
-            "table_prefix must be letters, digits and underscores, not "
-            "starting with a digit; got %r" % (prefix,)
-        )
-    if prefix.lower().startswith("sqlite_"):
-        raise ValueError(
-            "table_prefix must not start with 'sqlite_': SQLite keeps such names "
-            "reserved for its own tables; got %r" % (prefix,)
-        )
+    _checks.table_prefix(prefix)
     rendered = {}
     for name, value in globals().items():
         if name.isupper() and not name.startswith("_") and isinstance(value, str):

@@ -33,7 +33,7 @@ null or left out.
 import base64
 import json
 
-from .engine import Message
+from ..engine import Message
 
 __all__ = ["record", "restored", "lines_item", "simple_local_mq_item", "ImportError_"]
 

@@ -73,12 +73,12 @@ import time
 import sqlite3
 import weakref
 
-from . import _clock
+from .. import _clock
 from . import sql as _sql
 from .connections import Connections, check_sqlite_version, file_size
-from .engine import (METRIC_NAMES, Engine, EngineSpec, Maintenance, Message, Metrics,
+from ..engine import (METRIC_NAMES, Engine, EngineSpec, Maintenance, Message, Metrics,
                      QueueStats, StorageSizes, clock)
-from .exceptions import IncompatibleDatabase, ReadOnlyDatabase, StorageError
+from ..exceptions import IncompatibleDatabase, ReadOnlyDatabase, StorageError
 from .wakeup import Notifier
 
 __all__ = ["SQLiteEngine", "SQLiteMaintenance", "check_table_prefix"]

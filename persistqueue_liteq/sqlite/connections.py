@@ -89,8 +89,8 @@ try:
 except ImportError:  # not on Windows
     resource = None
 
-from . import _fork
-from .exceptions import (
+from .. import _fork
+from ..exceptions import (
     DatabaseBusy,
     DatabaseReplaced,
     DiskFull,

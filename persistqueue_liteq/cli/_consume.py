@@ -1,7 +1,7 @@
 """``consume``: run a shell command once per message, the message on its stdin.
 
 For each message leased from the queue, the command runs with the message on
-its stdin (decoded by the queue's codec, see :mod:`._cli_codec`) and with
+its stdin (decoded by the queue's codec, see :mod:`._codec`) and with
 ``PERSISTQUEUE_LITEQ_QUEUE``, ``PERSISTQUEUE_LITEQ_MESSAGE_ID`` and
 ``PERSISTQUEUE_LITEQ_ATTEMPT`` in its environment; its stdout is ours.
 
@@ -26,8 +26,8 @@ import signal
 import subprocess
 import sys
 
-from ._cli_codec import BadSignature, QueueCodec, Unshowable
-from .engine import lease_waiting
+from ._codec import BadSignature, QueueCodec, Unshowable
+from ..engine import lease_waiting
 
 __all__ = ["consume"]
 

@@ -1,0 +1,61 @@
+"""``checkpoint``, ``vacuum`` and ``check``: maintenance, through the
+engine's optional maintenance interface only (SQLite has one; a backend
+without one gives Unsupported)."""
+
+import os
+
+from ..engine import maintenance_of
+from ._common import CLIError, _reading, _writing
+
+# -- maintenance -----------------------------------------------------------------
+
+# All through the engine's maintenance interface (engine.Maintenance): a
+# backend without one stops these commands with Unsupported, one line.
+
+def _cmd_checkpoint(args):
+    with _writing(args) as q:
+        upkeep = maintenance_of(q.engine, "checkpoint")
+        busy, wal_pages, copied = upkeep.checkpoint(args.mode)
+    # Once closed: the last connection to close removes the WAL.
+    print("checkpoint %s: %d of %d WAL pages copied%s; WAL file now %s bytes" % (
+        args.mode, max(copied, 0), max(wal_pages, 0),
+        " (busy: a reader kept the rest)" if busy else "", upkeep.sizes().log or 0))
+    return 0
+
+
+def _cmd_vacuum(args):
+    if args.auto is not None:
+        with _writing(args) as q:
+            maintenance_of(q.engine, "vacuum --auto").set_auto_vacuum(
+                None if args.auto == "off" else args.auto)
+        print("%s: automatic vacuum: %s" % (args.db, "off" if args.auto == "off" else
+                                            "past %d free pages" % args.auto))
+        return 0
+    with _writing(args) as q:
+        upkeep = maintenance_of(q.engine, "vacuum")
+        before = upkeep.sizes_at_open.total
+        upkeep.vacuum()
+        upkeep.checkpoint("TRUNCATE")  # so that the smaller file shows now
+    after = upkeep.sizes().total
+    print("vacuumed %s: %d bytes before, %d after" % (args.db, before, after))
+    return 0
+
+
+def _cmd_check(args):
+    with _reading(args) as engine:
+        upkeep = maintenance_of(engine, "check")
+        # As it was before the engine opened it: a read-only open may
+        # create an empty WAL file.
+        wal = upkeep.sizes_at_open.log
+        problems = upkeep.integrity_check()
+        size = upkeep.sizes().database
+    ok = problems == ["ok"]
+    print("file:       %s (%d bytes)" % (os.path.abspath(args.db), size or 0))
+    print("WAL file:   %s" % ("none" if wal is None else "%d bytes" % wal))
+    print("integrity:  %s" % ("ok" if ok else "%d problem(s)" % len(problems)))
+    if ok:
+        return 0
+    for problem in problems:
+        for line in problem.splitlines():
+            print("  " + line)
+    raise CLIError("integrity check of %s failed: %s" % (args.db, " ".join(problems[0].split())))
