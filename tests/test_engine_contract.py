@@ -552,12 +552,18 @@ def test_has_ready_sees_only_what_a_lease_would_deliver_now(engine):
 
 
 def test_expired_messages_are_counted_nowhere(engine):
-    engine.put("q", b"short", ttl=0.05)
+    # "short" must be leased before its TTL passes: a second, not 50 ms, so
+    # that a loaded machine cannot let it expire first; then it passes while
+    # the message is held.
+    started = time.monotonic()
+    engine.put("q", b"short", ttl=1.0)
     engine.put("q", b"delayed short", delay=3600, ttl=0.05)
     engine.put("q", b"long", ttl=3600)
     expired = engine.put("q", b"expired", ttl=0.05)
-    engine.lease("q", 1, 3600.0)  # "short": leased before it expired
-    wait_until(lambda: engine.count("q", "live") == 2)  # long, and short while held
+    (held,) = engine.lease("q", 1, 3600.0)
+    assert held.data == b"short"
+    # long, and short while held, its TTL over
+    wait_until(lambda: time.monotonic() - started > 1.0 and engine.count("q", "live") == 2)
     assert engine.next_expiry("q") is not None
     assert (engine.count("q", "waiting"), engine.count("q", "ready")) == (1, 1)
     assert engine.has_live("q")
