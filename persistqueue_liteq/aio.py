@@ -798,24 +798,32 @@ class AsyncPersistentQueue(Generic[T]):
 
     def _acknowledged(self, loop, future):
         """On the storage thread (or here, if it ended already)."""
-        with self._acks_lock:
-            self._acks.discard(future)
-        if not future.cancelled() and future.exception() is not None:
-            # Still held: the heartbeat keeps it; close() hands it back.
-            logger.warning("task_done() of queue %r in %s: the acknowledgement failed "
-                           "(%s); the item will be delivered again",
-                           self._sync.name, self._sync.path, future.exception())
-        channel = self._channels.find("done", self._sync.name)
-        if channel is not None:  # a join() is under way
-            with contextlib.suppress(RuntimeError):  # the loop was closed
-                loop.call_soon_threadsafe(channel.wake)
+        try:
+            if not future.cancelled() and future.exception() is not None:
+                # Still held: the heartbeat keeps it; close() hands it back.
+                logger.warning("task_done() of queue %r in %s: the acknowledgement "
+                               "failed (%s); the item will be delivered again",
+                               self._sync.name, self._sync.path, future.exception())
+            channel = self._channels.find("done", self._sync.name)
+            if channel is not None:  # a join() is under way
+                with contextlib.suppress(RuntimeError):  # the loop was closed
+                    loop.call_soon_threadsafe(channel.wake)
+        finally:
+            # Only now: whoever sees no acknowledgement under way finds its
+            # wake-up already queued on the loop.
+            with self._acks_lock:
+                self._acks.discard(future)
 
     async def _acknowledgements(self):
         """Wait for the acknowledgements under way; False if there were none."""
         with self._acks_lock:
             acks = [asyncio.wrap_future(future) for future in self._acks]
         if acks:
-            await asyncio.wait(acks)
+            self._offload.in_flight += 1  # until the caller goes on
+            try:
+                await asyncio.wait(acks)
+            finally:
+                self._offload.in_flight -= 1
         return bool(acks)
 
     async def join(self) -> None:

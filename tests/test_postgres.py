@@ -179,11 +179,13 @@ def test_after_the_listener_reconnects_every_waiter_is_woken(engine):
 
     with engine.waiter("done", "q") as waiter:
         with psycopg.connect(engine.spec.location, autocommit=True) as admin:
+            # This process's listener only: its last statement LISTENed to
+            # this engine's channel (other users of the server are left be).
             killed = admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'persistqueue_liteq listener' "
-                "AND pid <> pg_backend_pid()").fetchall()
-        assert killed
+                "WHERE application_name = 'persistqueue_liteq listener' AND query = %s",
+                ('LISTEN "%s"' % engine._channel,)).fetchall()
+        assert len(killed) == 1
         woken = False
         for _ in range(30):  # each wait ends at the 1 s safety look at the latest
             if waiter.wait(1.0):
@@ -430,12 +432,10 @@ def test_a_pooled_connection_that_died_while_idle_is_replaced_not_raised(engine)
     import psycopg
 
     engine.put("q", b"before")
+    killed = {_backend_pid(engine) for _ in range(20)}  # its pool's (only this test's)
     with psycopg.connect(engine.spec.location, autocommit=True) as admin:
-        killed = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'persistqueue_liteq' AND pid <> pg_backend_pid()"
-        ).fetchall()
-    assert killed
+        for pid in killed:
+            assert admin.execute("SELECT pg_terminate_backend(%s, 20000)", (pid,)).fetchone()[0]
     # Died before anything of these was sent: run again on a new connection.
     for _ in range(len(killed) + 1):
         engine.put("q", b"after")
