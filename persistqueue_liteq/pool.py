@@ -1841,7 +1841,7 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
             # go back and another thread takes its place (which runs the
             # initializer, as every thread of the pool does).
             name = threading.current_thread().name
-            logger.error("%s stopped; a new thread replaces it", name, exc_info=True)
+            logger.error("%s stopped", name, exc_info=True)
             broken = False
             try:
                 self._hand_back(slot, "%s stopped: %r" % (name, exc), WorkerDied)
@@ -1852,6 +1852,7 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
             finally:
                 slot.publish([])  # the heartbeat extends its leases no more
                 if not broken:
+                    logger.info("a new thread replaces %s", name)
                     self._start_thread(slot)
 
     def _break(self, reason, cause=None):

@@ -217,11 +217,12 @@ def _break_complete_many():
 
 
 @pytest.mark.parametrize("kind", POOLS)
-def test_workers_stopped_by_a_bug_again_and_again_break_the_pool(db, monkeypatch, logged, kind):
+def test_workers_stopped_by_a_bug_again_and_again_break_the_pool(db, monkeypatch, caplog, kind):
     """A worker whose own storage calls fail with a bug (not a storage
     fault) every time is not replaced forever: after a few in a row with no
     result stored meanwhile the pool is broken, its message naming the bug,
     as concurrent.futures breaks a pool whose workers cannot run."""
+    caplog.set_level(logging.INFO, logger="persistqueue_liteq")
     if kind == "threads":
         monkeypatch.setattr(SQLiteEngine, "complete_many", _buggy_complete_many)
         options, broken = {}, BrokenThreadPool
@@ -240,6 +241,9 @@ def test_workers_stopped_by_a_bug_again_and_again_break_the_pool(db, monkeypatch
             ex.submit(square, 4)
     finally:
         ex.shutdown(wait=True)
+    if kind == "threads":  # the log says what happened: two replaced, then broken
+        replaced = [r for r in caplog.records if "a new thread replaces" in r.getMessage()]
+        assert len(replaced) == pool_module._BUGS_IN_A_ROW - 1
 
 
 def _busy_now_and_then(method, times):
