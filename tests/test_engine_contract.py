@@ -649,6 +649,42 @@ def test_queues_exist_while_empty_until_deleted(engine):
     assert [s.name for s in engine.queues()] == ["used"]
 
 
+def _seal(msg_id, data):
+    return b"%d:" % msg_id + data
+
+
+_STORES = {
+    "put": lambda e, q: e.put(q, b"x"),
+    "put with a seal": lambda e, q: e.put(q, b"x", seal=_seal),
+    "put with a key": lambda e, q: e.put(q, b"x", key="k"),
+    "put with a key and a seal": lambda e, q: e.put(q, b"x", key="k", seal=_seal),
+    "put_many": lambda e, q: e.put_many(q, [b"x", b"y"]),
+    "put_many with a seal": lambda e, q: e.put_many(q, [b"x", b"y"], seal=_seal),
+    "put_keyed": lambda e, q: e.put_keyed(q, [("k", b"x")]),
+    "a transaction": lambda e, q: _put_in_transaction(e, q),
+    "restore": lambda e, q: e.restore(q, e.snapshot("source")),
+}
+
+
+def _put_in_transaction(engine, queue):
+    with engine.transaction() as tx:
+        tx.put(queue, b"x")
+
+
+@pytest.mark.parametrize("store", _STORES)
+def test_every_way_of_storing_a_message_makes_its_queue_exist(engine, store):
+    engine.put("source", b"s")  # for restore
+    before = time.time()
+    _STORES[store](engine, "new")
+    stats = {s.name: s for s in engine.queues()}
+    assert "new" in stats and stats["new"].live >= 1
+    # Made when its first message was: on the engine's clock, not at a look.
+    assert abs(stats["new"].created_at - before) < 60
+    # A queue's registration is made once, by its first message.
+    _STORES[store](engine, "new")
+    assert [s.name for s in engine.queues()].count("new") == 1
+
+
 # -- the optional maintenance interface -------------------------------------------
 
 def test_maintenance_is_none_or_a_maintenance_that_works(engine):

@@ -459,6 +459,95 @@ def test_a_transaction_on_a_pooled_connection_that_died_while_idle_gets_another(
     assert (engine.count("q"), engine.count("r")) == (2, 1)
 
 
+# Version 1's registration of queues, a row trigger (see sql.MIGRATIONS[2]).
+_V1_FUNCTION = """
+CREATE FUNCTION {t}messages_register_queue() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO {t}queues (name, created_at) VALUES (NEW.queue, NEW.created_at)
+    ON CONFLICT (name) DO NOTHING;
+    RETURN NULL;
+END $$"""
+_V1_TRIGGER = """
+CREATE TRIGGER liteq_messages_register_queue AFTER INSERT ON {t}messages
+FOR EACH ROW EXECUTE FUNCTION {t}messages_register_queue()"""
+
+
+def _make_version_1(engine):
+    """Take ``engine``'s tables back to schema version 1."""
+    import psycopg
+
+    t = '"%s".liteq_' % engine.sql.SCHEMA
+    with psycopg.connect(engine.spec.location, autocommit=True) as admin:
+        admin.execute(_V1_FUNCTION.format(t=t))
+        admin.execute(_V1_TRIGGER.format(t=t))
+        admin.execute("UPDATE %smeta SET value = '1' WHERE key = 'schema_version'" % t)
+
+
+def _schema_state(location):
+    """(schema_version, whether version 1's trigger is there)."""
+    import psycopg
+
+    engine = open_engine(location, readonly=True)
+    t = '"%s".liteq_' % engine.sql.SCHEMA
+    try:
+        with psycopg.connect(location.split("?")[0], autocommit=True) as admin:
+            version = admin.execute("SELECT value FROM %smeta WHERE key = 'schema_version'"
+                                    % t).fetchone()[0]
+            trigger = admin.execute(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass "
+                "AND tgname = 'liteq_messages_register_queue'", ("%smessages" % t,)
+            ).fetchone()[0]
+    finally:
+        engine.close()
+    return int(version), bool(trigger)
+
+
+def test_version_1_tables_are_upgraded_at_open_and_keep_every_message(pg, caplog):
+    old = open_engine(pg)
+    kept = old.put("kept", b"x")
+    _make_version_1(old)
+    old.close()
+    assert _schema_state(pg) == (1, True)  # a read-only open leaves them as they are
+    caplog.set_level(logging.INFO, logger="persistqueue_liteq")
+    engine = open_engine(pg)
+    try:
+        assert _schema_state(pg) == (2, False)
+        assert "from schema version 1 to 2" in caplog.text
+        assert engine.get(kept).data == b"x"
+        engine.put("new", b"y")  # registered by the insert itself now
+        assert {s.name for s in engine.queues()} == {"kept", "new"}
+    finally:
+        engine.close()
+    open_engine(pg).close()  # once upgraded, opened again without change
+    assert _schema_state(pg) == (2, False)
+
+
+def _open_and_put(location, barrier):
+    barrier.wait(30)
+    engine = open_engine(location)
+    engine.put("q", b"x")
+    engine.close()
+
+
+def test_processes_that_open_version_1_tables_together_upgrade_them_once(pg, fork):
+    old = open_engine(pg)
+    _make_version_1(old)
+    old.close()
+    barrier = fork.Barrier(3)
+    children = [fork.Process(target=_open_and_put, args=(pg, barrier)) for _ in range(3)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+    assert [child.exitcode for child in children] == [0, 0, 0]
+    assert _schema_state(pg) == (2, False)
+    engine = open_engine(pg)
+    try:
+        assert engine.count("q") == 3
+    finally:
+        engine.close()
+
+
 def test_a_readonly_engine_looks_and_changes_nothing(pg):
     with pytest.raises(FileNotFoundError, match="no queue tables"):
         open_engine(pg, readonly=True)  # and it made none

@@ -239,7 +239,23 @@ class PostgresEngine(Engine):
             raise IncompatibleDatabase("%s has persistqueue_liteq's meta table but no "
                                        "%smessages: was it dropped?" % (where, s.PREFIX))
         self._instance = meta.get("instance")
+        if version < _sql.SCHEMA_VERSION and not self.readonly:
+            self._upgrade(conn)  # a read-only engine reads the older tables as they are
         return True
+
+    def _upgrade(self, conn):
+        """Take the tables to this version, in the transaction that opens
+        them, once whoever else opens them at the same time."""
+        s = self.sql
+        conn.execute(s.LOCK_NAMESPACE, (_sql.LOCK_CLASS, self._lock_key))
+        old = int(dict(conn.execute(s.READ_META).fetchall())["schema_version"])
+        for version in range(old + 1, _sql.SCHEMA_VERSION + 1):
+            for statement in s.MIGRATIONS.get(version, ()):
+                conn.execute(statement)
+        if old < _sql.SCHEMA_VERSION:
+            conn.execute(s.WRITE_META, ("schema_version", str(_sql.SCHEMA_VERSION)))
+            logger.info("upgraded queue tables %s.%s* in %s from schema version %d to %d",
+                        s.SCHEMA, s.PREFIX, self.location, old, _sql.SCHEMA_VERSION)
 
     # -- the clock --------------------------------------------------------------------
 

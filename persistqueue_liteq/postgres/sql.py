@@ -26,7 +26,7 @@ import types
 
 #: Version of the table layout below.  A database written by a newer
 #: version is refused rather than misread.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: What ``meta`` says about tables that are ours.
 FORMAT_NAME = "persistqueue_liteq/postgresql"
@@ -38,7 +38,8 @@ DEFAULT_PREFIX = "liteq_"
 LOCK_CLASS = 0x5051  # "PQ"
 
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-#: Longest prefix: "messages_register_queue" (23) must fit in PostgreSQL's 63.
+#: Longest prefix: "messages_register_queue" (23: version 1's trigger, which
+#: an upgrade drops) must fit in PostgreSQL's 63.
 MAX_PREFIX = 40
 
 # -- tables ---------------------------------------------------------------
@@ -94,19 +95,6 @@ CREATE TABLE {t:queues} (
     settings   text
 )"""
 
-# The first message of a queue registers it, whoever inserts it.
-CREATE_QUEUE_FUNCTION = """
-CREATE FUNCTION {t:messages_register_queue}() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO {t:queues} (name, created_at) VALUES (NEW.queue, NEW.created_at)
-    ON CONFLICT (name) DO NOTHING;
-    RETURN NULL;
-END $$"""
-
-CREATE_QUEUE_TRIGGER = """
-CREATE TRIGGER {n:messages_register_queue} AFTER INSERT ON {t:messages}
-FOR EACH ROW EXECUTE FUNCTION {t:messages_register_queue}()"""
-
 CREATE_RESULTS_SEQ = "CREATE SEQUENCE {t:results_seq_seq}"
 
 CREATE_RESULTS = """
@@ -154,8 +142,6 @@ CREATE_TABLES = (
     CREATE_KEY_INDEX,
     CREATE_EXPIRY_INDEX,
     CREATE_QUEUES,
-    CREATE_QUEUE_FUNCTION,
-    CREATE_QUEUE_TRIGGER,
     CREATE_RESULTS_SEQ,
     CREATE_RESULTS,
     OWN_RESULTS_SEQ,
@@ -165,8 +151,16 @@ CREATE_TABLES = (
 )
 
 #: MIGRATIONS[v] takes tables of version v - 1 to v, in the transaction that
-#: opens them (none yet).
-MIGRATIONS = {}
+#: opens them.
+MIGRATIONS = {
+    # Version 1 registered a message's queue with a row trigger: a PL/pgSQL
+    # call per row inserted (a third of a batch's time).  Each insert does
+    # it now (see _registering).
+    2: (
+        "DROP TRIGGER IF EXISTS {n:messages_register_queue} ON {t:messages}",
+        "DROP FUNCTION IF EXISTS {t:messages_register_queue}()",
+    ),
+}
 
 # -- schema bookkeeping -----------------------------------------------------
 
@@ -190,37 +184,48 @@ NOTIFY = "SELECT pg_notify(%s, %s)"
 
 # -- producing --------------------------------------------------------------
 
-INSERT = """
+
+def _registering(insert):
+    """``insert`` (of messages), making the queue of what it inserts exist
+    in the same statement (the first message of a queue registers it,
+    whoever inserts it); the statement returns the new ids."""
+    return ("WITH m AS (" + insert + "\n RETURNING id, queue, created_at),\n"
+            "registered AS (\n"
+            "    INSERT INTO {t:queues} (name, created_at)\n"
+            "    SELECT queue, min(created_at) FROM m GROUP BY queue\n"
+            "    ON CONFLICT (name) DO NOTHING)\n"
+            "SELECT id FROM m")
+
+
+INSERT = _registering("""
 INSERT INTO {t:messages} (queue, data, priority, visible_at, created_at, expires_at)
-VALUES (%s, %s, %s, %s, %s, %s) RETURNING id"""
+VALUES (%s, %s, %s, %s, %s, %s)""")
 
 NEXT_ID = "SELECT nextval({r:messages_id_seq})"
 
 # n ids for a batch, increasing.
 NEXT_IDS = "SELECT nextval({r:messages_id_seq}) FROM generate_series(1, %s) ORDER BY 1"
 
-INSERT_WITH_ID = """
+INSERT_WITH_ID = _registering("""
 INSERT INTO {t:messages} (id, queue, data, priority, visible_at, created_at, expires_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s)"""
+VALUES (%s, %s, %s, %s, %s, %s, %s)""")
 
-INSERT_MANY = """
+INSERT_MANY = _registering("""
 INSERT INTO {t:messages} (id, queue, data, visible_at, created_at, expires_at)
-SELECT i, %s, d, %s, %s, %s FROM unnest(%s::bigint[], %s::bytea[]) AS u(i, d)"""
+SELECT i, %s, d, %s, %s, %s FROM unnest(%s::bigint[], %s::bytea[]) AS u(i, d)""")
 
 # A message with the caller's id (``key``), unless the queue holds one.
-INSERT_WITH_KEY = """
+INSERT_WITH_KEY = _registering("""
 INSERT INTO {t:messages} (id, queue, data, priority, visible_at, created_at, expires_at, key)
 VALUES (coalesce(%s, nextval({r:messages_id_seq})), %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING
-RETURNING id"""
+ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING""")
 
 FIND_KEY = """
 SELECT id, visible_at IS NULL FROM {t:messages} WHERE queue = %s AND key = %s FOR UPDATE"""
 
-INSERT_KEYED = """
+INSERT_KEYED = _registering("""
 INSERT INTO {t:messages} (queue, data, key, visible_at, created_at) VALUES (%s, %s, %s, %s, %s)
-ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING
-RETURNING id"""
+ON CONFLICT (queue, key) WHERE key IS NOT NULL DO NOTHING""")
 
 REVIVE_KEYED = """
 UPDATE {t:messages}
@@ -465,10 +470,10 @@ SELECT {c}, lease FROM {{t:messages}}
  WHERE queue = %s AND id > %s
  ORDER BY id LIMIT %s""".format(c=_COLUMNS)
 
-INSERT_RESTORED = """
+INSERT_RESTORED = _registering("""
 INSERT INTO {t:messages} (queue, data, priority, visible_at, created_at, expires_at, attempts,
                           last_error, dead_at, dead_reason, key)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"""
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""")
 
 # -- operating --------------------------------------------------------------
 
