@@ -7,7 +7,6 @@ consumer that merely has the wrong key or serializer must get a clear error
 instead of dead-lettering the queue.
 """
 
-import os
 import pickle
 import queue
 import sqlite3

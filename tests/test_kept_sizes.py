@@ -13,7 +13,6 @@ from persistqueue_liteq import LiteQueue, PersistentQueue
 from persistqueue_liteq.sqlite import sql
 from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
-from .conftest import run_child
 
 S = sql.render("liteq_")
 

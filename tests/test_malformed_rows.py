@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from persistqueue_liteq import LiteQueue, PersistentQueue
+from persistqueue_liteq import PersistentQueue
 
 
 def _tamper(db, column, value, data=b"bad"):

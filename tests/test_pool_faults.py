@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from persistqueue_liteq import pool as pool_module
 from persistqueue_liteq.exceptions import StorageFault, TaskTimeout
 from persistqueue_liteq.pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
 from persistqueue_liteq.sqlite.engine import SQLiteEngine

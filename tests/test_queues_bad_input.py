@@ -4,7 +4,6 @@ wrong kind; and the serializers themselves."""
 
 import json
 import pickle
-import queue
 import sqlite3
 import sys
 import threading

@@ -3,7 +3,6 @@ DatabaseReplaced where SQLite would lose committed data silently."""
 
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import threading

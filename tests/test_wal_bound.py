@@ -23,7 +23,6 @@ import os
 
 from persistqueue_liteq import LiteQueue
 
-from .conftest import run_child
 
 MB = 1 << 20
 PAYLOAD = b"\x5a" * MB
