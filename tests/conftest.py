@@ -120,6 +120,22 @@ def fork():
         child.join()
 
 
+def run_children(ctx, count, target, *args, timeout=60):
+    """Run ``count`` children ``target(barrier, *args)`` at once (each waits
+    at the shared ``barrier`` of ``count``); return their exit codes."""
+    barrier = ctx.Barrier(count)
+    children = [ctx.Process(target=target, args=(barrier,) + args) for _ in range(count)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout)
+        if child.exitcode is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.join()
+            raise AssertionError("child %s did not finish in %ss" % (target.__name__, timeout))
+    return [child.exitcode for child in children]
+
+
 def run_child(ctx, target, *args, timeout=30):
     """Run ``target(*args)`` in a child process; return its exit code."""
     proc = ctx.Process(target=target, args=args)

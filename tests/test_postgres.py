@@ -22,7 +22,7 @@ from persistqueue_liteq import (LiteQueue, PersistentProcessPoolExecutor, Persis
 from persistqueue_liteq.backends import describe, open_engine
 from persistqueue_liteq.exceptions import DatabaseBusy, ReadOnlyDatabase, StorageError
 
-from .conftest import postgres_location, run_child
+from .conftest import postgres_location, run_child, run_children
 from .test_pool import kill_self_once, square
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -522,7 +522,7 @@ def test_version_1_tables_are_upgraded_at_open_and_keep_every_message(pg, caplog
     assert _schema_state(pg) == (2, False)
 
 
-def _open_and_put(location, barrier):
+def _open_and_put(barrier, location):
     barrier.wait(30)
     engine = open_engine(location)
     engine.put("q", b"x")
@@ -533,13 +533,7 @@ def test_processes_that_open_version_1_tables_together_upgrade_them_once(pg, for
     old = open_engine(pg)
     _make_version_1(old)
     old.close()
-    barrier = fork.Barrier(3)
-    children = [fork.Process(target=_open_and_put, args=(pg, barrier)) for _ in range(3)]
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(60)
-    assert [child.exitcode for child in children] == [0, 0, 0]
+    assert run_children(fork, 3, _open_and_put, pg) == [0, 0, 0]
     assert _schema_state(pg) == (2, False)
     engine = open_engine(pg)
     try:

@@ -16,6 +16,8 @@ from persistqueue_liteq import LiteQueue, PersistentQueue, ReadOnlyDatabase
 from persistqueue_liteq.sqlite import sql
 from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
+from .conftest import run_children
+
 V1 = Path(__file__).parent / "data" / "schema_v1.db"
 
 
@@ -87,13 +89,7 @@ def _open_after(barrier, path):
 
 
 def test_processes_that_open_an_old_file_together_upgrade_it_once(v1, fork):
-    barrier = fork.Barrier(3)
-    children = [fork.Process(target=_open_after, args=(barrier, v1)) for _ in range(3)]
-    for child in children:
-        child.start()
-    for child in children:
-        child.join(60)
-    assert [child.exitcode for child in children] == [0, 0, 0]
+    assert run_children(fork, 3, _open_after, v1) == [0, 0, 0]
     assert _meta(v1)["schema_version"] == str(sql.SCHEMA_VERSION)
     assert "liteq_messages_expiry" in _indexes(v1)
     with LiteQueue(v1) as q:
