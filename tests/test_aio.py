@@ -277,8 +277,11 @@ def test_an_item_of_a_killed_asyncio_consumer_comes_back(db, fork):
     assert on_file(db, "qsize") == 0
 
 
-def _sync_consumer(path, out_path, stop):
+def _sync_consumer(path, out_path, stop, turn):
+    """Consume until ``stop``; ``turn`` (two events): start once the other
+    side got an item, and say when this one got its first."""
     q = PersistentQueue(path)
+    turn[0].wait(30)
     with open(out_path, "w") as out:
         while not stop.is_set():
             try:
@@ -288,6 +291,7 @@ def _sync_consumer(path, out_path, stop):
             out.write("%r\n" % (item,))
             out.flush()
             q.task_done()
+            turn[1].set()
     q.close()
 
 
@@ -305,8 +309,12 @@ def test_sync_and_async_processes_share_one_file(db, fork, tmp_path):
     consumer process and asyncio consumers (here): every item once."""
     out = str(tmp_path / "child-got.txt")
     stop = fork.Event()
+    # Both sides take part, whatever the scheduling: the child starts once an
+    # asyncio consumer here got an item, and those go on once the child got one.
+    async_got_one, child_got_one = fork.Event(), fork.Event()
     PersistentQueue(db).close()  # the file exists before the children open it
-    consumer = fork.Process(target=_sync_consumer, args=(db, out, stop))
+    consumer = fork.Process(target=_sync_consumer,
+                            args=(db, out, stop, (async_got_one, child_got_one)))
     consumer.start()
     producer = fork.Process(target=_async_producer, args=(db, list(range(100, 200))))
     producer.start()
@@ -317,14 +325,17 @@ def test_sync_and_async_processes_share_one_file(db, fork, tmp_path):
     async def main():
         async with AsyncPersistentQueue(db) as q:
             got = []
+            loop = asyncio.get_running_loop()
+            child_started = loop.run_in_executor(None, child_got_one.wait, 30)
 
             async def consume():
                 while True:
                     got.append(await q.get())
                     q.task_done()
+                    async_got_one.set()
+                    assert await child_started, "the sync consumer got nothing in 30 s"
 
             consumers = [asyncio.ensure_future(consume()) for _ in range(5)]
-            loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, producer.join, 30)
             await asyncio.wait_for(q.join(), 30)  # every item done, by either side
             for task in consumers:

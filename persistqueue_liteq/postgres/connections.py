@@ -103,7 +103,7 @@ class Connections:
                 # connection found dead at its first use is retried (see run).
                 self._pool = psycopg_pool.ConnectionPool(
                     self._dsn, min_size=1, max_size=self.pool_size, open=True,
-                    kwargs={"autocommit": False}, configure=self._configure,
+                    kwargs={"autocommit": True}, configure=self._configure,
                     timeout=self.timeout, name="persistqueue_liteq", num_workers=1)
                 self._pid = os.getpid()
             return self._pool
@@ -280,9 +280,14 @@ def _scrub(text, conninfo):
 
 
 class Tx:
-    """One transaction: its connection, and what to send at its commit."""
+    """One transaction: its connection, and what to send at its commit.
 
-    __slots__ = ("conn", "notifications", "after", "committing", "busy")
+    The connection is in autocommit mode and the transaction is begun by an
+    explicit BEGIN sent with its first statement, in one round trip
+    (psycopg's implicit BEGIN is a round trip of its own): a put is two
+    round trips, this and the COMMIT, instead of three."""
+
+    __slots__ = ("conn", "notifications", "after", "committing", "busy", "begun")
 
     def __init__(self, conn):
         self.conn = conn
@@ -291,31 +296,43 @@ class Tx:
         self.committing = False
         #: In a statement or the COMMIT: a reentrant call must not join.
         self.busy = False
+        self.begun = False
 
     def _execute(self, statement, params):
         self.busy = True
         try:
-            return self.conn.execute(statement, params)
+            if self.begun:
+                return self.conn.execute(statement, params)
+            with self.conn.pipeline():
+                self.conn.execute("BEGIN")
+                self.begun = True
+                cursor = self.conn.execute(statement, params)
+            return cursor
         finally:
             self.busy = False
 
     def rows(self, statement, params=None):
-        self.busy = True
-        try:
-            cur = self.conn.execute(statement, params)
-            return cur.fetchall() if cur.description is not None else []
-        finally:
-            self.busy = False
+        cur = self._execute(statement, params)
+        return cur.fetchall() if cur.description is not None else []
 
     def one(self, statement, params=None):
-        self.busy = True
-        try:
-            return self.conn.execute(statement, params).fetchone()
-        finally:
-            self.busy = False
+        return self._execute(statement, params).fetchone()
 
     def rowcount(self, statement, params=None):
         return self._execute(statement, params).rowcount
+
+    @contextlib.contextmanager
+    def direct(self):
+        """The connection, in the transaction, for statements of the
+        caller's own (``executemany``, a helper that takes a connection)."""
+        if not self.begun:
+            self.conn.execute("BEGIN")
+            self.begun = True
+        self.busy = True
+        try:
+            yield self.conn
+        finally:
+            self.busy = False
 
     def notify(self, channel, payload, callback=None):
         self.notifications[channel, payload] = None
@@ -325,11 +342,13 @@ class Tx:
     def commit(self):
         """Send the notifications (delivered at commit) and COMMIT, in one
         round trip."""
+        if not self.begun:
+            return  # nothing was done (a notification goes with a change)
         self.busy = True
         if not self.notifications:
-            self.conn.commit()
+            self.conn.execute("COMMIT")
             return
         with self.conn.pipeline():
             for channel, payload in self.notifications:
                 self.conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
-            self.conn.commit()
+            self.conn.execute("COMMIT")

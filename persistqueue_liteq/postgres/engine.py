@@ -422,11 +422,8 @@ class PostgresEngine(Engine):
 
     def claim_codec(self, queue, fingerprint):
         def work(tx):
-            tx.busy = True  # statements on tx.conn: see Tx.busy
-            try:
-                return self._claim_codec_in(tx.conn, queue, fingerprint)
-            finally:
-                tx.busy = False
+            with tx.direct() as conn:
+                return self._claim_codec_in(conn, queue, fingerprint)
 
         return self._run(work)
 
@@ -852,15 +849,11 @@ class PostgresEngine(Engine):
         items = sorted(pending.items())  # one order for every process: no deadlock
 
         def work(tx):
-            tx.busy = True  # statements on tx.conn: see Tx.busy
-            try:
-                with tx.conn.cursor() as cur:
-                    cur.executemany(self.sql.ADD_COUNTER,
-                                    [(queue, name, n) for (queue, name), n in items])
-                    cur.executemany(self.sql.ADD_ACTIVITY,
-                                    [(queue, name, bucket, n) for (queue, name), n in items])
-            finally:
-                tx.busy = False
+            with tx.direct() as conn, conn.cursor() as cur:
+                cur.executemany(self.sql.ADD_COUNTER,
+                                [(queue, name, n) for (queue, name), n in items])
+                cur.executemany(self.sql.ADD_ACTIVITY,
+                                [(queue, name, bucket, n) for (queue, name), n in items])
             tx.rows(self.sql.FORGET_ACTIVITY, (bucket - _sql.ACTIVITY_KEPT,))
 
         try:
