@@ -72,7 +72,7 @@ def redact(location):
 
 
 #: Query parameters of a URL that are secrets (libpq's).
-_SECRET_PARAMETERS = ("password", "sslpassword")
+_SECRET_PARAMETERS = ("password", "sslpassword", "listen_url")
 
 
 def describe(location=None, **options):
@@ -220,9 +220,9 @@ def _option_value(name, text, shown):
         except ValueError:
             raise ValueError("%s: option pool_size must be a whole number, not %r"
                              % (shown, text)) from None
-    if name == "readonly":
+    if name in ("readonly", "prepared"):
         if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
-            raise ValueError("%s: option readonly must be true or false, not %r" % (shown, text))
+            raise ValueError("%s: option %s must be true or false, not %r" % (shown, name, text))
         return text.lower() in ("1", "true", "yes")
     return text
 

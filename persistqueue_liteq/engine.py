@@ -249,7 +249,8 @@ class EngineSpec:
     def __repr__(self):
         from .backends import redact
 
-        options = "".join(", %s=%r" % item for item in sorted(self.options.items()))
+        options = "".join(", %s=%r" % (name, redact(value) if name.endswith("_url") else value)
+                          for name, value in sorted(self.options.items()))
         return "EngineSpec(%r, %r%s)" % (self.scheme, redact(self.location), options)
 
 

@@ -19,7 +19,7 @@ POSTGRES_ENV = "PERSISTQUEUE_LITEQ_TEST_POSTGRES"
 #: of a server or of psycopg fail instead: CI must run them for real.
 REQUIRE_POSTGRES_ENV = "PERSISTQUEUE_LITEQ_REQUIRE_POSTGRES"
 _NO_POSTGRES = ("to test the PostgreSQL backend", "the postgres extra is not installed",
-                "import 'psycopg'")
+                "import 'psycopg'", "pgbouncer is not installed")
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import urllib.parse
 
 import pytest
 
@@ -112,6 +113,19 @@ def test_passwords_never_show(tmp_path):
     assert "s3cr" not in str(info.value)
     spec = EngineSpec("postgresql", url, {"timeout": 1.0})
     assert "s3cr" not in repr(spec) and "alice:***@" in repr(spec)
+
+
+def test_a_listen_url_is_an_option_whose_password_never_shows():
+    listen = "postgresql://alice:l1sten@db.example:5432/jobs"
+    url = ("postgresql://alice:s3cr%40t@bouncer:6432/jobs?prepared=false&listen_url="
+           + urllib.parse.quote(listen, safe=""))
+    spec = describe(url)
+    assert spec.options == {"prepared": False, "listen_url": listen}
+    assert "prepared" not in spec.location and "listen_url" not in spec.location
+    assert "l1sten" not in repr(spec) and "s3cr" not in repr(spec)
+    assert "l1sten" not in redact(url) and "listen_url=***" in redact(url)
+    with pytest.raises(ValueError, match="option prepared must be true or false"):
+        describe(url.replace("prepared=false", "prepared=sometimes"))
 
 
 # -- specs ------------------------------------------------------------------------

@@ -46,6 +46,12 @@ TCP_DEFAULTS = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval"
 _TCP_ENV = {"connect_timeout": "PGCONNECT_TIMEOUT"}
 
 
+#: What every connection of the pool says it is, at connection time (a
+#: SET would stay on the server's session, which a pooler in transaction
+#: mode hands to other clients).
+APPLICATION_NAME = "persistqueue_liteq"
+
+
 def with_tcp_defaults(conninfo):
     """``conninfo`` with :data:`TCP_DEFAULTS` for what it does not say
     itself (its own values, or $PGCONNECT_TIMEOUT, win)."""
@@ -62,10 +68,17 @@ class Connections:
     """A process's pool of connections to ``conninfo`` (``shown``: it
     without the password, for messages)."""
 
-    def __init__(self, conninfo, shown, timeout, pool_size, readonly=False):
+    def __init__(self, conninfo, shown, timeout, pool_size, readonly=False, prepared=True):
         self.conninfo = conninfo
         self._dsn = with_tcp_defaults(conninfo)  # what is connected to
         self.readonly = readonly
+        # Connection settings, none of them a SET that outlives a transaction
+        # (see APPLICATION_NAME): what a transaction needs, it sets for itself.
+        self._kwargs = {"application_name": APPLICATION_NAME}
+        if not prepared:
+            self._kwargs["prepare_threshold"] = None
+        self._begin = ("BEGIN READ ONLY" if readonly else "BEGIN",
+                       "SET LOCAL lock_timeout = %d" % max(int(timeout * 1000), 1))
         self.shown = shown
         self.timeout = timeout
         self.pool_size = pool_size
@@ -79,14 +92,6 @@ class Connections:
         self.on_connect = None
 
     # -- the pool ---------------------------------------------------------------
-
-    def _configure(self, conn):
-        ms = max(int(self.timeout * 1000), 1)
-        conn.execute("SET lock_timeout = %d" % ms)
-        conn.execute("SET application_name = 'persistqueue_liteq'")
-        if self.readonly:  # every write is refused by the server: ReadOnlyDatabase
-            conn.execute("SET default_transaction_read_only = on")
-        conn.commit()
 
     def pool(self):
         if self.closed:
@@ -103,20 +108,30 @@ class Connections:
                 # connection found dead at its first use is retried (see run).
                 self._pool = psycopg_pool.ConnectionPool(
                     self._dsn, min_size=1, max_size=self.pool_size, open=True,
-                    kwargs={"autocommit": True}, configure=self._configure,
+                    kwargs=dict(self._kwargs, autocommit=True),
                     timeout=self.timeout, name="persistqueue_liteq", num_workers=1)
                 self._pid = os.getpid()
             return self._pool
 
     def connect(self):
-        """A connection of its own (not pooled): the caller closes it."""
+        """A connection of its own (not pooled, autocommit: see
+        :meth:`transaction_on`): the caller closes it."""
         try:
-            conn = psycopg.connect(self._dsn, autocommit=False,
-                                   connect_timeout=max(int(self.timeout), 2))
-            self._configure(conn)
+            return psycopg.connect(self._dsn, autocommit=True,
+                                   connect_timeout=max(int(self.timeout), 2), **self._kwargs)
         except psycopg.Error as exc:
             raise self.error(exc) from None
-        return conn
+
+    @contextlib.contextmanager
+    def transaction_on(self, conn):
+        """A transaction on ``conn`` (from :meth:`connect`) with this
+        engine's settings, committed at the end of the block."""
+        with conn.transaction():
+            if self.readonly:  # every write is refused by the server: ReadOnlyDatabase
+                conn.execute("SET TRANSACTION READ ONLY")
+            for statement in self._begin[1:]:
+                conn.execute(statement)
+            yield conn
 
     def close(self):
         with self._lock:
@@ -187,7 +202,7 @@ class Connections:
             yield outer
             return
         conn = self._getconn(checked)
-        tx = Tx(conn)
+        tx = Tx(conn, self._begin)
         outer, self._local.tx = getattr(self._local, "tx", None), tx
         try:
             try:
@@ -287,10 +302,11 @@ class Tx:
     (psycopg's implicit BEGIN is a round trip of its own): a put is two
     round trips, this and the COMMIT, instead of three."""
 
-    __slots__ = ("conn", "notifications", "after", "committing", "busy", "begun")
+    __slots__ = ("conn", "notifications", "after", "committing", "busy", "begun", "_begin")
 
-    def __init__(self, conn):
+    def __init__(self, conn, begin=("BEGIN",)):
         self.conn = conn
+        self._begin = begin  # the BEGIN, and the SET LOCALs that go with it
         self.notifications = {}  # (channel, payload): None, in order
         self.after = []
         self.committing = False
@@ -304,12 +320,16 @@ class Tx:
             if self.begun:
                 return self.conn.execute(statement, params)
             with self.conn.pipeline():
-                self.conn.execute("BEGIN")
-                self.begun = True
+                self._start()
                 cursor = self.conn.execute(statement, params)
             return cursor
         finally:
             self.busy = False
+
+    def _start(self):
+        for statement in self._begin:
+            self.conn.execute(statement)
+        self.begun = True
 
     def rows(self, statement, params=None):
         cur = self._execute(statement, params)
@@ -326,8 +346,8 @@ class Tx:
         """The connection, in the transaction, for statements of the
         caller's own (``executemany``, a helper that takes a connection)."""
         if not self.begun:
-            self.conn.execute("BEGIN")
-            self.begun = True
+            with self.conn.pipeline():
+                self._start()
         self.busy = True
         try:
             yield self.conn

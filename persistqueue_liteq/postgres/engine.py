@@ -108,6 +108,12 @@ class PostgresEngine(Engine):
         pool_size: most connections this engine opens in one process.
         readonly: only look at existing queue tables: nothing is created or
             changed (the server refuses every write: ReadOnlyDatabase).
+        prepared: let psycopg prepare the statements it runs often (False
+            behind PgBouncer in transaction mode before 1.21, which cannot
+            keep a client's prepared statements).
+        listen_url: where the connection that LISTENs for wake-ups goes
+            (None: ``url``).  Behind a pooler in transaction mode, give the
+            server's own address here: LISTEN needs a session of its own.
 
     Raises:
         StorageError: the server cannot be reached (the message says why,
@@ -118,7 +124,8 @@ class PostgresEngine(Engine):
     """
 
     DEFAULT_OPTIONS = {"timeout": 5.0, "table_prefix": _sql.DEFAULT_PREFIX, "schema": None,
-                       "pool_size": 10, "readonly": False}
+                       "pool_size": 10, "readonly": False, "prepared": True,
+                       "listen_url": None}
 
     #: Options the front ends pass, defaults included, that mean nothing
     #: here: dropped when they have these values (see backends.front_end_engine).
@@ -134,8 +141,13 @@ class PostgresEngine(Engine):
         return url
 
     def __init__(self, url, timeout=5.0, table_prefix=_sql.DEFAULT_PREFIX, schema=None,
-                 pool_size=10, readonly=False):
+                 pool_size=10, readonly=False, prepared=True, listen_url=None):
         url = self.check_location(url)
+        if listen_url is not None:
+            try:
+                listen_url = self.check_location(listen_url)
+            except ValueError as exc:
+                raise ValueError("listen_url: %s" % exc) from None
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise ValueError("timeout must be a number of seconds >= 0; got %r" % (timeout,))
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
@@ -146,10 +158,11 @@ class PostgresEngine(Engine):
         self.location = redact(url)
         self.spec = EngineSpec("postgresql", url, dict(
             timeout=timeout, table_prefix=table_prefix, schema=schema, pool_size=pool_size,
-            readonly=readonly))
+            readonly=readonly, prepared=prepared, listen_url=listen_url))
         self.timeout = float(timeout)
         self.readonly = bool(readonly)
-        self._conns = Connections(url, self.location, self.timeout, pool_size, self.readonly)
+        self._conns = Connections(url, self.location, self.timeout, pool_size, self.readonly,
+                                  bool(prepared))
         self._clock_lock = threading.Lock()
         self._offset = None
         self._synced_at = -CLOCK_RESYNC
@@ -161,7 +174,10 @@ class PostgresEngine(Engine):
         self._count_sql = {"live": self.sql.COUNT_LIVE, "waiting": self.sql.COUNT_WAITING,
                            "ready": self.sql.COUNT_READY, "dead": self.sql.COUNT_DEAD}
         self._channel = _notify.channel_of(self.sql.SCHEMA, table_prefix)
-        self._listener = _notify.listener_for(url, self.location)
+        if listen_url is None:
+            self._listener = _notify.listener_for(url, self.location)
+        else:
+            self._listener = _notify.listener_for(listen_url, redact(listen_url))
         self._metrics = Metrics(location=self.location)
         _open_engines.add(self)
 
@@ -174,20 +190,19 @@ class PostgresEngine(Engine):
                 self._sync(conn)
                 if schema is None:
                     schema = conn.execute(_sql.CURRENT_SCHEMA).fetchone()[0]
-                    conn.commit()
                     if schema is None:
                         raise ValueError(
                             "%s: the connection has no current schema (search_path is "
                             "empty); pass schema=..." % self.location)
                 self.sql = _sql.render(schema, prefix)
                 self._lock_key = _namespace_key(schema, prefix)
-                if not self._check_schema(conn):
-                    if self.readonly:
-                        raise FileNotFoundError(
-                            "no queue tables %s.%s* in %s" % (
-                                self.sql.SCHEMA, self.sql.PREFIX, self.location))
-                    self._create_schema(conn)
-                conn.commit()
+                with self._conns.transaction_on(conn):
+                    if not self._check_schema(conn):
+                        if self.readonly:
+                            raise FileNotFoundError(
+                                "no queue tables %s.%s* in %s" % (
+                                    self.sql.SCHEMA, self.sql.PREFIX, self.location))
+                        self._create_schema(conn)
             except psycopg.Error as exc:
                 raise self._conns.error(exc) from exc
         finally:
