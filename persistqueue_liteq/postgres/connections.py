@@ -126,12 +126,14 @@ class Connections:
     def transaction_on(self, conn):
         """A transaction on ``conn`` (from :meth:`connect`) with this
         engine's settings, committed at the end of the block."""
-        with conn.transaction():
-            if self.readonly:  # every write is refused by the server: ReadOnlyDatabase
-                conn.execute("SET TRANSACTION READ ONLY")
-            for statement in self._begin[1:]:
-                conn.execute(statement)
+        for statement in self._begin:  # read-only: every write is refused (ReadOnlyDatabase)
+            conn.execute(statement)
+        try:
             yield conn
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.execute("COMMIT")
 
     def close(self):
         with self._lock:
@@ -304,7 +306,7 @@ class Tx:
 
     __slots__ = ("conn", "notifications", "after", "committing", "busy", "begun", "_begin")
 
-    def __init__(self, conn, begin=("BEGIN",)):
+    def __init__(self, conn, begin):
         self.conn = conn
         self._begin = begin  # the BEGIN, and the SET LOCALs that go with it
         self.notifications = {}  # (channel, payload): None, in order
