@@ -141,12 +141,18 @@ _WAITING, _STARTED, _DROPPED = 0, 1, 2
 # Most tasks a worker leases at once, and about how long a batch should run.
 _BATCH_MAX = 64
 _BATCH_SECONDS = 0.002
+# How long a finished task's outcome may wait, to be stored with the next
+# ones in one transaction, before its worker stores it between two tasks.
+_FLUSH_AGE = 0.001
 # Most tasks the storer writes in one transaction.
 _STORE_BATCH = 1000
 # How often a worker's overseer looks at the task it runs (see _Overseer).
 _WATCH_EVERY = 0.001
-# The GIL's switch interval while a worker's overseer stores outcomes.
-_PROMPT_SWITCH = 0.0002
+# The GIL's switch interval while a worker's overseer stores outcomes (each
+# statement lets go of the GIL and must get it back from the task), and in a
+# process worker all the time (the overseer's look at the task needs it).
+_PROMPT_SWITCH = 0.00002
+_WORKER_SWITCH = 0.0005
 # How many distinct calls a pool counts in memory; the counts of any more go
 # to a temporary file (see _Occurrences).
 _OCCURRENCES_IN_MEMORY = 65536
@@ -245,6 +251,7 @@ class _Config:
         # Read when the pool is made, so that a worker started by spawn or
         # forkserver sees what its pool's process has (tests change it).
         self.batch_seconds = _BATCH_SECONDS
+        self.flush_age = _FLUSH_AGE
         self.spec = spec  # the engine's EngineSpec: how a worker opens it
         self.path = redact(spec.location)  # for messages
         self.queue = queue
@@ -501,12 +508,14 @@ class _Overseer:
     the task the worker runs.  Once a task has run that long it
 
     * stores the outcomes of the tasks the worker finished before it (so no
-      future waits for a slow task of the same batch);
+      future waits for a slow task of the same batch: the worker itself
+      stores them only between two tasks, see :meth:`store_old`);
     * tells the pool that the task runs (its future enters RUNNING);
     * hands the batch's unstarted tasks back if another worker is idle.
 
     Quick tasks never wait for it: their outcomes are stored with the next
-    lease, many to a transaction.
+    lease, or once the oldest has waited ``cfg.flush_age``, many to a
+    transaction.
 
     ``lock`` guards ``outcomes`` and is held while they are written, by
     either thread, so that outcomes reach the file in the order the tasks
@@ -536,6 +545,13 @@ class _Overseer:
             if not self.outcomes:
                 self.oldest = time.monotonic()
             self.outcomes.append(outcome)
+
+    def store_old(self):
+        """Between two tasks, in the worker's thread: store the outcomes if
+        the oldest has waited ``cfg.flush_age``."""
+        if (self.outcomes and self.failure is None
+                and time.monotonic() - self.oldest >= self.cfg.flush_age):
+            self._store()
 
     def take(self):
         """The outcomes to store (call with ``lock`` held)."""
@@ -675,11 +691,16 @@ def _run_batch(engine, cfg, slot, batch, overseer, should_stop, max_tasks, done)
         done += counted
         if outcome is not None:
             overseer.add(outcome)
+        overseer.store_old()
     return ((ran, time.monotonic() - began) if ran else None), done
 
 
 def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks, idle):
     _follow_parent()
+    # The task holds the GIL while it runs Python code; the overseer, which
+    # stores the outcomes that wait behind it, would get the GIL only every
+    # 5 ms (the default).  The pool's own process keeps its interval.
+    sys.setswitchinterval(min(sys.getswitchinterval(), _WORKER_SWITCH))
     if initializer is not None:
         try:
             initializer(*initargs)

@@ -675,6 +675,34 @@ def test_a_finished_task_is_not_held_back_by_a_slow_one_of_its_batch(make_pool, 
     assert slow.result(60) == "released"
 
 
+def test_a_worker_stores_waiting_outcomes_between_two_tasks(db, tmp_path, big_batches,
+                                                           monkeypatch):
+    """Without the overseer (which stores them once a task turns out slow),
+    the worker itself stores the outcomes that waited flush_age (0 here)
+    before it starts its next task."""
+    monkeypatch.setattr(pool_module, "_FLUSH_AGE", 0.0)
+    monkeypatch.setattr(pool_module._Overseer, "_watch", lambda self: None)
+    gate = str(tmp_path / "gate")
+    with PersistentThreadPoolExecutor(db, max_workers=1, **FAST) as ex:
+        assert ex.submit(square, 2).result(60) == 4  # the next lease takes a batch
+        quick, slow = ex._submit_many([(None, square, (3,), {}),
+                                       (None, block_until, (gate,), {})])
+        try:
+            assert quick.result(20) == 9  # while the slow one still runs
+        finally:
+            open(gate, "w").close()
+        assert slow.result(60) == "released"
+
+
+def test_a_process_worker_switches_threads_often_the_pools_process_as_before(db):
+    """The overseer needs the GIL from a task that holds it; the user's own
+    process keeps the interval it had."""
+    before = sys.getswitchinterval()
+    with PersistentProcessPoolExecutor(db, max_workers=1, **FAST) as ex:
+        assert ex.submit(sys.getswitchinterval).result(60) <= pool_module._WORKER_SWITCH
+    assert sys.getswitchinterval() == before
+
+
 def test_no_task_waits_behind_a_slow_one_while_a_worker_is_idle(make_pool, tmp_path,
                                                                 big_batches):
     gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
