@@ -663,8 +663,12 @@ def test_retry_on_is_checked(db):
 
 def test_a_finished_task_is_not_held_back_by_a_slow_one_of_its_batch(make_pool, tmp_path,
                                                                      big_batches):
+    assert_a_quick_task_is_done_while_the_slow_one_runs(make_pool(max_workers=1), tmp_path)
+
+
+def assert_a_quick_task_is_done_while_the_slow_one_runs(ex, tmp_path):
+    """In one batch of one worker: a quick task, then a slow one."""
     gate = str(tmp_path / "gate")
-    ex = make_pool(max_workers=1)
     assert ex.submit(square, 2).result(60) == 4  # the next lease takes a batch
     quick, slow = ex._submit_many([(None, square, (3,), {}),
                                    (None, block_until, (gate,), {})])
@@ -682,16 +686,8 @@ def test_a_worker_stores_waiting_outcomes_between_two_tasks(db, tmp_path, big_ba
     before it starts its next task."""
     monkeypatch.setattr(pool_module, "_FLUSH_AGE", 0.0)
     monkeypatch.setattr(pool_module._Overseer, "_watch", lambda self: None)
-    gate = str(tmp_path / "gate")
     with PersistentThreadPoolExecutor(db, max_workers=1, **FAST) as ex:
-        assert ex.submit(square, 2).result(60) == 4  # the next lease takes a batch
-        quick, slow = ex._submit_many([(None, square, (3,), {}),
-                                       (None, block_until, (gate,), {})])
-        try:
-            assert quick.result(20) == 9  # while the slow one still runs
-        finally:
-            open(gate, "w").close()
-        assert slow.result(60) == "released"
+        assert_a_quick_task_is_done_while_the_slow_one_runs(ex, tmp_path)
 
 
 def test_a_process_worker_switches_threads_often_the_pools_process_as_before(db):
