@@ -390,6 +390,36 @@ def test_complete_many_stores_outcomes_and_leases_the_next_batch_in_one_call(eng
     assert engine.count("tasks") == 2
 
 
+def test_complete_many_settles_each_outcome_as_complete_does_in_the_order_given(engine):
+    """Thirteen outcomes (more than any one statement takes at once on some
+    backends), with a failure for good among them, one whose lease was lost
+    and one whose message is gone."""
+    start = engine.last_result_seq()
+    keys = ["k%02d" % i for i in range(16)]
+    engine.put_keyed("tasks", [(k, k.encode()) for k in keys])
+    held = engine.lease("tasks", 16, 30.0)
+    assert [m.key for m in held] == keys
+    stale, gone, waiting = held[3], held[5], held[13:]
+    engine.release(stale.id, stale.lease)
+    assert engine.delete(gone.id)
+    relet = lease_one(engine, "tasks")
+    assert relet.id == stale.id
+    order = held[:13][::-1]  # not the order of their ids
+    outcomes = [(m.id, m.lease, m.key, True, b"done " + m.data) for m in order]
+    outcomes[6] += ("poison", "its traceback")  # held[6]: fails for good
+    engine.complete_many("tasks", outcomes)
+    stored = [m.key for m in order if m is not gone]
+    assert [key for _, key, _, _ in engine.results_since("tasks", start)] == stored
+    assert engine.result("tasks", stale.key) == (True, b"done " + stale.key.encode())
+    assert engine.result("tasks", gone.key) is None
+    (dead,) = engine.dead_letters("tasks")
+    assert (dead.id, dead.dead_reason) == (held[6].id, "poison")
+    # Left: the message whose lease was lost (its new holder acks it), and
+    # the three never completed.
+    assert engine.count("tasks", "live") == 1 + len(waiting)
+    assert engine.ack(relet.id, relet.lease)
+
+
 # -- waiting ------------------------------------------------------------------------------
 
 def test_a_waiter_entered_before_a_put_is_woken_by_it(engine):

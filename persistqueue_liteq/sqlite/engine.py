@@ -65,6 +65,7 @@ one transaction that scans the messages table once.
 """
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -158,6 +159,8 @@ if hasattr(os, "register_at_fork"):
 # How far the wall clock must be from the engine's before times are shown
 # shifted by the difference (seconds).
 _SHOWN_OFFSET = 1.0
+# The most outcomes complete_many stores in one statement: 2**6.
+_MOST_OUTCOMES_BITS = 6
 
 
 def _read_anchor(meta):
@@ -187,6 +190,13 @@ def _flush_at_exit():
     for engine in list(_open_engines):
         engine.flush_metrics()
 
+
+
+@functools.lru_cache(maxsize=64)
+def _many_outcomes(store_results, ack_many, n):
+    """STORE_RESULTS and ACK_MANY for ``n`` outcomes."""
+    return (store_results.replace("{rows}", ", ".join("(%d, ?, ?, ?, ?)" % i for i in range(n))),
+            ack_many.replace("{pairs}", ", ".join(["(?, ?)"] * n)))
 
 class SQLiteEngine(Engine):
     """Messages of many named queues in one SQLite file (see :class:`Engine`).
@@ -704,13 +714,16 @@ class SQLiteEngine(Engine):
     def complete_many(self, queue, outcomes, lease=0, seconds=0.0):
         acks = dead = 0
         with self._conns.transaction() as conn:
-            for msg_id, token, key, ok, data, *failure in outcomes:
-                dead_reason, error = failure or (None, None)
-                if self._complete_in(conn, msg_id, token, key, ok, data, dead_reason, error)[1]:
-                    if dead_reason is None:
-                        acks += 1
-                    else:
-                        dead += 1
+            plain = []  # successive outcomes without a dead reason, stored together
+            for outcome in outcomes:
+                if len(outcome) == 5:
+                    plain.append(outcome)
+                    continue
+                acks += self._complete_plain(conn, plain)
+                msg_id, token, key, ok, data, dead_reason, error = outcome
+                dead += self._complete_in(conn, msg_id, token, key, ok, data, dead_reason,
+                                          error)[1]
+            acks += self._complete_plain(conn, plain)
             rows = []
             if lease:
                 now = self.now()
@@ -731,6 +744,20 @@ class SQLiteEngine(Engine):
         return sorted((Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token,
                                now + seconds, row[5], row[6], row[7], None, None, row[8])
                        for row in rows), key=lambda m: m.id)
+
+    def _complete_plain(self, conn, outcomes):
+        """Store and ack ``outcomes`` (emptied), in statements of 2**k of
+        them (few statement texts, for SQLite's statement cache); return how
+        many were acked."""
+        acked, now = 0, self.now()
+        while outcomes:
+            n = 1 << min(len(outcomes).bit_length() - 1, _MOST_OUTCOMES_BITS)
+            chunk, outcomes[:n] = outcomes[:n], []
+            rows, pairs = _many_outcomes(self.sql.STORE_RESULTS, self.sql.ACK_MANY, n)
+            conn.execute(rows, [x for o in chunk for x in (o[0], o[2], int(bool(o[3])), o[4])]
+                         + [now])
+            acked += conn.execute(pairs, [x for o in chunk for x in o[:2]]).rowcount
+        return acked
 
     def _complete_in(self, conn, msg_id, lease, key, ok, data, dead_reason, error=None):
         s = self.sql

@@ -327,6 +327,22 @@ UPDATE {p}messages
 STORE_RESULT = """
 INSERT OR REPLACE INTO {p}results (queue, key, ok, data, finished_at) VALUES (?, ?, ?, ?, ?)"""
 
+# The outcomes of several messages in two statements (a worker's batch: one
+# statement per outcome would be three): {rows} is "(0, ?, ?, ?, ?), (1, ..."
+# with (id, key, ok, data) each, then finished_at.  Each result is stored
+# under its message's queue, if the message is there, leased or not (as
+# STORE_RESULT after GET); ORDER BY v.n gives them seqs in the order given.
+STORE_RESULTS = """
+WITH v(n, id, key, ok, data) AS (VALUES {rows})
+INSERT OR REPLACE INTO {p}results (queue, key, ok, data, finished_at)
+SELECT m.queue, v.key, v.ok, v.data, ? FROM v JOIN {p}messages m ON m.id = v.id ORDER BY v.n"""
+
+# ACK for several messages: {pairs} is "(?, ?), (?, ?)..." of (id, lease).
+ACK_MANY = """
+DELETE FROM {p}messages WHERE id IN (
+    SELECT m.id FROM (VALUES {pairs}) v JOIN {p}messages m
+        ON m.id = v.column1 AND m.lease = v.column2)"""
+
 RESULT = "SELECT ok, data FROM {p}results WHERE queue = ? AND key = ?"
 
 # "+queue" keeps SQLite off the (queue, key) index, which would make it sort
