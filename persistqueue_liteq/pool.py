@@ -691,7 +691,8 @@ def _run_batch(engine, cfg, slot, batch, overseer, should_stop, max_tasks, done)
         done += counted
         if outcome is not None:
             overseer.add(outcome)
-        overseer.store_old()
+        if i + 1 < len(batch):  # else stored at once, with the next lease
+            overseer.store_old()
     return ((ran, time.monotonic() - began) if ran else None), done
 
 
