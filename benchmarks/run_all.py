@@ -762,7 +762,7 @@ def sync_section(results, s):
 
 def _store_note():
     """How the measured PersistentProcessPoolExecutor stores a submit."""
-    batch = getattr(sys.modules["persistqueue_liteq.pool"], "_STORE_BATCH", None)
+    batch = getattr(sys.modules["persistqueue_liteq.pool._shared"], "_STORE_BATCH", None)
     if batch:
         return ("; PersistentProcessPoolExecutor's submit returns before the call is "
                 "stored, and a background thread stores the calls, up to {:,} to a "

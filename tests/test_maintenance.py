@@ -15,9 +15,9 @@ from persistqueue_liteq.sqlite.engine import SQLiteEngine, SQLiteMaintenance
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "persistqueue_liteq")
-FRONT_ENDS = ["liteq.py", "queues.py", "pool.py", "aio.py", "persistqueue_compat.py"] + [
-    os.path.join("cli", name) for name in sorted(os.listdir(os.path.join(PACKAGE, "cli")))
-    if name.endswith(".py")]
+FRONT_ENDS = ["liteq.py", "queues.py", "aio.py", "persistqueue_compat.py"] + [
+    os.path.join(package, name) for package in ("cli", "pool")
+    for name in sorted(os.listdir(os.path.join(PACKAGE, package))) if name.endswith(".py")]
 #: The backends' own packages, which front ends never import.
 BACKENDS = ("persistqueue_liteq.sqlite", "persistqueue_liteq.postgres")
 

@@ -13,7 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-from persistqueue_liteq import pool as pool_module
+from persistqueue_liteq.pool import _executor, _shared, _worker
 from persistqueue_liteq.sqlite import wakeup
 from persistqueue_liteq.exceptions import SerializationError, TaskTimeout, WorkerDied
 from persistqueue_liteq.pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
@@ -316,7 +316,8 @@ def test_a_poison_task_lands_in_the_dead_letter_queue_and_can_be_redriven(make_p
 
 def test_a_retry_runs_when_its_backoff_ends(db, tmp_path, monkeypatch):
     """No idle look-around (an hour): the worker wakes for the retry itself."""
-    monkeypatch.setattr(pool_module, "_IDLE_CHECK", 3600.0)
+    monkeypatch.setattr(_worker, "_IDLE_CHECK", 3600.0)
+    monkeypatch.setattr(_executor, "_IDLE_CHECK", 3600.0)
     monkeypatch.setattr(wakeup, "SAFETY_INTERVAL", 3600.0)
     with PersistentThreadPoolExecutor(db, max_workers=1, max_retries=1, retry_on=RuntimeError,
                                       retry_backoff=0.05) as ex:
@@ -355,7 +356,7 @@ def test_cancel_removes_tasks_that_have_not_started(make_pool, tmp_path):
 def big_batches(monkeypatch):
     """Workers of pools made from now on lease up to _BATCH_MAX tasks at once
     from their second lease on, whatever the speed of the machine."""
-    monkeypatch.setattr(pool_module, "_BATCH_SECONDS", 3600.0)
+    monkeypatch.setattr(_shared, "_BATCH_SECONDS", 3600.0)
 
 
 def test_cancel_reaches_tasks_waiting_in_a_workers_batch(db, tmp_path, big_batches):
@@ -582,7 +583,7 @@ def test_an_unpicklable_argument_raises_at_submit_and_stores_nothing(make_pool, 
 
 
 def test_lambdas_without_cloudpickle_get_a_clear_error(make_pool, monkeypatch):
-    monkeypatch.setattr(pool_module, "cloudpickle", None)
+    monkeypatch.setattr(_shared, "cloudpickle", None)
     ex = make_pool()
     with pytest.raises(SerializationError, match="cloudpickle"):
         ex.submit(lambda: 1)
@@ -684,8 +685,8 @@ def test_a_worker_stores_waiting_outcomes_between_two_tasks(db, tmp_path, big_ba
     """Without the overseer (which stores them once a task turns out slow),
     the worker itself stores the outcomes that waited flush_age (0 here)
     before it starts its next task."""
-    monkeypatch.setattr(pool_module, "_FLUSH_AGE", 0.0)
-    monkeypatch.setattr(pool_module._Overseer, "_watch", lambda self: None)
+    monkeypatch.setattr(_shared, "_FLUSH_AGE", 0.0)
+    monkeypatch.setattr(_worker._Overseer, "_watch", lambda self: None)
     with PersistentThreadPoolExecutor(db, max_workers=1, **FAST) as ex:
         assert_a_quick_task_is_done_while_the_slow_one_runs(ex, tmp_path)
 
@@ -695,7 +696,7 @@ def test_a_process_worker_switches_threads_often_the_pools_process_as_before(db)
     process keeps the interval it had."""
     before = sys.getswitchinterval()
     with PersistentProcessPoolExecutor(db, max_workers=1, **FAST) as ex:
-        assert ex.submit(sys.getswitchinterval).result(60) <= pool_module._WORKER_SWITCH
+        assert ex.submit(sys.getswitchinterval).result(60) <= _shared._WORKER_SWITCH
     assert sys.getswitchinterval() == before
 
 
@@ -799,7 +800,7 @@ def test_a_run_that_did_not_end_cleanly_resumes_and_reruns_its_failures(db, tmp_
 def test_the_occurrence_counts_do_not_grow_in_memory(make_pool, tmp_path, monkeypatch):
     """Identical calls stay distinct tasks with the same keys in every run,
     though only 4 calls' counts are kept in memory."""
-    monkeypatch.setattr(pool_module, "_OCCURRENCES_IN_MEMORY", 4)
+    monkeypatch.setattr(_executor, "_OCCURRENCES_IN_MEMORY", 4)
     log = str(tmp_path / "log")
     calls = [(None, record, (log, i % 10), {}) for i in range(30)]
     runs = []

@@ -12,7 +12,7 @@ from concurrent.futures.thread import BrokenThreadPool
 
 import pytest
 
-from persistqueue_liteq import pool as pool_module
+from persistqueue_liteq.pool import _shared, _worker
 from persistqueue_liteq.pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
 from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
@@ -197,7 +197,7 @@ def test_a_bug_handing_back_the_tasks_of_a_dead_worker_fails_their_futures(
     # The worker's own store must meet the bug: on a loaded machine its
     # overseer could store the outcome first (it stores outcomes older than
     # 2 ms), and the future got 25 (seen once in CI on 3.13).
-    monkeypatch.setattr(pool_module._Overseer, "_store", lambda self: None)
+    monkeypatch.setattr(_worker._Overseer, "_store", lambda self: None)
     with PersistentThreadPoolExecutor(db, max_workers=1, lease_seconds=60) as ex:
         future = ex.submit(square, 5)
         with pytest.raises(RuntimeError, match="boom"):
@@ -243,7 +243,7 @@ def test_workers_stopped_by_a_bug_again_and_again_break_the_pool(db, monkeypatch
         ex.shutdown(wait=True)
     if kind == "threads":  # the log says what happened: two replaced, then broken
         replaced = [r for r in caplog.records if "a new thread replaces" in r.getMessage()]
-        assert len(replaced) == pool_module._BUGS_IN_A_ROW - 1
+        assert len(replaced) == _shared._BUGS_IN_A_ROW - 1
 
 
 def _busy_now_and_then(method, times):
