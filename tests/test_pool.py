@@ -196,6 +196,19 @@ def test_an_exception_comes_back_with_the_remote_traceback(make_pool):
     assert "in fail" in str(info.value.__cause__)
 
 
+def test_stored_pickles_name_the_pool_module_as_before_it_was_a_package():
+    # A file written before pool.py became a package holds map's chunks and
+    # remote tracebacks pickled under these names; they must still load, and
+    # what we store now must load in the version before.
+    import pickle
+
+    from persistqueue_liteq import pool
+    for name in ("_apply_chunk", "_rebuild_exception", "_RemoteTraceback"):
+        old = b"cpersistqueue_liteq.pool\n" + name.encode() + b"\n."  # GLOBAL module name
+        assert pickle.loads(old) is getattr(pool, name)
+        assert pickle.dumps(getattr(pool, name), protocol=0).startswith(old[:-1])
+
+
 def test_stdlib_argument_errors(db):
     for cls in (PersistentProcessPoolExecutor, PersistentThreadPoolExecutor):
         with pytest.raises(ValueError, match="max_workers must be greater than 0"):
