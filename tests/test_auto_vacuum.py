@@ -30,7 +30,7 @@ def fill_and_empty(q):
 
 def test_off_by_default(db):
     with LiteQueue(db) as q:
-        assert q.engine.auto_vacuum_free_pages is None
+        assert q.engine.maintenance().auto_vacuum_free_pages is None
         fill_and_empty(q)
         q.put(b"x")
         q.engine.flush_metrics()
@@ -40,7 +40,7 @@ def test_off_by_default(db):
 
 def test_past_the_threshold_the_file_is_vacuumed(db):
     with LiteQueue(db) as q:
-        q.engine.set_auto_vacuum(100)
+        q.engine.maintenance().set_auto_vacuum(100)
         fill_and_empty(q)
         assert free_pages(db) > 500
         size = os.path.getsize(db)
@@ -54,17 +54,17 @@ def test_past_the_threshold_the_file_is_vacuumed(db):
 
 def test_the_setting_is_the_files_for_every_process(db):
     with LiteQueue(db) as q:
-        q.engine.set_auto_vacuum(250)
+        q.engine.maintenance().set_auto_vacuum(250)
     other = SQLiteEngine(db)
     try:
-        assert other.auto_vacuum_free_pages == 250
-        other.set_auto_vacuum(None)
+        assert other.maintenance().auto_vacuum_free_pages == 250
+        other.maintenance().set_auto_vacuum(None)
     finally:
         other.close()
     with LiteQueue(db) as q:
-        assert q.engine.auto_vacuum_free_pages is None
+        assert q.engine.maintenance().auto_vacuum_free_pages is None
     with pytest.raises(ValueError):
-        SQLiteEngine(db).set_auto_vacuum(-1)
+        SQLiteEngine(db).maintenance().set_auto_vacuum(-1)
 
 
 def test_the_command_line_sets_it(db, tmp_path):
@@ -74,6 +74,6 @@ def test_the_command_line_sets_it(db, tmp_path):
     assert result.rc == 0, result.err
     assert "automatic vacuum: past 1000 free pages" in result.out
     engine = SQLiteEngine(db, readonly=True)
-    assert engine.auto_vacuum_free_pages == 1000
+    assert engine.maintenance().auto_vacuum_free_pages == 1000
     engine.close()
     assert "automatic vacuum: off" in cli(tmp_path, "vacuum", name, "--auto", "off").out

@@ -1,67 +1,15 @@
 """The engine on one SQLite file in WAL mode.
 
 The statements are in :mod:`.sql`, connection handling in :mod:`.connections`,
-wake-ups in :mod:`.wakeup`; what is here is the algorithm.
+wake-ups in :mod:`.wakeup`, the opening of the file's tables in
+:mod:`.schema`, its clock in :mod:`.anchor` and its upkeep in
+:mod:`.maintenance`; what is here is the algorithm.
 
 Concurrency: every method is one atomic statement, or a ``BEGIN IMMEDIATE``
 transaction, so any number of threads and processes may share the file.  A
 lease is a single ``UPDATE ... RETURNING``: two consumers can never lease the
 same message while its lease holds, because the second one's statement starts
 after the first one's has committed and no longer finds the row ready.
-
-Time.  Leases, delays and TTLs are compared with :meth:`SQLiteEngine.now`, the
-file's own clock, not with the wall clock.  The file keeps an *anchor* in its
-meta table: the machine's boot id and a reading of the wall clock and of
-CLOCK_BOOTTIME taken together (see :mod:`._clock`); ``now()`` is that wall
-time plus the CLOCK_BOOTTIME seconds since.  Every process of the machine
-reads the same value whatever its own wall clock says; a step of the wall
-clock (``date -s``, an NTP step, a restored VM) does not move it, and NTP's
-slewing, which changes the rate of both clocks, keeps them together.  So:
-
-* A lease of ``s`` seconds ends ``s`` seconds after it was taken or renewed,
-  for every process: a step of anyone's wall clock neither ends it early
-  (re-delivering a message whose holder lives) nor late (stranding the
-  message of a dead holder).  Seconds are CLOCK_BOOTTIME's, which counts a
-  suspend of the machine as the wall clock does.
-* A delay or TTL is a duration from the put, counted the same way: a message
-  put with a delay of 600 s is ready 600 s later and one with a TTL of 600 s
-  is dropped 600 s later, whichever wall clock was stepped in between.  They
-  are not appointments on the wall clock: after a step forward of an hour, a
-  message delayed by two hours still waits two hours from its put.
-* Stored times (``created_at``, ``visible_at``, ``expires_at``, ``dead_at``,
-  the results' ``finished_at``, the activity buckets) are on this clock.  They
-  read like wall-clock times, and are, until the wall clock is stepped;
-  :meth:`SQLiteEngine.wall_time` turns one into the wall clock's reading (the
-  command line shows times that way).
-
-Across a reboot.  The first process that opens the file for writing in a new
-boot finds another boot id in the anchor and, in one transaction, anchors it
-again and releases every lease: their holders died with the old boot, so
-their messages are ready at once (the delivery counted as an attempt).  The
-clock goes on from the wall clock at that moment, so a delay or TTL pending
-across a reboot ends by the wall clock (the time the machine was down counts),
-but never from earlier than the old anchor or the newest message or result
-stored: a wall clock that is far behind at boot would otherwise hold every
-message back for the whole boot.  The wall clock is read once per boot, then:
-if delays and TTLs must be right across reboots, start the first process
-after the clock is synchronised (systemd's ``time-sync.target``).  A file
-copied to another machine is re-anchored the same way at its first open
-there.  A read-only engine never anchors; until a writer has, it reads the
-wall clock.
-
-Not covered.  Where there is no CLOCK_BOOTTIME or boot id (macOS, Windows, a
-Linux without ``/proc``) the wall clock decides everything, as
-:func:`~persistqueue_liteq.engine.clock` reads it (never going back within a
-process): a step of the wall clock moves leases, delays and TTLs.  A file
-last written by a version without anchors is anchored at its first open
-without releasing anything (processes of that version may hold leases, on
-the wall clock).  All processes must run on one kernel, as SQLite's WAL mode
-requires anyway: containers of one host are (their time namespaces are
-allowed for).
-
-Cost: ``now()`` is one ``clock_gettime`` and an addition; the anchor is read
-with the schema at open, no statement more; the first open of a boot runs
-one transaction that scans the messages table once.
 """
 
 import atexit
@@ -70,41 +18,21 @@ import json
 import logging
 import os
 import random
-import time
 import sqlite3
 import weakref
 
-from .. import _clock
+from ..engine import METRIC_NAMES, Engine, EngineSpec, Message, Metrics, QueueStats
+from ..exceptions import StorageError
 from . import sql as _sql
-from .connections import Connections, check_sqlite_version, file_size
-from ..engine import (METRIC_NAMES, Engine, EngineSpec, Maintenance, Message, Metrics,
-                     QueueStats, StorageSizes, clock)
-from ..exceptions import IncompatibleDatabase, ReadOnlyDatabase, StorageError
+from .anchor import AnchoredClock
+from .connections import Connections, check_sqlite_version
+from .maintenance import SQLiteMaintenance
+from .schema import JOURNAL_MODES, SchemaMixin, check_directory
 from .wakeup import Notifier
 
 __all__ = ["SQLiteEngine", "SQLiteMaintenance", "check_table_prefix"]
 
 logger = logging.getLogger("persistqueue_liteq")
-
-#: journal_mode: None (WAL, but an application's database is not switched
-#: unless asked), "wal" (switch it), "keep" (leave the file's mode alone).
-JOURNAL_MODES = (None, "wal", "keep")
-
-
-def _check_directory(path):
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.stat(directory)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            "cannot open queue database %s: directory %s does not exist" % (path, directory)
-        ) from None
-    except PermissionError as exc:
-        raise ReadOnlyDatabase(
-            "cannot open queue database %s: no permission to reach %s" % (path, directory)
-        ) from exc
-    if not os.path.isdir(directory):
-        raise NotADirectoryError("cannot open queue database %s: %s is not a directory" % (path, directory))
 
 
 _NUMBER = (int, float)
@@ -135,51 +63,8 @@ def _new_token():
     return random.getrandbits(62) + 1
 
 
-_local_boottime = _clock.local_boottime
-
-# Engines whose clock is anchored: a forked child in another time namespace
-# (see _clock) reads CLOCK_BOOTTIME shifted, and shifts their clocks back.
-_anchored = weakref.WeakSet()
-
-
-_offset_applied = _clock.ns_offset()
-
-
-def _after_fork():
-    global _offset_applied
-    if _clock.ns_offset() != _offset_applied:  # hardly ever: see _clock
-        _offset_applied = _clock.ns_offset()
-        for engine in list(_anchored):
-            engine._shift = engine._anchor_shift - _offset_applied
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
-
-# How far the wall clock must be from the engine's before times are shown
-# shifted by the difference (seconds).
-_SHOWN_OFFSET = 1.0
 # The most outcomes complete_many stores in one statement: 2**6.
 _MOST_OUTCOMES_BITS = 6
-
-
-def _read_anchor(meta):
-    """(shift, None) for an anchor made in this boot; (None, its wall time)
-    for one made in another boot (0.0 if it is unreadable); (None, None) if
-    the file has none (new, or written by a version before anchors)."""
-    boot = meta.get(_sql.CLOCK_BOOT_ID)
-    if boot is None:
-        return None, None
-    try:
-        wall, since_boot = float(meta[_sql.CLOCK_WALL]), float(meta[_sql.CLOCK_BOOTTIME])
-    except (KeyError, TypeError, ValueError):
-        return None, 0.0
-    if not (0.0 < wall < 1e12 and 0.0 <= since_boot < 1e12):  # not NaN, not absurd
-        return None, 0.0
-    if boot != _clock.boot_id():
-        return None, wall
-    return wall - since_boot, None
-
 
 # Engines not closed when the interpreter exits still flush their counts.
 _open_engines = weakref.WeakSet()
@@ -191,14 +76,14 @@ def _flush_at_exit():
         engine.flush_metrics()
 
 
-
 @functools.lru_cache(maxsize=64)
 def _many_outcomes(store_results, ack_many, n):
     """STORE_RESULTS and ACK_MANY for ``n`` outcomes."""
     return (store_results.replace("{rows}", ", ".join("(%d, ?, ?, ?, ?)" % i for i in range(n))),
             ack_many.replace("{pairs}", ", ".join(["(?, ?)"] * n)))
 
-class SQLiteEngine(Engine):
+
+class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
     """Messages of many named queues in one SQLite file (see :class:`Engine`).
 
     Args:
@@ -258,7 +143,7 @@ class SQLiteEngine(Engine):
         self._journal_mode = journal_mode
         self.sql = _sql.render(table_prefix)
         path = self.check_location(path)
-        _check_directory(path)
+        check_directory(path)
         if os.path.isdir(path):
             raise IsADirectoryError(
                 "cannot open queue database %s: it is a directory; give the path of a file "
@@ -298,220 +183,6 @@ class SQLiteEngine(Engine):
         self._metrics = Metrics(location=path)
         if not readonly:
             _open_engines.add(self)
-
-    # -- schema ---------------------------------------------------------------
-
-    def _open_schema(self):
-        if self.readonly:
-            try:
-                ours = self._conns.run(self._check_schema)
-            except BaseException:
-                self._conns.close()
-                raise
-            if not ours:
-                self._conns.close()
-                raise IncompatibleDatabase(
-                    "%s has no persistqueue_liteq queue tables (table prefix %r)"
-                    % (self.location, self.sql.PREFIX)
-                )
-            if self._schema_version < _sql.SCHEMA_VERSION:
-                self._conns.close()
-                raise ReadOnlyDatabase(
-                    "%s has schema version %d and this persistqueue_liteq reads %d: open it "
-                    "once for writing to upgrade it" % (self.location, self._schema_version,
-                                                        _sql.SCHEMA_VERSION))
-            self._add_missing_schema()  # only looks
-            return
-        if self._conns.run(self._wal_and_schema_ready):
-            if self._schema_version < _sql.SCHEMA_VERSION:
-                with self._conns.transaction() as conn:
-                    self._check_schema(conn)  # again: another process may have upgraded it
-                    self._migrate(conn)
-            self._add_missing_schema()
-            return
-        with self._conns.transaction() as conn:
-            if not self._check_schema(conn):
-                for statement in self.sql.CREATE_TABLES:
-                    conn.execute(statement)
-                conn.executemany(
-                    self.sql.WRITE_META,
-                    [("format", _sql.FORMAT_NAME), ("schema_version", str(_sql.SCHEMA_VERSION))],
-                )
-                logger.info("created queue tables %s* in %s", self.sql.PREFIX, self.location)
-                if _clock.SUPPORTED:  # anchored now, not in a transaction of its own
-                    self._anchor(conn)
-                    self._meta = dict(conn.execute(self.sql.READ_META).fetchall())
-            else:  # made meanwhile by another process, maybe an older version
-                self._migrate(conn)
-        # Made here, or just now by another process (perhaps of an older
-        # version, without kept sizes).
-        self._add_missing_schema()
-
-    def _add_missing_schema(self):
-        """Add to a file made by an older version the index and the kept
-        sizes it lacks (a read of the schema when it has them).  Both only
-        make queries faster: a file we may not write to keeps working
-        without them (counting its messages)."""
-        s = self.sql
-        self._sizes_kept = self._has(s.TRIGGER_EXISTS, s.SIZES_TRIGGER)
-        if self.readonly or (self._sizes_kept and self._has(s.INDEX_EXISTS, s.ACTIVITY_INDEX)):
-            return
-        try:
-            with self._conns.transaction() as conn:
-                conn.execute(s.CREATE_ACTIVITY_INDEX)
-                if not conn.execute(s.TRIGGER_EXISTS, (s.SIZES_TRIGGER,)).fetchone():
-                    # Counted in the transaction that makes the triggers:
-                    # no change of another process falls in between.
-                    conn.execute(s.CREATE_SIZES)
-                    for statement in s.CREATE_SIZES_TRIGGERS:
-                        conn.execute(statement)
-                    conn.execute(s.CLEAR_SIZES)
-                    conn.execute(s.COUNT_SIZES)
-        except Exception as exc:
-            logger.debug("sizes and indexes not added to %s: %s", self.location, exc)
-        else:
-            self._sizes_kept = True
-            logger.info("added kept sizes and indexes to %s", self.location)
-
-    def _has(self, statement, name):
-        return bool(self._conns.execute(statement, (name,)))
-
-    def _wal_and_schema_ready(self, conn):
-        mode = conn.execute("PRAGMA journal_mode").fetchone()[0].lower()
-        if mode != "wal" and self._journal_mode != "keep":
-            if self._journal_mode is None:
-                self._refuse_foreign_wal(conn, mode)
-            conn.execute("PRAGMA journal_mode=WAL")
-        return self._check_schema(conn)
-
-    def _refuse_foreign_wal(self, conn, mode):
-        """An application's database (tables that are not ours) is not moved
-        to WAL mode unless ``journal_mode="wal"`` says so: WAL changes how
-        every connection of the application works (the -wal and -shm files,
-        no network file systems)."""
-        prefix = self.sql.PREFIX
-        theirs = [row[0] for row in conn.execute(self.sql.OTHER_TABLES, (prefix, prefix))]
-        if theirs:
-            raise IncompatibleDatabase(
-                "%s is in journal mode %s and holds tables that are not persistqueue_liteq's "
-                "(%s): an application's database, which a queue would switch to WAL mode, "
-                "changing how every connection to it works.  Pass journal_mode='wal' to "
-                "allow the switch, or journal_mode='keep' to keep mode %s (readers then "
-                "wait for writers)" % (self.location, mode, ", ".join(theirs), mode))
-
-    def _check_schema(self, conn):
-        """True if the tables exist and are ours; False if they must be made."""
-        prefix = self.sql.PREFIX
-        exists = lambda table: conn.execute(self.sql.TABLE_EXISTS, (prefix + table,)).fetchone()
-        if not exists("meta"):
-            if exists("messages"):
-                raise IncompatibleDatabase(
-                    "%s has a table %smessages that persistqueue_liteq did not create; "
-                    "use another table_prefix" % (self.location, prefix)
-                )
-            return False
-        meta = self._meta = dict(conn.execute(self.sql.READ_META).fetchall())
-        if meta.get("format") != _sql.FORMAT_NAME:
-            raise IncompatibleDatabase(
-                "%s has a table %smeta that is not persistqueue_liteq's; use another "
-                "table_prefix" % (self.location, prefix)
-            )
-        try:
-            version = self._schema_version = int(meta.get("schema_version", "0"))
-        except ValueError:
-            raise IncompatibleDatabase(
-                "%s: table %smeta says schema version %r, which is not a number; "
-                "the file was changed by another program" % (
-                    self.location, prefix, meta["schema_version"])
-            ) from None
-        if version > _sql.SCHEMA_VERSION:
-            raise IncompatibleDatabase(
-                "%s was written by a newer persistqueue_liteq (schema version %d; this "
-                "version reads up to %d): upgrade persistqueue_liteq"
-                % (self.location, version, _sql.SCHEMA_VERSION)
-            )
-        if not exists("messages"):
-            raise IncompatibleDatabase(
-                "%s has persistqueue_liteq's table %smeta but no %smessages: was it "
-                "dropped by another program?" % (self.location, prefix, prefix)
-            )
-        return True
-
-    def _migrate(self, conn):
-        """Take the file from its schema version to ours, in the caller's
-        transaction (so that a crash leaves the old version whole)."""
-        old = self._schema_version
-        for version in range(old + 1, _sql.SCHEMA_VERSION + 1):
-            for statement in self.sql.MIGRATIONS.get(version, ()):
-                conn.execute(statement)
-        if old < _sql.SCHEMA_VERSION:
-            conn.execute(self.sql.WRITE_META, ("schema_version", str(_sql.SCHEMA_VERSION)))
-            self._schema_version = _sql.SCHEMA_VERSION
-            logger.info("upgraded queue tables %s* in %s from schema version %d to %d",
-                        self.sql.PREFIX, self.location, old, _sql.SCHEMA_VERSION)
-
-    # -- the clock ----------------------------------------------------------------
-
-    def now(self):
-        # The hot path: one C call and an addition.  Replaced by the wall
-        # clock (engine.clock) where there is no anchor.
-        return self._shift + _local_boottime()
-
-    def wall_time(self, t):
-        if t is None or self._shift is None:
-            return t
-        # Under a second apart, the two clocks differ by their rates (NTP's
-        # slewing), not by a step: shown as stored, the same at every look.
-        offset = time.time() - self.now()
-        return t + offset if abs(offset) >= _SHOWN_OFFSET else t
-
-    def _open_clock(self):
-        """Set the clock from the file's anchor, anchoring it first if the
-        file was last anchored in another boot (or never)."""
-        self._shift = None
-        if _clock.SUPPORTED:
-            shift, _ = _read_anchor(self._meta)
-            if shift is None and not self.readonly:
-                try:
-                    with self._conns.transaction() as conn:
-                        shift = self._anchor(conn)
-                except BaseException:  # busy past the timeout, say: nothing is left open
-                    self._conns.close()
-                    raise
-            self._anchor_shift = shift
-            if shift is not None:
-                self._shift = shift - _clock.ns_offset()
-                _anchored.add(self)
-        if self._shift is None:  # nothing better here, or read-only and not anchored
-            self.now = clock
-        self._meta = None
-
-    def _anchor(self, conn):
-        """Anchor the file's clock in this boot, in a transaction; return its
-        shift (the clock minus CLOCK_BOOTTIME)."""
-        shift, old_wall = _read_anchor(dict(conn.execute(self.sql.READ_META).fetchall()))
-        if shift is not None:
-            return shift  # another process of this boot came first
-        wall, since_boot = time.time(), _clock.boottime()
-        if old_wall is not None:
-            # Anchored in another boot: whoever held a lease died with it.
-            # The clock goes on from the wall clock, but never back past the
-            # newest thing stored (a wall clock behind at boot would hold
-            # every message back until it caught up).
-            newest = conn.execute(self.sql.NEWEST_TIME).fetchone()[0]
-            if isinstance(newest, (int, float)):  # a tampered row holds anything
-                wall = max(wall, newest)
-            wall = max(wall, old_wall)
-            released = conn.execute(self.sql.RELEASE_ALL_LEASES, (wall,)).rowcount
-            logger.info("%s: its clock was anchored in another boot (or the anchor was "
-                        "unreadable): anchored anew, released %d lease(s) held there",
-                        self.location, released)
-        conn.executemany(self.sql.WRITE_META, [
-            (_sql.CLOCK_BOOT_ID, _clock.boot_id()),
-            (_sql.CLOCK_WALL, repr(wall)),
-            (_sql.CLOCK_BOOTTIME, repr(since_boot)),
-        ])
-        return wall - since_boot
 
     def _execute(self, statement, params=()):
         return self._conns.execute(statement, params)
@@ -1110,48 +781,8 @@ class SQLiteEngine(Engine):
             logger.debug("metrics not flushed to %s: %s", self.location, exc)
             self._metrics.give_back(pending)
             return
-        if self.auto_vacuum_free_pages is not None:
-            self._vacuum_if_due()
-
-    # -- automatic vacuum ----------------------------------------------------------
-
-    @property
-    def auto_vacuum_free_pages(self):
-        """The file's threshold of free pages for an automatic VACUUM, or
-        None (the default: never).  Read when the engine opens."""
-        return self._auto_vacuum
-
-    def set_auto_vacuum(self, free_pages):
-        """Store in the file that an engine finding more than ``free_pages``
-        free pages after it flushes its counts (at most once a second while
-        it works) runs VACUUM; None turns it off.  Engines read the setting
-        when they open.  A vacuum rewrites the whole file while holding the
-        write lock: choose a threshold well above the pages a busy hour
-        frees and fills again."""
-        if free_pages is not None and (isinstance(free_pages, bool)
-                                       or not isinstance(free_pages, int) or free_pages < 0):
-            raise ValueError("free_pages must be a whole number >= 0 or None; got %r"
-                             % (free_pages,))
-        key = _sql.AUTO_VACUUM_KEY
-        if free_pages is None:
-            self._write(self.sql.DELETE_META, (key,))
-        else:
-            self._write(self.sql.WRITE_META, (key, str(free_pages)))
-        self._auto_vacuum = free_pages
-
-    def _vacuum_if_due(self):
-        """VACUUM if the file has more free pages than its threshold; a busy
-        file or any other error is logged and skipped, never raised (this
-        runs after an operation committed)."""
-        try:
-            free = self._execute(self.sql.FREE_PAGES)[0][0]
-            if free <= self.auto_vacuum_free_pages:
-                return
-            logger.info("%s has %d free pages (auto_vacuum_free_pages=%d): vacuuming",
-                        self.location, free, self.auto_vacuum_free_pages)
-            self._write(self.sql.VACUUM)
-        except Exception as exc:
-            logger.warning("automatic vacuum of %s skipped: %s", self.location, exc)
+        if self._auto_vacuum is not None:
+            self.maintenance().vacuum_if_due()
 
     def activity(self, seconds=60.0):
         now = self.now()
@@ -1257,71 +888,19 @@ class SQLiteEngine(Engine):
             self._notifier.notify("done", queue)
         return removed
 
+    def maintenance(self):
+        return SQLiteMaintenance(self)
+
     def waiter(self, kind, queue):
         return self._notifier.waiter(kind, queue)
 
     def wake(self, kind, queue):
         self._notifier.notify(kind, queue)
 
-    # -- maintenance (SQLite's own) -----------------------------------------------
-
-    def maintenance(self):
-        return SQLiteMaintenance(self)
-
-    def checkpoint(self, mode="TRUNCATE"):
-        """Copy the WAL into the database file; return SQLite's
-        (busy, wal pages, pages checkpointed)."""
-        mode = str(mode).upper()
-        if mode not in Maintenance.CHECKPOINT_MODES:
-            raise ValueError("checkpoint mode must be PASSIVE, FULL, RESTART or TRUNCATE; got %r" % mode)
-        return tuple(self._write("PRAGMA wal_checkpoint(%s)" % mode)[0])
-
-    def vacuum(self):
-        """Rebuild the file to give free pages back to the file system."""
-        self._write(self.sql.VACUUM)
-
-    def integrity_check(self):
-        """SQLite's ``PRAGMA integrity_check``: ["ok"] when the file is sound."""
-        return [row[0] for row in self._execute("PRAGMA integrity_check")]
-
     def close(self):
         self.flush_metrics()
         _open_engines.discard(self)
         self._conns.close()
-
-
-class SQLiteMaintenance(Maintenance):
-    """The upkeep of an SQLite engine's file (see :class:`Maintenance`):
-    ``PRAGMA wal_checkpoint``, ``VACUUM``, ``PRAGMA integrity_check``, the
-    automatic vacuum's threshold in the file, and the sizes of the file and
-    its ``-wal``."""
-
-    def __init__(self, engine):
-        self._engine = engine
-
-    def checkpoint(self, mode="TRUNCATE"):
-        return self._engine.checkpoint(mode)
-
-    def vacuum(self):
-        self._engine.vacuum()
-
-    def integrity_check(self):
-        return self._engine.integrity_check()
-
-    def sizes(self):
-        path = self._engine.location
-        return StorageSizes(file_size(path), file_size(path + "-wal"))
-
-    @property
-    def sizes_at_open(self):
-        return StorageSizes(*self._engine._conns.sizes_at_open)
-
-    @property
-    def auto_vacuum_free_pages(self):
-        return self._engine.auto_vacuum_free_pages
-
-    def set_auto_vacuum(self, free_pages):
-        self._engine.set_auto_vacuum(free_pages)
 
 
 def check_table_prefix(prefix):
