@@ -37,7 +37,6 @@ version; a database of a newer version is refused.
 import atexit
 import json
 import logging
-import random
 import threading
 import time
 import uuid
@@ -47,7 +46,8 @@ import psycopg
 
 from .. import _clock
 from ..backends import redact
-from ..engine import METRIC_NAMES, Engine, EngineSpec, Message, Metrics, QueueStats
+from .._sql_engine import SQLEngine, new_token
+from ..engine import EngineSpec, Message, Metrics
 from ..exceptions import IncompatibleDatabase
 from . import notify as _notify
 from . import sql as _sql
@@ -74,26 +74,12 @@ def _flush_at_exit():
             pass
 
 
-def _new_token():
-    return random.getrandbits(62) + 1
-
-
-def _settings(text):
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {"unreadable": text}
-    return value if isinstance(value, dict) else {"unreadable": text}
-
-
 def _namespace_key(schema, prefix):
     """The second key of the namespace's advisory locks (an int4)."""
     return int(_notify.digest("%s.%s" % (schema, prefix), 4), 16) - (1 << 31)
 
 
-class PostgresEngine(Engine):
+class PostgresEngine(SQLEngine):
     """Messages of many named queues in one PostgreSQL database.
 
     Args:
@@ -503,7 +489,7 @@ class PostgresEngine(Engine):
             rows, token, until = [], None, None
             if lease:
                 now = self.now()
-                token = _new_token()
+                token = new_token()
                 until = now + seconds
                 rows = tx.rows(self.sql.LEASE_FIFO, {
                     "queue": queue, "now": now, "until": until, "lease": token,
@@ -568,7 +554,7 @@ class PostgresEngine(Engine):
         leased = []
         while len(leased) < n:
             now = self.now()
-            token = _new_token()
+            token = new_token()
             until = now + seconds
             rows = self._rows(statement, {
                 "queue": queue, "now": now, "until": until, "lease": token,
@@ -628,7 +614,7 @@ class PostgresEngine(Engine):
 
     def lease_id(self, queue, msg_id, seconds):
         now = self.now()
-        token = _new_token()
+        token = new_token()
         until = now + seconds
         rows = self._rows(self.sql.LEASE_ID, {"queue": queue, "id": msg_id, "now": now,
                                               "until": until, "lease": token})
@@ -764,30 +750,9 @@ class PostgresEngine(Engine):
 
     # -- inspecting -------------------------------------------------------------------
 
-    @staticmethod
-    def _stored(row):
-        return Message(
-            id=row[0], data=row[1], queue_name=row[2], retry_count=max(row[3] - 1, 0),
-            created_at=row[4], attempts=row[3], expires_at=row[5], last_error=row[6],
-            priority=row[7], visible_at=row[8], dead_at=row[9], dead_reason=row[10],
-            key=row[11], consumer_id=row[12])
-
     def peek(self, queue):
         found = self.peek_many(queue, 1)
         return found[0] if found else None
-
-    def peek_many(self, queue, n):
-        now = self.now()
-        return [self._stored(row) for row in self._rows(self.sql.PEEK_MANY, (queue, now, now, n))]
-
-    def messages(self, queue, after_id=0, limit=1000):
-        rows = self._rows(self.sql.LIVE_MESSAGES, {
-            "queue": queue, "after": after_id, "limit": limit, "now": self.now()})
-        return [self._stored(row) for row in rows]
-
-    def get(self, msg_id):
-        rows = self._rows(self.sql.GET, (msg_id,))
-        return self._stored(rows[0]) if rows else None
 
     def count(self, queue, what="live"):
         statement = self._count_sql.get(what)
@@ -796,16 +761,6 @@ class PostgresEngine(Engine):
                              % (what,))
         return self._rows(statement, {"queue": queue, "now": self.now()})[0][0]
 
-    def has_live(self, queue):
-        return bool(self._rows(self.sql.ANY_LIVE, {"queue": queue, "now": self.now()})[0][0])
-
-    def next_expiry(self, queue):
-        rows = self._rows(self.sql.NEXT_EXPIRY, {"queue": queue, "now": self.now()})
-        return rows[0][0] if rows else None
-
-    def has_ready(self, queue):
-        return bool(self._rows(self.sql.ANY_READY, {"queue": queue, "now": self.now()})[0][0])
-
     def queues(self):
         now = self.now()
 
@@ -813,15 +768,7 @@ class PostgresEngine(Engine):
             return (tx.rows(self.sql.QUEUE_STATS, {"now": now}),
                     tx.rows(self.sql.HOLDERS, {"now": now}))
 
-        rows, holders = self._run(work)
-        consumers = {}
-        for queue, holder in holders:
-            consumers.setdefault(queue, []).append(holder)
-        return [
-            QueueStats(name, int(ready), int(delayed), int(in_flight), int(dead), oldest,
-                       created, _settings(settings), codec, tuple(consumers.get(name, ())))
-            for name, ready, delayed, in_flight, dead, oldest, created, settings, codec in rows
-        ]
+        return self._queue_stats(*self._run(work))
 
     def create_queue(self, queue, settings=None):
         text = None if settings is None else json.dumps(settings, sort_keys=True)
@@ -835,26 +782,7 @@ class PostgresEngine(Engine):
 
         return self._run(work)
 
-    def counters(self):
-        result = {}
-        for queue, name, value in self._rows(self.sql.READ_COUNTERS):
-            result.setdefault(queue, dict.fromkeys(METRIC_NAMES, 0))[name] = value
-        return result
-
     # -- metrics ---------------------------------------------------------------------
-
-    def _count(self, queue, name, n=1, lasting=False):
-        if self._metrics.add(queue, name, n, lasting):
-            self.flush_metrics()
-
-    def _count_deliveries(self, queue, *attempts):
-        self._count(queue, "gets", len(attempts))
-        retries = sum(a > 1 for a in attempts)
-        if retries:
-            self._count(queue, "retries", retries)
-
-    def metrics(self):
-        return self._metrics.snapshot()
 
     def flush_metrics(self):
         pending = self._metrics.take()
@@ -877,28 +805,7 @@ class PostgresEngine(Engine):
             logger.debug("metrics not flushed to %s: %s", self.location, exc)
             self._metrics.give_back(pending)
 
-    def activity(self, seconds=60.0):
-        now = self.now()
-        start = (now - seconds) // _sql.ACTIVITY_BUCKET * _sql.ACTIVITY_BUCKET
-        result = {}
-        for queue, name, value in self._rows(self.sql.READ_ACTIVITY, (start,)):
-            result.setdefault(queue, dict.fromkeys(METRIC_NAMES, 0))[name] = value
-        return now - start, result
-
-    def dead_letters(self, queue, limit=None):
-        rows = self._rows(self.sql.DEAD_LETTERS, (queue, limit))
-        return [self._stored(row) for row in rows]
-
     # -- operating ---------------------------------------------------------------------
-
-    def snapshot(self, queue, after_id=0, limit=1000):
-        messages = []
-        for row in self._rows(self.sql.SNAPSHOT, (queue, after_id, limit)):
-            msg = self._stored(row)
-            if row[-1] is not None and msg.visible_at is not None:
-                msg.lease = row[-1]
-            messages.append(msg)
-        return messages
 
     def restore(self, queue, messages):
         messages = list(messages)

@@ -24,6 +24,8 @@ Leasing is ``SELECT ... FOR UPDATE SKIP LOCKED`` in a CTE feeding an
 import re
 import types
 
+from .. import _sql_engine
+
 #: Version of the table layout below.  A database written by a newer
 #: version is refused rather than misread.
 SCHEMA_VERSION = 2
@@ -127,10 +129,12 @@ CREATE TABLE {t:activity} (
     PRIMARY KEY (queue, name, bucket)
 )"""
 
+# Seconds of an activity bucket, and how long they are kept (as every
+# backend keeps them).
+ACTIVITY_BUCKET, ACTIVITY_KEPT = _sql_engine.ACTIVITY_BUCKET, _sql_engine.ACTIVITY_KEPT
+
 CREATE_ACTIVITY_INDEX = "CREATE INDEX {n:activity_bucket} ON {t:activity} (bucket)"
 
-ACTIVITY_BUCKET = 10
-ACTIVITY_KEPT = 3600
 
 CREATE_TABLES = (
     CREATE_META,

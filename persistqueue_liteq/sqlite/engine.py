@@ -17,11 +17,11 @@ import functools
 import json
 import logging
 import os
-import random
 import sqlite3
 import weakref
 
-from ..engine import METRIC_NAMES, Engine, EngineSpec, Message, Metrics, QueueStats
+from .._sql_engine import SQLEngine, new_token
+from ..engine import EngineSpec, Message, Metrics
 from ..exceptions import StorageError
 from . import sql as _sql
 from .anchor import AnchoredClock
@@ -59,10 +59,6 @@ def _wrong(column, value, expected):
     return "malformed row: %s is %s (%s), not %s" % (column, shown, type(value).__name__, expected)
 
 
-def _new_token():
-    return random.getrandbits(62) + 1
-
-
 # The most outcomes complete_many stores in one statement: 2**6.
 _MOST_OUTCOMES_BITS = 6
 
@@ -83,7 +79,7 @@ def _many_outcomes(store_results, ack_many, n):
             ack_many.replace("{pairs}", ", ".join(["(?, ?)"] * n)))
 
 
-class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
+class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
     """Messages of many named queues in one SQLite file (see :class:`Engine`).
 
     Args:
@@ -114,6 +110,8 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
         ReadOnlyDatabase: the file must be created or upgraded but cannot be
             written.
     """
+
+    NO_LIMIT = -1  # SQLite's LIMIT -1
 
     #: The options of :mod:`.backends` that this engine takes, with their
     #: defaults.
@@ -184,7 +182,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
         if not readonly:
             _open_engines.add(self)
 
-    def _execute(self, statement, params=()):
+    def _rows(self, statement, params=()):
         return self._conns.execute(statement, params)
 
     def _changes(self, statement, params):
@@ -329,7 +327,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
     # -- what a queue was written with ----------------------------------------------
 
     def codec_of(self, queue):
-        rows = self._execute(self.sql.READ_CODEC, (queue,))
+        rows = self._rows(self.sql.READ_CODEC, (queue,))
         return rows[0][0] if rows else None
 
     def claim_codec(self, queue, fingerprint):
@@ -398,7 +396,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
             rows = []
             if lease:
                 now = self.now()
-                token = _new_token()
+                token = new_token()
                 rows = conn.execute(self.sql.LEASE_FIFO, {
                     "queue": queue, "now": now, "until": now + seconds, "lease": token,
                     "n": lease, "holder": None,
@@ -447,17 +445,17 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
         return queue, held
 
     def result(self, queue, key):
-        rows = self._execute(self.sql.RESULT, (queue, key))
+        rows = self._rows(self.sql.RESULT, (queue, key))
         return (bool(rows[0][0]), rows[0][1]) if rows else None
 
     def results_since(self, queue, seq, limit=1000):
         return [
             (row[0], row[1], bool(row[2]), row[3])
-            for row in self._execute(self.sql.RESULTS_SINCE, (queue, seq, limit))
+            for row in self._rows(self.sql.RESULTS_SINCE, (queue, seq, limit))
         ]
 
     def last_result_seq(self):
-        return self._execute(self.sql.LAST_RESULT_SEQ)[0][0]
+        return self._rows(self.sql.LAST_RESULT_SEQ)[0][0]
 
     def forget_results(self, queue, key=None):
         if key is None:
@@ -476,7 +474,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
         leased = []
         while len(leased) < n:
             now = self.now()
-            token = _new_token()
+            token = new_token()
             until = now + seconds
             wanted = n - len(leased)
             rows = self._write(
@@ -543,7 +541,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
 
     def lease_id(self, queue, msg_id, seconds):
         now = self.now()
-        token = _new_token()
+        token = new_token()
         until = now + seconds
         rows = self._write(self.sql.LEASE_ID, {"queue": queue, "id": msg_id, "now": now,
                                                "until": until, "lease": token})
@@ -556,14 +554,14 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
 
     def next_visible_at(self, queue):
         now = self.now()
-        due = self._execute(self.sql.NEXT_VISIBLE_AT, (queue, now))[0][0]
+        due = self._rows(self.sql.NEXT_VISIBLE_AT, (queue, now))[0][0]
         if due is None or isinstance(due, _NUMBER):
             return due
         # Text or a blob, written by another program: SQLite sorts it after
         # every number, so it is never leased; it would stop every waiting
         # consumer here.  Dead-letter it, saying what it was.
         self._dead_letter_bad_visible(queue, now)
-        return self._execute(self.sql.NEXT_VISIBLE_AT, (queue, now))[0][0]
+        return self._rows(self.sql.NEXT_VISIBLE_AT, (queue, now))[0][0]
 
     def _dead_letter_bad_visible(self, queue, now):
         with self._conns.transaction() as conn:
@@ -674,31 +672,9 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
 
     # -- inspecting -------------------------------------------------------------
 
-    @staticmethod
-    def _stored(row):
-        return Message(
-            id=row[0], data=row[1], queue_name=row[2], retry_count=max(row[3] - 1, 0),
-            created_at=row[4], attempts=row[3], expires_at=row[5], last_error=row[6],
-            priority=row[7], visible_at=row[8], dead_at=row[9], dead_reason=row[10],
-            key=row[11], consumer_id=row[12],
-        )
-
     def peek(self, queue):
         now = self.now()
-        rows = self._execute(self.sql.PEEK, (queue, now, now))
-        return self._stored(rows[0]) if rows else None
-
-    def peek_many(self, queue, n):
-        now = self.now()
-        return [self._stored(row) for row in self._execute(self.sql.PEEK_MANY, (queue, now, now, n))]
-
-    def messages(self, queue, after_id=0, limit=1000):
-        rows = self._execute(self.sql.LIVE_MESSAGES, {
-            "queue": queue, "after": after_id, "limit": limit, "now": self.now()})
-        return [self._stored(row) for row in rows]
-
-    def get(self, msg_id):
-        rows = self._execute(self.sql.GET, (msg_id,))
+        rows = self._rows(self.sql.PEEK, (queue, now, now))
         return self._stored(rows[0]) if rows else None
 
     def count(self, queue, what="live"):
@@ -708,29 +684,12 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
                              % (what,))
         if self._sizes_kept:
             statement = self._kept_sql.get(what, statement)
-        return self._execute(statement, {"queue": queue, "now": self.now()})[0][0]
-
-    def has_live(self, queue):
-        return bool(self._execute(self.sql.ANY_LIVE, {"queue": queue, "now": self.now()})[0][0])
-
-    def next_expiry(self, queue):
-        rows = self._execute(self.sql.NEXT_EXPIRY, {"queue": queue, "now": self.now()})
-        return rows[0][0] if rows else None
-
-    def has_ready(self, queue):
-        return bool(self._execute(self.sql.ANY_READY, {"queue": queue, "now": self.now()})[0][0])
+        return self._rows(statement, {"queue": queue, "now": self.now()})[0][0]
 
     def queues(self):
         now = self.now()
-        rows = self._execute(self.sql.QUEUE_STATS, {"now": now})
-        consumers = {}
-        for queue, holder in self._execute(self.sql.HOLDERS, {"now": now}):
-            consumers.setdefault(queue, []).append(holder)
-        return [
-            QueueStats(name, int(ready), int(delayed), int(in_flight), int(dead), oldest,
-                       created, _settings(settings), codec, tuple(consumers.get(name, ())))
-            for name, ready, delayed, in_flight, dead, oldest, created, settings, codec in rows
-        ]
+        return self._queue_stats(self._rows(self.sql.QUEUE_STATS, {"now": now}),
+                                 self._rows(self.sql.HOLDERS, {"now": now}))
 
     def create_queue(self, queue, settings=None):
         text = None if settings is None else json.dumps(settings, sort_keys=True)
@@ -743,26 +702,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
                 conn.execute(self.sql.SET_QUEUE_SETTINGS, (text, queue))
             return False
 
-    def counters(self):
-        result = {}
-        for queue, name, value in self._execute(self.sql.READ_COUNTERS):
-            result.setdefault(queue, dict.fromkeys(METRIC_NAMES, 0))[name] = value
-        return result
-
     # -- metrics ------------------------------------------------------------------
-
-    def _count(self, queue, name, n=1, lasting=False):
-        if self._metrics.add(queue, name, n, lasting):
-            self.flush_metrics()
-
-    def _count_deliveries(self, queue, *attempts):
-        self._count(queue, "gets", len(attempts))
-        retries = attempts[0] > 1 if len(attempts) == 1 else sum(a > 1 for a in attempts)
-        if retries:
-            self._count(queue, "retries", retries)
-
-    def metrics(self):
-        return self._metrics.snapshot()
 
     def flush_metrics(self):
         pending = self._metrics.take()
@@ -784,29 +724,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, Engine):
         if self._auto_vacuum is not None:
             self.maintenance().vacuum_if_due()
 
-    def activity(self, seconds=60.0):
-        now = self.now()
-        start = (now - seconds) // _sql.ACTIVITY_BUCKET * _sql.ACTIVITY_BUCKET
-        result = {}
-        for queue, name, value in self._execute(self.sql.READ_ACTIVITY, (start,)):
-            result.setdefault(queue, dict.fromkeys(METRIC_NAMES, 0))[name] = value
-        return now - start, result
-
-    def dead_letters(self, queue, limit=None):
-        rows = self._execute(self.sql.DEAD_LETTERS, (queue, -1 if limit is None else limit))
-        return [self._stored(row) for row in rows]
-
     # -- operating --------------------------------------------------------------
-
-    def snapshot(self, queue, after_id=0, limit=1000):
-        rows = self._execute(self.sql.SNAPSHOT, (queue, after_id, limit))
-        messages = []
-        for row in rows:
-            msg = self._stored(row)
-            if row[-1] is not None and msg.visible_at is not None:
-                msg.lease = row[-1]
-            messages.append(msg)
-        return messages
 
     def restore(self, queue, messages):
         now = self.now()
@@ -908,17 +826,6 @@ def check_table_prefix(prefix):
     else ValueError saying why (for checking a user's input early)."""
     _sql.render(prefix)
     return prefix
-
-
-def _settings(text):
-    """The settings of a queue as stored (JSON text, or NULL: none)."""
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:  # a tampered row: shown, not trusted
-        return {"unreadable": text}
-    return value if isinstance(value, dict) else {"unreadable": text}
 
 
 class _Transaction:

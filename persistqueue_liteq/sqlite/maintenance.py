@@ -34,7 +34,7 @@ class SQLiteMaintenance(Maintenance):
 
     def integrity_check(self):
         """SQLite's ``PRAGMA integrity_check``: ["ok"] when the file is sound."""
-        return [row[0] for row in self._engine._execute("PRAGMA integrity_check")]
+        return [row[0] for row in self._engine._rows("PRAGMA integrity_check")]
 
     def sizes(self):
         path = self._engine.location
@@ -74,7 +74,7 @@ class SQLiteMaintenance(Maintenance):
         engine calls this after its counts are flushed)."""
         engine, threshold = self._engine, self.auto_vacuum_free_pages
         try:
-            free = engine._execute(self._sql.FREE_PAGES)[0][0]
+            free = engine._rows(self._sql.FREE_PAGES)[0][0]
             if free <= threshold:
                 return
             logger.info("%s has %d free pages (auto_vacuum_free_pages=%d): vacuuming",

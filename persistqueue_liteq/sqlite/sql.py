@@ -35,6 +35,7 @@ import types
 
 from .. import _checks
 from .. import engine as _engine
+from .. import _sql_engine
 
 #: Version of the table layout below; a file written by a newer version is
 #: refused rather than misread.
@@ -140,8 +141,10 @@ CREATE TABLE IF NOT EXISTS {p}activity (
     PRIMARY KEY (queue, name, bucket)
 ) WITHOUT ROWID"""
 
-ACTIVITY_BUCKET = 10
-ACTIVITY_KEPT = 3600
+# Seconds of an activity bucket, and how long they are kept (as every
+# backend keeps them).
+ACTIVITY_BUCKET, ACTIVITY_KEPT = _sql_engine.ACTIVITY_BUCKET, _sql_engine.ACTIVITY_KEPT
+
 
 # What the metrics flush prunes by: without it, "bucket < ?" scans the whole
 # table under the write lock (28 ms at a million rows, an hour of 1,000

@@ -1,0 +1,132 @@
+"""What the engines that keep their queues in SQL tables share: messages
+made from rows, the looks that are one read, and the counts.
+
+A backend's engine subclasses :class:`SQLEngine` and gives it ``sql`` (its
+statements, under the same names in every backend, each with the columns
+:meth:`SQLEngine._stored` reads), ``_rows(statement, params)`` (one read:
+all its rows), ``now()``, ``_metrics`` (an :class:`~.engine.Metrics`) and
+``flush_metrics()``.  The front ends see only :class:`~.engine.Engine`.
+"""
+
+import json
+import random
+
+from .engine import METRIC_NAMES, Engine, Message, QueueStats
+
+# Seconds an activity bucket spans (the same in every backend's tables).
+ACTIVITY_BUCKET = 10
+# Seconds of activity kept.
+ACTIVITY_KEPT = 3600
+
+
+def new_token():
+    """A lease's token: random, never 0."""
+    return random.getrandbits(62) + 1
+
+
+def queue_settings(text):
+    """The settings of a queue as stored (JSON text, or NULL: none)."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:  # a tampered row: shown, not trusted
+        return {"unreadable": text}
+    return value if isinstance(value, dict) else {"unreadable": text}
+
+
+class SQLEngine(Engine):
+    """The part of an SQL backend's engine that is the same in every one."""
+
+    #: The parameter of DEAD_LETTERS that means "no limit".
+    NO_LIMIT = None
+
+    @staticmethod
+    def _stored(row):
+        """The Message of a row of the messages table (13 columns)."""
+        return Message(
+            id=row[0], data=row[1], queue_name=row[2], retry_count=max(row[3] - 1, 0),
+            created_at=row[4], attempts=row[3], expires_at=row[5], last_error=row[6],
+            priority=row[7], visible_at=row[8], dead_at=row[9], dead_reason=row[10],
+            key=row[11], consumer_id=row[12],
+        )
+
+    # -- inspecting ---------------------------------------------------------------
+
+    def peek_many(self, queue, n):
+        now = self.now()
+        return [self._stored(row) for row in self._rows(self.sql.PEEK_MANY, (queue, now, now, n))]
+
+    def messages(self, queue, after_id=0, limit=1000):
+        rows = self._rows(self.sql.LIVE_MESSAGES, {
+            "queue": queue, "after": after_id, "limit": limit, "now": self.now()})
+        return [self._stored(row) for row in rows]
+
+    def get(self, msg_id):
+        rows = self._rows(self.sql.GET, (msg_id,))
+        return self._stored(rows[0]) if rows else None
+
+    def has_live(self, queue):
+        return bool(self._rows(self.sql.ANY_LIVE, {"queue": queue, "now": self.now()})[0][0])
+
+    def next_expiry(self, queue):
+        rows = self._rows(self.sql.NEXT_EXPIRY, {"queue": queue, "now": self.now()})
+        return rows[0][0] if rows else None
+
+    def has_ready(self, queue):
+        return bool(self._rows(self.sql.ANY_READY, {"queue": queue, "now": self.now()})[0][0])
+
+    @staticmethod
+    def _queue_stats(rows, holders):
+        """QueueStats from the rows of QUEUE_STATS and of HOLDERS."""
+        consumers = {}
+        for queue, holder in holders:
+            consumers.setdefault(queue, []).append(holder)
+        return [
+            QueueStats(name, int(ready), int(delayed), int(in_flight), int(dead), oldest,
+                       created, queue_settings(settings), codec,
+                       tuple(consumers.get(name, ())))
+            for name, ready, delayed, in_flight, dead, oldest, created, settings, codec in rows
+        ]
+
+    def dead_letters(self, queue, limit=None):
+        rows = self._rows(self.sql.DEAD_LETTERS, (queue, self.NO_LIMIT if limit is None else limit))
+        return [self._stored(row) for row in rows]
+
+    def snapshot(self, queue, after_id=0, limit=1000):
+        messages = []
+        for row in self._rows(self.sql.SNAPSHOT, (queue, after_id, limit)):
+            msg = self._stored(row)
+            if row[-1] is not None and msg.visible_at is not None:
+                msg.lease = row[-1]
+            messages.append(msg)
+        return messages
+
+    # -- counts -------------------------------------------------------------------
+
+    def counters(self):
+        result = {}
+        for queue, name, value in self._rows(self.sql.READ_COUNTERS):
+            result.setdefault(queue, dict.fromkeys(METRIC_NAMES, 0))[name] = value
+        return result
+
+    def _count(self, queue, name, n=1, lasting=False):
+        if self._metrics.add(queue, name, n, lasting):
+            self.flush_metrics()
+
+    def _count_deliveries(self, queue, *attempts):
+        self._count(queue, "gets", len(attempts))
+        retries = attempts[0] > 1 if len(attempts) == 1 else sum(a > 1 for a in attempts)
+        if retries:
+            self._count(queue, "retries", retries)
+
+    def metrics(self):
+        return self._metrics.snapshot()
+
+    def activity(self, seconds=60.0):
+        now = self.now()
+        start = (now - seconds) // ACTIVITY_BUCKET * ACTIVITY_BUCKET
+        result = {}
+        for queue, name, value in self._rows(self.sql.READ_ACTIVITY, (start,)):
+            result.setdefault(queue, dict.fromkeys(METRIC_NAMES, 0))[name] = value
+        return now - start, result
