@@ -6,8 +6,8 @@ the machine, and one reading of the wall clock and of this clock taken at the
 same moment.  Its clock is then ``wall + (boottime() - boottime_then)``: every
 process of the machine computes the same value (CLOCK_BOOTTIME is one clock
 for the whole kernel, and counts suspend like the wall clock), and nobody's
-``date -s`` or NTP step changes it.  See :class:`~persistqueue_liteq.
-sqlite.engine.SQLiteEngine` for the anchor's life.
+``date -s`` or NTP step changes it.  See :mod:`persistqueue_liteq.sqlite.anchor`
+for the anchor's life.
 
 Where the system has neither (macOS, Windows, a Linux without ``/proc``),
 :data:`SUPPORTED` is False and the engine uses the wall clock as before.

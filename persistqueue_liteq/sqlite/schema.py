@@ -37,7 +37,6 @@ def check_directory(path):
         raise NotADirectoryError("cannot open queue database %s: %s is not a directory" % (path, directory))
 
 
-
 class SchemaMixin:
     """The tables of an engine's prefix in its file."""
 
