@@ -10,7 +10,10 @@
   (:mod:`.sqlite`), on which everything else is built.
 """
 
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING
 
 from .engine import Message, QueueStats
 from .exceptions import (
@@ -39,6 +42,16 @@ from .queues import (
     PersistentSimpleQueue,
     ShutDown,
 )
+
+if TYPE_CHECKING:  # imported on first use: see __getattr__
+    from .aio import (
+        AsyncLiteQueue,
+        AsyncPersistentLifoQueue,
+        AsyncPersistentPriorityQueue,
+        AsyncPersistentQueue,
+        QueueShutDown,
+    )
+    from .pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
 
 __version__ = "0.1.0"
 
@@ -92,7 +105,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> object:
     # The pools import multiprocessing and concurrent.futures, and the async
     # queues asyncio: only on use.
     if name in _LAZY:

@@ -4,15 +4,23 @@ Every check runs before anything is stored, and its message names the argument
 and the value that was wrong.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
 import os
 import re
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from typing import Literal, overload
+
+    from _typeshed import StrOrBytesPath
 
 DB_ENV = "PERSISTQUEUE_LITEQ_DB"
 
 
-def db_path(path):
+def db_path(path: object) -> StrOrBytesPath:
     """The path given, or else the one in $PERSISTQUEUE_LITEQ_DB."""
     if path is None:
         path = os.environ.get(DB_ENV)
@@ -26,7 +34,7 @@ def db_path(path):
     return path
 
 
-def queue_name(name, argument="qname"):
+def queue_name(name: object, argument: str = "qname") -> str:
     if not isinstance(name, str):
         raise TypeError("%s must be a str, not %s" % (argument, type(name).__name__))
     if not name:
@@ -36,7 +44,7 @@ def queue_name(name, argument="qname"):
     return name
 
 
-def payload(data):
+def payload(data: object) -> bytes:
     if isinstance(data, bytes):
         return data
     if isinstance(data, (bytearray, memoryview)):
@@ -48,7 +56,19 @@ def payload(data):
     )
 
 
-def seconds(value, argument, allow_none=False, positive=False):
+if TYPE_CHECKING:
+    # None only where allowed.
+    @overload
+    def seconds(value: object, argument: str, allow_none: Literal[False] = ...,
+                positive: bool = ...) -> float: ...
+
+    @overload
+    def seconds(value: object, argument: str, allow_none: bool,
+                positive: bool = ...) -> Optional[float]: ...
+
+
+def seconds(value: object, argument: str, allow_none: bool = False,
+            positive: bool = False) -> Optional[float]:
     """A finite, non-negative number of seconds (or None where allowed)."""
     if value is None and allow_none:
         return None
@@ -66,7 +86,7 @@ def seconds(value, argument, allow_none=False, positive=False):
     return value
 
 
-def count(value, argument, minimum=0):
+def count(value: object, argument: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError("%s must be an int, not %r" % (argument, value))
     if value < minimum:
@@ -77,7 +97,7 @@ def count(value, argument, minimum=0):
 _PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-def table_prefix(prefix):
+def table_prefix(prefix: object) -> str:
     """Return ``prefix`` if it may be pasted into statements as the start of a
     table name; else ValueError saying why.  The SQLite backend's rule (its
     statements check every prefix with this), which the command line also
@@ -98,7 +118,7 @@ def table_prefix(prefix):
 _DECIMAL = re.compile(r"[0-9]+\Z")
 
 
-def message_id(value):
+def message_id(value: object) -> int:
     """A message id: an int, its ``str()`` (Liteq's ids are strings, and
     code that keeps ``str(msg.id)`` passes it back), or a Message."""
     value = getattr(value, "id", value)

@@ -13,20 +13,24 @@ Where the system has neither (macOS, Windows, a Linux without ``/proc``),
 :data:`SUPPORTED` is False and the engine uses the wall clock as before.
 """
 
+from __future__ import annotations
+
 import functools
 import os
 import time
+from typing import Callable, Optional
 
 __all__ = ["SUPPORTED", "boot_id", "boottime", "local_boottime", "ns_offset"]
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 _TIMENS_PATH = "/proc/self/timens_offsets"
 
-_gettime = getattr(time, "clock_gettime", None)
-_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
+# None where the system has no such clock (see SUPPORTED).
+_gettime: Optional[Callable[[int], float]] = getattr(time, "clock_gettime", None)
+_BOOTTIME: Optional[int] = getattr(time, "CLOCK_BOOTTIME", None)
 
 
-def _read_boot_id():
+def _read_boot_id() -> Optional[str]:
     try:
         with open(BOOT_ID_PATH, "rb") as f:
             text = f.read(100).decode("ascii").strip()
@@ -35,7 +39,7 @@ def _read_boot_id():
     return text or None
 
 
-def _read_timens_offset():
+def _read_timens_offset() -> float:
     """This process's time namespace's CLOCK_BOOTTIME offset, in seconds.
 
     A process in a time namespace of its own (``unshare --time``, a restored
@@ -62,29 +66,32 @@ _ns_offset = _read_timens_offset() if _boot_id is not None else 0.0
 SUPPORTED = _boot_id is not None and _gettime is not None
 
 
-def boot_id():
+def boot_id() -> Optional[str]:
     """The kernel's id of this boot (a UUID string), or None."""
     return _boot_id
 
 
-def boottime():
+def boottime() -> float:
     """Seconds since this machine booted, suspend included: the same value in
     every process of the machine, whatever its time namespace."""
-    return _gettime(_BOOTTIME) - _ns_offset
+    # Called only where SUPPORTED, where neither is None.
+    return _gettime(_BOOTTIME) - _ns_offset  # type: ignore[arg-type, misc]
 
 
 #: CLOCK_BOOTTIME as this process reads it, :func:`boottime` plus
 #: :func:`ns_offset`: for the hot path, which adds the offset in beforehand
 #: (a C call, no Python frame).
-local_boottime = functools.partial(_gettime, _BOOTTIME) if SUPPORTED else None
+local_boottime: Optional[Callable[[], float]] = (
+    # (Where SUPPORTED, neither _gettime nor _BOOTTIME is None.)
+    functools.partial(_gettime, _BOOTTIME) if SUPPORTED else None)  # type: ignore[arg-type, misc]
 
 
-def ns_offset():
+def ns_offset() -> float:
     """How far this process's CLOCK_BOOTTIME is ahead of the machine's."""
     return _ns_offset
 
 
-def _after_fork():
+def _after_fork() -> None:
     # A child of a process that unshared its time namespace lives in the new
     # one.  Runs before the hooks of modules that import this one.
     global _ns_offset

@@ -5,12 +5,14 @@ was made by another process (its parent) without asking the kernel for the
 pid on each use: compare a stored ``_fork.generation`` with the current one.
 """
 
+from __future__ import annotations
+
 import os
 
 generation = 0
 
 
-def _after_fork():
+def _after_fork() -> None:
     global generation
     generation += 1
 

@@ -6,30 +6,36 @@ Front ends (liteq, queues, aio, pool, cli) use these and nothing of each
 other; these use nothing but the engine interface.
 """
 
+from __future__ import annotations
+
 import traceback
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 __all__ = ["describe_exception", "last_line", "out_of_retries", "redrive_tasks",
            "seconds_until"]
 
 
-def describe_exception(exc):
+def describe_exception(exc: BaseException) -> str:
     """The text stored as a message's last error: the full traceback."""
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
 
 
-def last_line(text):
+def last_line(text: str) -> str:
     """The last line of a stored error (a traceback's: the exception), or ""."""
     text = text.strip()
     return text.splitlines()[-1] if text else ""
 
 
-def out_of_retries(attempts, max_retries, reason):
+def out_of_retries(attempts: int, max_retries: int, reason: str) -> str:
     """The dead reason of a message whose every attempt failed."""
     return "failed %d time%s (max_retries=%d): %s" % (
         attempts, "" if attempts == 1 else "s", max_retries, reason)
 
 
-def seconds_until(engine, due, at_most=float("inf")):
+def seconds_until(engine: Engine, due: Optional[float], at_most: float = float("inf")) -> float:
     """Seconds from now until ``due`` (a time of ``engine``'s clock, or None:
     nothing due), 1 ms at least (a message due now is leased by the next
     look), and ``at_most`` at most."""
@@ -38,7 +44,7 @@ def seconds_until(engine, due, at_most=float("inf")):
     return min(at_most, max(due - engine.now(), 0.001))
 
 
-def redrive_tasks(engine, queue, ids=None):
+def redrive_tasks(engine: Engine, queue: str, ids: Optional[Sequence[int]] = None) -> int:
     """Return dead letters of ``queue`` (all, or those ids) to it, as
     ``engine.redrive`` does, first forgetting the failures stored as their
     tasks' results: else a pool would answer a resubmission with the stored

@@ -8,10 +8,22 @@ all its rows), ``now()``, ``_metrics`` (an :class:`~.engine.Metrics`) and
 ``flush_metrics()``.  The front ends see only :class:`~.engine.Engine`.
 """
 
+from __future__ import annotations
+
 import json
 import random
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .engine import METRIC_NAMES, Engine, Message, QueueStats
+
+if TYPE_CHECKING:
+    import types
+    from typing import Union
+
+    from .engine import Counts, Metrics
+
+    #: A statement's parameters: positional (``?``, ``%s``) or named.
+    Params = Union[Sequence[object], Mapping[str, object]]
 
 # Seconds an activity bucket spans (the same in every backend's tables).
 ACTIVITY_BUCKET = 10
@@ -19,12 +31,12 @@ ACTIVITY_BUCKET = 10
 ACTIVITY_KEPT = 3600
 
 
-def new_token():
+def new_token() -> int:
     """A lease's token: random, never 0."""
     return random.getrandbits(62) + 1
 
 
-def queue_settings(text):
+def queue_settings(text: Optional[str]) -> Dict[str, Any]:
     """The settings of a queue as stored (JSON text, or NULL: none)."""
     if text is None:
         return {}
@@ -39,10 +51,19 @@ class SQLEngine(Engine):
     """The part of an SQL backend's engine that is the same in every one."""
 
     #: The parameter of DEAD_LETTERS that means "no limit".
-    NO_LIMIT = None
+    NO_LIMIT: Optional[int] = None
+
+    #: The backend's statements (its ``sql.render``), as named in every backend.
+    sql: types.SimpleNamespace
+    #: What this engine counted in this process.
+    _metrics: Metrics
+
+    if TYPE_CHECKING:
+        def _rows(self, statement: str, params: Params = ...) -> List[Any]:
+            """All the rows of one read."""
 
     @staticmethod
-    def _stored(row):
+    def _stored(row: Sequence[Any]) -> Message:
         """The Message of a row of the messages table (13 columns)."""
         return Message(
             id=row[0], data=row[1], queue_name=row[2], retry_count=max(row[3] - 1, 0),
@@ -53,33 +74,34 @@ class SQLEngine(Engine):
 
     # -- inspecting ---------------------------------------------------------------
 
-    def peek_many(self, queue, n):
+    def peek_many(self, queue: str, n: int) -> List[Message]:
         now = self.now()
         return [self._stored(row) for row in self._rows(self.sql.PEEK_MANY, (queue, now, now, n))]
 
-    def messages(self, queue, after_id=0, limit=1000):
+    def messages(self, queue: str, after_id: int = 0, limit: int = 1000) -> List[Message]:
         rows = self._rows(self.sql.LIVE_MESSAGES, {
             "queue": queue, "after": after_id, "limit": limit, "now": self.now()})
         return [self._stored(row) for row in rows]
 
-    def get(self, msg_id):
+    def get(self, msg_id: int) -> Optional[Message]:
         rows = self._rows(self.sql.GET, (msg_id,))
         return self._stored(rows[0]) if rows else None
 
-    def has_live(self, queue):
+    def has_live(self, queue: str) -> bool:
         return bool(self._rows(self.sql.ANY_LIVE, {"queue": queue, "now": self.now()})[0][0])
 
-    def next_expiry(self, queue):
+    def next_expiry(self, queue: str) -> Optional[float]:
         rows = self._rows(self.sql.NEXT_EXPIRY, {"queue": queue, "now": self.now()})
         return rows[0][0] if rows else None
 
-    def has_ready(self, queue):
+    def has_ready(self, queue: str) -> bool:
         return bool(self._rows(self.sql.ANY_READY, {"queue": queue, "now": self.now()})[0][0])
 
     @staticmethod
-    def _queue_stats(rows, holders):
+    def _queue_stats(rows: Iterable[Sequence[Any]], holders: Iterable[Sequence[Any]]
+                     ) -> List[QueueStats]:
         """QueueStats from the rows of QUEUE_STATS and of HOLDERS."""
-        consumers = {}
+        consumers: Dict[str, List[str]] = {}
         for queue, holder in holders:
             consumers.setdefault(queue, []).append(holder)
         return [
@@ -89,12 +111,12 @@ class SQLEngine(Engine):
             for name, ready, delayed, in_flight, dead, oldest, created, settings, codec in rows
         ]
 
-    def dead_letters(self, queue, limit=None):
+    def dead_letters(self, queue: str, limit: Optional[int] = None) -> List[Message]:
         rows = self._rows(self.sql.DEAD_LETTERS, (queue, self.NO_LIMIT if limit is None else limit))
         return [self._stored(row) for row in rows]
 
-    def snapshot(self, queue, after_id=0, limit=1000):
-        messages = []
+    def snapshot(self, queue: str, after_id: int = 0, limit: int = 1000) -> List[Message]:
+        messages: List[Message] = []
         for row in self._rows(self.sql.SNAPSHOT, (queue, after_id, limit)):
             msg = self._stored(row)
             if row[-1] is not None and msg.visible_at is not None:
@@ -104,29 +126,29 @@ class SQLEngine(Engine):
 
     # -- counts -------------------------------------------------------------------
 
-    def counters(self):
-        result = {}
+    def counters(self) -> Counts:
+        result: Counts = {}
         for queue, name, value in self._rows(self.sql.READ_COUNTERS):
             result.setdefault(queue, dict.fromkeys(METRIC_NAMES, 0))[name] = value
         return result
 
-    def _count(self, queue, name, n=1, lasting=False):
+    def _count(self, queue: str, name: str, n: int = 1, lasting: bool = False) -> None:
         if self._metrics.add(queue, name, n, lasting):
             self.flush_metrics()
 
-    def _count_deliveries(self, queue, *attempts):
+    def _count_deliveries(self, queue: str, *attempts: int) -> None:
         self._count(queue, "gets", len(attempts))
         retries = attempts[0] > 1 if len(attempts) == 1 else sum(a > 1 for a in attempts)
         if retries:
             self._count(queue, "retries", retries)
 
-    def metrics(self):
+    def metrics(self) -> Counts:
         return self._metrics.snapshot()
 
-    def activity(self, seconds=60.0):
+    def activity(self, seconds: float = 60.0) -> Tuple[float, Counts]:
         now = self.now()
         start = (now - seconds) // ACTIVITY_BUCKET * ACTIVITY_BUCKET
-        result = {}
+        result: Counts = {}
         for queue, name, value in self._rows(self.sql.READ_ACTIVITY, (start,)):
             result.setdefault(queue, dict.fromkeys(METRIC_NAMES, 0))[name] = value
         return now - start, result

@@ -44,6 +44,8 @@ attempt), and an item whose task was cancelled between ``get`` and
 ``visibility_timeout``.
 """
 
+from __future__ import annotations
+
 import asyncio
 import collections
 import concurrent.futures
@@ -56,7 +58,7 @@ import os
 import threading
 from queue import Empty, Full
 from types import GenericAlias
-from typing import Any, Callable, Generic, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
 
 from . import _checks
 from .exceptions import CodecMismatch
@@ -71,6 +73,30 @@ from .queues import (
 )
 from .engine import SAFETY_INTERVAL
 
+if TYPE_CHECKING:
+    import sys
+    from typing import (AsyncIterator, Awaitable, ClassVar, Deque, Dict, Hashable, Iterable,
+                        Iterator, List, ParamSpec, Self, Set, Tuple, Type, TypeVarTuple,
+                        Union, Unpack)
+
+    from .backends import Location
+    from .engine import Engine, Message, QueueStats, WakeKind
+    from .liteq import MessageId, Payload
+    from .queues import _Lease
+    from .serializers import Serializer
+
+    R = TypeVar("R")
+    P = ParamSpec("P")
+    Ts = TypeVarTuple("Ts")
+    #: Waiting getters, putters or joiners: resolved to wake one.
+    Waiters = Deque[asyncio.Future[None]]
+    #: A put waiting for its group's commit: (item, outcome, over).
+    PendingPut = Tuple[object, asyncio.Future[None], asyncio.Future[None]]
+    #: What a look of a get leased: (item, its lease; None with auto_ack).
+    Taken = Tuple[Any, Optional[_Lease]]
+    #: What a look of a pop leased, and else the seconds until one is due.
+    Looked = Tuple[List[Message], Optional[float]]
+
 __all__ = [
     "AsyncPersistentQueue",
     "AsyncPersistentLifoQueue",
@@ -84,14 +110,22 @@ T = TypeVar("T")
 
 logger = logging.getLogger("persistqueue_liteq")
 
-try:
-    from asyncio import QueueShutDown
-except ImportError:  # Python < 3.13
+if TYPE_CHECKING:
+    # What the try below makes, as type checkers see it.
+    if sys.version_info >= (3, 13):
+        from asyncio import QueueShutDown as QueueShutDown
+    else:
+        class QueueShutDown(Exception):
+            """Python 3.13's ``asyncio.QueueShutDown``, for the Pythons before it."""
+else:
+    try:
+        from asyncio import QueueShutDown
+    except ImportError:  # Python < 3.13
 
-    class QueueShutDown(Exception):
-        """Raised by ``put`` and ``get`` of a queue that was shut down:
-        Python 3.13's ``asyncio.QueueShutDown``, for the Pythons before it
-        (on 3.13 and later this name *is* ``asyncio.QueueShutDown``)."""
+        class QueueShutDown(Exception):
+            """Raised by ``put`` and ``get`` of a queue that was shut down:
+            Python 3.13's ``asyncio.QueueShutDown``, for the Pythons before it
+            (on 3.13 and later this name *is* ``asyncio.QueueShutDown``)."""
 
 
 #: Threads per process that run the storage calls of every async queue.  Each
@@ -100,13 +134,13 @@ except ImportError:  # Python < 3.13
 #: different threads run in parallel.
 STORAGE_THREADS = 4
 
-_lanes = []
-_lanes_pid = None
+_lanes: List[Optional[concurrent.futures.ThreadPoolExecutor]] = []
+_lanes_pid: Optional[int] = None
 _lanes_lock = threading.Lock()
 _next_lane = itertools.count()
 
 
-def storage_thread(index):
+def storage_thread(index: int) -> concurrent.futures.ThreadPoolExecutor:
     """The executor (one thread) of storage lane ``index``: made on first
     use, and again in a forked child."""
     global _lanes, _lanes_pid
@@ -121,7 +155,7 @@ def storage_thread(index):
         return lane
 
 
-def _after_fork():
+def _after_fork() -> None:
     global _lanes_lock
     _lanes_lock = threading.Lock()  # a thread of the parent may have held it
 
@@ -130,7 +164,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
-def _seconds_until(engine, due):
+def _seconds_until(engine: Engine, due: Optional[float]) -> Optional[float]:
     """_policy.seconds_until, but None (wait for a wake-up) if nothing is
     due.  The one place this module reads the engine's clock."""
     return None if due is None else seconds_until(engine, due)
@@ -143,15 +177,17 @@ class _Offloader:
     """Runs one queue object's storage calls, in order, on its storage
     thread, and counts those in flight."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.in_flight = 0
         self._lane = next(_next_lane) % STORAGE_THREADS
 
-    def submit(self, fn, *args):
+    def submit(self, fn: Callable[[Unpack[Ts]], R],
+               *args: Unpack[Ts]) -> concurrent.futures.Future[R]:
         """``fn(*args)`` on the storage thread: a concurrent Future."""
         return storage_thread(self._lane).submit(fn, *args)
 
-    async def run(self, fn, *args, undo=None):
+    async def run(self, fn: Callable[[Unpack[Ts]], R], *args: Unpack[Ts],
+                  undo: Optional[Callable[[R], object]] = None) -> R:
         """``fn(*args)`` on the storage thread.
 
         A cancelled caller does not leave the call behind: if it has not
@@ -170,7 +206,8 @@ class _Offloader:
         finally:
             self.in_flight -= 1
 
-    async def _undo(self, cf, undo):
+    async def _undo(self, cf: concurrent.futures.Future[R],
+                    undo: Optional[Callable[[R], object]]) -> None:
         try:
             result = await asyncio.wrap_future(cf)
         except Exception:
@@ -179,7 +216,7 @@ class _Offloader:
             await asyncio.wrap_future(self.submit(undo, result))
 
 
-async def _uncancellable(coro):
+async def _uncancellable(coro: Awaitable[R]) -> R:
     """Await ``coro`` to its end, whatever cancellations come meanwhile."""
     task = asyncio.ensure_future(coro)
     while not task.done():
@@ -190,7 +227,7 @@ async def _uncancellable(coro):
     return task.result()
 
 
-def _wake_one(waiters):
+def _wake_one(waiters: Waiters) -> bool:
     """asyncio.Queue's _wakeup_next: wake the first waiter still waiting;
     False if there was none."""
     while waiters:
@@ -201,7 +238,8 @@ def _wake_one(waiters):
     return False
 
 
-async def _wait_turn(waiters, waiter, pass_on):
+async def _wait_turn(waiters: Waiters, waiter: asyncio.Future[None],
+                     pass_on: Optional[Callable[[], object]]) -> None:
     """Await ``waiter``, one of ``waiters``.  Cancelled, it leaves them; if
     it had been woken already, ``pass_on()`` wakes another in its place (as
     asyncio.Queue does), so that no wake-up is lost with it."""
@@ -235,28 +273,29 @@ class _Channel:
     looks stay one per item plus one, not one per getter and wake-up.
     """
 
-    def __init__(self, engine, kind, queue, loop, waiters, wake_all):
+    def __init__(self, engine: Engine, kind: WakeKind, queue: str,
+                 loop: asyncio.AbstractEventLoop, waiters: Waiters, wake_all: bool) -> None:
         self._loop = loop
         self.waiters = waiters
         self._wake_all = wake_all
         self.version = 0
         self._missed = False
-        self._timer = None
+        self._timer: Optional[asyncio.TimerHandle] = None
         self._context = engine.waiter(kind, queue)
         self._waiter = self._context.__enter__()
         fileno = getattr(self._waiter, "fileno", None)
-        self._fd = fileno() if fileno is not None else None
+        self._fd: Optional[int] = fileno() if fileno is not None else None
         if self._fd is not None:
             loop.add_reader(self._fd, self._readable)
-            self._relook = SAFETY_INTERVAL  # wake-ups can be lost: a safety net
+            self._relook: float = SAFETY_INTERVAL  # wake-ups can be lost: a safety net
         else:  # no sockets here, or unsafe: look again often
             self._relook = getattr(self._waiter, "interval", 0.005)
 
-    def _readable(self):
-        self._waiter.drain()
+    def _readable(self) -> None:
+        self._waiter.drain()  # type: ignore[attr-defined]  # a waiter with fileno() has it
         self.wake()
 
-    def wake(self):
+    def wake(self) -> None:
         """Something may have changed: let the waiters look again."""
         self.version += 1
         if self._wake_all:
@@ -267,7 +306,7 @@ class _Channel:
         elif not _wake_one(self.waiters):
             self._missed = True
 
-    def arm(self, seconds=None):
+    def arm(self, seconds: Optional[float] = None) -> None:
         """Make sure a waiter looks again within ``seconds`` (and within the
         safety interval) even if no wake-up comes."""
         delay = self._relook if seconds is None else min(seconds, self._relook)
@@ -278,11 +317,11 @@ class _Channel:
             self._timer.cancel()
         self._timer = self._loop.call_at(when, self._timed_out)
 
-    def _timed_out(self):
+    def _timed_out(self) -> None:
         self._timer = None
         self.wake()
 
-    async def wait(self, seen, seconds=None):
+    async def wait(self, seen: int, seconds: Optional[float] = None) -> None:
         """Wait until woken, unless a wake-up came since the look: for a
         joiner, ``version`` moved on from ``seen``; for a getter, one was
         missed."""
@@ -297,7 +336,7 @@ class _Channel:
         self.arm(seconds)
         await _wait_turn(self.waiters, waiter, None if self._wake_all else self.wake)
 
-    def close(self):
+    def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         if self._fd is not None:
@@ -311,13 +350,14 @@ class _Channels:
     """The channels of one queue object, bound to one event loop (as
     asyncio's queues are bound to the loop of their first use)."""
 
-    def __init__(self, engine):
+    def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._loop = None
-        self._by_key = {}
-        self._holders = collections.Counter()  # key -> joins using the channel
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._by_key: Dict[Tuple[WakeKind, str], _Channel] = {}
+        # key -> joins using the channel
+        self._holders: collections.Counter[Tuple[WakeKind, str]] = collections.Counter()
 
-    def loop(self):
+    def loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
@@ -325,11 +365,12 @@ class _Channels:
             raise RuntimeError("%r is bound to a different event loop" % (self,))
         return loop
 
-    def find(self, kind, queue):
+    def find(self, kind: WakeKind, queue: str) -> Optional[_Channel]:
         """The channel if some waiter made it, else None."""
         return self._by_key.get((kind, queue))
 
-    def get(self, kind, queue, waiters=None, wake_all=False):
+    def get(self, kind: WakeKind, queue: str, waiters: Optional[Waiters] = None,
+            wake_all: bool = False) -> _Channel:
         loop = self.loop()
         key = (kind, queue)
         channel = self._by_key.get(key)
@@ -340,7 +381,7 @@ class _Channels:
         return channel
 
     @contextlib.contextmanager
-    def held(self, kind, queue):
+    def held(self, kind: WakeKind, queue: str) -> Iterator[_Channel]:
         """A wake-all channel for the ``with`` block, left when its last
         holder leaves: joins are rare, and a bound socket costs every
         acknowledgement of any process a datagram (the getters' channel,
@@ -358,11 +399,11 @@ class _Channels:
                     del self._by_key[key]
                     channel.close()
 
-    def wake(self):
+    def wake(self) -> None:
         for channel in list(self._by_key.values()):
             channel.wake()
 
-    def close(self):
+    def close(self) -> None:
         channels, self._by_key = list(self._by_key.values()), {}
         for channel in channels:
             channel.close()
@@ -381,15 +422,16 @@ class _PutGroups:
     takes the whole list.
     """
 
-    def __init__(self, sync, offload, stored):
+    def __init__(self, sync: _TaskLeases, offload: _Offloader,
+                 stored: Callable[[], None]) -> None:
         self._sync = sync
         self._offload = offload
         self._stored = stored
         self._lock = threading.Lock()
-        self._waiting = []
+        self._waiting: List[PendingPut] = []
         self._scheduled = False
 
-    async def put(self, item):
+    async def put(self, item: object) -> None:
         loop = asyncio.get_running_loop()
         # ``outcome`` is what the caller awaits; ``over`` is set with it but
         # never cancelled: a cancelled put waits on it for its commit.  The
@@ -397,6 +439,8 @@ class _PutGroups:
         # resumes in the same turn of the loop as a get of this queue that
         # leased the item (its look ran after this commit, on the same
         # storage thread): when that get returns, this put is done.
+        outcome: asyncio.Future[None]
+        over: asyncio.Future[None]
         outcome, over = loop.create_future(), loop.create_future()
         with self._lock:
             self._waiting.append((item, outcome, over))
@@ -413,7 +457,7 @@ class _PutGroups:
         finally:
             self._offload.in_flight -= 1
 
-    def _withdraw(self, over):
+    def _withdraw(self, over: asyncio.Future[None]) -> bool:
         """Take back a put that no storage thread took yet; True if done."""
         with self._lock:
             for i, waiting in enumerate(self._waiting):
@@ -422,11 +466,12 @@ class _PutGroups:
                     return True
         return False
 
-    def _store(self, loop):
+    def _store(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             group, self._waiting, self._scheduled = self._waiting, [], False
         if not group:
             return
+        outcomes: List[Optional[BaseException]]
         try:
             outcomes = self._sync._store_group([item for item, _, _ in group])
         except BaseException as exc:  # DatabaseBusy: none of them stored
@@ -434,7 +479,7 @@ class _PutGroups:
         with contextlib.suppress(RuntimeError):  # the loop was closed
             loop.call_soon_threadsafe(self._settle, group, outcomes)
 
-    def _settle(self, group, outcomes):
+    def _settle(self, group: List[PendingPut], outcomes: List[Optional[BaseException]]) -> None:
         for (_, future, over), outcome in zip(group, outcomes):
             over.set_result(None)
             if future.done():  # cancelled
@@ -450,14 +495,14 @@ class _PutGroups:
 _owning = threading.local()
 
 
-def _current_task():
+def _current_task() -> Optional[asyncio.Task[Any]]:
     try:
         return asyncio.current_task()
     except RuntimeError:  # no running loop in this thread
         return None
 
 
-def _abandoned(owner):
+def _abandoned(owner: Hashable) -> bool:
     """True for a task that was cancelled: what it got and did not finish is
     not kept alive any more.  (A task that failed is not asked: exception()
     would silence asyncio's "exception was never retrieved"; its items stay
@@ -465,26 +510,33 @@ def _abandoned(owner):
     return isinstance(owner, asyncio.Task) and owner.cancelled()
 
 
-class _TaskLeases:
+if TYPE_CHECKING:
+    # To the type checker the mixin is what it is mixed into.
+    _Mixed = PersistentQueue[Any]
+else:
+    _Mixed = object
+
+
+class _TaskLeases(_Mixed):
     """What the sync queues inside the async ones do differently: a lease is
     held by the asyncio task that got it (task_done settles the oldest of the
     calling task's first), and the heartbeat stops renewing those of a task
     that was cancelled."""
 
-    def _owner(self):
+    def _owner(self) -> Hashable:
         owner = getattr(_owning, "task", None)
         if owner is None:
             owner = _current_task()
         return owner if owner is not None else threading.get_ident()
 
-    def _extend_leases(self):
+    def _extend_leases(self) -> None:
         with self._leases_lock:
             for lease in [lease for lease in self._held.values()
                           if not lease.settling and _abandoned(lease.thread)]:
                 self._forget(lease)
         super()._extend_leases()
 
-    def _look(self, task):
+    def _look(self, task: Optional[asyncio.Task[Any]]) -> Taken:
         """One look for a get awaited by ``task``, on a storage thread:
         (item, lease) or raise queue.Empty with the seconds until the earliest
         item is due as its argument, or ShutDown."""
@@ -502,7 +554,7 @@ class _TaskLeases:
         finally:
             _owning.task = None
 
-    def _give_back(self, taken):
+    def _give_back(self, taken: Taken) -> None:
         """Hand back at once an item leased for a get that was cancelled."""
         lease = taken[1]
         if lease is None:
@@ -514,11 +566,11 @@ class _TaskLeases:
         with self.mutex:
             self._engine.release(lease.id, lease.token, attempted=False)
 
-    def _has_live(self):
+    def _has_live(self) -> bool:
         with self.mutex:
             return self._engine.has_live(self.name)
 
-    def _store_group(self, items):
+    def _store_group(self, items: List[object]) -> List[Optional[BaseException]]:
         """Store what fits of ``items`` in one transaction, on a storage
         thread; for each, None (stored) or the exception it gets: Full,
         ShutDown, or what serializing it raised (nothing of it stored)."""
@@ -528,6 +580,8 @@ class _TaskLeases:
                 return [ShutDown()] * len(items)
             free = len(items) if self.maxsize <= 0 else self.maxsize - self._qsize()
             codec = self._codec
+            outcomes: List[Optional[BaseException]]
+            rows: List[Tuple[bytes, Optional[bytes]]]
             outcomes, rows = [], []
             for item in items:
                 if len(rows) >= free:
@@ -553,15 +607,15 @@ class _TaskLeases:
             return outcomes
 
 
-class _SyncQueue(_TaskLeases, PersistentQueue):
+class _SyncQueue(_TaskLeases, PersistentQueue[Any]):
     pass
 
 
-class _SyncLifoQueue(_TaskLeases, PersistentLifoQueue):
+class _SyncLifoQueue(_TaskLeases, PersistentLifoQueue[Any]):
     pass
 
 
-class _SyncPriorityQueue(_TaskLeases, PersistentPriorityQueue):
+class _SyncPriorityQueue(_TaskLeases, PersistentPriorityQueue[Any]):
     pass
 
 
@@ -589,14 +643,28 @@ class AsyncPersistentQueue(Generic[T]):
     back the unfinished items at once.
     """
 
-    _sync_class = _SyncQueue
+    _sync_class: ClassVar[Type[_TaskLeases]] = _SyncQueue
 
-    __class_getitem__ = classmethod(GenericAlias)
+    if not TYPE_CHECKING:  # as asyncio.Queue[int]: a types.GenericAlias
+        __class_getitem__ = classmethod(GenericAlias)
 
-    def __init__(self, path, maxsize: int = 0, **options):
+    if TYPE_CHECKING:
+        # The sync queue's, read through __getattr__ (see _SHARED).
+        path: str
+        name: str
+        visibility_timeout: float
+        max_retries: int
+        serializer: Serializer
+        timeout_seconds: float
+        engine: Engine
+        is_shutdown: bool
+
+        def metrics(self) -> Dict[str, int]: ...
+
+    def __init__(self, path: Location, maxsize: int = 0, **options: Any) -> None:
         if isinstance(maxsize, float) and math.isfinite(maxsize):
             # asyncio.Queue allows 1.3: full when qsize() >= 1.3, i.e. >= 2.
-            self._maxsize = maxsize
+            self._maxsize: Optional[float] = maxsize
             maxsize = math.ceil(maxsize)
         else:
             self._maxsize = None
@@ -605,40 +673,45 @@ class AsyncPersistentQueue(Generic[T]):
         # get can hand its item back: auto_ack happens here, once delivered.
         self._sync = self._sync_class(path, maxsize, **options)
         self.auto_ack = auto_ack
-        self._getters = collections.deque()
-        self._putters = collections.deque()
+        self._getters: Waiters = collections.deque()
+        self._putters: Waiters = collections.deque()
         self._channels = _Channels(self._sync.engine)
         self._offload = _Offloader()
         self._puts = _PutGroups(self._sync, self._offload, self._wake_getter)
-        self._acks = set()  # concurrent futures of the acknowledgements under way
+        # concurrent futures of the acknowledgements under way
+        self._acks: Set[concurrent.futures.Future[None]] = set()
         self._acks_lock = threading.Lock()  # they end on the storage thread
         self._freed = 0  # slots freed by this object's gets (for putters)
 
     @property
-    def maxsize(self):
+    def maxsize(self) -> int:
         """Number of items allowed in the queue (0 or less: unbounded)."""
-        return self._sync.maxsize if self._maxsize is None else self._maxsize
+        # A float only if one was passed, as asyncio.Queue allows (typeshed: int).
+        return (self._sync.maxsize if self._maxsize is None  # type: ignore[return-value]
+                else self._maxsize)
 
     @property
-    def sync(self):
+    def sync(self) -> PersistentQueue[T]:
         """The PersistentQueue underneath (for its other methods)."""
         return self._sync
 
-    def __getattr__(self, name):
-        # path, name, visibility_timeout, serializer, engine, metrics, ...
-        if name.startswith("_") or name not in _SHARED:
-            raise AttributeError("%r object has no attribute %r" % (type(self).__name__, name))
-        return getattr(self._sync, name)
+    if not TYPE_CHECKING:  # declared above, for the type checker
+        def __getattr__(self, name):
+            # path, name, visibility_timeout, serializer, engine, metrics, ...
+            if name.startswith("_") or name not in _SHARED:
+                raise AttributeError(
+                    "%r object has no attribute %r" % (type(self).__name__, name))
+            return getattr(self._sync, name)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<%s at %#x %r name=%r %s>" % (
             type(self).__name__, id(self), self._sync.path, self._sync.name, self._format())
 
-    def __str__(self):
+    def __str__(self) -> str:
         return "<%s %r name=%r %s>" % (
             type(self).__name__, self._sync.path, self._sync.name, self._format())
 
-    def _format(self):
+    def _format(self) -> str:
         # asyncio.Queue's, without the items (they are in the file).
         result = "maxsize=%r" % (self.maxsize,)
         if self._getters:
@@ -745,20 +818,20 @@ class AsyncPersistentQueue(Generic[T]):
             raise asyncio.QueueEmpty from None
         except ShutDown:
             raise QueueShutDown from None
-        lease = None
+        lease: Optional[_Lease] = None
         if self.auto_ack:
             with self._sync._leases_lock:
                 mine = self._sync._held_by_thread.get(self._sync._owner())
                 lease = mine[-1] if mine else None
         return self._delivered(item, lease)
 
-    def _wake_getter(self):
+    def _wake_getter(self) -> None:
         """Wake the first waiting getter, or the next one to wait."""
         channel = self._channels.find("put", self._sync.name)
         if channel is not None:
             channel.wake()
 
-    def _delivered(self, item, lease):
+    def _delivered(self, item: T, lease: Optional[_Lease]) -> T:
         """An item leased for a caller that gets it: wake a putter (a slot is
         free) and the next getter (there may be more)."""
         self._freed += 1
@@ -782,7 +855,7 @@ class AsyncPersistentQueue(Generic[T]):
         if lease is not None:
             self._acknowledge(lease)
 
-    def _acknowledge(self, lease):
+    def _acknowledge(self, lease: _Lease) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # called outside the loop: acknowledge here
@@ -796,7 +869,8 @@ class AsyncPersistentQueue(Generic[T]):
             self._acks.add(future)
         future.add_done_callback(functools.partial(self._acknowledged, loop))
 
-    def _acknowledged(self, loop, future):
+    def _acknowledged(self, loop: asyncio.AbstractEventLoop,
+                      future: concurrent.futures.Future[None]) -> None:
         """On the storage thread (or here, if it ended already)."""
         try:
             if not future.cancelled() and future.exception() is not None:
@@ -814,7 +888,7 @@ class AsyncPersistentQueue(Generic[T]):
             with self._acks_lock:
                 self._acks.discard(future)
 
-    async def _acknowledgements(self):
+    async def _acknowledgements(self) -> bool:
         """Wait for the acknowledgements under way; False if there were none."""
         with self._acks_lock:
             acks = [asyncio.wrap_future(future) for future in self._acks]
@@ -861,11 +935,11 @@ class AsyncPersistentQueue(Generic[T]):
         """Delete every item not yet acknowledged; return how many."""
         return await self._offload.run(self._sync.clear)
 
-    async def dead_letters(self, limit: Optional[int] = None):
+    async def dead_letters(self, limit: Optional[int] = None) -> List[Message]:
         """The items that could not be delivered (see PersistentQueue)."""
         return await self._offload.run(self._sync.dead_letters, limit)
 
-    async def redrive(self, ids=None) -> int:
+    async def redrive(self, ids: Optional[Iterable[Union[int, Message]]] = None) -> int:
         """Return dead letters to the queue; return how many."""
         return await self._offload.run(self._sync.redrive, ids)
 
@@ -885,10 +959,10 @@ class AsyncPersistentQueue(Generic[T]):
         await self._offload.run(self._sync.close)
         self._sync.engine.close()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc_info):
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
 
@@ -899,7 +973,7 @@ _SHARED = frozenset({
 })
 
 
-def _resolve(future):
+def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
@@ -919,8 +993,11 @@ class AsyncPersistentPriorityQueue(AsyncPersistentQueue[T]):
 
     _sync_class = _SyncPriorityQueue
 
-    def __init__(self, path, maxsize: int = 0, *, key: Optional[Callable[[T], Any]] = None,
-                 **options):
+    if TYPE_CHECKING:
+        key: Optional[Callable[[T], object]]  # the sync queue's, read through __getattr__
+
+    def __init__(self, path: Location, maxsize: int = 0, *,
+                 key: Optional[Callable[[T], object]] = None, **options: Any) -> None:
         super().__init__(path, maxsize, key=key, **options)
 
 
@@ -943,50 +1020,55 @@ class AsyncLiteQueue:
     back at once (the delivery not counted).
     """
 
-    def __init__(self, filename=None, max_retries=5, timeout_seconds=5, **options):
+    def __init__(self, filename: Location = None, max_retries: int = 5,
+                 timeout_seconds: float = 5, **options: Any) -> None:
         self._sync = LiteQueue(filename, max_retries, timeout_seconds, **options)
         self._channels = _Channels(self._sync.engine)
         self._offload = _Offloader()
 
     @property
-    def sync(self):
+    def sync(self) -> LiteQueue:
         return self._sync
 
     @property
-    def filename(self):
+    def filename(self) -> str:
         return self._sync.filename
 
     @property
-    def max_retries(self):
+    def max_retries(self) -> int:
         return self._sync.max_retries
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<%s %r>" % (type(self).__name__, self.filename)
 
-    def _run(self, fn, *args, **kwargs):
+    def _run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Awaitable[R]:
         return self._offload.run(lambda: fn(*args, **kwargs))
 
-    async def put(self, data, qname="default", visible_after_seconds=0, *, ttl_seconds=None):
+    async def put(self, data: Payload, qname: str = "default", visible_after_seconds: float = 0,
+                  *, ttl_seconds: Optional[float] = None) -> int:
         """LiteQueue.put, awaited: the id of the message stored."""
         return await self._run(self._sync.put, data, qname, visible_after_seconds,
                                ttl_seconds=ttl_seconds)
 
-    async def put_batch(self, messages, qname="default", visible_after_seconds=0, *,
-                        ttl_seconds=None):
+    async def put_batch(self, messages: Iterable[Payload], qname: str = "default",
+                        visible_after_seconds: float = 0, *,
+                        ttl_seconds: Optional[float] = None) -> List[int]:
         """LiteQueue.put_batch, awaited (all or none)."""
         if not isinstance(messages, (bytes, bytearray, str)):
             messages = list(messages)  # an iterable is consumed here, not on a thread
         return await self._run(self._sync.put_batch, messages, qname, visible_after_seconds,
                                ttl_seconds=ttl_seconds)
 
-    async def pop(self, qname="default", invisible_seconds=60, wait_seconds=0):
+    async def pop(self, qname: str = "default", invisible_seconds: float = 60,
+                  wait_seconds: Optional[float] = 0) -> Optional[Message]:
         """LiteQueue.pop, waiting in the loop: a message, or None if none
         came within ``wait_seconds``."""
         messages = await self.pop_batch(qname, 1, invisible_seconds, wait_seconds)
         return messages[0] if messages else None
 
-    async def pop_batch(self, qname="default", max_messages=10, invisible_seconds=60,
-                        wait_seconds=0):
+    async def pop_batch(self, qname: str = "default", max_messages: int = 10,
+                        invisible_seconds: float = 60,
+                        wait_seconds: Optional[float] = 0) -> List[Message]:
         """LiteQueue.pop_batch, waiting in the loop up to ``wait_seconds``
         (None: for ever) for something to lease; [] if nothing came."""
         qname = _checks.queue_name(qname)
@@ -1005,62 +1087,65 @@ class AsyncLiteQueue:
                 return messages
             if due is not None:
                 remaining = due if remaining is None else min(remaining, due)
-            await channel.wait(seen, remaining)
+            await channel.wait(seen, remaining)  # type: ignore[union-attr]  # wait != 0 here
 
-    def _look(self, qname, n, invisible_seconds):
+    def _look(self, qname: str, n: int, invisible_seconds: float) -> Looked:
         messages = self._sync.pop_batch(qname, n, invisible_seconds, 0)
         engine = self._sync.engine
         due = None if messages else _seconds_until(engine, engine.next_visible_at(qname))
         return messages, due
 
-    def _give_back(self, looked):
+    def _give_back(self, looked: Looked) -> None:
         for msg in looked[0]:
             self._sync.engine.release(msg.id, msg.lease, attempted=False)
 
-    async def ack(self, msg):
+    async def ack(self, msg: Message) -> bool:
         """LiteQueue.ack, awaited."""
         return await self._run(self._sync.ack, msg)
 
-    async def release(self, msg, delay_seconds=0):
+    async def release(self, msg: Message, delay_seconds: float = 0) -> bool:
         """LiteQueue.release, awaited."""
         return await self._run(self._sync.release, msg, delay_seconds)
 
-    async def process_failed(self, msg, reason, *, delay_seconds=0):
+    async def process_failed(self, msg: Message, reason: object, *,
+                             delay_seconds: float = 0) -> bool:
         """LiteQueue.process_failed, awaited: retried or dead-lettered."""
         return await self._run(self._sync.process_failed, msg, reason,
                                delay_seconds=delay_seconds)
 
-    async def change_visibility(self, msg, seconds):
+    async def change_visibility(self, msg: Message, seconds: float) -> bool:
         return await self._run(self._sync.change_visibility, msg, seconds)
 
-    async def delete(self, msg_id):
+    async def delete(self, msg_id: MessageId) -> bool:
         return await self._run(self._sync.delete, msg_id)
 
-    async def peek(self, qname="default"):
+    async def peek(self, qname: str = "default") -> Optional[Message]:
         return await self._run(self._sync.peek, qname)
 
-    async def get(self, msg_id):
+    async def get(self, msg_id: MessageId) -> Optional[Message]:
         return await self._run(self._sync.get, msg_id)
 
-    async def qsize(self, qname="default"):
+    async def qsize(self, qname: str = "default") -> int:
         return await self._run(self._sync.qsize, qname)
 
-    async def empty(self, qname="default"):
+    async def empty(self, qname: str = "default") -> bool:
         return await self._run(self._sync.empty, qname)
 
-    async def queues(self):
+    async def queues(self) -> List[QueueStats]:
         return await self._run(self._sync.queues)
 
-    async def dead_letters(self, qname="default", limit=None):
+    async def dead_letters(self, qname: str = "default",
+                           limit: Optional[int] = None) -> List[Message]:
         return await self._run(self._sync.dead_letters, qname, limit)
 
-    async def redrive(self, qname="default", ids=None):
+    async def redrive(self, qname: str = "default",
+                      ids: Optional[Iterable[MessageId]] = None) -> int:
         return await self._run(self._sync.redrive, qname, ids)
 
-    async def clear(self, qname="default", dlq=False):
+    async def clear(self, qname: str = "default", dlq: bool = False) -> int:
         return await self._run(self._sync.clear, qname, dlq)
 
-    async def join(self, qname="default", timeout=None):
+    async def join(self, qname: str = "default", timeout: Optional[float] = None) -> bool:
         """Wait until every message of ``qname`` is acknowledged or dead;
         False if ``timeout`` seconds passed first."""
         qname = _checks.queue_name(qname)
@@ -1078,7 +1163,8 @@ class AsyncLiteQueue:
                 await channel.wait(seen, remaining)
 
     @contextlib.asynccontextmanager
-    async def consume(self, qname="default", invisible_on_receive=60, wait_seconds=20):
+    async def consume(self, qname: str = "default", invisible_on_receive: float = 60,
+                      wait_seconds: Optional[float] = 20) -> AsyncIterator[Optional[Message]]:
         """LiteQueue.consume for ``async with``: the message (or None if none
         came) is acknowledged when the block succeeds; an exception records
         the failure (retried or dead-lettered) and propagates; a
@@ -1098,31 +1184,32 @@ class AsyncLiteQueue:
             raise
         await self._run(self._sync.engine.ack, msg.id, msg.lease)
 
-    async def listen(self, qname="default", invisible_seconds=60, max_messages=1):
+    async def listen(self, qname: str = "default", invisible_seconds: float = 60,
+                     max_messages: int = 1) -> AsyncIterator[Message]:
         """Iterate over the messages of ``qname`` as they come, for ever:
         ``async for msg in q.listen("jobs"): ...; await q.ack(msg)``."""
         while True:
             for msg in await self.pop_batch(qname, max_messages, invisible_seconds, None):
                 yield msg
 
-    def __aiter__(self):
+    def __aiter__(self) -> AsyncIterator[Message]:
         """``async for msg in q``: :meth:`listen` on the default queue."""
         return self.listen()
 
-    def close(self):
+    def close(self) -> None:
         """Stop watching for wake-ups and close the connections (it waits
         for the storage thread: in a coroutine, prefer :meth:`aclose`)."""
         self._channels.close()
         self._offload.submit(self._sync.close).result()
         self._sync.engine.close()  # the connection that opened the file
 
-    async def aclose(self):
+    async def aclose(self) -> None:
         self._channels.close()
         await self._run(self._sync.close)
         self._sync.engine.close()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc_info):
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()

@@ -29,13 +29,35 @@ process reopens it); the engine shows it only redacted.  That backend needs
 a URL is an ImportError saying so.
 """
 
+from __future__ import annotations
+
 import importlib
 import os
 import re
 import urllib.parse
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Tuple, Union
 
 from . import _checks
 from .engine import Engine, EngineSpec
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    #: A database named by a path or a URL (None: $PERSISTQUEUE_LITEQ_DB).
+    PathOrURL = Union[str, bytes, os.PathLike[str], os.PathLike[bytes], None]
+    #: What every front end takes as its database: a path or a URL, an
+    #: engine already open or an EngineSpec.
+    Location = Union[PathOrURL, Engine, EngineSpec]
+
+    class Backend(Protocol):
+        """What :func:`backend_of` returns: a backend's engine class."""
+
+        #: The options it takes, with their defaults.
+        DEFAULT_OPTIONS: Dict[str, object]
+
+        def __call__(self, location: str, *args: Any, **options: Any) -> Engine: ...
+
+        def check_location(self, location: str) -> str: ...
 
 __all__ = ["describe", "open_engine", "redact", "EngineSpec"]
 
@@ -52,7 +74,7 @@ _BACKENDS = {
 _SERVER_SCHEMES = ("postgresql", "postgres")
 
 
-def redact(location):
+def redact(location: object) -> str:
     """``location`` as text with any password in it replaced by ``***``."""
     text = os.fsdecode(location) if isinstance(location, (bytes, os.PathLike)) else str(location)
     if not _URL.match(text):
@@ -75,7 +97,7 @@ def redact(location):
 _SECRET_PARAMETERS = ("password", "sslpassword", "listen_url")
 
 
-def describe(location=None, **options):
+def describe(location: Location = None, **options: object) -> EngineSpec:
     """The :class:`EngineSpec` of ``location`` opened with ``options``.
 
     Raises TypeError (no location and no $PERSISTQUEUE_LITEQ_DB, a location
@@ -95,7 +117,7 @@ def describe(location=None, **options):
     return EngineSpec(scheme, target, options)
 
 
-def open_engine(location=None, **options):
+def open_engine(location: Location = None, **options: object) -> Engine:
     """An engine open on ``location`` (see :func:`describe`); an Engine given
     as ``location`` is returned as it is (then no options may be given)."""
     if isinstance(location, Engine):
@@ -111,7 +133,7 @@ def open_engine(location=None, **options):
     return backend_of(scheme)(target, **options)
 
 
-def front_end_engine(location, **options):
+def front_end_engine(location: Location, **options: object) -> Tuple[Engine, bool]:
     """``(engine, opened)``: the engine a front end works on, and whether it
     opened it (and so closes it).  Front ends pass all their options,
     defaults included: only those that differ from the backend's defaults
@@ -121,7 +143,7 @@ def front_end_engine(location, **options):
     # (A scheme of no backend: open_engine says so.)  A backend's
     # IGNORED_DEFAULTS are front-end options it has no use for, dropped at
     # their default values (PostgreSQL has no journal mode).
-    defaults = {}
+    defaults: Dict[str, object] = {}
     if scheme in _BACKENDS:
         backend = backend_of(scheme)
         defaults = dict(getattr(backend, "IGNORED_DEFAULTS", {}), **backend.DEFAULT_OPTIONS)
@@ -130,7 +152,7 @@ def front_end_engine(location, **options):
     return open_engine(location, **options), not isinstance(location, Engine)
 
 
-def _scheme_of(location):
+def _scheme_of(location: Location) -> str:
     if isinstance(location, Engine):
         return location.spec.scheme
     if isinstance(location, EngineSpec):
@@ -139,14 +161,16 @@ def _scheme_of(location):
     return "sqlite" if match is None else match.group(1).lower()
 
 
-def backend_of(scheme):
+def backend_of(scheme: str) -> Backend:
     """The engine class of ``scheme`` (imported on first use).  ImportError
     naming the extra to install if the backend's driver is missing."""
     module, name = _BACKENDS[scheme]
-    return getattr(importlib.import_module(module, __package__), name)
+    engine_class: Backend = getattr(importlib.import_module(module, __package__), name)
+    return engine_class
 
 
-def _parse(location, options):
+def _parse(location: PathOrURL, options: Dict[str, object]
+           ) -> Tuple[str, str, Dict[str, object]]:
     """``(scheme, target, options)`` of a path or URL: the target as the
     backend takes it (a file's path as given), the options checked."""
     location = _checks.db_path(location)
@@ -160,7 +184,8 @@ def _parse(location, options):
     return scheme, backend_of(scheme).check_location(target), options
 
 
-def _parse_url(scheme, url, options):
+def _parse_url(scheme: str, url: str, options: Mapping[str, object]
+               ) -> Tuple[str, str, Dict[str, object]]:
     shown = redact(url)
     if scheme not in _BACKENDS:
         raise ValueError("%s: no backend for %r URLs (known: %s)"
@@ -175,6 +200,7 @@ def _parse_url(scheme, url, options):
     if not target:
         raise ValueError("%s: the URL names no file" % shown)
     merged = dict(options)
+    value: object  # the option's text, then its value
     for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
         value = _option_value(name, value, shown)
         if name in merged and merged[name] != value:
@@ -184,13 +210,15 @@ def _parse_url(scheme, url, options):
     return scheme, target, merged
 
 
-def _parse_server_url(scheme, url, parts, shown, options):
+def _parse_server_url(scheme: str, url: str, parts: urllib.parse.SplitResult, shown: str,
+                      options: Mapping[str, object]) -> Tuple[str, str, Dict[str, object]]:
     """A server's URL: the target is the URL itself, less the query
     parameters that are the backend's options (the others are the driver's,
     such as libpq's sslmode, and stay)."""
     known = backend_of(scheme).DEFAULT_OPTIONS
     merged = dict(options)
-    kept = []
+    kept: List[Tuple[str, str]] = []
+    value: object  # the option's text, then its value
     for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
         if name not in known:
             kept.append((name, value))
@@ -206,7 +234,7 @@ def _parse_server_url(scheme, url, parts, shown, options):
     return "postgresql", target, merged
 
 
-def _option_value(name, text, shown):
+def _option_value(name: str, text: str, shown: str) -> Union[str, float, bool]:
     """A URL's option text as the option's type."""
     if name == "timeout":
         try:
@@ -227,7 +255,7 @@ def _option_value(name, text, shown):
     return text
 
 
-def _check_options(scheme, options):
+def _check_options(scheme: str, options: Mapping[str, object]) -> None:
     known = tuple(backend_of(scheme).DEFAULT_OPTIONS)
     unknown = sorted(set(options) - set(known))
     if unknown:

@@ -26,18 +26,25 @@ back, checking integrity) is optional: :meth:`Engine.maintenance` returns a
 :class:`~persistqueue_liteq.exceptions.Unsupported`.
 """
 
+from __future__ import annotations
+
 import abc
 import dataclasses
 import threading
 import time
-from typing import Optional
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Literal, Mapping,
+                    Optional, Protocol, Sequence, Tuple, Type, Union, overload)
 
 from . import _fork, metrics_hooks
 from ._policy import seconds_until
 from .exceptions import Unsupported
 
-__all__ = ["DEFAULT_PREFIX", "SAFETY_INTERVAL", "Engine", "EngineSpec", "Maintenance", "Message", "Metrics", "QueueStats",
-           "StorageSizes", "clock", "lease_waiting", "maintenance_of", "wait_drained"]
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+__all__ = ["DEFAULT_PREFIX", "SAFETY_INTERVAL", "Engine", "EngineSpec", "Maintenance", "Message",
+           "Metrics", "QueueStats", "StorageSizes", "clock", "lease_waiting", "maintenance_of",
+           "wait_drained"]
 
 #: The table prefix of every backend unless one is given (names only; each
 #: backend checks and quotes it its own way).
@@ -47,11 +54,30 @@ DEFAULT_PREFIX = "liteq_"
 #: wake-up can be lost, so every waiter looks again at least this often.
 SAFETY_INTERVAL = 1.0
 
+#: The delivery orders of :meth:`Engine.lease`.
+Order = Literal["fifo", "lifo", "priority"]
+#: The waiters of :meth:`Engine.waiter` and :meth:`Engine.wake`: "put" (a
+#: message may have become ready), "done" (one was acknowledged or removed).
+WakeKind = Literal["put", "done"]
+#: What :meth:`Engine.count` counts.
+CountKind = Literal["live", "waiting", "ready", "dead"]
+#: The status of each item of :meth:`Engine.put_keyed`.
+KeyedStatus = Literal["new", "queued", "done"]
+#: ``seal(msg_id, data) -> bytes``: the payload stored for a message (see
+#: :meth:`Engine.put`).
+Sealer = Callable[[int, bytes], bytes]
+#: ``{queue: {name: count}}`` (names of :data:`METRIC_NAMES`).
+Counts = Dict[str, Dict[str, int]]
+#: An outcome of :meth:`Engine.complete_many`: ``(msg_id, lease, key, ok,
+#: data)``, or with ``dead_reason, error`` added.
+Outcome = Union[Tuple[int, Optional[int], str, bool, bytes],
+                Tuple[int, Optional[int], str, bool, bytes, str, Optional[str]]]
+
 _last_time = 0.0
 _clock_lock = threading.Lock()
 
 
-def clock():
+def clock() -> float:
     """``time.time()``, but never going backwards within this process.
 
     A message put with no delay must be visible to the next ``pop`` of the
@@ -86,25 +112,25 @@ class Metrics:
     A forked child starts from nothing: its parent flushes its own counts.
     """
 
-    def __init__(self, flush_interval=1.0, location=None):
+    def __init__(self, flush_interval: float = 1.0, location: Optional[str] = None) -> None:
         self.flush_interval = flush_interval
         #: The database, for the metrics hooks (see :mod:`.metrics_hooks`).
         self.location = location
         self._lock = threading.Lock()
         self._reset()
 
-    def _reset(self):
+    def _reset(self) -> None:
         self._generation = _fork.generation
-        self._done = {}  # queue -> [count per METRIC_NAMES], since opened
-        self._unflushed = {}  # (queue, name) -> count
+        self._done: Dict[str, List[int]] = {}  # queue -> [count per METRIC_NAMES], since opened
+        self._unflushed: Dict[Tuple[str, str], int] = {}  # (queue, name) -> count
         self._next_flush = time.monotonic() + self.flush_interval
 
-    def _forget_if_forked(self):
+    def _forget_if_forked(self) -> None:
         """In a forked child, the parent's counts are the parent's."""
         if self._generation != _fork.generation:
             self._reset()
 
-    def add(self, queue, name, n=1, lasting=False):
+    def add(self, queue: str, name: str, n: int = 1, lasting: bool = False) -> bool:
         """Count ``n`` of ``name`` for ``queue``, and hand it to the metrics
         hooks (:mod:`.metrics_hooks`); True when a flush is due."""
         with self._lock:
@@ -122,7 +148,7 @@ class Metrics:
             metrics_hooks.emit(self.location, queue, name, n)
         return due
 
-    def take(self):
+    def take(self) -> Dict[Tuple[str, str], int]:
         """The counts to add to the file: {(queue, name): n}, now cleared."""
         with self._lock:
             self._forget_if_forked()
@@ -130,17 +156,17 @@ class Metrics:
             self._next_flush = time.monotonic() + self.flush_interval
             return pending
 
-    def unflushed(self):
+    def unflushed(self) -> bool:
         """True if some counts are not in the file yet."""
         return bool(self._unflushed)
 
-    def give_back(self, pending):
+    def give_back(self, pending: Mapping[Tuple[str, str], int]) -> None:
         """A flush of ``take()``'s counts failed: keep them for the next one."""
         with self._lock:
             for key, n in pending.items():
                 self._unflushed[key] = self._unflushed.get(key, 0) + n
 
-    def snapshot(self):
+    def snapshot(self) -> Counts:
         """{queue: {name: count}} of everything counted since opened."""
         with self._lock:
             self._forget_if_forked()
@@ -194,14 +220,14 @@ class QueueStats:
     #: When the queue came to exist (created, or its first message put).
     created_at: Optional[float] = None
     #: What ``create_queue`` recorded for it ({} if nothing).
-    settings: Optional[dict] = dataclasses.field(default=None, hash=False)
+    settings: Optional[Dict[str, Any]] = dataclasses.field(default=None, hash=False)
     #: The codec fingerprint its queue objects recorded, or None.
     codec: Optional[str] = None
     #: The ``consumer_id`` of every holder of a lease of it now, sorted.
-    consumers: tuple = ()
+    consumers: Tuple[str, ...] = ()
 
     @property
-    def live(self):
+    def live(self) -> int:
         """Messages not yet acknowledged and not dead."""
         return self.ready + self.delayed + self.in_flight
 
@@ -216,37 +242,42 @@ class EngineSpec:
 
     __slots__ = ("scheme", "location", "options")
 
-    def __init__(self, scheme, location, options=None):
+    scheme: str
+    location: str
+    options: Dict[str, Any]
+
+    def __init__(self, scheme: str, location: str,
+                 options: Optional[Mapping[str, Any]] = None) -> None:
         self.scheme = scheme
         self.location = location
         self.options = dict(options or {})
 
-    def open(self):
+    def open(self) -> Engine:
         """A new engine on this database, with these options."""
         from .backends import backend_of
 
         return backend_of(self.scheme)(self.location, **self.options)
 
-    def with_options(self, options):
+    def with_options(self, options: Mapping[str, Any]) -> EngineSpec:
         """This spec with ``options`` added to (or replacing) its own."""
         from .backends import _check_options
 
         _check_options(self.scheme, options)
         return EngineSpec(self.scheme, self.location, dict(self.options, **options))
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Type[EngineSpec], Tuple[str, str, Dict[str, Any]]]:
         return EngineSpec, (self.scheme, self.location, self.options)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if not isinstance(other, EngineSpec):
             return NotImplemented
         return (self.scheme, self.location, self.options) == (
             other.scheme, other.location, other.options)
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash((self.scheme, self.location))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         from .backends import redact
 
         options = "".join(", %s=%r" % (name, redact(value) if name.endswith("_url") else value)
@@ -265,9 +296,34 @@ class StorageSizes:
     log: Optional[int]
 
     @property
-    def total(self):
+    def total(self) -> int:
         """Both together (a missing file counts 0)."""
         return (self.database or 0) + (self.log or 0)
+
+
+class Waiter(Protocol):
+    """What ``with engine.waiter(kind, queue) as waiter`` gives (see
+    :meth:`Engine.waiter`).  A backend's waiter may also offer ``fileno()``
+    and ``drain()`` (a descriptor for an event loop to watch) or
+    ``interval`` (how often an event loop should look again)."""
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until woken or ``timeout`` seconds pass; True if woken."""
+        ...
+
+
+class Transaction(Protocol):
+    """What ``with engine.transaction() as tx`` gives (see
+    :meth:`Engine.transaction`): :meth:`Engine.put` and
+    :meth:`Engine.put_many`, committed when the block ends."""
+
+    def put(self, queue: str, data: bytes, delay: float = 0.0, ttl: Optional[float] = None,
+            priority: Optional[bytes] = None, seal: Optional[Sealer] = None) -> int:
+        ...
+
+    def put_many(self, queue: str, payloads: Iterable[bytes], delay: float = 0.0,
+                 ttl: Optional[float] = None, seal: Optional[Sealer] = None) -> List[int]:
+        ...
 
 
 class Maintenance(abc.ABC):
@@ -280,7 +336,7 @@ class Maintenance(abc.ABC):
     CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
 
     @abc.abstractmethod
-    def checkpoint(self, mode="TRUNCATE"):
+    def checkpoint(self, mode: str = "TRUNCATE") -> Tuple[int, int, int]:
         """Copy the write-ahead log into the database (one of
         :data:`CHECKPOINT_MODES`; "TRUNCATE" also cuts the log back to
         nothing); return ``(busy, pages in the log, pages copied)``, busy
@@ -288,40 +344,40 @@ class Maintenance(abc.ABC):
         mode."""
 
     @abc.abstractmethod
-    def vacuum(self):
+    def vacuum(self) -> None:
         """Rebuild the database to give its free space back to the file
         system."""
 
     @abc.abstractmethod
-    def integrity_check(self):
+    def integrity_check(self) -> List[str]:
         """Check the whole database: ``["ok"]`` when it is sound, else one
         str per problem found."""
 
     @abc.abstractmethod
-    def sizes(self):
+    def sizes(self) -> StorageSizes:
         """A :class:`StorageSizes` of now.  Reads no data, so it may be
         called once the engine is closed too (to see what closing left)."""
 
     @property
     @abc.abstractmethod
-    def sizes_at_open(self):
+    def sizes_at_open(self) -> StorageSizes:
         """A :class:`StorageSizes` of the moment before the engine opened
         the database (opening one, even read-only, may create an empty
         write-ahead log)."""
 
     @property
     @abc.abstractmethod
-    def auto_vacuum_free_pages(self):
+    def auto_vacuum_free_pages(self) -> Optional[int]:
         """The database's threshold of free pages for an automatic vacuum,
         or None (never)."""
 
     @abc.abstractmethod
-    def set_auto_vacuum(self, free_pages):
+    def set_auto_vacuum(self, free_pages: Optional[int]) -> None:
         """Store in the database that an engine finding more than
         ``free_pages`` free pages vacuums it; None turns it off."""
 
 
-def maintenance_of(engine, operation):
+def maintenance_of(engine: Engine, operation: str) -> Maintenance:
     """``engine.maintenance()``, or
     :class:`~persistqueue_liteq.exceptions.Unsupported` naming the backend
     and ``operation`` (what the caller was about to do) if it has none."""
@@ -338,7 +394,8 @@ class Engine(abc.ABC):
 
     Every method is atomic: it happens entirely or not at all, whatever
     crashes.  Methods that take a ``lease`` token change nothing (and return
-    False) when the lease is no longer the message's current one.
+    False) when the lease is no longer the message's current one (a lease
+    of None, an unleased message's ``Message.lease``, holds none).
     """
 
     #: Where the data lives, for messages (a path or a URL, without its
@@ -349,7 +406,7 @@ class Engine(abc.ABC):
 
     # -- time -----------------------------------------------------------------
 
-    def now(self):
+    def now(self) -> float:
         """The engine's clock: what every stored time is compared with.
 
         Agreed on by every process that uses the database; seconds, reading
@@ -359,14 +416,21 @@ class Engine(abc.ABC):
         """
         return clock()
 
-    def wall_time(self, t):
+    @overload
+    def wall_time(self, t: float) -> float: ...
+    @overload
+    def wall_time(self, t: None) -> None: ...
+    @overload
+    def wall_time(self, t: Optional[float]) -> Optional[float]: ...
+
+    def wall_time(self, t: Optional[float]) -> Optional[float]:
         """A time of the engine's clock as wall-clock seconds since the
         epoch, for showing to people (None stays None)."""
         return t
 
     # -- upkeep ---------------------------------------------------------------
 
-    def maintenance(self):
+    def maintenance(self) -> Optional[Maintenance]:
         """This engine's :class:`Maintenance`, or None (this default) when
         its backend offers none; front ends ask :func:`maintenance_of`, which
         raises :class:`~persistqueue_liteq.exceptions.Unsupported` then."""
@@ -375,7 +439,9 @@ class Engine(abc.ABC):
     # -- producing ----------------------------------------------------------
 
     @abc.abstractmethod
-    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None, key=None):
+    def put(self, queue: str, data: bytes, delay: float = 0.0, ttl: Optional[float] = None,
+            priority: Optional[bytes] = None, seal: Optional[Sealer] = None,
+            key: Optional[str] = None) -> int:
         """Store one message; return its id.
 
         ``key``: the caller's id of the message (a str).  If ``queue``
@@ -395,14 +461,26 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
-    def put_many(self, queue, payloads, delay=0.0, ttl=None, seal=None):
+    def put_many(self, queue: str, payloads: Iterable[bytes], delay: float = 0.0,
+                 ttl: Optional[float] = None, seal: Optional[Sealer] = None) -> List[int]:
         """Store every payload of an iterable in one transaction; return the
         ids in order.  If the iterable (or ``seal``) raises, nothing is
         stored."""
 
+    @overload
+    def put_on(self, conn: object, queue: str, data: bytes, delay: float = ...,
+               ttl: Optional[float] = ..., seal: Optional[Sealer] = ..., codec: None = ...,
+               priority: Optional[bytes] = ...) -> int: ...
+    @overload
+    def put_on(self, conn: object, queue: str, data: bytes, delay: float = ...,
+               ttl: Optional[float] = ..., seal: Optional[Sealer] = ..., *, codec: str,
+               priority: Optional[bytes] = ...) -> Tuple[Optional[int], str]: ...
+
     @abc.abstractmethod
-    def put_on(self, conn, queue, data, delay=0.0, ttl=None, seal=None, codec=None,
-               priority=None):
+    def put_on(self, conn: object, queue: str, data: bytes, delay: float = 0.0,
+               ttl: Optional[float] = None, seal: Optional[Sealer] = None,
+               codec: Optional[str] = None, priority: Optional[bytes] = None
+               ) -> Union[int, Tuple[Optional[int], str]]:
         """Store one message through the application's own connection
         ``conn`` (to this database), inside the application's transaction:
         it is committed or rolled back with the application's writes (the
@@ -414,10 +492,10 @@ class Engine(abc.ABC):
         not counted in :meth:`metrics`.  ``codec``: a codec fingerprint to
         claim for ``queue`` in the same transaction (see
         :meth:`claim_codec`); the one that holds is returned as
-        ``(id, codec)`` then."""
+        ``(id, codec)`` then (id None: nothing stored, another codec holds)."""
 
     @abc.abstractmethod
-    def transaction(self):
+    def transaction(self) -> AbstractContextManager[Transaction]:
         """A context manager yielding an object with ``put`` and ``put_many``
         (as above) whose messages, to any queues, are committed together when
         the block ends, or not at all if it raises."""
@@ -425,23 +503,24 @@ class Engine(abc.ABC):
     # -- what a queue was written with -----------------------------------------
 
     @abc.abstractmethod
-    def codec_of(self, queue):
+    def codec_of(self, queue: str) -> Optional[str]:
         """The codec fingerprint recorded for ``queue`` (a str), or None."""
 
     @abc.abstractmethod
-    def claim_codec(self, queue, fingerprint):
+    def claim_codec(self, queue: str, fingerprint: str) -> str:
         """Record ``fingerprint`` as the codec of ``queue``, unless another one
         is recorded and the queue holds messages (live or dead); return the
         one that holds, in one transaction (so concurrent first writers
         agree)."""
 
     @abc.abstractmethod
-    def replace_data(self, msg_id, old, new):
+    def replace_data(self, msg_id: int, old: bytes, new: bytes) -> bool:
         """Store ``new`` as the payload of a message whose payload is
         ``old`` (and nothing otherwise); True if it did."""
 
     @abc.abstractmethod
-    def put_keyed(self, queue, items):
+    def put_keyed(self, queue: str, items: Iterable[Tuple[str, bytes]]
+                  ) -> List[Tuple[KeyedStatus, Optional[int]]]:
         """Store keyed messages, each once: ``items`` is an iterable of
         (key, data).  In one transaction, for each key: if a result is stored
         under it, nothing is stored and its status is "done"; if a live
@@ -453,14 +532,16 @@ class Engine(abc.ABC):
     # -- results of keyed messages -------------------------------------------
 
     @abc.abstractmethod
-    def complete(self, msg_id, lease, key, ok, data, dead_reason=None):
+    def complete(self, msg_id: int, lease: Optional[int], key: str, ok: bool, data: bytes,
+                 dead_reason: Optional[str] = None) -> bool:
         """Store the outcome of a leased keyed message and settle it, in one
         transaction: deleted, or dead-lettered with ``dead_reason``.  The
         outcome is stored even if the lease was lost; returns whether it
         still held."""
 
     @abc.abstractmethod
-    def complete_many(self, queue, outcomes, lease=0, seconds=0.0):
+    def complete_many(self, queue: str, outcomes: Sequence[Outcome], lease: int = 0,
+                      seconds: float = 0.0) -> List[Message]:
         """:meth:`complete` for each ``(msg_id, lease, key, ok, data)`` of
         ``outcomes`` (messages of ``queue``; an outcome may add
         ``dead_reason, error``: the message is dead-lettered with that reason
@@ -471,23 +552,26 @@ class Engine(abc.ABC):
         TTL or attempt limit is applied."""
 
     @abc.abstractmethod
-    def result(self, queue, key):
+    def result(self, queue: str, key: str) -> Optional[Tuple[bool, bytes]]:
         """(ok, data) stored under ``key``, or None."""
 
     @abc.abstractmethod
-    def results_since(self, queue, seq, limit=1000):
+    def results_since(self, queue: str, seq: int, limit: int = 1000
+                      ) -> List[Tuple[int, str, bool, bytes]]:
         """Outcomes stored after ``seq``: [(seq, key, ok, data)], in order."""
 
     @abc.abstractmethod
-    def last_result_seq(self):
+    def last_result_seq(self) -> int:
         """The ``seq`` of the newest outcome of any queue (0 if none)."""
 
     @abc.abstractmethod
-    def forget_results(self, queue, key=None):
-        """Delete the stored outcome under ``key`` (or all of ``queue``'s)."""
+    def forget_results(self, queue: str, key: Optional[str] = None) -> int:
+        """Delete the stored outcome under ``key`` (or all of ``queue``'s);
+        return how many."""
 
     @abc.abstractmethod
-    def forget_results_matching(self, queue, pattern, up_to_seq=None, failed_only=False):
+    def forget_results_matching(self, queue: str, pattern: str, up_to_seq: Optional[int] = None,
+                                failed_only: bool = False) -> int:
         """Delete the outcomes of ``queue`` whose keys match the GLOB
         ``pattern``, stored up to ``up_to_seq`` (None: all), only the
         failures if ``failed_only``; return how many."""
@@ -495,7 +579,9 @@ class Engine(abc.ABC):
     # -- consuming ----------------------------------------------------------
 
     @abc.abstractmethod
-    def lease(self, queue, n, seconds, order="fifo", max_attempts=None, holder=None):
+    def lease(self, queue: str, n: int, seconds: float, order: Order = "fifo",
+              max_attempts: Optional[int] = None, holder: Optional[str] = None
+              ) -> List[Message]:
         """Lease up to ``n`` ready messages for ``seconds``; return them.
 
         ``holder``: the consumer_id recorded with the lease (shown by
@@ -508,60 +594,63 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
-    def lease_id(self, queue, msg_id, seconds):
+    def lease_id(self, queue: str, msg_id: int, seconds: float) -> Optional[Message]:
         """Lease the message ``msg_id`` of ``queue`` for ``seconds`` if it is
         ready (not delayed, in flight, dead or past its TTL); return it, or
         None.  Counted as a delivery, as :meth:`lease` is."""
 
     @abc.abstractmethod
-    def next_visible_at(self, queue):
+    def next_visible_at(self, queue: str) -> Optional[float]:
         """When the earliest delayed or leased message of ``queue`` becomes
         ready, or None if there is none."""
 
     @abc.abstractmethod
-    def ack(self, msg_id, lease, queue=None):
+    def ack(self, msg_id: int, lease: Optional[int], queue: Optional[str] = None) -> bool:
         """Delete a leased message: its processing is done.  ``queue``, if
         the caller knows it, is the message's queue (saves looking it up;
         a message of another queue is not deleted)."""
 
     @abc.abstractmethod
-    def delete(self, msg_id):
+    def delete(self, msg_id: int) -> bool:
         """Delete a message whatever its state; True if it existed."""
 
     @abc.abstractmethod
-    def delete_unleased(self, msg_id):
+    def delete_unleased(self, msg_id: int) -> bool:
         """Delete a message unless somebody holds it (cancel a task that has
         not started); True if it was deleted."""
 
     @abc.abstractmethod
-    def set_visibility(self, msg_id, lease, seconds):
+    def set_visibility(self, msg_id: int, lease: Optional[int], seconds: float) -> bool:
         """Make the lease run out ``seconds`` from now (longer or shorter)."""
 
     @abc.abstractmethod
-    def release(self, msg_id, lease, delay=0.0, error=None, attempted=True):
+    def release(self, msg_id: int, lease: Optional[int], delay: float = 0.0,
+                error: Optional[str] = None, attempted: bool = True) -> bool:
         """End the lease: ready again after ``delay`` seconds; ``error`` (if
         given) is recorded as the message's last error.  ``attempted=False``
         for a message its holder never started on: its delivery is not
         counted as an attempt."""
 
     @abc.abstractmethod
-    def dead_letter(self, msg_id, lease, reason, error=None):
+    def dead_letter(self, msg_id: int, lease: Optional[int], reason: str,
+                    error: Optional[str] = None) -> bool:
         """Move a leased message to the dead-letter queue with ``reason``."""
 
     @abc.abstractmethod
-    def dead_letter_ids(self, ids, reason, queue=None):
+    def dead_letter_ids(self, ids: Iterable[int], reason: str,
+                        queue: Optional[str] = None) -> int:
         """Move the live messages with these ids (of ``queue`` only, if
         given), leased or not, to the dead-letter queue with ``reason``, in
         one transaction; return how many moved."""
 
     @abc.abstractmethod
-    def ack_many(self, items):
+    def ack_many(self, items: Iterable[Tuple[int, Optional[int]]]) -> int:
         """Delete many messages in one transaction: ``items`` are
         ``(msg_id, lease)``, a lease of None deleting the message whatever
         its state (as :meth:`delete`).  Returns how many were deleted."""
 
     @abc.abstractmethod
-    def recover_leases(self, queue=None):
+    def recover_leases(self, queue: Optional[str] = None) -> int:
         """End every lease of ``queue`` (None: of every queue) that has run
         out, now; return how many.  Such a message is ready already; this
         makes its late holder's ack, release or renewal fail."""
@@ -569,26 +658,26 @@ class Engine(abc.ABC):
     # -- inspecting -----------------------------------------------------------
 
     @abc.abstractmethod
-    def peek(self, queue):
+    def peek(self, queue: str) -> Optional[Message]:
         """The message ``lease(queue, 1)`` would deliver next, without
         leasing it, or None."""
 
     @abc.abstractmethod
-    def peek_many(self, queue, n):
+    def peek_many(self, queue: str, n: int) -> List[Message]:
         """The next ``n`` messages in delivery order, without leasing them."""
 
     @abc.abstractmethod
-    def messages(self, queue, after_id=0, limit=1000):
+    def messages(self, queue: str, after_id: int = 0, limit: int = 1000) -> List[Message]:
         """Live messages (ready, delayed, in flight) with an id above
         ``after_id``, in id order, at most ``limit``, none leased: for paging
         through a queue."""
 
     @abc.abstractmethod
-    def get(self, msg_id):
+    def get(self, msg_id: int) -> Optional[Message]:
         """The message with this id in whatever state, or None."""
 
     @abc.abstractmethod
-    def count(self, queue, what="live"):
+    def count(self, queue: str, what: CountKind = "live") -> int:
         """How many messages: "live" (not dead: ready, delayed or in flight),
         "waiting" (live and not leased), "ready" or "dead".  Expired
         messages (past their TTL and not held by a lease) are counted in
@@ -596,72 +685,72 @@ class Engine(abc.ABC):
         :meth:`messages`."""
 
     @abc.abstractmethod
-    def has_live(self, queue):
+    def has_live(self, queue: str) -> bool:
         """Whether ``queue`` has a live message (cheaper than counting)."""
 
     @abc.abstractmethod
-    def next_expiry(self, queue):
+    def next_expiry(self, queue: str) -> Optional[float]:
         """When the first live message of ``queue`` that has not expired
         yet will expire, or None (for waiting until a queue drains)."""
 
     @abc.abstractmethod
-    def expire(self, queue=None):
+    def expire(self, queue: Optional[str] = None) -> int:
         """Delete the expired messages of ``queue`` (None: of every queue)
         now, counting them as "expired"; return how many."""
 
     @abc.abstractmethod
-    def has_ready(self, queue):
+    def has_ready(self, queue: str) -> bool:
         """Whether ``queue`` has a message that ``lease`` would deliver now
         (ready and not expired): Liteq's ``not empty()``."""
 
     @abc.abstractmethod
-    def queues(self):
+    def queues(self) -> List[QueueStats]:
         """A :class:`QueueStats` for every queue that exists: created by
         :meth:`create_queue` or by its first message, until
         :meth:`delete_queue`, with or without messages."""
 
     @abc.abstractmethod
-    def create_queue(self, queue, settings=None):
+    def create_queue(self, queue: str, settings: Optional[Mapping[str, Any]] = None) -> bool:
         """Make ``queue`` exist while empty; ``settings`` (a JSON-able dict,
         if given) is recorded with it, replacing what was.  True if it did not
         exist."""
 
     @abc.abstractmethod
-    def counters(self):
+    def counters(self) -> Counts:
         """{queue: {name: value}} of the lasting counters of every process
         (the names of :data:`METRIC_NAMES`), as flushed so far."""
 
     @abc.abstractmethod
-    def metrics(self):
+    def metrics(self) -> Counts:
         """{queue: {name: count}} of what this engine did in this process
         since it was opened (see :class:`Metrics`)."""
 
     @abc.abstractmethod
-    def activity(self, seconds=60.0):
+    def activity(self, seconds: float = 60.0) -> Tuple[float, Counts]:
         """``(window, {queue: {name: count}})``: the counts flushed by every
         process over the last ``window`` seconds (``seconds`` or a little
         more: counts are kept in 10-second buckets).  Divide to get rates."""
 
     @abc.abstractmethod
-    def flush_metrics(self):
+    def flush_metrics(self) -> None:
         """Add this process's unflushed counts to the lasting counters now
         (also done while working, when idle, and at close)."""
 
     @abc.abstractmethod
-    def dead_letters(self, queue, limit=None):
+    def dead_letters(self, queue: str, limit: Optional[int] = None) -> List[Message]:
         """The dead letters of ``queue``, oldest first, with reasons."""
 
     # -- moving messages between databases ---------------------------------------
 
     @abc.abstractmethod
-    def snapshot(self, queue, after_id=0, limit=1000):
+    def snapshot(self, queue: str, after_id: int = 0, limit: int = 1000) -> List[Message]:
         """Every message of ``queue`` with an id above ``after_id``, live and
         dead, in id order, at most ``limit``, each with its state: ``lease``
         is the token of an in-flight message (None otherwise), ``visible_at``
         None for a dead letter.  What an export writes."""
 
     @abc.abstractmethod
-    def restore(self, queue, messages):
+    def restore(self, queue: str, messages: Iterable[Message]) -> List[int]:
         """Store :class:`Message` objects taken from another database (or a
         snapshot of this one) into ``queue``, with their state, in one
         transaction; return their new ids in order.
@@ -677,22 +766,22 @@ class Engine(abc.ABC):
     # -- operating ------------------------------------------------------------
 
     @abc.abstractmethod
-    def redrive(self, queue, ids=None):
+    def redrive(self, queue: str, ids: Optional[Iterable[int]] = None) -> int:
         """Make dead letters (all, or those ids) ready again, with their
         original ids and attempts reset; return how many."""
 
     @abc.abstractmethod
-    def purge(self, queue, dead=False):
+    def purge(self, queue: str, dead: bool = False) -> int:
         """Delete the live messages (or, with ``dead``, the dead letters) of
         ``queue``; return how many."""
 
     @abc.abstractmethod
-    def delete_queue(self, queue):
+    def delete_queue(self, queue: str) -> int:
         """Delete ``queue``: every message of it, dead ones included, and its
         entry in :meth:`queues`; return how many messages."""
 
     @abc.abstractmethod
-    def waiter(self, kind, queue):
+    def waiter(self, kind: WakeKind, queue: str) -> AbstractContextManager[Waiter]:
         """A context manager whose ``wait(timeout)`` returns when ``queue``
         may have changed ("put": a message may have become ready; "done": a
         message was acknowledged or removed) or after ``timeout`` seconds.
@@ -701,17 +790,18 @@ class Engine(abc.ABC):
         happens after that look can be missed."""
 
     @abc.abstractmethod
-    def wake(self, kind, queue):
+    def wake(self, kind: WakeKind, queue: str) -> None:
         """Wake every waiter of (kind, queue), in every process, so that it
         looks again: for a change the file does not show (a shutdown)."""
 
     @abc.abstractmethod
-    def close(self):
+    def close(self) -> None:
         """Release this process's connections; the data stays."""
 
 
-def lease_waiting(engine, queue, n, seconds, order, max_attempts, timeout, *, poll=None,
-                  holder=None):
+def lease_waiting(engine: Engine, queue: str, n: int, seconds: float, order: Order,
+                  max_attempts: Optional[int], timeout: Optional[float], *,
+                  poll: Optional[float] = None, holder: Optional[str] = None) -> List[Message]:
     """``engine.lease`` that waits up to ``timeout`` seconds (None: forever)
     for something to lease.  Returns [] if nothing came in time.
 
@@ -737,7 +827,7 @@ def lease_waiting(engine, queue, n, seconds, order, max_attempts, timeout, *, po
             waiter.wait(remaining)
 
 
-def wait_drained(engine, queue, timeout):
+def wait_drained(engine: Engine, queue: str, timeout: Optional[float]) -> bool:
     """Wait until ``queue`` has no live message (none ready, delayed or in
     flight); True if it did within ``timeout`` seconds (None: forever)."""
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -751,5 +841,5 @@ def wait_drained(engine, queue, timeout):
     return True
 
 
-def _remaining(deadline):
+def _remaining(deadline: Optional[float]) -> float:
     return float("inf") if deadline is None else deadline - time.monotonic()

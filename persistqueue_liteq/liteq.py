@@ -31,11 +31,14 @@ queues that exist while empty (:meth:`LiteQueue.create_queue`), and
     True
 """
 
+from __future__ import annotations
+
 import contextlib
 import itertools
 import json
 import logging
 import time
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from . import _checks
 from ._policy import describe_exception, last_line, out_of_retries
@@ -43,6 +46,19 @@ from .engine import lease_waiting, maintenance_of, wait_drained
 from .exceptions import DatabaseBusy
 from .backends import front_end_engine
 from .engine import DEFAULT_PREFIX
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+    from typing import Self, TypeVar, Union
+
+    from .backends import Location
+    from .engine import Counts, Engine, Message, QueueStats, Transaction
+
+    _T = TypeVar("_T")
+    #: A message's data: bytes, or a bytearray or memoryview (stored as bytes).
+    Payload = Union[bytes, bytearray, memoryview]
+    #: A message id: the int, its ``str()`` (Liteq's ids are str), or the Message.
+    MessageId = Union[int, str, Message]
 
 __all__ = ["LiteQueue", "QueueHandle", "DeadLetterQueue"]
 
@@ -76,15 +92,15 @@ class LiteQueue:
 
     def __init__(
         self,
-        filename=None,
-        max_retries=5,
-        timeout_seconds=5,
+        filename: Location = None,
+        max_retries: int = 5,
+        timeout_seconds: float = 5,
         *,
-        synchronous="NORMAL",
-        table_prefix=DEFAULT_PREFIX,
-        journal_mode=None,
-        consumer_id=None,
-    ):
+        synchronous: str = "NORMAL",
+        table_prefix: str = DEFAULT_PREFIX,
+        journal_mode: Optional[str] = None,
+        consumer_id: Optional[str] = None,
+    ) -> None:
         self.consumer_id = _consumer_id(consumer_id)
         self.max_retries = _checks.count(max_retries, "max_retries")
         self.timeout_seconds = _checks.seconds(timeout_seconds, "timeout_seconds")
@@ -95,17 +111,18 @@ class LiteQueue:
         self.filename = self._engine.location
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         """The storage engine underneath (for the queue family and the pools)."""
         return self._engine
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<%s %r>" % (type(self).__name__, self.filename)
 
     # -- producing ------------------------------------------------------------
 
-    def put(self, data, qname="default", visible_after_seconds=0, retries_on_conflict=0,
-            pause_on_conflict=0.05, *, ttl_seconds=None, message_id=None):
+    def put(self, data: Payload, qname: str = "default", visible_after_seconds: float = 0,
+            retries_on_conflict: int = 0, pause_on_conflict: float = 0.05, *,
+            ttl_seconds: Optional[float] = None, message_id: Optional[str] = None) -> int:
         """Store one message; return its id.
 
         ``visible_after_seconds`` delays its first delivery; after
@@ -137,8 +154,10 @@ class LiteQueue:
         return self._on_conflict(lambda: self._engine.put(qname, data, delay, ttl, key=key),
                                  retries, pause)
 
-    def put_batch(self, messages, qname="default", visible_after_seconds=0,
-                  retries_on_conflict=0, pause_on_conflict=0.05, *, ttl_seconds=None):
+    def put_batch(self, messages: Iterable[Payload], qname: str = "default",
+                  visible_after_seconds: float = 0, retries_on_conflict: int = 0,
+                  pause_on_conflict: float = 0.05, *,
+                  ttl_seconds: Optional[float] = None) -> List[int]:
         """Store many messages atomically (all or none); return their ids in
         order.  ``messages`` may be any iterable of bytes, of any length
         (Liteq takes 50 at most).  The conflict keywords are :meth:`put`'s; a
@@ -150,14 +169,18 @@ class LiteQueue:
         if isinstance(messages, (bytes, bytearray, str)):
             raise TypeError("put_batch takes an iterable of messages, not a single %s"
                             % type(messages).__name__)
+        payloads: Iterable[bytes]
         if retries:
-            messages = [_checks.payload(m) for m in messages]  # to be read again
+            payloads = [_checks.payload(m) for m in messages]  # to be read again
         else:
-            messages = map(_checks.payload, messages)
-        return self._on_conflict(lambda: self._engine.put_many(qname, messages, delay, ttl),
+            payloads = map(_checks.payload, messages)
+        return self._on_conflict(lambda: self._engine.put_many(qname, payloads, delay, ttl),
                                  retries, pause)
 
-    def _on_conflict(self, work, retries, pause):
+    # (Ignored "missing return": the loop over itertools.count() ends only by
+    # return or raise.)
+    def _on_conflict(self, work: Callable[[], _T], retries: int,  # type: ignore[return]
+                     pause: float) -> _T:
         """``work()``, tried again ``retries`` times while the file is busy.
         DatabaseBusy means that nothing was written, so a retry stores once."""
         for attempt in itertools.count(1):
@@ -170,8 +193,8 @@ class LiteQueue:
                                exc, attempt, retries, pause)
                 time.sleep(pause)
 
-    def put_in(self, conn, data, qname="default", visible_after_seconds=0, *,
-               ttl_seconds=None):
+    def put_in(self, conn: object, data: Payload, qname: str = "default",
+               visible_after_seconds: float = 0, *, ttl_seconds: Optional[float] = None) -> int:
         """Store one message in the application's own transaction: through
         ``conn``, the application's sqlite3 connection to this file, so that
         it is committed or rolled back with the application's writes (the
@@ -196,7 +219,7 @@ class LiteQueue:
         return self._engine.put_on(conn, qname, data, delay, ttl)
 
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self) -> Iterator[_CheckedTransaction]:
         """Puts to one or more queues committed together, or not at all::
 
             with q.transaction() as tx:
@@ -208,8 +231,9 @@ class LiteQueue:
 
     # -- consuming ------------------------------------------------------------
 
-    def pop(self, qname="default", invisible_seconds=60, wait_seconds=0,
-            pause_on_empty_fetch=None, *, consumer_id=None):
+    def pop(self, qname: str = "default", invisible_seconds: float = 60,
+            wait_seconds: float = 0, pause_on_empty_fetch: Optional[float] = None, *,
+            consumer_id: Optional[str] = None) -> Optional[Message]:
         """Lease the oldest ready message for ``invisible_seconds``.
 
         Returns None if none is ready within ``wait_seconds`` (0: don't wait).
@@ -229,8 +253,10 @@ class LiteQueue:
                                   consumer_id=consumer_id)
         return messages[0] if messages else None
 
-    def pop_batch(self, qname="default", max_messages=10, invisible_seconds=60, wait_seconds=0,
-                  *, pause_on_empty_fetch=None, consumer_id=None):
+    def pop_batch(self, qname: str = "default", max_messages: int = 10,
+                  invisible_seconds: float = 60, wait_seconds: float = 0, *,
+                  pause_on_empty_fetch: Optional[float] = None,
+                  consumer_id: Optional[str] = None) -> List[Message]:
         """Lease up to ``max_messages`` ready messages in one transaction,
         oldest first; [] if none is ready within ``wait_seconds``.
         ``consumer_id`` (default: the queue object's) is recorded with the
@@ -246,8 +272,9 @@ class LiteQueue:
                              poll=poll, holder=holder)
 
     @contextlib.contextmanager
-    def consume(self, qname="default", invisible_on_receive=60, wait_seconds=20, *,
-                consumer_id=None):
+    def consume(self, qname: str = "default", invisible_on_receive: float = 60,
+                wait_seconds: float = 20, *,
+                consumer_id: Optional[str] = None) -> Iterator[Optional[Message]]:
         """Lease a message for the ``with`` block; yields None if none came.
 
         On success the message is acknowledged.  If the block raises, the
@@ -269,7 +296,8 @@ class LiteQueue:
             raise
         self._engine.ack(msg.id, msg.lease, getattr(msg, "queue_name", None))
 
-    def process_failed(self, msg, reason, *, delay_seconds=0, send_to_dlq=False):
+    def process_failed(self, msg: Message, reason: object, *, delay_seconds: float = 0,
+                       send_to_dlq: bool = False) -> bool:
         """Record that processing ``msg`` failed with ``reason``.
 
         The message becomes ready again after ``delay_seconds``, or, if it has
@@ -290,18 +318,18 @@ class LiteQueue:
             return self._engine.dead_letter(msg.id, msg.lease, summary, error=reason)
         return self._engine.release(msg.id, msg.lease, delay, error=reason)
 
-    def ack(self, msg):
+    def ack(self, msg: Message) -> bool:
         """Acknowledge a leased message (delete it); False if the lease no
         longer holds."""
         self._check_leased(msg, "ack")
         return self._engine.ack(msg.id, msg.lease, getattr(msg, "queue_name", None))
 
-    def delete(self, msg_id):
+    def delete(self, msg_id: MessageId) -> bool:
         """Delete a message by id (or Message), whatever its state; False if
         there was none.  Liteq's acknowledgement."""
         return self._engine.delete(_message_id(msg_id))
 
-    def ack_batch(self, msgs):
+    def ack_batch(self, msgs: Iterable[Message]) -> int:
         """Acknowledge many leased messages in one transaction; return how
         many still held their lease (those were deleted)."""
         msgs = list(msgs)
@@ -309,13 +337,14 @@ class LiteQueue:
             self._check_leased(msg, "ack_batch")
         return self._engine.ack_many([(msg.id, msg.lease) for msg in msgs])
 
-    def delete_batch(self, msg_ids):
+    def delete_batch(self, msg_ids: Iterable[MessageId]) -> int:
         """Delete many messages by id (ints, their str(), or Messages),
         whatever their state, in one transaction; return how many there
         were.  LeanMQ's ``acknowledge_messages(ids)``."""
         return self._engine.ack_many([(i, None) for i in _message_ids(msg_ids)])
 
-    def move_to_dlq(self, msg_ids, reason, qname=None):
+    def move_to_dlq(self, msg_ids: Union[MessageId, Iterable[MessageId]], reason: str,
+                    qname: Optional[str] = None) -> int:
         """Dead-letter live messages now, leased or not, with ``reason``:
         one id (an int, its str(), or a Message) or an iterable of them, of
         ``qname`` only if given.  Returns how many moved (a message that is
@@ -326,7 +355,7 @@ class LiteQueue:
             raise TypeError("reason must be a str, not %r" % (reason,))
         return self._engine.dead_letter_ids(_message_ids(msg_ids), reason, qname)
 
-    def recover_leases(self, qname=None):
+    def recover_leases(self, qname: Optional[str] = None) -> int:
         """End every lease that has run out, of ``qname`` (None: of every
         queue), now; return how many (sqqueue's
         ``recover_processing_messages``).  Their messages are ready
@@ -338,7 +367,7 @@ class LiteQueue:
 
     recover_processing_messages = recover_leases
 
-    def change_visibility(self, msg, seconds):
+    def change_visibility(self, msg: Message, seconds: float) -> bool:
         """Make ``msg``'s lease run out ``seconds`` from now: a heartbeat for
         long work, or 0 to hand it back at once.  False if no longer held."""
         self._check_leased(msg, "change_visibility")
@@ -348,7 +377,7 @@ class LiteQueue:
             return True
         return False
 
-    def release(self, msg, delay_seconds=0):
+    def release(self, msg: Message, delay_seconds: float = 0) -> bool:
         """End ``msg``'s lease now; it is ready again after ``delay_seconds``.
         The delivery still counts as an attempt."""
         self._check_leased(msg, "release")
@@ -356,7 +385,7 @@ class LiteQueue:
         return self._engine.release(msg.id, msg.lease, delay)
 
     @staticmethod
-    def _check_leased(msg, method):
+    def _check_leased(msg: object, method: str) -> None:
         if getattr(msg, "lease", None) is None:
             raise ValueError(
                 "%s() needs a message delivered by pop() or consume(), got %r "
@@ -365,20 +394,20 @@ class LiteQueue:
 
     # -- inspecting -------------------------------------------------------------
 
-    def peek(self, qname="default"):
+    def peek(self, qname: str = "default") -> Optional[Message]:
         """The message ``pop`` would deliver next, without leasing it."""
         return self._engine.peek(_checks.queue_name(qname))
 
-    def get(self, msg_id):
+    def get(self, msg_id: MessageId) -> Optional[Message]:
         """The message with this id, in whatever state, or None."""
         return self._engine.get(_message_id(msg_id))
 
-    def qsize(self, qname="default"):
+    def qsize(self, qname: str = "default") -> int:
         """Messages not yet acknowledged, not dead and not expired: ready,
         delayed and in flight (as Liteq counts them)."""
         return self._engine.count(_checks.queue_name(qname), "live")
 
-    def empty(self, qname="default"):
+    def empty(self, qname: str = "default") -> bool:
         """True if no message of ``qname`` is visible (ready to pop) now, as
         Liteq documents it: a queue holding only delayed or in-flight
         messages is empty, though its :meth:`qsize` is not 0 (the queue
@@ -386,7 +415,7 @@ class LiteQueue:
         until every message is done, use :meth:`join`."""
         return not self._engine.has_ready(_checks.queue_name(qname))
 
-    def join(self, qname="default", timeout=None):
+    def join(self, qname: str = "default", timeout: Optional[float] = None) -> bool:
         """Wait until every message of ``qname`` is acknowledged or dead.
 
         Returns True, or False if ``timeout`` seconds passed first.
@@ -395,7 +424,7 @@ class LiteQueue:
         timeout = _checks.seconds(timeout, "timeout", allow_none=True)
         return wait_drained(self._engine, qname, timeout)
 
-    def expire_now(self, qname=None):
+    def expire_now(self, qname: Optional[str] = None) -> int:
         """Delete the expired messages of ``qname`` (None: of every queue)
         now rather than when a pop meets them; return how many.  They are
         counted as "expired" in :meth:`metrics` and :meth:`counters`.  An
@@ -408,13 +437,13 @@ class LiteQueue:
     #: LeanMQ's name (for every queue, or one).
     process_expired_messages = expire_now
 
-    def queues(self):
+    def queues(self) -> List[QueueStats]:
         """A QueueStats for every queue that exists, emptied ones included:
         ready, delayed, in flight, dead, when it was created, its settings,
         its codec and the consumers that hold leases now."""
         return self._engine.queues()
 
-    def stats(self, qname="default"):
+    def stats(self, qname: str = "default") -> Optional[QueueStats]:
         """The QueueStats of ``qname``, or None if it does not exist."""
         qname = _checks.queue_name(qname)
         for stats in self._engine.queues():
@@ -424,7 +453,7 @@ class LiteQueue:
 
     # -- queues as things -------------------------------------------------------
 
-    def create_queue(self, qname, settings=None):
+    def create_queue(self, qname: str, settings: Optional[Dict[str, Any]] = None) -> bool:
         """Make ``qname`` exist, listed by :meth:`queues` while empty, until
         :meth:`delete_queue`.  ``settings``, a dict of JSON values, is
         recorded with it (replacing any) and shown as
@@ -441,7 +470,7 @@ class LiteQueue:
                                 % (qname, exc)) from None
         return self._engine.create_queue(qname, settings)
 
-    def queue(self, qname="default", create=True):
+    def queue(self, qname: str = "default", create: bool = True) -> QueueHandle:
         """A :class:`QueueHandle` bound to ``qname`` and its dead letters;
         with ``create``, the queue is made to exist now.  LeanMQ's
         ``get_queue`` is ``queue(name, create=False)`` where it exists."""
@@ -450,27 +479,27 @@ class LiteQueue:
             self._engine.create_queue(qname)
         return QueueHandle(self, qname)
 
-    def create_queue_pair(self, qname):
+    def create_queue_pair(self, qname: str) -> Tuple[QueueHandle, DeadLetterQueue]:
         """LeanMQ's: the queue's handle and its dead-letter queue's."""
         handle = self.queue(qname)
         return handle, handle.dead_letter_queue
 
-    def get_queue(self, qname):
+    def get_queue(self, qname: str) -> Optional[QueueHandle]:
         """LeanMQ's: the handle of an existing queue, or None."""
         if self.stats(qname) is None:
             return None
         return QueueHandle(self, qname)
 
-    def get_dead_letter_queue(self, qname):
+    def get_dead_letter_queue(self, qname: str) -> Optional[DeadLetterQueue]:
         """LeanMQ's: the dead-letter queue of an existing queue, or None."""
         handle = self.get_queue(qname)
         return None if handle is None else handle.dead_letter_queue
 
-    def list_queues(self):
+    def list_queues(self) -> List[QueueStats]:
         """LeanMQ's: :meth:`queues`."""
         return self.queues()
 
-    def counters(self):
+    def counters(self) -> Counts:
         """The lasting totals of every process that used the file, per queue:
         {"jobs": {"puts": 9, "gets": 8, "acks": 7, "retries": 1,
         "dead_lettered": 0, "expired": 1}}.  A process adds its counts at
@@ -480,14 +509,15 @@ class LiteQueue:
         that was delivered before."""
         return self._engine.counters()
 
-    def metrics(self):
+    def metrics(self) -> Counts:
         """What this process did on the file since it opened this queue,
         per queue, with the names of :meth:`counters`."""
         return self._engine.metrics()
 
     # -- dead letters -------------------------------------------------------------
 
-    def dead_letters(self, qname="default", limit=None):
+    def dead_letters(self, qname: str = "default", limit: Optional[int] = None
+                     ) -> List[Message]:
         """The dead letters of ``qname``, oldest first, each with
         ``dead_reason``, ``dead_at``, ``attempts`` and ``last_error``."""
         qname = _checks.queue_name(qname)
@@ -495,24 +525,24 @@ class LiteQueue:
             limit = _checks.count(limit, "limit")
         return self._engine.dead_letters(qname, limit)
 
-    def redrive(self, qname="default", ids=None):
+    def redrive(self, qname: str = "default", ids: Optional[Iterable[MessageId]] = None
+                ) -> int:
         """Return dead letters (all, or those ids) to the queue with their
         original ids and a fresh count of attempts; return how many."""
         qname = _checks.queue_name(qname)
-        if ids is not None:
-            ids = [_message_id(i) for i in ids]
-        return self._engine.redrive(qname, ids)
+        wanted = None if ids is None else [_message_id(i) for i in ids]
+        return self._engine.redrive(qname, wanted)
 
     # -- operating ----------------------------------------------------------------
 
-    def clear(self, qname="default", dlq=False):
+    def clear(self, qname: str = "default", dlq: bool = False) -> int:
         """Delete the live messages of ``qname`` (or, with ``dlq``, its dead
         letters); return how many went."""
         return self._engine.purge(_checks.queue_name(qname), dead=bool(dlq))
 
     purge = clear
 
-    def delete_queue(self, qname):
+    def delete_queue(self, qname: str) -> int:
         """Delete the queue ``qname``: every message of it, dead letters
         included, its counters and its entry in :meth:`queues`; return how
         many messages went."""
@@ -521,40 +551,41 @@ class LiteQueue:
     # Upkeep, through the engine's optional maintenance interface: each
     # raises Unsupported on a backend without one.
 
-    def checkpoint(self, mode="TRUNCATE"):
+    def checkpoint(self, mode: str = "TRUNCATE") -> Tuple[int, int, int]:
         """Copy the write-ahead log into the database file and cut it back;
         return ``(busy, pages in the log, pages copied)`` (see
         :meth:`.engine.Maintenance.checkpoint`)."""
         return maintenance_of(self._engine, "checkpoint").checkpoint(mode)
 
-    def vacuum(self):
+    def vacuum(self) -> None:
         """Give the file's free pages back to the file system."""
         maintenance_of(self._engine, "vacuum").vacuum()
 
-    def integrity_check(self):
+    def integrity_check(self) -> List[str]:
         """``["ok"]`` when the file is sound, else its problems (one str each)."""
         return maintenance_of(self._engine, "integrity_check").integrity_check()
 
-    def close(self):
+    def close(self) -> None:
         """Close this process's connections (the data stays); an engine
         given to the constructor stays open (its owner closes it)."""
         if self._owns_engine:
             self._engine.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
 class _CheckedTransaction:
     """The object of ``with LiteQueue.transaction() as tx``."""
 
-    def __init__(self, tx):
+    def __init__(self, tx: Transaction) -> None:
         self._tx = tx
 
-    def put(self, data, qname="default", visible_after_seconds=0, *, ttl_seconds=None):
+    def put(self, data: Payload, qname: str = "default", visible_after_seconds: float = 0, *,
+            ttl_seconds: Optional[float] = None) -> int:
         return self._tx.put(
             _checks.queue_name(qname),
             _checks.payload(data),
@@ -562,7 +593,9 @@ class _CheckedTransaction:
             _checks.seconds(ttl_seconds, "ttl_seconds", allow_none=True),
         )
 
-    def put_batch(self, messages, qname="default", visible_after_seconds=0, *, ttl_seconds=None):
+    def put_batch(self, messages: Iterable[Payload], qname: str = "default",
+                  visible_after_seconds: float = 0, *,
+                  ttl_seconds: Optional[float] = None) -> List[int]:
         return self._tx.put_many(
             _checks.queue_name(qname),
             map(_checks.payload, messages),
@@ -571,7 +604,7 @@ class _CheckedTransaction:
         )
 
 
-def _consumer_id(value):
+def _consumer_id(value: object) -> Optional[str]:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
@@ -579,7 +612,7 @@ def _consumer_id(value):
     return value
 
 
-def _caller_id(value):
+def _caller_id(value: object) -> Optional[str]:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
@@ -588,14 +621,14 @@ def _caller_id(value):
     return value
 
 
-def _message_ids(values):
+def _message_ids(values: Union[MessageId, Iterable[MessageId]]) -> List[int]:
     """One id or an iterable of them, as a list of ints (all checked first)."""
     if isinstance(values, (int, str)) or hasattr(values, "id"):
-        values = [values]
+        values = [values]  # type: ignore[list-item]  # one id: an int, a str or a Message
     return [_checks.message_id(v) for v in values]
 
 
-def _conflict_policy(retries, pause):
+def _conflict_policy(retries: object, pause: object) -> Tuple[int, float]:
     return (_checks.count(retries, "retries_on_conflict"),
             _checks.seconds(pause, "pause_on_conflict"))
 
@@ -613,69 +646,77 @@ class QueueHandle:
         >>> emails.put(b"hello", message_id="welcome-42")  # doctest: +SKIP
     """
 
-    def __init__(self, liteq, name):
+    def __init__(self, liteq: LiteQueue, name: str) -> None:
         self.liteq = liteq
         self.name = name
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<QueueHandle %r of %r>" % (self.name, self.liteq.filename)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return (isinstance(other, QueueHandle) and other.name == self.name
                 and other.liteq is self.liteq)
 
     __hash__ = object.__hash__
 
     @property
-    def dead_letter_queue(self):
+    def dead_letter_queue(self) -> DeadLetterQueue:
         """The dead letters of this queue, as a queue-like object."""
         return DeadLetterQueue(self)
 
-    def put(self, data, visible_after_seconds=0, *, ttl_seconds=None, message_id=None):
+    def put(self, data: Payload, visible_after_seconds: float = 0, *,
+            ttl_seconds: Optional[float] = None, message_id: Optional[str] = None) -> int:
         return self.liteq.put(data, self.name, visible_after_seconds, ttl_seconds=ttl_seconds,
                               message_id=message_id)
 
-    def put_batch(self, messages, visible_after_seconds=0, *, ttl_seconds=None):
+    def put_batch(self, messages: Iterable[Payload], visible_after_seconds: float = 0, *,
+                  ttl_seconds: Optional[float] = None) -> List[int]:
         return self.liteq.put_batch(messages, self.name, visible_after_seconds,
                                     ttl_seconds=ttl_seconds)
 
-    def pop(self, invisible_seconds=60, wait_seconds=0, *, consumer_id=None):
+    def pop(self, invisible_seconds: float = 60, wait_seconds: float = 0, *,
+            consumer_id: Optional[str] = None) -> Optional[Message]:
         return self.liteq.pop(self.name, invisible_seconds, wait_seconds, consumer_id=consumer_id)
 
-    def pop_batch(self, max_messages=10, invisible_seconds=60, wait_seconds=0, *,
-                  consumer_id=None):
+    def pop_batch(self, max_messages: int = 10, invisible_seconds: float = 60,
+                  wait_seconds: float = 0, *,
+                  consumer_id: Optional[str] = None) -> List[Message]:
         return self.liteq.pop_batch(self.name, max_messages, invisible_seconds, wait_seconds,
                                     consumer_id=consumer_id)
 
-    def consume(self, invisible_on_receive=60, wait_seconds=20, *, consumer_id=None):
+    def consume(self, invisible_on_receive: float = 60, wait_seconds: float = 20, *,
+                consumer_id: Optional[str] = None
+                ) -> AbstractContextManager[Optional[Message]]:
         return self.liteq.consume(self.name, invisible_on_receive, wait_seconds,
                                   consumer_id=consumer_id)
 
-    def peek(self):
+    def peek(self) -> Optional[Message]:
         return self.liteq.peek(self.name)
 
-    def get(self, msg_id):
+    def get(self, msg_id: MessageId) -> Optional[Message]:
         """The message with this id if it is one of this queue's, else None."""
         msg = self.liteq.get(msg_id)
         return msg if msg is not None and msg.queue_name == self.name else None
 
-    def ack(self, msg):
+    def ack(self, msg: Message) -> bool:
         return self.liteq.ack(msg)
 
-    def ack_batch(self, msgs):
+    def ack_batch(self, msgs: Iterable[Message]) -> int:
         return self.liteq.ack_batch(msgs)
 
-    def delete_batch(self, msg_ids):
+    def delete_batch(self, msg_ids: Iterable[MessageId]) -> int:
         """Delete these of this queue's messages (ids of other queues are
         skipped); return how many."""
         mine = [i for i in _message_ids(msg_ids) if self.get(i) is not None]
         return self.liteq.delete_batch(mine)
 
-    def process_failed(self, msg, reason, *, delay_seconds=0, send_to_dlq=False):
+    def process_failed(self, msg: Message, reason: object, *, delay_seconds: float = 0,
+                       send_to_dlq: bool = False) -> bool:
         return self.liteq.process_failed(msg, reason, delay_seconds=delay_seconds,
                                          send_to_dlq=send_to_dlq)
 
-    def move_to_dlq(self, msg_ids, reason, dlq=None):
+    def move_to_dlq(self, msg_ids: Union[MessageId, Iterable[MessageId]], reason: str,
+                    dlq: Optional[DeadLetterQueue] = None) -> int:
         """Dead-letter these of this queue's messages now with ``reason``.
         ``dlq`` (LeanMQ's) may only be this queue's own."""
         if dlq is not None and (not isinstance(dlq, DeadLetterQueue) or dlq.queue != self):
@@ -683,37 +724,39 @@ class QueueHandle:
                              % (self.name, dlq))
         return self.liteq.move_to_dlq(msg_ids, reason, self.name)
 
-    def expire_now(self):
+    def expire_now(self) -> int:
         return self.liteq.expire_now(self.name)
 
-    def recover_leases(self):
+    def recover_leases(self) -> int:
         return self.liteq.recover_leases(self.name)
 
-    def qsize(self):
+    def qsize(self) -> int:
         return self.liteq.qsize(self.name)
 
-    def empty(self):
+    def empty(self) -> bool:
         return self.liteq.empty(self.name)
 
-    def join(self, timeout=None):
+    def join(self, timeout: Optional[float] = None) -> bool:
         return self.liteq.join(self.name, timeout)
 
-    def stats(self):
+    def stats(self) -> Optional[QueueStats]:
         return self.liteq.stats(self.name)
 
-    def clear(self):
+    def clear(self) -> int:
         """Delete the live messages (the queue and its dead letters stay)."""
         return self.liteq.clear(self.name)
 
-    def delete(self):
+    def delete(self) -> int:
         """Delete the queue, dead letters included (see LiteQueue.delete_queue)."""
         return self.liteq.delete_queue(self.name)
 
     # LeanMQ's names.  Its payloads are dicts (JSON), ours bytes.
-    def send_message(self, data, ttl_seconds=None, *, message_id=None):
+    def send_message(self, data: Payload, ttl_seconds: Optional[float] = None, *,
+                     message_id: Optional[str] = None) -> int:
         return self.put(data, ttl_seconds=ttl_seconds, message_id=message_id)
 
-    def get_messages(self, count=1, block_for_seconds=None, consumer_id=None):
+    def get_messages(self, count: int = 1, block_for_seconds: Optional[float] = None,
+                     consumer_id: Optional[str] = None) -> List[Message]:
         return self.pop_batch(count, wait_seconds=block_for_seconds or 0,
                               consumer_id=consumer_id)
 
@@ -729,25 +772,27 @@ class DeadLetterQueue:
     """The dead letters of one queue (LeanMQ's DLQ object).  They stay in
     their queue, in the dead state: requeueing one keeps its id."""
 
-    def __init__(self, queue):
+    def __init__(self, queue: QueueHandle) -> None:
         self.queue = queue
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<DeadLetterQueue of %r>" % (self.queue.name,)
 
-    def messages(self, limit=None):
+    def messages(self, limit: Optional[int] = None) -> List[Message]:
         """The dead letters, oldest first, with reasons and consumer ids."""
         return self.queue.liteq.dead_letters(self.queue.name, limit)
 
-    def get_messages(self, count=1, block_for_seconds=None, consumer_id=None):
+    def get_messages(self, count: int = 1, block_for_seconds: Optional[float] = None,
+                     consumer_id: Optional[str] = None) -> List[Message]:
         """LeanMQ's: the oldest ``count`` dead letters (not leased: a dead
         letter is looked at, then requeued or purged)."""
         return self.messages(count)
 
-    def qsize(self):
+    def qsize(self) -> int:
         return self.queue.liteq.engine.count(self.queue.name, "dead")
 
-    def requeue_messages(self, msg_ids=None, destination_queue=None):
+    def requeue_messages(self, msg_ids: Union[MessageId, Iterable[MessageId], None] = None,
+                         destination_queue: Optional[QueueHandle] = None) -> int:
         """Make dead letters (these, or all) ready again in their own queue,
         with their ids; return how many."""
         if destination_queue is not None and destination_queue != self.queue:
@@ -758,6 +803,6 @@ class DeadLetterQueue:
 
     redrive = requeue_messages
 
-    def purge(self):
+    def purge(self) -> int:
         """Delete the dead letters; return how many."""
         return self.queue.liteq.clear(self.queue.name, dlq=True)

@@ -21,19 +21,28 @@ process.  An OpenTelemetry counter plugs in the same way
 (``lambda location, queue, name, n: counters[name].add(n, {"queue": queue})``).
 """
 
+from __future__ import annotations
+
 import logging
 import re
 import socket
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
+
+if TYPE_CHECKING:
+    #: ``hook(location, queue, name, n)``: the database (None for an engine
+    #: that names none), the queue, the metric's name and how many; what it
+    #: returns is ignored.
+    MetricsHook = Callable[[Optional[str], str, str, int], object]
 
 __all__ = ["add_metrics_hook", "remove_metrics_hook", "StatsdHook"]
 
 logger = logging.getLogger("persistqueue_liteq")
 
 # The hooks, as a tuple: replaced whole, read without a lock on the hot path.
-_hooks = ()
+_hooks: Tuple[MetricsHook, ...] = ()
 
 
-def add_metrics_hook(hook):
+def add_metrics_hook(hook: MetricsHook) -> None:
     """Call ``hook(location, queue, name, n)`` for every count from now on."""
     global _hooks
     if not callable(hook):
@@ -41,7 +50,7 @@ def add_metrics_hook(hook):
     _hooks = _hooks + (hook,)
 
 
-def remove_metrics_hook(hook):
+def remove_metrics_hook(hook: MetricsHook) -> None:
     """Stop calling ``hook``; ValueError if it was not added."""
     global _hooks
     hooks = list(_hooks)
@@ -49,7 +58,7 @@ def remove_metrics_hook(hook):
     _hooks = tuple(hooks)
 
 
-def emit(location, queue, name, n):
+def emit(location: Optional[str], queue: str, name: str, n: int) -> None:
     """Hand one count to every hook (called by the engine's Metrics)."""
     for hook in _hooks:
         try:
@@ -65,25 +74,26 @@ class StatsdHook:
 
     _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
-    def __init__(self, host="127.0.0.1", port=8125, prefix="persistqueue_liteq"):
+    def __init__(self, host: str = "127.0.0.1", port: int = 8125,
+                 prefix: Optional[str] = "persistqueue_liteq") -> None:
         self.address = (host, port)
         self.prefix = prefix
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     @classmethod
-    def metric_name(cls, prefix, queue, name):
+    def metric_name(cls, prefix: Optional[str], queue: str, name: str) -> str:
         """statsd's name of a count: characters statsd would misread become _."""
         return ".".join(cls._UNSAFE.sub("_", part) for part in (prefix, queue, name) if part)
 
-    def __call__(self, location, queue, name, n):
+    def __call__(self, location: Optional[str], queue: str, name: str, n: int) -> None:
         line = "%s:%d|c" % (self.metric_name(self.prefix, queue, name), n)
         try:
             self._socket.sendto(line.encode("ascii", "replace"), self.address)
         except OSError as exc:  # nobody listening, buffer full: a counter is lost
             logger.debug("statsd: %s", exc)
 
-    def close(self):
+    def close(self) -> None:
         self._socket.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "StatsdHook(%r, %r, prefix=%r)" % (self.address[0], self.address[1], self.prefix)

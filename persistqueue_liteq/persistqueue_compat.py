@@ -65,17 +65,31 @@ is held under a lease that this process renews while it lives, and comes back
   garbage.
 """
 
+from __future__ import annotations
+
 import hashlib
 import os
 import shutil
 import tempfile
 import threading
 from queue import Empty
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .engine import maintenance_of
 from .queues import PersistentQueue, _deadline
 from .serializers import PickleSerializer
+
+if TYPE_CHECKING:
+    from typing import Literal
+
+    from _typeshed import StrPath
+
+    from .engine import Message
+    from .queues import _Lease
+    from .serializers import SerializerArg
+
+    #: How :meth:`_Compat._settle` settles an item.
+    How = Literal["ack", "nack", "failed"]
 
 __all__ = ["Empty", "SQLiteQueue", "FIFOSQLiteQueue", "FILOSQLiteQueue", "UniqueQ",
            "SQLiteAckQueue", "FIFOSQLiteAckQueue", "FILOSQLiteAckQueue", "UniqueAckQ",
@@ -98,7 +112,7 @@ class AckStatus:
     ack_failed = "9"
 
 
-def _database_file(path, db_file_name):
+def _database_file(path: StrPath, db_file_name: Optional[str]) -> str:
     """persist-queue's directory convention: ``path/db_file_name``, the
     directory made if missing; an existing file is the database itself."""
     path = os.fspath(path)
@@ -108,22 +122,23 @@ def _database_file(path, db_file_name):
     return os.path.join(path, db_file_name or "data.db")
 
 
-def _sorted_dicts(item):
+def _sorted_dicts(item: object) -> object:
     if isinstance(item, dict):
         return {key: item[key] for key in sorted(item)}
     return item
 
 
-class _Compat(PersistentQueue):
+class _Compat(PersistentQueue[Any]):
     """What both families share: construction, put returning the id, get
     with id/raw, update, queue(), sizes."""
 
     _unique = False
 
-    def __init__(self, path, name: str = "default", multithreading: bool = False,
-                 timeout: float = 10.0, auto_commit: bool = True, serializer: Any = None,
-                 db_file_name: Optional[str] = None, *, visibility_timeout: float = 30.0,
-                 max_retries: Optional[int] = None, **options):
+    def __init__(self, path: StrPath, name: str = "default", multithreading: bool = False,
+                 timeout: float = 10.0, auto_commit: bool = True,
+                 serializer: SerializerArg = None, db_file_name: Optional[str] = None, *,
+                 visibility_timeout: float = 30.0, max_retries: Optional[int] = None,
+                 **options: Any) -> None:
         self.path_dir = os.fspath(path)
         self.db_file_name = db_file_name or "data.db"
         self.multithreading = multithreading
@@ -136,9 +151,9 @@ class _Compat(PersistentQueue):
         # id -> the item got (the object itself, found by identity as
         # persist-queue does) and its lease; guarded by _cache_lock.
         self._cache_lock = threading.Lock()
-        self._unack_cache = {}
+        self._unack_cache: Dict[int, object] = {}
         # ":memory:": a private file in a temporary directory, removed at close.
-        self._memory_dir = None
+        self._memory_dir: Optional[str] = None
         if os.fspath(path) == ":memory:":
             path = self._memory_dir = tempfile.mkdtemp(prefix="persistqueue_compat-")
         super().__init__(
@@ -149,7 +164,9 @@ class _Compat(PersistentQueue):
 
     # -- putting --------------------------------------------------------------------
 
-    def put(self, item: Any, block: bool = True) -> Optional[int]:
+    # persist-queue's put returns the id (None: refused by a unique queue)
+    # and has no timeout: not queue.Queue's signature.
+    def put(self, item: Any, block: bool = True) -> Optional[int]:  # type: ignore[override]
         """Store ``item``; return its id (None from a unique queue that already
         holds an equal item).  ``block`` is accepted, as persist-queue's."""
         with self.mutex:
@@ -166,10 +183,10 @@ class _Compat(PersistentQueue):
             self.not_empty.notify()
             return msg_id
 
-    def put_nowait(self, item: Any) -> Optional[int]:
+    def put_nowait(self, item: Any) -> Optional[int]:  # type: ignore[override]  # the id
         return self.put(item, block=False)
 
-    def _put_unique(self, item, data):
+    def _put_unique(self, item: object, data: bytes) -> Optional[int]:
         if self._codec.signed:
             raise TypeError("%s does not sign items: give no hmac_key" % type(self).__name__)
         key_data = data if not isinstance(item, dict) else self._codec.dumps(_sorted_dicts(item))
@@ -196,9 +213,9 @@ class _Compat(PersistentQueue):
         return self.get(block=False, id=id, raw=raw)
 
     @staticmethod
-    def _id_of(id):
+    def _id_of(id: object) -> Optional[int]:
         if isinstance(id, dict) and "pqid" in id:
-            return id["pqid"]
+            return id["pqid"]  # type: ignore[no-any-return]  # a raw item's id
         if isinstance(id, bool):
             return None
         if isinstance(id, int):
@@ -207,7 +224,7 @@ class _Compat(PersistentQueue):
             return int(id)
         return None
 
-    def _get_one(self, rowid, next_in_order, raw):
+    def _get_one(self, rowid: Optional[int], next_in_order: bool, raw: bool) -> Any:
         with self.mutex:
             if self._closed:
                 raise ValueError("operation on a closed queue (%s)" % self.path)
@@ -221,7 +238,7 @@ class _Compat(PersistentQueue):
                     msg.created_at)}
             return item
 
-    def _candidates(self, rowid, next_in_order):
+    def _candidates(self, rowid: int, next_in_order: bool) -> List[int]:
         """Ids to try, in order: the next ready one after ``rowid`` (then from
         the start), or ``rowid`` itself."""
         if not next_in_order:
@@ -237,7 +254,8 @@ class _Compat(PersistentQueue):
             return after
         return after + before
 
-    def _take_message(self, rowid, next_in_order):
+    def _take_message(self, rowid: Optional[int],
+                      next_in_order: bool) -> Optional[Tuple[Message, Any]]:
         """Lease the next item (or one chosen by id); (Message, item) or None.
         A payload that does not load is dead-lettered, as PersistentQueue's."""
         if rowid is None:
@@ -261,16 +279,16 @@ class _Compat(PersistentQueue):
             return msg, item
         return None
 
-    def _hold(self, msg):
+    def _hold(self, msg: Message) -> None:
         self._last_taken = msg
         super()._hold(msg)
 
-    def _got(self, msg, item):
+    def _got(self, msg: Message, item: object) -> None:
         """An item was leased and is held: remember it for ack by identity."""
         with self._cache_lock:
             self._unack_cache[msg.id] = item
 
-    def _lease_of(self, msg_id):
+    def _lease_of(self, msg_id: int) -> Optional[_Lease]:
         """The lease this object holds on ``msg_id``, or None."""
         with self._leases_lock:
             for lease in self._held.values():
@@ -279,7 +297,7 @@ class _Compat(PersistentQueue):
                     return lease
         return None
 
-    def _settled(self, msg_id, how, reason=None):
+    def _settled(self, msg_id: int, how: How, reason: Optional[str] = None) -> bool:
         """:meth:`_settle` from a caller that does not hold the mutex; wakes
         a join() waiting for this object's items."""
         with self.all_tasks_done:
@@ -288,7 +306,7 @@ class _Compat(PersistentQueue):
                 self.all_tasks_done.notify_all()
         return done
 
-    def _settle(self, msg_id, how, reason=None):
+    def _settle(self, msg_id: int, how: How, reason: Optional[str] = None) -> bool:
         """Settle ``msg_id``: "ack" (delete), "nack" (ready again) or "failed"
         (dead letter).  True if it was settled.  The mutex is held."""
         lease = self._lease_of(msg_id)
@@ -313,7 +331,8 @@ class _Compat(PersistentQueue):
             elif how == "nack":
                 done = self._engine.release(msg_id, token)
             else:
-                done = self._engine.dead_letter(msg_id, token, reason)
+                # A reason comes with every "failed" (ack_failed's).
+                done = self._engine.dead_letter(msg_id, token, reason)  # type: ignore[arg-type]
         finally:
             if lease is not None:
                 with self._leases_lock:
@@ -324,7 +343,7 @@ class _Compat(PersistentQueue):
 
     def update(self, item: Any, id: Optional[int] = None) -> int:
         """Replace the data of item ``id`` (or of a raw item); return the id."""
-        msg_id = None
+        msg_id: Optional[int] = None
         if isinstance(item, dict) and "pqid" in item:
             msg_id, item = item["pqid"], item.get("data")
         if id is not None:
@@ -345,7 +364,7 @@ class _Compat(PersistentQueue):
     def queue(self) -> List[Dict[str, Any]]:
         """Every item stored, in id order: dicts with id, data, timestamp and
         (ack queues) status."""
-        rows = []
+        rows: List[Dict[str, Any]] = []
         after = 0
         now = self._engine.now()
         while True:
@@ -354,7 +373,7 @@ class _Compat(PersistentQueue):
             if not batch:
                 return rows
             for msg in batch:
-                row = {"id": msg.id, "data": self._codec.load_message(msg),
+                row: Dict[str, Any] = {"id": msg.id, "data": self._codec.load_message(msg),
                        "timestamp": self._engine.wall_time(msg.created_at)}
                 if isinstance(self, SQLiteAckQueue):
                     row["status"] = int(
@@ -389,7 +408,7 @@ class _Compat(PersistentQueue):
         if self._memory_dir is not None:
             shutil.rmtree(self._memory_dir, ignore_errors=True)
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             self.close()
         except Exception:
@@ -401,7 +420,7 @@ class SQLiteQueue(_Compat):
     (``auto_commit=True``), or leases it until ``task_done()``
     (``auto_commit=False``)."""
 
-    def _got(self, msg, item):
+    def _got(self, msg: Message, item: object) -> None:
         if self.auto_commit:
             self._settle(msg.id, "ack")
 
@@ -434,14 +453,14 @@ class SQLiteAckQueue(_Compat):
     """persist-queue's SQLiteAckQueue: ``get`` leases, ``ack`` deletes,
     ``nack`` makes ready again, ``ack_failed`` dead-letters."""
 
-    def __init__(self, path, auto_resume: bool = True, **kwargs):
+    def __init__(self, path: StrPath, auto_resume: bool = True, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         self.auto_commit = True  # as persist-queue: the ack queue always commits
         # auto_resume: an earlier run's unacked items come back by themselves
         # when their leases run out (see the module docstring).
         self.auto_resume = auto_resume
 
-    def _item_id(self, item, id):
+    def _item_id(self, item: object, id: object) -> Optional[int]:
         if id is not None and item is not None:
             raise ValueError("Specify an id or an item, not both.")
         if id is None and item is None:
@@ -449,7 +468,7 @@ class SQLiteAckQueue(_Compat):
         if id is not None:
             return self._id_of(id)
         if isinstance(item, dict) and "pqid" in item:
-            return item["pqid"]
+            return item["pqid"]  # type: ignore[no-any-return]  # a raw item's id
         with self._cache_lock:
             for msg_id, value in self._unack_cache.items():
                 if value is item:

@@ -49,6 +49,8 @@ delivered again, each delivery counted as an attempt, until after
 ``1 + max_retries`` deliveries the next goes to the dead-letter queue.
 """
 
+from __future__ import annotations
+
 import collections
 import numbers
 import os
@@ -57,7 +59,8 @@ import time
 import warnings
 import weakref
 from queue import Empty, Full
-from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar
+from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, Generic, Hashable, Iterable,
+                    List, Optional, TypeVar, Union)
 
 from . import _checks
 from ._policy import describe_exception, seconds_until
@@ -67,14 +70,31 @@ from .serializers import Codec, SignatureError, UnboundSignature, order_key, res
 from .backends import describe, front_end_engine, redact
 from .engine import DEFAULT_PREFIX
 
-try:
-    from queue import ShutDown
-except ImportError:  # Python < 3.13
+if TYPE_CHECKING:
+    import sys
+    from typing import Self
 
-    class ShutDown(Exception):
-        """Raised by ``put`` and ``get`` of a queue that was shut down:
-        Python 3.13's ``queue.ShutDown``, for the Pythons before it (on 3.13
-        and later this name *is* ``queue.ShutDown``)."""
+    from .backends import Location
+    from .engine import Engine, Order
+    from .serializers import BytesLike, SerializerArg, Signer
+
+    _R = TypeVar("_R")
+
+    # What the try below makes, as type checkers see it.
+    if sys.version_info >= (3, 13):
+        from queue import ShutDown as ShutDown
+    else:
+        class ShutDown(Exception):
+            """Python 3.13's ``queue.ShutDown``, for the Pythons before it."""
+else:
+    try:
+        from queue import ShutDown
+    except ImportError:  # Python < 3.13
+
+        class ShutDown(Exception):
+            """Raised by ``put`` and ``get`` of a queue that was shut down:
+            Python 3.13's ``queue.ShutDown``, for the Pythons before it (on 3.13
+            and later this name *is* ``queue.ShutDown``)."""
 
 
 __all__ = [
@@ -95,10 +115,10 @@ _FULL_RECHECK = 0.05
 _RELOOK = 1.0
 
 # Every queue object, so that a forked child can reset their per-process state.
-_instances = weakref.WeakSet()
+_instances: weakref.WeakSet[_QueueBase[Any]] = weakref.WeakSet()
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     for q in list(_instances):
         q._reset_process_state()
 
@@ -112,7 +132,14 @@ class _Lease:
 
     __slots__ = ("id", "token", "thread", "lost", "settling")
 
-    def __init__(self, msg_id, token, thread):
+    id: int
+    token: int
+    #: Who got it: a thread's ident (the asyncio front end's: the task).
+    thread: Hashable
+    lost: bool
+    settling: bool
+
+    def __init__(self, msg_id: int, token: int, thread: Hashable) -> None:
         self.id = msg_id
         self.token = token
         self.thread = thread
@@ -120,7 +147,7 @@ class _Lease:
         self.settling = False  # a task_done() is acknowledging it
 
 
-def _deadline(block, timeout):
+def _deadline(block: bool, timeout: Optional[float]) -> Optional[float]:
     """The monotonic deadline of a blocking call (None: no deadline)."""
     if not block or timeout is None:
         return None
@@ -129,21 +156,22 @@ def _deadline(block, timeout):
     return time.monotonic() + timeout
 
 
-def _check_maxsize(maxsize):
+def _check_maxsize(maxsize: object) -> int:
     if isinstance(maxsize, bool) or not isinstance(maxsize, numbers.Integral):
         raise TypeError("maxsize must be an int (0 or less: unbounded), not %r" % (maxsize,))
     return int(maxsize)
 
 
-def _remaining(deadline):
+def _remaining(deadline: Optional[float]) -> float:
     return float("inf") if deadline is None else deadline - time.monotonic()
 
 
-def _one_line(exc):
+def _one_line(exc: BaseException) -> str:
     return "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
 
 
-def _heartbeat(queue_ref, stop, interval):
+def _heartbeat(queue_ref: weakref.ref[_QueueBase[Any]], stop: threading.Event,
+               interval: float) -> None:
     """Body of the heartbeat thread: extend every held lease each interval.
 
     It holds the queue only through a weak reference, so that a queue that is
@@ -170,10 +198,18 @@ class _QueueBase(Generic[T]):
     acknowledging, the heartbeat, dead letters, pickling, close."""
 
     #: Delivery order: the engine's lease(order=...).
-    _order = "fifo"
+    _order: Order = "fifo"
 
-    def _configure(self, path, name, visibility_timeout, max_retries, serializer,
-                   hmac_key, auto_ack, timeout_seconds, synchronous, table_prefix):
+    # Set by the subclasses (see _reset_process_state) and _open_engine.
+    _statement_lock: Union[threading.Lock, threading.RLock]
+    _journal_mode: Optional[str]
+    _engine: Engine
+    _owns_engine: bool
+
+    def _configure(self, path: Location, name: str, visibility_timeout: float,
+                   max_retries: int, serializer: SerializerArg, hmac_key: Optional[BytesLike],
+                   auto_ack: bool, timeout_seconds: float, synchronous: str,
+                   table_prefix: str) -> None:
         # A path, URL, engine or EngineSpec (see backends); self.path is the
         # database's absolute path (or URL), for messages.
         self._location = path
@@ -199,14 +235,14 @@ class _QueueBase(Generic[T]):
         self._reset_process_state()
         _instances.add(self)
 
-    def _open_engine(self):
+    def _open_engine(self) -> None:
         self._engine, self._owns_engine = front_end_engine(
             self._location, timeout=self.timeout_seconds,
             synchronous=self._synchronous, table_prefix=self._table_prefix,
             journal_mode=self._journal_mode,
         )
 
-    def _reset_process_state(self):
+    def _reset_process_state(self) -> None:
         """Forget what this process holds: called at creation and, in a forked
         child, at once after the fork (the parent's leases stay the parent's)."""
         # _leases_lock guards _held, _held_by_thread, _auto_unfinished and
@@ -214,28 +250,28 @@ class _QueueBase(Generic[T]):
         # calling the engine, user code, or waiting.
         self._leases_lock = threading.Lock()
         # token -> _Lease, oldest first: the items got and not yet done.
-        self._held = {}
+        self._held: Dict[int, _Lease] = {}
         # thread ident -> deque of its _Leases, oldest first.
-        self._held_by_thread = {}
+        self._held_by_thread: Dict[Hashable, Deque[_Lease]] = {}
         # Items got with auto_ack and not yet task_done(): only counted.
         self._auto_unfinished = 0
-        self._heartbeat = None
+        self._heartbeat: Optional[threading.Thread] = None
         self._heartbeat_stop = threading.Event()
         # A subclass sets _statement_lock: held around every statement that
         # this object's methods run (not the heartbeat's), so that close()
         # never closes a connection in the middle of one.
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         """The storage engine underneath (one per queue object)."""
         return self._engine
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<%s %r name=%r>" % (type(self).__name__, self.path, self.name)
 
     # -- storing and taking ----------------------------------------------------
 
-    def _store(self, item, priority=None):
+    def _store(self, item: T, priority: Optional[bytes] = None) -> None:
         """Serialize ``item`` and store it; nothing is stored if it does not
         serialize, or if the queue was written with another codec
         (CodecMismatch)."""
@@ -248,7 +284,7 @@ class _QueueBase(Generic[T]):
         else:  # the signature binds the id, which the engine chooses
             self._engine.put(self.name, data, priority=priority, seal=codec.sealer)
 
-    def _take(self):
+    def _take(self) -> T:
         """Lease the next deliverable item and return it deserialized; raise
         queue.Empty if none is ready.
 
@@ -270,7 +306,7 @@ class _QueueBase(Generic[T]):
             if unchecked:  # none recorded when we looked: look again
                 self._check_codec(msg)
             try:
-                item = self._codec.load_message(msg)
+                item: T = self._codec.load_message(msg)
             except UnboundSignature:
                 self._engine.release(msg.id, msg.lease, attempted=False)
                 raise UnboundSignatures(
@@ -296,7 +332,7 @@ class _QueueBase(Generic[T]):
                 self._hold(msg)
             return item
 
-    def put_in(self, conn, item: T) -> int:
+    def put_in(self, conn: object, item: T) -> int:
         """Put ``item`` in the application's own transaction: through
         ``conn``, the application's sqlite3 connection to this file, so that
         it is committed or rolled back with the application's writes (the
@@ -315,11 +351,11 @@ class _QueueBase(Generic[T]):
                                                codec=ours, priority=priority)
         if held != ours:
             raise CodecMismatch(self._mismatch(held, "nothing was stored"))
-        return msg_id
+        return msg_id  # type: ignore[return-value]  # stored (not None): our codec held
 
     # -- what the queue was written with ----------------------------------------
 
-    def _claim_codec(self):
+    def _claim_codec(self) -> None:
         """Before the first put (with the statement lock held): record this
         object's codec for its queue, or raise CodecMismatch if the queue
         holds messages of another."""
@@ -329,7 +365,7 @@ class _QueueBase(Generic[T]):
             raise CodecMismatch(self._mismatch(stored, "nothing was stored"))
         self._codec_ok = True
 
-    def _check_codec(self, msg=None):
+    def _check_codec(self, msg: Optional[Message] = None) -> bool:
         """Before a get leases (and after, if the queue recorded no codec
         then): compare the codec that the queue records with ours; on a
         mismatch hand ``msg`` back untouched and raise CodecMismatch.  A queue
@@ -350,7 +386,7 @@ class _QueueBase(Generic[T]):
         self._codec_ok = True
         return True
 
-    def _mismatch(self, stored, outcome):
+    def _mismatch(self, stored: str, outcome: str) -> str:
         theirs = dict(part.split("=", 1) for part in stored.split(";") if "=" in part)
         ours = dict(part.split("=", 1) for part in self._codec.fingerprint().split(";"))
         differences = []
@@ -383,7 +419,8 @@ class _QueueBase(Generic[T]):
         """
         if not self._codec.signed:
             raise ValueError("upgrade_signatures() needs the queue's hmac_key")
-        signer, upgraded = self._codec.signer, 0
+        signer: Signer
+        signer, upgraded = self._codec.signer, 0  # type: ignore[assignment]  # signed: not None
         with self._statement_lock:
             if not self._codec_ok:
                 self._claim_codec()
@@ -397,7 +434,7 @@ class _QueueBase(Generic[T]):
             upgraded += self._upgrade(signer, self._engine.dead_letters(self.name))
         return upgraded
 
-    def _upgrade(self, signer, messages):
+    def _upgrade(self, signer: Signer, messages: Iterable[Message]) -> int:
         upgraded = 0
         for msg in messages:
             try:
@@ -412,7 +449,8 @@ class _QueueBase(Generic[T]):
                 upgraded += 1
         return upgraded
 
-    def _wait_for(self, attempt, block, deadline):
+    def _wait_for(self, attempt: Callable[[], _R], block: bool,
+                  deadline: Optional[float]) -> _R:
         """Return ``attempt()``, waiting while it raises queue.Empty.
 
         This is :func:`~persistqueue_liteq.engine.lease_waiting`'s loop around
@@ -440,27 +478,27 @@ class _QueueBase(Generic[T]):
                 # A shutdown() wakes this waiter too, through the engine.
                 waiter.wait(seconds_until(self._engine, due, min(remaining, _RELOOK)))
 
-    def _waiting_count(self):
+    def _waiting_count(self) -> int:
         """Items stored and not leased: ready (a lease that ran out included)
         and delayed."""
         return self._engine.count(self.name, "waiting")
 
     # -- leases and acknowledgements -------------------------------------------
 
-    def _owner(self):
+    def _owner(self) -> Hashable:
         """Who holds the leases got now: the calling thread (the asyncio
         front end says the task)."""
         return threading.get_ident()
 
-    def _hold(self, msg):
-        lease = _Lease(msg.id, msg.lease, self._owner())
+    def _hold(self, msg: Message) -> None:
+        lease = _Lease(msg.id, msg.lease, self._owner())  # type: ignore[arg-type]  # leased
         with self._leases_lock:
             self._held[lease.token] = lease
             self._held_by_thread.setdefault(lease.thread, collections.deque()).append(lease)
             if self._heartbeat is None:
                 self._start_heartbeat()
 
-    def _start_heartbeat(self):
+    def _start_heartbeat(self) -> None:
         stop = self._heartbeat_stop
         thread = threading.Thread(
             target=_heartbeat,
@@ -472,7 +510,7 @@ class _QueueBase(Generic[T]):
         self._heartbeat = thread
         weakref.finalize(self, stop.set)
 
-    def _extend_leases(self):
+    def _extend_leases(self) -> None:
         """One heartbeat: push back the end of every lease held."""
         with self._leases_lock:
             leases = [lease for lease in self._held.values() if not lease.lost]
@@ -480,18 +518,18 @@ class _QueueBase(Generic[T]):
             if not self._engine.set_visibility(lease.id, lease.token, self.visibility_timeout):
                 lease.lost = True
 
-    def _unfinished_here(self):
+    def _unfinished_here(self) -> int:
         """Items got by this process and not yet task_done()."""
         return len(self._held) + self._auto_unfinished
 
-    def _finish_one(self):
+    def _finish_one(self) -> None:
         """Acknowledge the oldest item the calling thread got and has not
         done, or else this process's oldest; ValueError if there is none."""
         lease = self._pick_finished()
         if lease is not None:
             self._acknowledge(lease)
 
-    def _pick_finished(self):
+    def _pick_finished(self) -> Optional[_Lease]:
         """The lease that a task_done() settles, marked as settling; None
         for an item got with auto_ack (only counted)."""
         with self._leases_lock:
@@ -504,7 +542,7 @@ class _QueueBase(Generic[T]):
             lease.settling = True
             return lease
 
-    def _acknowledge(self, lease):
+    def _acknowledge(self, lease: _Lease) -> None:
         """Acknowledge a lease that _pick_finished() gave, and forget it."""
         try:
             acknowledged = self._engine.ack(lease.id, lease.token, self.name)
@@ -522,7 +560,7 @@ class _QueueBase(Generic[T]):
                 RuntimeWarning, stacklevel=4,
             )
 
-    def _oldest_held(self):
+    def _oldest_held(self) -> Optional[_Lease]:
         for lease in self._held_by_thread.get(self._owner(), ()):
             if not lease.settling:
                 return lease
@@ -531,7 +569,7 @@ class _QueueBase(Generic[T]):
                 return lease
         return None
 
-    def _forget(self, lease):
+    def _forget(self, lease: _Lease) -> None:
         del self._held[lease.token]
         mine = self._held_by_thread[lease.thread]
         mine.remove(lease)
@@ -559,13 +597,13 @@ class _QueueBase(Generic[T]):
         has the lasting totals of every process."""
         return self._engine.metrics().get(self.name, dict.fromkeys(METRIC_NAMES, 0))
 
-    def redrive(self, ids: Optional[List[int]] = None) -> int:
+    def redrive(self, ids: Optional[Iterable[Union[int, Message]]] = None) -> int:
         """Return dead letters (all, or those ids) to the queue, with a fresh
         count of attempts; return how many."""
-        if ids is not None:
-            ids = [_checks.count(getattr(i, "id", i), "id", minimum=1) for i in ids]
+        wanted = None if ids is None else [
+            _checks.count(getattr(i, "id", i), "id", minimum=1) for i in ids]
         with self._statement_lock:
-            return self._engine.redrive(self.name, ids)
+            return self._engine.redrive(self.name, wanted)
 
     def clear(self) -> int:
         """Delete every item of the queue not yet acknowledged, including those
@@ -620,15 +658,15 @@ class _QueueBase(Generic[T]):
         """Nothing to do: every put is committed before it returns, so no data
         waits in a buffer.  multiprocessing.Queue's ``cancel_join_thread``."""
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # -- pickling -------------------------------------------------------------------
 
-    def __getstate__(self):
+    def __getstate__(self) -> Dict[str, Any]:
         """The engine's spec and the options: a process that unpickles the
         queue opens the database again (it holds none of the leases of the
         process that sent it)."""
@@ -718,20 +756,20 @@ class PersistentQueue(_QueueBase[T]):
 
     def __init__(
         self,
-        path,
+        path: Location,
         maxsize: int = 0,
         *,
         name: str = "default",
         visibility_timeout: float = 60.0,
         max_retries: int = 5,
-        serializer: Any = None,
-        hmac_key: Optional[bytes] = None,
+        serializer: SerializerArg = None,
+        hmac_key: Optional[BytesLike] = None,
         auto_ack: bool = False,
         timeout_seconds: float = 5,
         synchronous: str = "NORMAL",
         table_prefix: str = DEFAULT_PREFIX,
         journal_mode: Optional[str] = None,
-    ):
+    ) -> None:
         self._journal_mode = journal_mode
         self._configure(path, name, visibility_timeout, max_retries, serializer,
                         hmac_key, auto_ack, timeout_seconds, synchronous, table_prefix)
@@ -742,7 +780,7 @@ class PersistentQueue(_QueueBase[T]):
         self.is_shutdown = False
         self._shutdown_immediate = False
 
-    def _reset_process_state(self):
+    def _reset_process_state(self) -> None:
         super()._reset_process_state()
         # mutex must be held whenever the queue is mutating, as in
         # queue.Queue: around _put, _get and _qsize, and around every other
@@ -758,14 +796,15 @@ class PersistentQueue(_QueueBase[T]):
         self.all_tasks_done = threading.Condition(self.mutex)
         self._statement_lock = self.mutex
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Dict[str, Any]) -> None:
         PersistentQueue.__init__(self, **state)
 
-    def __getstate__(self):
+    def __getstate__(self) -> Dict[str, Any]:
         return dict(super().__getstate__(), maxsize=self.maxsize)
 
-    def __repr__(self):
-        return "<%s %r name=%r maxsize=%d>" % (type(self).__name__, self.path, self.name, self.maxsize)
+    def __repr__(self) -> str:
+        return "<%s %r name=%r maxsize=%d>" % (type(self).__name__, self.path, self.name,
+                                               self.maxsize)
 
     @property
     def unfinished_tasks(self) -> int:
@@ -874,7 +913,7 @@ class PersistentQueue(_QueueBase[T]):
         """
         return self._wait_for(self._get_ready, block, _deadline(block, timeout))
 
-    def _get_ready(self):
+    def _get_ready(self) -> T:
         """One look: an item, or queue.Empty, or ShutDown."""
         with self.not_empty:
             if self._shutdown_immediate:
@@ -927,16 +966,16 @@ class PersistentQueue(_QueueBase[T]):
     # Override these methods to implement other queue organizations, as with
     # queue.Queue.  They are called with the mutex held.
 
-    def _init(self, maxsize):
+    def _init(self, maxsize: int) -> None:
         self._open_engine()
 
-    def _qsize(self):
+    def _qsize(self) -> int:
         return self._waiting_count()
 
-    def _put(self, item):
+    def _put(self, item: T) -> None:
         self._store(item)
 
-    def _get(self):
+    def _get(self) -> T:
         return self._take()
 
 
@@ -977,26 +1016,26 @@ class PersistentPriorityQueue(PersistentQueue[T]):
 
     _order = "priority"
 
-    def __init__(self, path, maxsize: int = 0, *, key: Optional[Callable[[T], Any]] = None,
-                 **options):
+    def __init__(self, path: Location, maxsize: int = 0, *,
+                 key: Optional[Callable[[T], object]] = None, **options: Any) -> None:
         if key is not None and not callable(key):
             raise TypeError("key must be a function of an item, not %r" % (key,))
         self.key = key
         super().__init__(path, maxsize, **options)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Dict[str, Any]) -> None:
         PersistentPriorityQueue.__init__(self, **state)
 
-    def _init(self, maxsize):
+    def _init(self, maxsize: int) -> None:
         super()._init(maxsize)
 
-    def __getstate__(self):
+    def __getstate__(self) -> Dict[str, Any]:
         return dict(super().__getstate__(), key=self.key)
 
-    def _put(self, item):
+    def _put(self, item: T) -> None:
         self._store(item, priority=self._order_key(item))
 
-    def _order_key(self, item):
+    def _order_key(self, item: T) -> bytes:
         if self.key is None:
             return order_key(item)
         value = self.key(item)
@@ -1027,25 +1066,25 @@ class PersistentSimpleQueue(_QueueBase[T]):
 
     def __init__(
         self,
-        path,
+        path: Location,
         *,
         name: str = "default",
         visibility_timeout: float = 60.0,
         max_retries: int = 5,
-        serializer: Any = None,
-        hmac_key: Optional[bytes] = None,
+        serializer: SerializerArg = None,
+        hmac_key: Optional[BytesLike] = None,
         auto_ack: bool = True,
         timeout_seconds: float = 5,
         synchronous: str = "NORMAL",
         table_prefix: str = DEFAULT_PREFIX,
         journal_mode: Optional[str] = None,
-    ):
+    ) -> None:
         self._journal_mode = journal_mode
         self._configure(path, name, visibility_timeout, max_retries, serializer,
                         hmac_key, auto_ack, timeout_seconds, synchronous, table_prefix)
         self._open_engine()
 
-    def _reset_process_state(self):
+    def _reset_process_state(self) -> None:
         super()._reset_process_state()
         # _lock is held around each statement that this object's threads run
         # (never while waiting): SQLite lets one writer at a time use the file
@@ -1058,7 +1097,7 @@ class PersistentSimpleQueue(_QueueBase[T]):
         # reentered it, in call order (None: no put under way).
         self._putting = threading.local()
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: Dict[str, Any]) -> None:
         PersistentSimpleQueue.__init__(self, **state)
 
     def put(self, item: T, block: bool = True, timeout: Optional[float] = None) -> None:
@@ -1078,7 +1117,7 @@ class PersistentSimpleQueue(_QueueBase[T]):
             pending.append(item)
             return
         putting.pending = pending = collections.deque([item])
-        error = None
+        error: Optional[Exception] = None
         try:
             with self._lock:
                 while pending:
@@ -1107,7 +1146,7 @@ class PersistentSimpleQueue(_QueueBase[T]):
         """
         return self._wait_for(self._take_one, block, _deadline(block, timeout))
 
-    def _take_one(self):
+    def _take_one(self) -> T:
         with self._lock:
             return self._take()
 

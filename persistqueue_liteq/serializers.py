@@ -33,6 +33,8 @@ priority, so that SQLite's byte order of keys is Python's order of values:
     True
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import hmac
@@ -44,6 +46,30 @@ import pickle
 import struct
 import sys
 import types
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
+
+if TYPE_CHECKING:
+    from typing import Protocol, TypeAlias, TypeGuard
+
+    from _typeshed import DataclassInstance
+
+    from .engine import Message
+
+    class Serializer(Protocol):
+        """What a queue's ``serializer=`` object has (for type checkers
+        only): ``dumps(item)`` returns bytes (or str, bytearray or
+        memoryview, which the queue turns into bytes) and ``loads(data)``
+        takes the bytes back."""
+
+        def dumps(self, item: Any, /) -> Union[bytes, bytearray, memoryview, str]: ...
+
+        def loads(self, data: bytes, /) -> Any: ...
+
+    #: What a ``serializer=`` argument may be: None (pickle), a built-in
+    #: one's name, a module with dumps/loads, or a Serializer.
+    SerializerArg: TypeAlias = Union[None, str, types.ModuleType, Serializer]
+    #: A key: bytes, or a bytearray or memoryview of them.
+    BytesLike: TypeAlias = Union[bytes, bytearray, memoryview]
 
 __all__ = [
     "PickleSerializer",
@@ -78,16 +104,16 @@ class PickleSerializer:
     that you trust, or pass ``hmac_key=`` to the queue.
     """
 
-    def __init__(self, protocol=pickle.HIGHEST_PROTOCOL):
+    def __init__(self, protocol: int = pickle.HIGHEST_PROTOCOL) -> None:
         self.protocol = protocol
 
-    def dumps(self, item):
+    def dumps(self, item: object) -> bytes:
         return pickle.dumps(item, protocol=self.protocol)
 
-    def loads(self, data):
+    def loads(self, data: bytes) -> Any:
         return pickle.loads(data)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "PickleSerializer(protocol=%d)" % self.protocol
 
 
@@ -97,20 +123,20 @@ class JSONSerializer:
     A tuple comes back as a list, as JSON has no tuples.
     """
 
-    def dumps(self, item):
+    def dumps(self, item: object) -> bytes:
         return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
-    def loads(self, data):
+    def loads(self, data: bytes) -> Any:
         return json.loads(data.decode("utf-8"))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "JSONSerializer()"
 
 
 class BytesSerializer:
     """Bytes stored as they are (bytearray and memoryview become bytes)."""
 
-    def dumps(self, item):
+    def dumps(self, item: object) -> bytes:
         if isinstance(item, (bytes, bytearray, memoryview)):
             return bytes(item)
         raise TypeError(
@@ -118,10 +144,10 @@ class BytesSerializer:
             "'json' for other objects" % type(item).__name__
         )
 
-    def loads(self, data):
+    def loads(self, data: bytes) -> bytes:
         return data
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "BytesSerializer()"
 
 
@@ -129,30 +155,31 @@ class _ModuleSerializer:
     """A module with dumps/loads (json, pickle, marshal...), pickled by name so
     that a queue using it can be passed to another process."""
 
-    def __init__(self, module):
+    def __init__(self, module: types.ModuleType) -> None:
         self.module = module
 
-    def dumps(self, item):
+    def dumps(self, item: object) -> Any:  # whatever the module returns: Codec checks it
         return self.module.dumps(item)
 
-    def loads(self, data):
+    def loads(self, data: bytes) -> Any:
         return self.module.loads(data)
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[[str], _ModuleSerializer], Tuple[str]]:
         return (_import_serializer, (self.module.__name__,))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<serializer module %s>" % self.module.__name__
 
 
-def _import_serializer(name):
+def _import_serializer(name: str) -> _ModuleSerializer:
     return _ModuleSerializer(importlib.import_module(name))
 
 
-_BY_NAME = {"pickle": PickleSerializer, "json": JSONSerializer, "bytes": BytesSerializer}
+_BY_NAME: Dict[str, Callable[[], Serializer]] = {
+    "pickle": PickleSerializer, "json": JSONSerializer, "bytes": BytesSerializer}
 
 
-def resolve(serializer):
+def resolve(serializer: SerializerArg) -> Serializer:
     """The serializer for a queue's ``serializer=`` argument.
 
     None means pickle; "pickle", "json" and "bytes" name the built-in ones;
@@ -185,7 +212,7 @@ _RESULT = b"pqlq result v2\x00"
 _id_bytes = struct.Struct(">q")
 
 
-def _check_key(hmac_key):
+def _check_key(hmac_key: object) -> bytes:
     if isinstance(hmac_key, str):
         raise TypeError("hmac_key must be bytes, not str; encode it first, e.g. key.encode()")
     if not isinstance(hmac_key, (bytes, bytearray, memoryview)):
@@ -196,7 +223,7 @@ def _check_key(hmac_key):
     return hmac_key
 
 
-def _field(text):
+def _field(text: str) -> bytes:
     """``text`` as a length-prefixed field, so that no two different
     contexts are the same bytes (a queue "a" and id 1 is not "a1")."""
     data = text.encode("utf-8", "surrogatepass")
@@ -224,31 +251,31 @@ class Signer:
 
     SIGNATURE_SIZE = hashlib.sha256().digest_size
 
-    def __init__(self, hmac_key):
+    def __init__(self, hmac_key: BytesLike) -> None:
         self._key = _check_key(hmac_key)
 
     @staticmethod
-    def message_context(queue, msg_id):
+    def message_context(queue: str, msg_id: int) -> bytes:
         return _MESSAGE + _field(queue) + _id_bytes.pack(msg_id)
 
     @staticmethod
-    def task_context(queue, task_key):
+    def task_context(queue: str, task_key: str) -> bytes:
         return _TASK + _field(queue) + _field(task_key)
 
     @staticmethod
-    def result_context(queue, task_key, ok):
+    def result_context(queue: str, task_key: str, ok: bool) -> bytes:
         return _RESULT + _field(queue) + _field(task_key) + (b"\x01" if ok else b"\x00")
 
-    def key_check(self):
+    def key_check(self) -> str:
         """A value that tells whether two signers have the same key without
         saying anything about the key: HMAC(key, a fixed text), shortened."""
         return hmac.new(self._key, _KEY_CHECK, hashlib.sha256).hexdigest()[:32]
 
-    def seal(self, context, data):
+    def seal(self, context: bytes, data: bytes) -> bytes:
         """``data`` signed for ``context``: the bytes to store."""
         return hmac.digest(self._key, context + data, "sha256") + data
 
-    def open(self, context, stored):
+    def open(self, context: bytes, stored: bytes) -> bytes:
         """The payload of ``stored`` if its signature is the one of
         ``context``; else SignatureError (UnboundSignature for a payload in
         the format of 0.1.0, which has no context)."""
@@ -297,27 +324,28 @@ class Codec:
 
     SIGNATURE_SIZE = Signer.SIGNATURE_SIZE
 
-    def __init__(self, serializer, hmac_key=None, queue=None):
+    def __init__(self, serializer: Serializer, hmac_key: Optional[BytesLike] = None,
+                 queue: Optional[str] = None) -> None:
         self.serializer = serializer
         self.signer = None if hmac_key is None else Signer(hmac_key)
-        self._contexts = {}  # queue -> the start of its messages' context
+        self._contexts: Dict[str, bytes] = {}  # queue -> the start of its messages' context
         #: With a key and a ``queue``: ``sealer(msg_id, data)``, the seal of
         #: that queue's messages, for the engine's ``put(seal=...)``.
-        self.sealer = None
+        self.sealer: Optional[Callable[[int, bytes], bytes]] = None
         if self.signer is not None and queue is not None:
             self.sealer = lambda msg_id, data: self.seal(queue, msg_id, data)
 
-    def _context(self, queue, msg_id):
+    def _context(self, queue: str, msg_id: int) -> bytes:
         start = self._contexts.get(queue)
         if start is None:
             start = self._contexts[queue] = Signer.message_context(queue, 0)[:-8]
         return start + _id_bytes.pack(msg_id)
 
     @property
-    def signed(self):
+    def signed(self) -> bool:
         return self.signer is not None
 
-    def dumps(self, item):
+    def dumps(self, item: object) -> bytes:
         """The serialized bytes of ``item``, unsigned; raises whatever the
         serializer raises for an item it cannot serialize."""
         data = self.serializer.dumps(item)
@@ -332,24 +360,24 @@ class Codec:
             )
         return data
 
-    def loads(self, data):
+    def loads(self, data: bytes) -> Any:
         return self.serializer.loads(data)
 
-    def seal(self, queue, msg_id, data):
+    def seal(self, queue: str, msg_id: int, data: bytes) -> bytes:
         """The bytes to store for the payload ``data`` of message ``msg_id``
         of ``queue`` (``data`` itself without a key)."""
         if self.signer is None:
             return data
         return self.signer.seal(self._context(queue, msg_id), data)
 
-    def unseal(self, queue, msg_id, stored):
+    def unseal(self, queue: str, msg_id: int, stored: bytes) -> bytes:
         """The payload of message ``msg_id`` of ``queue``; SignatureError if
         its signature does not match the key, the id and the queue."""
         if self.signer is None:
             return stored
         return self.signer.open(self._context(queue, msg_id), stored)
 
-    def load_message(self, msg):
+    def load_message(self, msg: Message) -> Any:
         """The item of a stored message (an engine's Message: ``queue_name``,
         ``id``, ``data``): ``loads(unseal(...))`` in one call, the get path."""
         if self.signer is None:
@@ -357,14 +385,14 @@ class Codec:
         return self.serializer.loads(
             self.signer.open(self._context(msg.queue_name, msg.id), msg.data))
 
-    def fingerprint(self):
+    def fingerprint(self) -> str:
         """What a queue records of the codec of its writers, to refuse a
         reader or writer with another one: the serializer's name and a check
         value of the key (never the key)."""
         key = "none" if self.signer is None else "hmac-sha256:" + self.signer.key_check()
         return "serializer=%s;key=%s" % (serializer_name(self.serializer), key)
 
-    def encode(self, item):
+    def encode(self, item: object) -> bytes:
         """``dumps(item)`` signed alone (no id, no queue: the format of
         0.1.0); raises whatever the serializer raises."""
         data = self.dumps(item)
@@ -372,7 +400,7 @@ class Codec:
             return data
         return self.signer.seal(b"", data)
 
-    def decode(self, data):
+    def decode(self, data: bytes) -> Any:
         """The item encoded as ``data`` by :meth:`encode`; raises
         SignatureError for a payload whose signature does not match, before
         deserializing it."""
@@ -389,7 +417,7 @@ class Codec:
         return self.serializer.loads(data)
 
 
-def serializer_name(serializer):
+def serializer_name(serializer: object) -> str:
     """The name under which a queue records ``serializer``: the built-in
     ones and the modules that read what they write ("pickle", "json",
     "bytes"), else the module or the class by its qualified name."""
@@ -445,7 +473,7 @@ class _Unorderable(Exception):
     """Raised inside the encoder for a value that has no stored order."""
 
 
-def order_key(value):
+def order_key(value: object) -> bytes:
     """The order-preserving key of ``value`` (bytes).
 
     Numbers (int, bool and float, mixed, of any size; ints compare exactly),
@@ -476,7 +504,7 @@ def order_key(value):
     return bytes(out)
 
 
-def _encode(value, out, done):
+def _encode(value: object, out: bytearray, done: List[int]) -> None:
     if isinstance(value, (float, numbers.Integral)):
         out += _number(value)
     elif isinstance(value, str):
@@ -505,13 +533,13 @@ def _encode(value, out, done):
     done[0] += 1
 
 
-def _ordered_dataclass(value):
+def _ordered_dataclass(value: object) -> TypeGuard[DataclassInstance]:
     """True for an instance of a ``@dataclass(order=True)`` class."""
     params = getattr(type(value), "__dataclass_params__", None)
     return params is not None and params.order and not isinstance(value, type)
 
 
-def _number(x):
+def _number(x: Union[float, numbers.Integral]) -> bytes:
     if isinstance(x, float):
         f, remainder = (math.nan if math.isnan(x) else x + 0.0), 0  # -0.0 + 0.0 is 0.0
     else:
@@ -526,7 +554,7 @@ def _number(x):
     return bytes((_NUMBER,)) + _uint64.pack(bits) + _remainder(remainder)
 
 
-def _remainder(r):
+def _remainder(r: int) -> bytes:
     if not r:
         return _ZERO_REMAINDER
     size = (abs(r).bit_length() + 7) // 8

@@ -49,9 +49,12 @@ them.
 The read-only commands open the file with ``SQLiteEngine(..., readonly=True)``.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import sys
+from typing import List, Optional, Sequence, Tuple
 
 from ..exceptions import LiteQueueError
 from ._common import CLIError, PROG, _configure_logging, log
@@ -63,11 +66,11 @@ __all__ = ["main"]
 
 # -- main ------------------------------------------------------------------------------
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return the exit status."""
     for stream in (sys.stdout, sys.stderr):  # any message text must print
-        with contextlib.suppress(AttributeError, ValueError):
-            stream.reconfigure(errors="backslashreplace")
+        with contextlib.suppress(AttributeError, ValueError):  # (TextIOWrapper's method)
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     argv, command_line = _split_command(sys.argv[1:] if argv is None else list(argv))
     args = _build_parser().parse_args(argv)
     args.command_line = command_line
@@ -76,7 +79,8 @@ def main(argv=None):
         args.parser.error("give the ID of the message")
     _configure_logging(args.verbose)
     try:
-        return args.func(args)
+        status: int = args.func(args)  # every command returns its exit status
+        return status
     except BrokenPipeError:  # e.g. | head: the reader has all it wants
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -94,7 +98,7 @@ def main(argv=None):
         return 1
 
 
-def _split_command(argv):
+def _split_command(argv: List[str]) -> Tuple[List[str], List[str]]:
     """``consume ... -- COMMAND ...``: (the arguments before --, COMMAND ...).
     Split here, not by argparse: an optional DB and a command of any
     arguments cannot both be positionals."""
@@ -104,6 +108,6 @@ def _split_command(argv):
     return argv, []
 
 
-def _one_line(exc):
+def _one_line(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return " ".join(text.split())

@@ -20,17 +20,29 @@ line reads that record so that a shell and a Python consumer agree:
   payload's signature is skipped for showing, not checked.
 """
 
+from __future__ import annotations
+
 import io
 import json
 import pickle
+from typing import TYPE_CHECKING, Callable, Dict, NoReturn, Optional, Tuple
 
 from ..exceptions import LiteQueueError
 from ..serializers import BytesSerializer, Codec, JSONSerializer, PickleSerializer, SignatureError
 
+if TYPE_CHECKING:
+    from ..engine import Engine, Message, Sealer
+    from ..serializers import Serializer
+
+    #: ``encode(kind, value, raw)``: the payload of an item of the command
+    #: line (see :meth:`QueueCodec.writer`).
+    Encoder = Callable[[str, object, bytes], bytes]
+
 __all__ = ["QueueCodec", "Unshowable", "BadSignature"]
 
 # The serializers whose bytes the command line can write and read.
-_KNOWN = {"pickle": PickleSerializer, "json": JSONSerializer, "bytes": BytesSerializer}
+_KNOWN: Dict[str, Callable[[], Serializer]] = {
+    "pickle": PickleSerializer, "json": JSONSerializer, "bytes": BytesSerializer}
 
 
 class Unshowable(Exception):
@@ -41,12 +53,12 @@ class BadSignature(Unshowable):
     """A signed queue's item whose signature does not match the key."""
 
 
-def _fields(fingerprint):
+def _fields(fingerprint: str) -> Dict[str, str]:
     return dict(part.split("=", 1) for part in fingerprint.split(";") if "=" in part)
 
 
 class _Global(Exception):
-    def __init__(self, module, name):
+    def __init__(self, module: str, name: str) -> None:
         super().__init__("%s.%s" % (module, name))
 
 
@@ -54,11 +66,11 @@ class _BuiltinsOnly(pickle.Unpickler):
     """Loads dicts, lists, tuples, sets, str, bytes and numbers; any global
     (a class, a function: what makes unpickling run code) stops it."""
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> NoReturn:
         raise _Global(module, name)
 
 
-def _safe_unpickle(data):
+def _safe_unpickle(data: bytes) -> object:
     try:
         return _BuiltinsOnly(io.BytesIO(data)).load()
     except _Global as exc:
@@ -73,7 +85,7 @@ class QueueCodec:
     ``fingerprint`` is None for a queue without a record: bytes in, bytes out.
     """
 
-    def __init__(self, engine, queue, hmac_key=None):
+    def __init__(self, engine: Engine, queue: str, hmac_key: Optional[bytes] = None) -> None:
         self.queue = queue
         self.location = engine.location
         self.fingerprint = engine.codec_of(queue)
@@ -81,15 +93,15 @@ class QueueCodec:
         self.serializer = fields.get("serializer")
         self.signed = fields.get("key", "none") != "none"
         self.hmac_key = hmac_key
-        self._codec = None
+        self._codec: Optional[Codec] = None
         if self.serializer in _KNOWN:
             self._codec = Codec(_KNOWN[self.serializer](), hmac_key, queue)
 
-    def _refuse(self, why):
+    def _refuse(self, why: str) -> LiteQueueError:
         return LiteQueueError("queue %r in %s: %s; nothing was stored" % (
             self.queue, self.location, why))
 
-    def writer(self):
+    def writer(self) -> Tuple[Encoder, Optional[Sealer]]:
         """``(encode, seal)`` for this queue: ``encode(kind, value, raw)``
         turns an item of the command line ("text", "json" or "bytes"; ``raw``
         is what a queue without a codec stores) into the payload; ``seal`` is
@@ -112,29 +124,29 @@ class QueueCodec:
         if self.serializer == "bytes":
             return (lambda kind, value, raw: raw), codec.sealer
         if self.serializer == "json":
-            def encode(kind, value, raw):
+            def encode(kind: str, value: object, raw: bytes) -> bytes:
                 if kind == "bytes":
                     raise self._refuse("it records serializer json, which has no bytes: give "
                                        "TEXT or --json instead of --file")
                 return codec.dumps(value)
         else:
-            def encode(kind, value, raw):
+            def encode(kind: str, value: object, raw: bytes) -> bytes:
                 return codec.dumps(value)
         return encode, codec.sealer
 
-    def payload(self, data):
+    def payload(self, data: bytes) -> bytes:
         """The serialized item of stored bytes (a signature skipped)."""
         if self.signed:
             return data[Codec.SIGNATURE_SIZE:]
         return data
 
-    def value(self, data):
+    def value(self, data: bytes) -> object:
         """The item stored as ``data`` (its signature skipped, not checked);
         Unshowable if it is not plain data.  For a queue without a record:
         the bytes themselves."""
         return self._loads(self.payload(data))
 
-    def _loads(self, payload):
+    def _loads(self, payload: bytes) -> object:
         if self.serializer == "json":
             try:
                 return json.loads(payload.decode("utf-8"))
@@ -144,11 +156,11 @@ class QueueCodec:
             return _safe_unpickle(payload)
         return payload
 
-    def decoded(self):
+    def decoded(self) -> bool:
         """True if :meth:`value` gives items rather than stored bytes."""
         return self.serializer in ("pickle", "json")
 
-    def check_readable(self):
+    def check_readable(self) -> None:
         """Before handing items to a command: a signed queue needs its key
         (LiteQueueError otherwise, nothing read)."""
         if not self.signed:
@@ -163,7 +175,7 @@ class QueueCodec:
                                  "line cannot read, %s); nothing was read"
                                  % (self.queue, self.location, self.serializer))
 
-    def text(self, msg):
+    def text(self, msg: Message) -> bytes:
         """The item of a stored message for a shell command's stdin: bytes
         as they are, a str as UTF-8, anything else as its JSON text; its
         signature checked first (:meth:`check_readable`).  BadSignature or
@@ -171,7 +183,8 @@ class QueueCodec:
         payload = msg.data
         if self.signed:
             try:
-                payload = self._codec.unseal(msg.queue_name, msg.id, payload)
+                payload = self._codec.unseal(  # type: ignore[union-attr]  # (check_readable)
+                    msg.queue_name, msg.id, payload)
             except SignatureError as exc:
                 raise BadSignature(str(exc)) from None
         value = self._loads(payload)

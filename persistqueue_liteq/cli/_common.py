@@ -1,17 +1,26 @@
 """What every command shares: opening a file read-only or for writing, the
 formatting of times, previews and tables, and the one error a user can act on."""
 
+from __future__ import annotations
+
 import contextlib
 import json
 import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional, Sequence
 
 from . import _jsonl
 from ._codec import QueueCodec, Unshowable
 from ..backends import open_engine
 from ..liteq import LiteQueue
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ..engine import Engine, Message
+    from ._jsonl import Record, WallTime
 
 PROG = "persistqueue-liteq"
 #: Where the database is when a command is given none.
@@ -36,7 +45,7 @@ class CLIError(Exception):
 # -- opening a file ------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _reading(args):
+def _reading(args: argparse.Namespace) -> Iterator[Engine]:
     """The engine on ``args.db``, read-only (see the module docstring)."""
     log.debug("opening %s read-only", args.db)
     if os.path.isdir(args.db):
@@ -53,7 +62,7 @@ def _reading(args):
 
 
 @contextlib.contextmanager
-def _writing(args, create=False):
+def _writing(args: argparse.Namespace, create: bool = False) -> Iterator[LiteQueue]:
     """A LiteQueue on ``args.db``.  Unless ``create``, the file must already
     be a queue file: a maintenance command does not make one."""
     if not create:
@@ -68,18 +77,18 @@ def _writing(args, create=False):
         queue.close()
 
 
-def _queues_with(engine, what):
+def _queues_with(engine: Engine, what: str) -> List[str]:
     """Names of the queues that hold ``what`` ("live" or "dead") messages."""
     return [s.name for s in engine.queues() if (s.dead if what == "dead" else s.live)]
 
 
-def _peek_many(engine, queue, n):
+def _peek_many(engine: Engine, queue: str, n: int) -> List[Message]:
     return engine.peek_many(queue, n)
 
 
 # -- formatting --------------------------------------------------------------------
 
-def _age(seconds):
+def _age(seconds: Optional[float]) -> str:
     """A duration, short.
 
     >>> [_age(s) for s in (None, 0.25, 42, 185, 7500, 180000)]
@@ -99,13 +108,13 @@ def _age(seconds):
     return "%dd%02dh" % (s // 86400, s % 86400 // 3600)
 
 
-def _when(timestamp):
+def _when(timestamp: Optional[float]) -> str:
     if timestamp is None:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
-def _preview(data, width=48):
+def _preview(data: bytes, width: int = 48) -> str:
     """Message data for a table cell: quoted text, or a hex sketch of bytes.
 
     >>> _preview(b"hello"), _preview(b"\\xff\\x00")
@@ -118,33 +127,33 @@ def _preview(data, width=48):
     return shown if len(shown) <= width else shown[: width - 3] + "..."
 
 
-def _table(headers, rows, align):
+def _table(headers: Sequence[str], rows: Iterable[Iterable[object]], align: str) -> List[str]:
     """Aligned lines; ``align`` has one "l" or "r" per column."""
     cells = [[str(c) for c in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
 
-    def line(row):
+    def line(row: Sequence[str]) -> str:
         parts = [c.rjust(w) if a == "r" else c.ljust(w) for c, w, a in zip(row, widths, align)]
         return "  ".join(parts).rstrip()
 
     return [line(headers)] + [line(r) for r in cells]
 
 
-def _record(msg, wall):
+def _record(msg: Message, wall: WallTime) -> Record:
     """A message as one JSON object (see :mod:`._jsonl`)."""
     return _jsonl.record(msg, wall)
 
 
-def _codecs(engine, hmac_key=None):
+def _codecs(engine: Engine, hmac_key: Optional[bytes] = None) -> Dict[str, QueueCodec]:
     """{queue: QueueCodec}, made as needed."""
-    class Codecs(dict):
-        def __missing__(self, queue):
+    class Codecs(dict[str, QueueCodec]):  # (PEP 585: a plain dict at run time)
+        def __missing__(self, queue: str) -> QueueCodec:
             codec = self[queue] = QueueCodec(engine, queue, hmac_key)
             return codec
     return Codecs()
 
 
-def _shown_record(msg, engine, codecs):
+def _shown_record(msg: Message, engine: Engine, codecs: Dict[str, QueueCodec]) -> Record:
     """An export record of ``msg`` and, for a queue whose codec the command
     line reads, its item as "value" (or "value_error")."""
     out = _record(msg, engine.wall_time)
@@ -160,7 +169,7 @@ def _shown_record(msg, engine, codecs):
     return out
 
 
-def _shown_preview(msg, codecs, width=48):
+def _shown_preview(msg: Message, codecs: Dict[str, QueueCodec], width: int = 48) -> str:
     codec = codecs[msg.queue_name]
     if not codec.decoded():
         return _preview(msg.data, width)
@@ -171,11 +180,11 @@ def _shown_preview(msg, codecs, width=48):
     return shown if len(shown) <= width else shown[: width - 3] + "..."
 
 
-def _print_json(obj):
+def _print_json(obj: object) -> None:
     print(json.dumps(obj, indent=2, sort_keys=False))
 
 
-def _state(msg, now):
+def _state(msg: Message, now: float) -> str:
     """"dead", "ready" or "waiting" (delayed, or leased: a stored message
     does not say which)."""
     if msg.dead_at is not None:
@@ -187,7 +196,7 @@ def _state(msg, now):
 
 # -- logging ---------------------------------------------------------------------------
 
-def _configure_logging(verbosity):
+def _configure_logging(verbosity: int) -> None:
     """The package's log to stderr: its warnings always, as one line each;
     with -v its INFO records too, with -vv DEBUG, timestamped."""
     logger = logging.getLogger("persistqueue_liteq")
@@ -202,6 +211,6 @@ def _configure_logging(verbosity):
 
 
 class _PlainFormatter(logging.Formatter):
-    def format(self, record):
+    def format(self, record: logging.LogRecord) -> str:
         return "%s: %s: %s" % (PROG, record.levelname.lower(), " ".join(
             record.getMessage().split()))

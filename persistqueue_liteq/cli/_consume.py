@@ -21,13 +21,21 @@ counted).  The first SIGINT or SIGTERM stops after the running command; the
 message it was given is settled as above.
 """
 
+from __future__ import annotations
+
 import os
 import signal
 import subprocess
 import sys
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, TextIO, Tuple
 
 from ._codec import BadSignature, QueueCodec, Unshowable
 from ..engine import lease_waiting
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ..engine import Engine, Message
 
 __all__ = ["consume"]
 
@@ -35,11 +43,12 @@ __all__ = ["consume"]
 _STDERR_KEPT = 4000
 
 
-def _run(command, data, env, extend, every):
+def _run(command: List[str], data: bytes, env: Dict[str, str], extend: Callable[[], object],
+         every: float) -> Tuple[int, bytes]:
     """Run ``command`` with ``data`` on stdin, calling ``extend()`` every
     ``every`` seconds while it runs; return (exit status, stderr bytes)."""
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    given = data
+    given: Optional[bytes] = data
     while True:
         try:
             _, err = proc.communicate(given, timeout=every)
@@ -49,18 +58,19 @@ def _run(command, data, env, extend, every):
             extend()
 
 
-def _failure(status, err):
+def _failure(status: int, err: bytes) -> Tuple[str, str]:
     why = ("killed by signal %d" % -status) if status < 0 else "exit status %d" % status
     tail = err[-_STDERR_KEPT:].decode("utf-8", "replace").strip()
     return why, ("%s\n%s" % (why, tail) if tail else why)
 
 
-def consume(engine, args, command, out=sys.stdout):
+def consume(engine: Engine, args: argparse.Namespace, command: List[str],
+            out: TextIO = sys.stdout) -> Tuple[int, int]:
     """Consume ``args.queue`` of ``engine`` with ``command`` (a list);
     returns (done, failed)."""
     codec = QueueCodec(engine, args.queue, args.hmac_key_file)
     codec.check_readable()
-    stop = []
+    stop: List[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: stop.append(signum))
                 for s in (signal.SIGINT, signal.SIGTERM)}
     done = failed = 0
@@ -83,7 +93,8 @@ def consume(engine, args, command, out=sys.stdout):
     return done, failed
 
 
-def _one(engine, codec, args, command, msg):
+def _one(engine: Engine, codec: QueueCodec, args: argparse.Namespace, command: List[str],
+         msg: Message) -> bool:
     """Run the command on one leased message and settle it; True if it
     succeeded."""
     env = dict(os.environ, PERSISTQUEUE_LITEQ_QUEUE=args.queue,

@@ -30,10 +30,22 @@ Times are the wall clock's (seconds since the epoch); absent fields are
 null or left out.
 """
 
+from __future__ import annotations
+
 import base64
 import json
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from ..engine import Message
+
+if TYPE_CHECKING:
+    #: A JSON object: an export record, written or read.
+    Record = Dict[str, Any]
+    #: ``engine.wall_time``: an engine's time as the wall clock's.
+    WallTime = Callable[[Optional[float]], Optional[float]]
+    #: ``(kind, value, raw)``: a message of the command line, "text", "json"
+    #: or "bytes", its value, and the bytes a queue without a codec stores.
+    Item = Tuple[str, object, bytes]
 
 __all__ = ["record", "restored", "lines_item", "simple_local_mq_item", "ImportError_"]
 
@@ -42,14 +54,14 @@ class ImportError_(Exception):
     """A line that cannot be imported; the message says which and why."""
 
 
-def _base64(text, line_no, what):
+def _base64(text: str, line_no: int, what: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (ValueError, TypeError) as exc:
         raise ImportError_("line %d: bad base64 %s: %s" % (line_no, what, exc)) from None
 
 
-def _state(msg, now):
+def _state(msg: Message, now: float) -> str:
     if msg.dead_at is not None or msg.visible_at is None:
         return "dead"
     if msg.lease is not None and msg.visible_at > now:
@@ -57,11 +69,12 @@ def _state(msg, now):
     return "ready" if msg.visible_at <= now else "delayed"
 
 
-def record(msg, wall, now=None, codec=None):
+def record(msg: Message, wall: WallTime, now: Optional[float] = None,
+           codec: Optional[str] = None) -> Record:
     """A message as one JSON object; ``wall`` turns the engine's times into
     wall-clock ones (``engine.wall_time``), ``now`` is the engine's time (for
     the state), ``codec`` the queue's codec record."""
-    out = {"id": msg.id, "queue": msg.queue_name}
+    out: Record = {"id": msg.id, "queue": msg.queue_name}
     try:
         out["data"] = msg.data.decode("utf-8")
     except UnicodeDecodeError:
@@ -89,20 +102,22 @@ def record(msg, wall, now=None, codec=None):
     return out
 
 
-def record_data(rec, line_no):
+def record_data(rec: Record, line_no: int) -> bytes:
     """The bytes of an export record's data."""
     if not isinstance(rec, dict) or not isinstance(rec.get("data"), str):
         raise ImportError_(
             'line %d: not an export-jsonl record (an object with a "data" string)' % line_no)
     encoding = rec.get("encoding")
     if encoding is None:
-        return rec["data"].encode("utf-8", "surrogatepass")
+        text: str = rec["data"]
+        return text.encode("utf-8", "surrogatepass")
     if encoding != "base64":
         raise ImportError_("line %d: unknown encoding %r (only base64)" % (line_no, encoding))
     return _base64(rec["data"], line_no, "data")
 
 
-def _time(rec, name, line_no, to_engine, required=False):
+def _time(rec: Record, name: str, line_no: int, to_engine: Callable[[float], float],
+          required: bool = False) -> Optional[float]:
     value = rec.get(name)
     if value is None:
         if required:
@@ -114,14 +129,15 @@ def _time(rec, name, line_no, to_engine, required=False):
     return to_engine(float(value))
 
 
-def _text(rec, name, line_no):
+def _text(rec: Record, name: str, line_no: int) -> Optional[str]:
     value = rec.get(name)
     if value is not None and not isinstance(value, str):
         raise ImportError_("line %d: %s must be a string" % (line_no, name))
     return value
 
 
-def restored(rec, line_no, to_engine, now):
+def restored(rec: Record, line_no: int, to_engine: Callable[[float], float],
+             now: float) -> Tuple[Message, Optional[str]]:
     """``(Message, codec)`` of an export record, its times on the engine's
     clock (``to_engine`` converts wall-clock times); a record of an older
     export (no "state") is ready, or dead if it has "dead_at"."""
@@ -153,7 +169,7 @@ def restored(rec, line_no, to_engine, now):
     return msg, codec
 
 
-def lines_item(text):
+def lines_item(text: bytes) -> Item:
     """``(kind, value, raw)`` of a line of the ``lines`` format: a JSON line
     is the JSON value (stored, in a queue without a codec, as the line's
     bytes), any other line its text."""
@@ -163,7 +179,7 @@ def lines_item(text):
         return "text", text.decode("utf-8", "surrogateescape"), text
 
 
-def simple_local_mq_item(text, line_no):
+def simple_local_mq_item(text: bytes, line_no: int) -> Tuple[Optional[str], Item]:
     """``(topic or None, (kind, value, raw))`` of a simple_local_mq line."""
     try:
         value = json.loads(text)

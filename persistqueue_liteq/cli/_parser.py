@@ -1,9 +1,13 @@
 """The argument parser: every command, its options and checks, and where DB
 comes from when it is left out."""
 
+from __future__ import annotations
+
 import argparse
 import math
 import os
+from typing import TYPE_CHECKING, Any, Callable, List, Mapping, NoReturn, Optional, Sequence, Tuple
+from typing import TypeVar, Union
 
 from .. import __version__
 from ..engine import DEFAULT_PREFIX, Maintenance
@@ -16,6 +20,14 @@ from .stats import _cmd_stats
 from .transfer import _cmd_export, _cmd_import
 from .worker import _cmd_consume, _cmd_worker
 
+if TYPE_CHECKING:
+    #: A command: runs on the parsed arguments, returns the exit status.
+    _Command = Callable[[argparse.Namespace], int]
+    _Subparsers = argparse._SubParsersAction["_Parser"]
+
+#: What a number option holds: an int or a float.
+_Num = TypeVar("_Num", int, float)
+
 # -- the parser ----------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -27,7 +39,10 @@ class _Parser(argparse.ArgumentParser):
     intermixed = True
     _parsing = False
 
-    def parse_known_args(self, args=None, namespace=None):
+    def parse_known_args(  # type: ignore[override]  # one signature for typeshed's overloads
+            self, args: Optional[Sequence[str]] = None,
+            namespace: Optional[argparse.Namespace] = None
+    ) -> Tuple[argparse.Namespace, List[str]]:
         if not self.intermixed or self._parsing:
             return super().parse_known_args(args, namespace)
         self._parsing = True  # parse_known_intermixed_args calls us back
@@ -36,13 +51,13 @@ class _Parser(argparse.ArgumentParser):
         finally:
             self._parsing = False
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         command = self.prog[len(PROG):].strip()
         where = "%s: " % command if command else ""
         self.exit(2, "%s: error: %s%s (see %s --help)\n" % (PROG, where, message, self.prog))
 
 
-def _key_file(path):
+def _key_file(path: str) -> bytes:
     """The key in a file (not on the command line, which ``ps`` shows)."""
     try:
         with open(path, "rb") as f:
@@ -55,8 +70,9 @@ def _key_file(path):
     return key
 
 
-def _number(kind, minimum, inclusive=True, name="a number"):
-    def convert(text):
+def _number(kind: Callable[[str], _Num], minimum: _Num, inclusive: bool = True,
+            name: str = "a number") -> Callable[[str], _Num]:
+    def convert(text: str) -> _Num:
         try:
             value = kind(text)
         except ValueError:
@@ -69,19 +85,19 @@ def _number(kind, minimum, inclusive=True, name="a number"):
     return convert
 
 
-def _auto_pages(text):
+def _auto_pages(text: str) -> Union[str, int]:
     if text == "off":
         return text
     return _number(int, 0, name="a number of pages or off")(text)
 
 
-def _queue_name(text):
+def _queue_name(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("a queue name must not be empty")
     return text
 
 
-def _table_prefix(text):
+def _table_prefix(text: str) -> str:
     try:
         check_table_prefix(text)
     except ValueError as exc:
@@ -89,7 +105,7 @@ def _table_prefix(text):
     return text
 
 
-def _add_common(parser, defaults):
+def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:
     """Options accepted before and after the command name; given after it,
     they override (SUPPRESS keeps a subcommand from resetting them)."""
     keep = argparse.SUPPRESS
@@ -109,12 +125,12 @@ def _add_common(parser, defaults):
                         help="log to stderr: -v at INFO, -vv at DEBUG")
 
 
-def _add_db(parser):
+def _add_db(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("db", metavar="DB", nargs="?",
                         help="the queue file (default: $%s)" % DB_VARIABLE)
 
 
-def _resolve_db(args, environ=os.environ):
+def _resolve_db(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> None:
     """Fill in ``args.db`` from $PERSISTQUEUE_LITEQ_DB when the command was
     given none.  DB is always the first positional; with the variable set, a
     command whose DB was left out reads its positionals as the ones after DB:
@@ -131,20 +147,20 @@ def _resolve_db(args, environ=os.environ):
         args.db = env
 
 
-def _shift_put(args, env):
+def _shift_put(args: argparse.Namespace, env: str) -> None:
     if args.text is None and args.json_text is None and args.file is None and not args.stdin:
         args.text, args.db = args.db, env
 
 
-def _shift_import(args, env):
+def _shift_import(args: argparse.Namespace, env: str) -> None:
     if args.file is None:
         args.file, args.db = args.db, env
 
 
-def _shift_ids(name):
+def _shift_ids(name: str) -> Callable[[argparse.Namespace, str], None]:
     """For ``dlq show ID`` and ``dlq redrive ID...``: a first positional of
     digits only is an ID when DB comes from the environment."""
-    def shift(args, env):
+    def shift(args: argparse.Namespace, env: str) -> None:
         if not args.db.isdigit():
             return
         value = getattr(args, name)
@@ -158,7 +174,8 @@ def _shift_ids(name):
     return shift
 
 
-def _command(subparsers, name, func, help, **kwargs):
+def _command(subparsers: _Subparsers, name: str, func: _Command, help: str,
+             **kwargs: Any) -> _Parser:
     parser = subparsers.add_parser(name, help=help, description=help, **kwargs)
     _add_common(parser, defaults=False)
     parser.set_defaults(func=func, parser=parser)
@@ -166,7 +183,7 @@ def _command(subparsers, name, func, help, **kwargs):
     return parser
 
 
-def _build_parser():
+def _build_parser() -> _Parser:
     parser = _Parser(prog=PROG, description="See and steer persistqueue_liteq queue files.",
                      epilog="put, import-jsonl and worker create the file (or its queue tables) "
                             "if missing; every other command needs an existing queue file, and "
@@ -278,13 +295,13 @@ def _build_parser():
     return parser
 
 
-def _add_key_file(p):
+def _add_key_file(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hmac-key-file", type=_key_file, metavar="PATH",
                    help="the hmac_key of a queue whose items are signed: the bytes of PATH, "
                         "less one trailing newline")
 
 
-def _build_dlq(commands):
+def _build_dlq(commands: _Subparsers) -> None:
     dlq = commands.add_parser("dlq", help="dead letters: list, show, redrive, purge",
                               description="Dead letters, with their reasons and tracebacks.")
     dlq.intermixed = False

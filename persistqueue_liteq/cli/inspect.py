@@ -1,13 +1,22 @@
 """``peek``, ``dlq list`` and ``dlq show``: looking at messages without
 changing anything (the file is opened read-only)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, List, Sequence, Tuple
+
 from ._common import (CLIError, _age, _codecs, _peek_many, _print_json, _queues_with, _reading,
                       _shown_preview, _shown_record, _state, _table, _when)
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ..engine import Engine, Message
 
 
 # -- looking at messages -----------------------------------------------------------------
 
-def _message_rows(messages, engine, dead):
+def _message_rows(messages: Sequence[Message], engine: Engine, dead: bool) -> List[str]:
     now = engine.now()
     codecs = _codecs(engine)
     if dead:
@@ -22,7 +31,7 @@ def _message_rows(messages, engine, dead):
     return _table(headers, rows, "rlrrrl")
 
 
-def _cmd_peek(args):
+def _cmd_peek(args: argparse.Namespace) -> int:
     with _reading(args) as engine:
         messages = _peek_many(engine, args.queue, args.n)
         codecs = _codecs(engine)
@@ -37,7 +46,7 @@ def _cmd_peek(args):
     return 0
 
 
-def _cmd_dlq_list(args):
+def _cmd_dlq_list(args: argparse.Namespace) -> int:
     with _reading(args) as engine:
         queues = [args.queue] if args.queue else _queues_with(engine, "dead")
         messages = [m for q in queues for m in engine.dead_letters(q)]
@@ -53,7 +62,7 @@ def _cmd_dlq_list(args):
     return 0
 
 
-def _cmd_dlq_show(args):
+def _cmd_dlq_show(args: argparse.Namespace) -> int:
     with _reading(args) as engine:
         msg = engine.get(args.id)
         codecs = _codecs(engine)
@@ -69,7 +78,7 @@ def _cmd_dlq_show(args):
     state = _state(msg, now)
     if state == "waiting":
         state = "delayed or in flight until %s" % _when(wall(msg.visible_at))
-    fields = [
+    fields: List[Tuple[str, object]] = [
         ("id", msg.id), ("queue", msg.queue_name), ("state", state),
         ("attempts", msg.attempts),
         ("created at", "%s (%s ago)" % (_when(wall(msg.created_at)), _age(now - msg.created_at))),

@@ -2,17 +2,23 @@
 engine's optional maintenance interface only (SQLite has one; a backend
 without one gives Unsupported)."""
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 from ..engine import maintenance_of
 from ._common import CLIError, _reading, _writing
+
+if TYPE_CHECKING:
+    import argparse
 
 # -- maintenance -----------------------------------------------------------------
 
 # All through the engine's maintenance interface (engine.Maintenance): a
 # backend without one stops these commands with Unsupported, one line.
 
-def _cmd_checkpoint(args):
+def _cmd_checkpoint(args: argparse.Namespace) -> int:
     with _writing(args) as q:
         upkeep = maintenance_of(q.engine, "checkpoint")
         busy, wal_pages, copied = upkeep.checkpoint(args.mode)
@@ -23,7 +29,7 @@ def _cmd_checkpoint(args):
     return 0
 
 
-def _cmd_vacuum(args):
+def _cmd_vacuum(args: argparse.Namespace) -> int:
     if args.auto is not None:
         with _writing(args) as q:
             maintenance_of(q.engine, "vacuum --auto").set_auto_vacuum(
@@ -41,7 +47,7 @@ def _cmd_vacuum(args):
     return 0
 
 
-def _cmd_check(args):
+def _cmd_check(args: argparse.Namespace) -> int:
     with _reading(args) as engine:
         upkeep = maintenance_of(engine, "check")
         # As it was before the engine opened it: a read-only open may

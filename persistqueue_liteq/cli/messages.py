@@ -1,16 +1,25 @@
 """``put``, ``purge``, ``delete-queue``, ``dlq redrive`` and ``dlq purge``:
 the commands that change messages."""
 
+from __future__ import annotations
+
 import json
 import sys
+from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, Optional
 
 from ._codec import QueueCodec
 from .._policy import redrive_tasks
 from ._common import CLIError, _queues_with, _writing
 
+if TYPE_CHECKING:
+    import argparse
+
+    from ..engine import Engine
+    from ._jsonl import Item
+
 # -- changing messages ----------------------------------------------------------------
 
-def _put_sources(args):
+def _put_sources(args: argparse.Namespace) -> Iterator[Item]:
     """The messages ``put`` was given: (kind, value, raw) for each, ``raw``
     being what a queue without a codec stores (see :mod:`._codec`)."""
     if args.text is not None:
@@ -32,14 +41,14 @@ def _put_sources(args):
                 yield "text", line.decode("utf-8", "surrogateescape"), line
 
 
-def _cmd_put(args):
+def _cmd_put(args: argparse.Namespace) -> int:
     given = [args.text is not None, args.json_text is not None, args.file is not None, args.stdin]
     if sum(given) != 1:
         args.parser.error("give exactly one of TEXT, --json, --file or --stdin")
     with _writing(args, create=True) as q:
         engine = q.engine
         encode, seal = QueueCodec(engine, args.queue, args.hmac_key_file).writer()
-        ids = []
+        ids: List[int] = []
         for kind, value, raw in _put_sources(args):
             # One put each, committed at once: a shell producer's lines are
             # consumable as they come.
@@ -52,7 +61,7 @@ def _cmd_put(args):
     return 0
 
 
-def _cmd_purge(args):
+def _cmd_purge(args: argparse.Namespace) -> int:
     with _writing(args) as q:
         removed = q.purge(args.queue, dlq=args.dead)
     what = "dead letters" if args.dead else "live messages"
@@ -60,19 +69,20 @@ def _cmd_purge(args):
     return 0
 
 
-def _cmd_delete_queue(args):
+def _cmd_delete_queue(args: argparse.Namespace) -> int:
     with _writing(args) as q:
         removed = q.delete_queue(args.queue)
     print("deleted queue %r: %d message%s" % (args.queue, removed, "" if removed == 1 else "s"))
     return 0
 
 
-def _redrive_targets(engine, args):
+def _redrive_targets(engine: Engine, args: argparse.Namespace
+                     ) -> Mapping[str, Optional[List[int]]]:
     """{queue: ids or None (all)} to redrive, checked before anything moves."""
     if not args.ids:
         queues = [args.queue] if args.queue else _queues_with(engine, "dead")
         return {q: None for q in queues}
-    targets = {}
+    targets: Dict[str, List[int]] = {}
     for msg_id in args.ids:
         msg = engine.get(msg_id)
         if msg is None:
@@ -86,7 +96,7 @@ def _redrive_targets(engine, args):
     return targets
 
 
-def _cmd_dlq_redrive(args):
+def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
     with _writing(args) as q:
         engine = q.engine
         moved = 0
@@ -96,7 +106,7 @@ def _cmd_dlq_redrive(args):
     return 0
 
 
-def _cmd_dlq_purge(args):
+def _cmd_dlq_purge(args: argparse.Namespace) -> int:
     with _writing(args) as q:
         queues = [args.queue] if args.queue else _queues_with(q.engine, "dead")
         removed = sum(q.purge(name, dlq=True) for name in queues)

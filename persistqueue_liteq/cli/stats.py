@@ -1,14 +1,25 @@
 """``stats``: the counts of every queue, as a table, JSON or Prometheus text,
 once or every few seconds (``--watch``)."""
 
+from __future__ import annotations
+
 import os
 import re
 import sys
 import time
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 from ..engine import METRIC_NAMES
 from ..exceptions import LiteQueueError
 from ._common import CLEAR, PROG, _age, _print_json, _reading, _table
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ..engine import Engine
+
+    #: {queue: its numbers}: the JSON of ``stats --json`` (see _snapshot).
+    Snapshot = Dict[str, Dict[str, Any]]
 
 # -- stats -------------------------------------------------------------------------
 
@@ -25,7 +36,7 @@ _COUNTER_HELP = {
 _RATE_WINDOW = 60.0
 
 
-def _snapshot(engine):
+def _snapshot(engine: Engine) -> Tuple[float, Snapshot]:
     """{queue: numbers} for every queue that has messages or counters.
 
     Counters are the lasting totals of every process, as flushed (a working
@@ -37,7 +48,7 @@ def _snapshot(engine):
     stats = {s.name: s for s in engine.queues()}
     counters = engine.counters()
     window, recent = engine.activity(_RATE_WINDOW)
-    snapshot = {}
+    snapshot: Snapshot = {}
     for name in sorted(set(stats) | set(counters)):
         s = stats.get(name)
         oldest = None if s is None else s.oldest_created_at
@@ -61,14 +72,14 @@ def _snapshot(engine):
     return engine.wall_time(now), snapshot
 
 
-def _rate(per_second):
+def _rate(per_second: float) -> str:
     """A rate for people: "0", "0.05", "12.3", "1,234"."""
     if per_second >= 100:
         return "{:,.0f}".format(per_second)
     return ("%.3g" % per_second) if per_second else "0"
 
 
-def _stats_lines(path, snapshot):
+def _stats_lines(path: str, snapshot: Snapshot) -> List[str]:
     if not snapshot:
         return ["%s: no queue holds messages" % path]
     headers = ["QUEUE", "READY", "DELAYED", "IN FLIGHT", "DEAD", "OLDEST",
@@ -84,7 +95,7 @@ def _stats_lines(path, snapshot):
     ]
 
 
-def _label(value):
+def _label(value: str) -> str:
     """A Prometheus label value, escaped.
 
     >>> print(_label('a"b\\\\c'))
@@ -94,7 +105,7 @@ def _label(value):
     return '"%s"' % escaped
 
 
-def _prometheus(snapshot):
+def _prometheus(snapshot: Snapshot) -> List[str]:
     """The Prometheus text exposition format (version 0.0.4)."""
     out = [
         "# HELP persistqueue_liteq_messages Messages in the queue file, by state.",
@@ -122,7 +133,7 @@ def _prometheus(snapshot):
     return out
 
 
-def _cmd_stats(args):
+def _cmd_stats(args: argparse.Namespace) -> int:
     if args.watch is not None and (args.json or args.prometheus):
         args.parser.error("--watch is a view for people: not with --json or --prometheus")
     with _reading(args) as engine:
@@ -138,7 +149,7 @@ def _cmd_stats(args):
     return 0
 
 
-def _watch(args, engine):
+def _watch(args: argparse.Namespace, engine: Engine) -> int:
     """Redraw the stats every ``args.watch`` seconds until Ctrl-C."""
     try:
         while True:

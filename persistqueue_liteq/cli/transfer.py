@@ -1,10 +1,14 @@
 """``import-jsonl`` and ``export-jsonl``: messages in and out as JSON lines
 (the record and the formats are in :mod:`._jsonl`)."""
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
 import sys
+from typing import (TYPE_CHECKING, BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional,
+                    Tuple, Union)
 
 from . import _jsonl
 from ._codec import QueueCodec
@@ -12,29 +16,37 @@ from ..exceptions import LiteQueueError
 from ._common import (CLIError, DEFAULT_QUEUE, _IMPORT_CHUNK, _PROGRESS_EVERY, _queues_with,
                       _reading, _writing, log)
 
+if TYPE_CHECKING:
+    import argparse
+
+    from ..engine import Engine, Message, Sealer
+    from ._codec import Encoder
+    from ._jsonl import Item, Record
+
 # -- import and export -------------------------------------------------------------------
 
 class _Progress:
     """"imported N lines (P%)" on stderr, redrawn in place; only on a terminal."""
 
-    def __init__(self, total_bytes):
+    def __init__(self, total_bytes: int) -> None:
         self.shown = sys.stderr.isatty()
         self.total = total_bytes
 
-    def update(self, lines, done_bytes):
+    def update(self, lines: int, done_bytes: int) -> None:
         if not self.shown or lines % _PROGRESS_EVERY:
             return
         percent = " (%d%%)" % (100 * done_bytes // self.total) if self.total else ""
         sys.stderr.write("\rimported %d lines%s" % (lines, percent))
         sys.stderr.flush()
 
-    def finish(self):
+    def finish(self) -> None:
         if self.shown:
             sys.stderr.write("\r\x1b[K")
             sys.stderr.flush()
 
 
-def _import_items(lines, args):
+def _import_items(lines: Iterable[bytes], args: argparse.Namespace
+                  ) -> Iterator[Tuple[int, str, Union[Item, Record]]]:
     """(line number, queue, item) for every non-blank line; ``item`` is
     (kind, value, raw) or, for ``--format exported``, (Message, codec)."""
     for line_no, line in enumerate(lines, 1):
@@ -60,7 +72,7 @@ def _import_items(lines, args):
             yield line_no, args.queue or DEFAULT_QUEUE, _jsonl.lines_item(text)
 
 
-def _cmd_import(args):
+def _cmd_import(args: argparse.Namespace) -> int:
     if args.exported:
         args.format = "exported"
     source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
@@ -95,21 +107,23 @@ class _Importer:
     """Lines to store, committed a chunk at a time: plain items encoded by
     their queue's codec, exported records restored with their state."""
 
-    def __init__(self, engine, args):
+    def __init__(self, engine: Engine, args: argparse.Namespace) -> None:
         self.engine = engine
         self.hmac_key = args.hmac_key_file
         self.exported = args.format == "exported"
-        self.chunk = []  # (queue, payload or Message)
-        self._writers = {}  # queue -> (encode, seal)
-        self._claimed = {}  # queue -> codec record claimed for it
+        # (queue, (payload, seal) or Message)
+        self.chunk: List[Tuple[str, Union[Tuple[bytes, Optional[Sealer]], Message]]] = []
+        self._writers: Dict[str, Tuple[Encoder, Optional[Sealer]]] = {}  # queue -> (encode, seal)
+        self._claimed: Dict[str, str] = {}  # queue -> codec record claimed for it
         now = engine.now()
         self.now = now
         offset = engine.wall_time(now) - now  # wall clock minus the engine's
-        self.to_engine = lambda t: t - offset
+        self.to_engine: Callable[[float], float] = lambda t: t - offset
 
-    def add(self, line_no, queue, item):
+    def add(self, line_no: int, queue: str, item: Union[Item, Record]) -> None:
         if self.exported:
-            msg, codec = _jsonl.restored(item, line_no, self.to_engine, self.engine.now())
+            msg, codec = _jsonl.restored(item,  # type: ignore[arg-type]  # exported: a record
+                                         line_no, self.to_engine, self.engine.now())
             if codec is not None:
                 self._claim(line_no, queue, codec)
             self.chunk.append((queue, msg))
@@ -120,7 +134,7 @@ class _Importer:
         encode, seal = writer
         self.chunk.append((queue, (encode(*item), seal)))
 
-    def _claim(self, line_no, queue, codec):
+    def _claim(self, line_no: int, queue: str, codec: str) -> None:
         if self._claimed.get(queue) == codec:
             return
         if "key=none" not in codec.split(";"):
@@ -135,25 +149,25 @@ class _Importer:
                            % (line_no, queue, held, codec))
         self._claimed[queue] = codec
 
-    def commit(self):
+    def commit(self) -> int:
         """Store the chunk; empty it; return how many."""
         chunk, self.chunk = self.chunk, []
         if not chunk:
             return 0
         if self.exported:
-            by_queue = {}
-            for queue, msg in chunk:
-                by_queue.setdefault(queue, []).append(msg)
+            by_queue: Dict[str, List[Message]] = {}
+            for queue, msg in chunk:  # (exported: Messages)
+                by_queue.setdefault(queue, []).append(msg)  # type: ignore[arg-type]
             for queue, messages in by_queue.items():
                 self.engine.restore(queue, messages)
             return len(chunk)
         with self.engine.transaction() as tx:
-            for queue, (data, seal) in chunk:
+            for queue, (data, seal) in chunk:  # type: ignore[misc]  # (payload, seal) pairs
                 tx.put(queue, data, seal=seal)
         return len(chunk)
 
 
-def _counting(source, progress):
+def _counting(source: Iterable[bytes], progress: _Progress) -> Iterator[bytes]:
     done = 0
     for n, line in enumerate(source, 1):
         done += len(line)
@@ -161,7 +175,7 @@ def _counting(source, progress):
         yield line
 
 
-def _cmd_export(args):
+def _cmd_export(args: argparse.Namespace) -> int:
     with _reading(args) as engine:
         what = "all" if args.all else "dead" if args.dead else "live"
         if args.queue:
@@ -191,7 +205,7 @@ def _cmd_export(args):
     return 0
 
 
-def _snapshot_of(engine, queue, what):
+def _snapshot_of(engine: Engine, queue: str, what: str) -> Iterator[Message]:
     """Every message of ``queue`` ("live", "dead" or "all"), in id order."""
     after = 0
     while True:
@@ -205,7 +219,7 @@ def _snapshot_of(engine, queue, what):
         after = batch[-1].id
 
 
-def _write_records(out, engine, queues, what):
+def _write_records(out: BinaryIO, engine: Engine, queues: Iterable[str], what: str) -> int:
     count = 0
     for queue in queues:
         codec = engine.codec_of(queue)

@@ -1,17 +1,26 @@
 """``worker`` (a process pool serving a queue of tasks) and ``consume``
 (each message to a command's stdin; the loop is in :mod:`._consume`)."""
 
+from __future__ import annotations
+
 import os
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING, List, Optional
 
 from . import _consume
 from ._common import PROG, _configure_logging, _reading, _writing
 
+if TYPE_CHECKING:
+    import argparse
+    from types import FrameType
+
+    from ..pool import PersistentProcessPoolExecutor
+
 # -- worker -------------------------------------------------------------------------
 
-def _init_worker_process(verbosity):
+def _init_worker_process(verbosity: int) -> None:
     """In each worker: leave SIGINT and SIGTERM to the command's process, which
     stops the pool gracefully on the first and kills the workers on the
     second; a Ctrl-C on the terminal reaches every process of the group."""
@@ -20,15 +29,15 @@ def _init_worker_process(verbosity):
     _configure_logging(verbosity)
 
 
-def _cmd_worker(args):
+def _cmd_worker(args: argparse.Namespace) -> int:
     from ..pool import PersistentProcessPoolExecutor  # multiprocessing only when needed
 
     if os.getcwd() not in sys.path:  # tasks are imported by module name
         sys.path.insert(0, os.getcwd())
-    signals = []
+    signals: List[int] = []
     signalled = threading.Event()
 
-    def on_signal(signum, frame):
+    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
         signals.append(signum)
         signalled.set()
 
@@ -53,7 +62,8 @@ def _cmd_worker(args):
             signal.signal(s, handler)
 
 
-def _stop_worker(args, executor, signals):
+def _stop_worker(args: argparse.Namespace, executor: PersistentProcessPoolExecutor,
+                 signals: List[int]) -> int:
     """First signal: let the running tasks finish.  A second one: kill the
     workers; the pool hands their tasks back to the queue (each killed run
     counts as an attempt, as any worker's death does)."""
@@ -87,7 +97,7 @@ def _stop_worker(args, executor, signals):
 
 # -- consume ------------------------------------------------------------------------
 
-def _cmd_consume(args):
+def _cmd_consume(args: argparse.Namespace) -> int:
     if not args.command_line:
         args.parser.error("give the command to run after --, e.g. consume DB -- sh -c 'cat'")
     with _writing(args, create=True) as q:

@@ -1,6 +1,8 @@
 """What both durable pools are made of: the calls stored, their futures, the
 collector that resolves them and the heartbeat (see _PersistentExecutor)."""
 
+from __future__ import annotations
+
 import atexit
 import concurrent.futures
 import hashlib
@@ -11,6 +13,8 @@ import threading
 import time
 import weakref
 from concurrent.futures import BrokenExecutor, Future
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Set,
+                    Tuple, TypeVar)
 
 from .. import _checks
 from .._policy import redrive_tasks
@@ -24,8 +28,44 @@ from ._shared import (_apply_chunk, _BUGS_IN_A_ROW, _CALL_KEYS, _Config, _dumps,
                       _STORAGE_ERRORS, _STORE_BATCH, logger)
 from ._worker import _settle_failure
 
+_T = TypeVar("_T")
 
-def _extend_leases(engine, cfg, slots):
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Literal, ParamSpec, Sequence, Type, TypedDict, Union
+
+    from ..backends import Location
+    from ..engine import Message
+    from ..serializers import BytesLike
+    from ._worker import _Slot
+
+    _P = ParamSpec("_P")
+
+    #: What ``retry_on`` takes: an exception class, or an iterable of them.
+    _RetryOn = Union[Type[BaseException], Iterable[Type[BaseException]]]
+
+    class _Options(TypedDict, total=False):
+        """The keyword-only options of both pools (see _PersistentExecutor)."""
+
+        name: str
+        max_retries: int
+        retry_on: _RetryOn
+        retry_backoff: float
+        retry_backoff_max: float
+        lease_seconds: float
+        timeout_seconds: float
+        synchronous: str
+        table_prefix: str
+        run_workers: bool
+        hmac_key: Optional[BytesLike]
+        journal_mode: Optional[str]
+
+    # A call as the storer takes it: the caller's key (None: a digest), the
+    # function, its arguments.
+    _Call = Tuple[Optional[str], Callable[..., _T], Tuple[Any, ...], Dict[str, Any]]
+
+
+def _extend_leases(engine: Engine, cfg: _Config, slots: Iterable[_Slot]) -> None:
     """The heartbeat: extend the leases of every task a live worker holds.
 
     A beat that finds the file failing stops there: the next one, a third
@@ -43,7 +83,7 @@ def _extend_leases(engine, cfg, slots):
                 return
 
 
-def _beat(executor, slots):
+def _beat(executor: _PersistentExecutor, slots: Sequence[_Slot]) -> None:
     """One heartbeat of ``executor``.  A bug in it (storage faults are left
     to the next beat) is logged and fails the futures of the tasks whose
     leases it could not extend: they may be delivered again while they run."""
@@ -55,7 +95,7 @@ def _beat(executor, slots):
         executor._fail_tasks([task_id for slot in slots for task_id, _ in slot.held()[1]], exc)
 
 
-def _exception_types(retry_on):
+def _exception_types(retry_on: _RetryOn) -> Tuple[Type[BaseException], ...]:
     """``retry_on`` as a tuple of exception classes (one class, or an iterable)."""
     try:
         types = (retry_on,) if isinstance(retry_on, type) else tuple(retry_on)
@@ -75,12 +115,12 @@ class _Occurrences:
     that the pool's memory does not grow with the number of distinct calls.
     Used under the pool's lock."""
 
-    def __init__(self):
-        self._counts = {}
-        self._spill = None
+    def __init__(self) -> None:
+        self._counts: Dict[str, int] = {}
+        self._spill: Optional[SpilledCounts] = None
         self._cap = _OCCURRENCES_IN_MEMORY
 
-    def next(self, digest):
+    def next(self, digest: str) -> int:
         """How many calls with ``digest`` came before this one."""
         n = self._counts.get(digest)
         if n is not None:
@@ -93,7 +133,7 @@ class _Occurrences:
             self._spill = SpilledCounts()
         return self._spill.next(digest)
 
-    def close(self):
+    def close(self) -> None:
         if self._spill is not None:
             self._spill.close()
             self._spill = None
@@ -101,17 +141,17 @@ class _Occurrences:
 # -- the executors ------------------------------------------------------------------
 
 # Pools not shut down when the interpreter exits still store what was submitted.
-_live_executors = weakref.WeakSet()
+_live_executors: weakref.WeakSet[_PersistentExecutor] = weakref.WeakSet()
 
 
 @atexit.register
-def _store_at_exit():
+def _store_at_exit() -> None:
     for executor in list(_live_executors):
         if os.getpid() == executor._owner_pid:  # not in a forked worker
             executor._flush()
 
 
-def _end_workers_at_exit():
+def _end_workers_at_exit() -> None:
     """Before the interpreter joins its threads and children: terminate the
     workers of pools not shut down, as it did when they were daemonic (the
     tasks they ran come back after their lease)."""
@@ -119,7 +159,7 @@ def _end_workers_at_exit():
         executor._end_workers_at_exit()
 
 
-def _before_threads_join(fn):
+def _before_threads_join(fn: Callable[[], object]) -> None:
     """Run fn at exit before the interpreter joins its threads, and so before
     multiprocessing's own exit handler, which would wait for the
     (non-daemonic) workers forever; the standard library's pools register
@@ -137,12 +177,12 @@ _before_threads_join(_end_workers_at_exit)
 _EXIT_REAP_SECONDS = 5.0
 
 # The threads of pools told shutdown(wait=False).
-_shutting_down = set()
+_shutting_down: Set[threading.Thread] = set()
 # The interpreter is exiting: no more submissions.
 _exiting = False
 
 
-def _finish_at_exit():
+def _finish_at_exit() -> None:
     """As the stdlib's pools do when the interpreter exits: no more
     submissions, and the pending tasks of the pools still open (or shut down
     without waiting) run first.  Runs before _end_workers_at_exit (these run
@@ -159,17 +199,17 @@ def _finish_at_exit():
 _before_threads_join(_finish_at_exit)
 
 
-class _TaskFuture(Future):
+class _TaskFuture(Future[_T]):
     """A Future whose ``cancel()`` also removes its task from the file, which
     succeeds while no worker has leased it."""
 
-    def __init__(self, executor, key):
+    def __init__(self, executor: _PersistentExecutor, key: str) -> None:
         super().__init__()
         self._executor, self._key = executor, key
-        self._task_id = None  # set once stored
-        self._stored_at = None  # and when (time.monotonic())
+        self._task_id: Optional[int] = None  # set once stored
+        self._stored_at: Optional[float] = None  # and when (time.monotonic())
 
-    def _start(self):
+    def _start(self) -> bool:
         """Enter RUNNING (if not there yet); False if it was cancelled (the
         stdlib's set_running_or_notify_cancel, which may be called twice)."""
         with self._condition:
@@ -177,7 +217,7 @@ class _TaskFuture(Future):
                 return True
         return self.set_running_or_notify_cancel()
 
-    def cancel(self):
+    def cancel(self) -> bool:
         with self._condition:
             if self._state != "PENDING":
                 return super().cancel()
@@ -202,11 +242,30 @@ class _TaskFuture(Future):
 class _PersistentExecutor(concurrent.futures.Executor):
     _broken_error = BrokenExecutor
 
-    def __init__(self, path, max_workers=None, initializer=None, initargs=(), *,
-                 name="tasks", max_retries=3, retry_on=(), retry_backoff=0.5,
-                 retry_backoff_max=60.0, lease_seconds=30.0, timeout_seconds=5.0,
-                 synchronous="NORMAL", table_prefix=DEFAULT_PREFIX, run_workers=True,
-                 hmac_key=None, journal_mode=None):
+    if TYPE_CHECKING:
+        # What each pool defines (see process.py and thread.py).
+        @staticmethod
+        def _default_workers() -> int: ...
+
+        def _start_workers(self) -> None: ...
+
+        def _slots_of_workers(self) -> List[_Slot]: ...
+
+        def _break(self, reason: str, cause: Optional[BaseException] = None) -> None: ...
+
+        def _end_workers_at_exit(self) -> None: ...
+
+        def _stop_workers(self) -> None: ...
+
+    def __init__(self, path: Location, max_workers: Optional[int] = None,
+                 initializer: Optional[Callable[..., object]] = None,
+                 initargs: Iterable[object] = (), *,
+                 name: str = "tasks", max_retries: int = 3, retry_on: _RetryOn = (),
+                 retry_backoff: float = 0.5, retry_backoff_max: float = 60.0,
+                 lease_seconds: float = 30.0, timeout_seconds: float = 5.0,
+                 synchronous: str = "NORMAL", table_prefix: str = DEFAULT_PREFIX,
+                 run_workers: bool = True, hmac_key: Optional[BytesLike] = None,
+                 journal_mode: Optional[str] = None) -> None:
         if max_workers is None:
             max_workers = self._default_workers()
         if isinstance(max_workers, bool) or not isinstance(max_workers, int):
@@ -236,14 +295,18 @@ class _PersistentExecutor(concurrent.futures.Executor):
             _exception_types(retry_on),
             hmac_key,
         )
-        self._patient = _Patient(self._engine, self._cfg)  # for the pool's own threads
+        # For the pool's own threads.  (A _Patient has the engine's methods, so
+        # it is typed as one.)
+        self._patient: Engine = _Patient(self._engine, self._cfg)  # type: ignore[assignment]
         self._max_workers = max_workers
         self._initializer, self._initargs = initializer, tuple(initargs)
         # _lock guards _pending, _outbox, _occurrences, _shutdown and _broken.
         self._lock = threading.Lock()
-        self._pending = {}  # key -> [futures]
-        self._keys = {}  # task id -> key, of the stored tasks with futures pending
-        self._outbox = {}  # future -> (key, pickled call): submitted, not yet stored
+        self._pending: Dict[str, List[_TaskFuture[Any]]] = {}  # key -> [futures]
+        # task id -> key, of the stored tasks with futures pending
+        self._keys: Dict[int, str] = {}
+        # future -> (key, pickled call): submitted, not yet stored
+        self._outbox: Dict[_TaskFuture[Any], Tuple[str, bytes]] = {}
         self._outbox_filled = threading.Condition(self._lock)
         self._stored = threading.Condition(self._lock)  # outbox empty, nothing in flight
         self._storing = threading.Lock()  # held while the storer writes a batch
@@ -251,7 +314,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
         self._owner_pid = os.getpid()
         self._occurrences = _Occurrences()
         self._shutdown = False
-        self._broken = None
+        self._broken: Optional[str] = None
         self._bugs_in_a_row = 0  # workers stopped by a bug since a result came
         # Whether this run submitted calls under digests, had a future
         # cancelled, and forgot the failures of earlier runs' calls.
@@ -273,7 +336,8 @@ class _PersistentExecutor(concurrent.futures.Executor):
 
     # -- submitting -------------------------------------------------------------
 
-    def submit(self, fn, /, *args, **kwargs):
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args,
+               **kwargs: _P.kwargs) -> Future[_T]:
         """Schedule the call ``fn(*args, **kwargs)`` and return its Future.
 
         The call is pickled now and stored by a background thread, many
@@ -286,20 +350,21 @@ class _PersistentExecutor(concurrent.futures.Executor):
         be pickled."""
         return self._submit_many([(None, fn, args, kwargs)])[0]
 
-    def submit_keyed(self, key, fn, /, *args, **kwargs):
+    def submit_keyed(self, key: str, fn: Callable[_P, _T], /, *args: _P.args,
+                     **kwargs: _P.kwargs) -> Future[_T]:
         """Like :meth:`submit`, with the task's identity given by the caller:
         a task whose key already has a stored result is not run again."""
         if not isinstance(key, str) or not key:
             raise TypeError("a task key must be a non-empty str, not %r" % (key,))
         return self._submit_many([(key, fn, args, kwargs)])[0]
 
-    def _submit_many(self, calls):
-        items = []
+    def _submit_many(self, calls: Iterable[_Call[_T]]) -> List[_TaskFuture[_T]]:
+        items: List[Tuple[Optional[str], bytes]] = []
         for key, fn, args, kwargs in calls:
             if not callable(fn):
                 raise TypeError("%r is not callable" % (fn,))
             data = _dumps((fn, args, kwargs), "task %s" % getattr(fn, "__qualname__", fn))
-            items.append([key, data])
+            items.append([key, data])  # type: ignore[arg-type]  # (a list: read as a pair)
         with self._lock:
             if self._broken:
                 raise self._broken_error(self._broken)
@@ -307,20 +372,20 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            futures = []
+            futures: List[_TaskFuture[_T]] = []
             for key, data in items:
                 if key is None:
                     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
                     key = "%s#%d" % (digest, self._occurrences.next(digest))
                     self._made_call_keys = True
-                future = _TaskFuture(self, key)
+                future: _TaskFuture[_T] = _TaskFuture(self, key)
                 futures.append(future)
                 self._pending.setdefault(key, []).append(future)
                 self._outbox[future] = (key, self._cfg.seal_task(key, data))
             self._outbox_filled.notify()
         return futures
 
-    def _store(self):
+    def _store(self) -> None:
         """The storer thread: write what was submitted, in batches, and answer
         at once the calls whose results the file already has."""
         while True:
@@ -343,7 +408,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                         if not self._outbox:
                             self._stored.notify_all()
 
-    def _store_batch(self, batch):
+    def _store_batch(self, batch: List[Tuple[_TaskFuture[Any], Tuple[str, bytes]]]) -> None:
         engine, queue = self._engine, self._cfg.queue
         if not batch:
             return  # cancelled meanwhile
@@ -377,7 +442,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                     if key in self._pending:
                         self._keys[task_id] = key
 
-    def _finish_pending(self):
+    def _finish_pending(self) -> None:
         """Store what was submitted; if our workers run it, wait for it.
         Only in the pool's own process: a worker forked from it inherits
         the pool, but none of its threads."""
@@ -389,13 +454,15 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 pending = [f for futures in self._pending.values() for f in futures]
             concurrent.futures.wait(pending)
 
-    def _flush(self):
+    def _flush(self) -> None:
         """Wait until everything submitted so far is stored (or cancelled)."""
         with self._lock:
             while self._outbox or self._in_flight:
                 self._stored.wait()
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1, buffersize=None):
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
+            timeout: Optional[float] = None, chunksize: int = 1,
+            buffersize: Optional[int] = None) -> Iterator[_T]:
         """Like Executor.map; at most ``buffersize`` tasks (chunks) are stored
         ahead of the caller's iteration (default: 4 per worker, at least 64),
         so a map over millions of inputs keeps memory bounded."""
@@ -406,15 +473,15 @@ class _PersistentExecutor(concurrent.futures.Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         calls = zip(*iterables)
         chunks = iter(lambda: list(itertools.islice(calls, chunksize)), [])
-        window = []
+        window: List[Tuple[_TaskFuture[List[_T]], List[Tuple[Any, ...]]]] = []
 
-        def refill():
+        def refill() -> None:
             batch = list(itertools.islice(chunks, buffersize - len(window)))
             if batch:
                 window.extend(zip(self._submit_many(
                     [(None, _apply_chunk, (fn, chunk), {}) for chunk in batch]), batch))
 
-        def results():
+        def results() -> Iterator[_T]:
             try:
                 while window:
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -436,7 +503,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
 
     # -- results ----------------------------------------------------------------
 
-    def _collect(self):
+    def _collect(self) -> None:
         """The collector thread: never ends before the pool, whatever fails.
 
         :meth:`_collect_results` waits storage faults out; what it raises is
@@ -457,7 +524,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                         return
                 time.sleep(_FAULT_LONGEST_RETRY)
 
-    def _collect_results(self):
+    def _collect_results(self) -> None:
         """Follow the results table and resolve the futures waiting for them.
 
         While the table cannot be read, look again after a wait; if that
@@ -465,7 +532,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
         future of a stored task with StorageFault (and so on, each time it
         lasts that long again)."""
         engine, queue = self._engine, self._cfg.queue
-        failing_since = None
+        failing_since: Optional[float] = None
         with engine.waiter("done", queue) as waiter:
             while True:
                 try:
@@ -484,7 +551,8 @@ class _PersistentExecutor(concurrent.futures.Executor):
                     with self._lock:
                         futures = self._pending.pop(key, ())
                         for future in futures:
-                            self._keys.pop(future._task_id, None)
+                            # (No id, None, until stored, or if answered at once.)
+                            self._keys.pop(future._task_id, None)  # type: ignore[arg-type]
                     for future in futures:
                         self._resolve_future(future, ok, data)
                 if rows:
@@ -495,18 +563,19 @@ class _PersistentExecutor(concurrent.futures.Executor):
                         return
                 waiter.wait(_IDLE_CHECK)
 
-    def _mark_running(self):
+    def _mark_running(self) -> None:
         """The futures of the tasks our workers run enter RUNNING (their
         overseers wake us once a task has run for a moment)."""
         for slot in self._slots_of_workers():
             task_id = slot.task_id
             if task_id and slot.started:
                 with self._lock:
-                    futures = list(self._pending.get(self._keys.get(task_id), ()))
+                    futures = list(self._pending.get(  # no key (None) finds none
+                        self._keys.get(task_id), ()))  # type: ignore[arg-type]
                 for future in futures:
                     future._start()
 
-    def _collect_failed(self, exc, failing_since):
+    def _collect_failed(self, exc: BaseException, failing_since: Optional[float]) -> float:
         """The collector could not read the results: say so, and fail the
         futures waiting for them once it lasts; return when the failures
         that count began."""
@@ -525,7 +594,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
         self._storage_lost(error, now)
         return now
 
-    def _storage_lost(self, error, when):
+    def _storage_lost(self, error: StorageFault, when: float) -> None:
         """A storage fault lasted until ``when`` (``error``, a StorageFault):
         fail the future of every task stored before, which would otherwise
         wait for as long as the fault lasts.  The tasks stay in the file and
@@ -537,25 +606,25 @@ class _PersistentExecutor(concurrent.futures.Executor):
                       if f._stored_at is not None and f._stored_at < when]
         self._fail_futures(stored, error)
 
-    def _fail_stored(self, error):
+    def _fail_stored(self, error: BaseException) -> None:
         """Fail the future of every stored task with ``error``."""
         with self._lock:
             stored = [f for fs in self._pending.values() for f in fs if f._stored_at is not None]
         self._fail_futures(stored, error)
 
-    def _fail_tasks(self, task_ids, error):
+    def _fail_tasks(self, task_ids: Iterable[int], error: BaseException) -> None:
         """Fail the futures of these stored tasks with ``error``."""
         ids = set(task_ids)
         with self._lock:
             futures = [f for fs in self._pending.values() for f in fs if f._task_id in ids]
         self._fail_futures(futures, error)
 
-    def _fail_futures(self, futures, error):
+    def _fail_futures(self, futures: Iterable[_TaskFuture[Any]], error: BaseException) -> None:
         for future in futures:
             if self._forget(future._key, future) and future._start():
                 future.set_exception(error)
 
-    def _hand_back(self, slot, reason, error_type):
+    def _hand_back(self, slot: _Slot, reason: str, error_type: Callable[[str], Exception]) -> None:
         """A worker ended (``reason``): hand back the tasks it held; the one
         it was running (if any) costs an attempt and, past max_retries, fails
         with ``error_type``.  If the file cannot be written for longer than
@@ -574,8 +643,9 @@ class _PersistentExecutor(concurrent.futures.Executor):
             if msg is None or msg.visible_at is None:
                 return
             exc_text = "%s (attempt %d of %d)" % (reason, msg.attempts, self._cfg.max_retries + 1)
-            _settle_failure(self._patient, self._cfg, task_id, lease, msg.key, msg.attempts,
-                            error_type(exc_text), exc_text)
+            _settle_failure(self._patient, self._cfg, task_id, lease,
+                            msg.key,  # type: ignore[arg-type]  # a task's key is never None
+                            msg.attempts, error_type(exc_text), exc_text)
         except StorageFault as exc:
             logger.error("cannot hand back the tasks of a worker that ended: %s", exc)
             self._fail_tasks([task_id] + [other for other, _ in held], exc)
@@ -584,7 +654,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                          "fail with the error", exc_info=True)
             self._fail_tasks([task_id] + [other for other, _ in held], exc)
 
-    def _resolve_future(self, future, ok, data):
+    def _resolve_future(self, future: _TaskFuture[Any], ok: bool, data: bytes) -> None:
         try:
             value = pickle.loads(self._cfg.open_result(future._key, ok, data))
         except SerializationError as exc:  # a signature that does not match
@@ -599,7 +669,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
         else:
             future.set_exception(value)
 
-    def _cancel_stored(self, task_id):
+    def _cancel_stored(self, task_id: Optional[int]) -> bool:
         """Delete a stored task that has not started: unleased, or waiting
         in the batch of one of this pool's workers.  False if it started (or
         another pool's worker holds it)."""
@@ -612,7 +682,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
             return True
         return False
 
-    def _forget(self, key, future):
+    def _forget(self, key: str, future: _TaskFuture[Any]) -> bool:
         """Stop waiting for ``future``'s result; False if nobody was."""
         with self._lock:
             futures = self._pending.get(key, [])
@@ -621,10 +691,12 @@ class _PersistentExecutor(concurrent.futures.Executor):
                 futures.remove(future)
             if not futures:
                 self._pending.pop(key, None)
-                self._keys.pop(future._task_id, None)
+                # (No id, None, until stored, or if answered at once.)
+                self._keys.pop(future._task_id, None)  # type: ignore[arg-type]
             return found
 
-    def _worker_stopped_by_bug(self, who, bug, cause=None):
+    def _worker_stopped_by_bug(self, who: str, bug: str,
+                               cause: Optional[BaseException] = None) -> bool:
         """``who`` (a worker) was stopped by ``bug`` (a line): True if that
         breaks the pool, _BUGS_IN_A_ROW of them with no result meanwhile."""
         with self._lock:
@@ -637,7 +709,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
                     % (count, who, bug), cause=cause)
         return True
 
-    def _mark_broken(self, reason, cause=None):
+    def _mark_broken(self, reason: str, cause: Optional[BaseException] = None) -> None:
         logger.error("pool on %s is broken: %s", self._engine.location, reason)
         with self._lock:
             self._broken = reason
@@ -653,13 +725,14 @@ class _PersistentExecutor(concurrent.futures.Executor):
 
     # -- shutting down -------------------------------------------------------------
 
-    def __exit__(self, exc_type, exc_val, exc_tb):
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc_val: Optional[BaseException],
+                 exc_tb: Optional[TracebackType]) -> Literal[False]:
         # A with block that ends with an exception did not end cleanly: the
         # results stay, for a rerun to resume.
         self._shutdown_and_forget(exc_type is None)
         return False
 
-    def shutdown(self, wait=True, *, cancel_futures=False):
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As Executor.shutdown.  A pool without workers (run_workers=False)
         does not wait for its results: it returns once every call is
         stored, and its futures are resolved if results come meanwhile.
@@ -677,13 +750,13 @@ class _PersistentExecutor(concurrent.futures.Executor):
             return
         self._shutdown_and_forget(True, cancel_futures)
 
-    def _shutdown_in_background(self, cancel_futures):
+    def _shutdown_in_background(self, cancel_futures: bool) -> None:
         try:
             self._shutdown_and_forget(True, cancel_futures)
         finally:
             _shutting_down.discard(threading.current_thread())
 
-    def _shutdown_and_forget(self, clean, cancel_futures=False):
+    def _shutdown_and_forget(self, clean: bool, cancel_futures: bool = False) -> None:
         with self._lock:
             already = self._shutdown
             self._shutdown = True
@@ -714,15 +787,15 @@ class _PersistentExecutor(concurrent.futures.Executor):
 
     # -- information -----------------------------------------------------------------
 
-    def dead_letters(self, limit=None):
+    def dead_letters(self, limit: Optional[int] = None) -> List[Message]:
         """Tasks that failed for good, with reasons (see LiteQueue.dead_letters)."""
         return self._engine.dead_letters(self._cfg.queue, limit)
 
-    def forget_results(self, key=None):
+    def forget_results(self, key: Optional[str] = None) -> int:
         """Delete the stored results (of one key, or all of this pool's
         queue) once a batch is over; return how many."""
         return self._engine.forget_results(self._cfg.queue, key)
 
-    def redrive(self, ids=None):
+    def redrive(self, ids: Optional[Sequence[int]] = None) -> int:
         """Run dead tasks again (their stored failures are forgotten)."""
         return redrive_tasks(self._engine, self._cfg.queue, ids)

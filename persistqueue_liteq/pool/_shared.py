@@ -2,20 +2,39 @@
 the file (pickled calls, outcomes and tracebacks), a pool's configuration,
 and waiting out storage faults."""
 
+from __future__ import annotations
+
 import logging
 import pickle
 import signal
 import time
 import traceback
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Tuple, Type, TypeVar
 
 from ..backends import redact
 from ..exceptions import (DatabaseBusy, IncompatibleDatabase, PayloadTooLarge, SerializationError,
                           StorageError, StorageFault)
 from ..serializers import SignatureError, Signer
 
+if TYPE_CHECKING:
+    from typing import ParamSpec
+
+    from ..engine import Engine, EngineSpec, Message
+
+    _P = ParamSpec("_P")
+
+    class _Task(Message):
+        """A task as a worker leased it (for type checkers only): stored by
+        put_keyed, so never without its key, and with its lease."""
+
+        key: str
+        lease: int
+
+_T = TypeVar("_T")
+_E = TypeVar("_E", bound=BaseException)
 
 try:
-    import cloudpickle
+    import cloudpickle  # type: ignore[import-untyped]  # cloudpickle ships no type hints
 except ImportError:  # optional: lambdas and closures need it
     cloudpickle = None
 
@@ -69,7 +88,7 @@ _FAULT_LONGEST_RETRY = 1.0
 
 # -- what crosses the file -----------------------------------------------------
 
-def _dumps(obj, what):
+def _dumps(obj: object, what: str) -> bytes:
     # Pickling runs the caller's code (__reduce__, __getstate__): any
     # exception of it means "cannot pickle".
     try:
@@ -77,7 +96,8 @@ def _dumps(obj, what):
     except Exception as exc:
         if cloudpickle is not None:
             try:
-                return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+                data: bytes = cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+                return data
             except Exception:  # the caller's code again
                 pass
         hint = ""
@@ -88,14 +108,14 @@ def _dumps(obj, what):
 
 
 class _RemoteTraceback(Exception):
-    def __init__(self, tb):
+    def __init__(self, tb: str) -> None:
         self.tb = tb
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.tb
 
 
-def _rebuild_exception(exc, tb):
+def _rebuild_exception(exc: _E, tb: str) -> _E:
     exc.__cause__ = _RemoteTraceback(tb)
     return exc
 
@@ -104,15 +124,16 @@ class _ExceptionWithTraceback:
     """Pickles an exception with its traceback text, which comes back as the
     exception's ``__cause__`` (as CPython's process pool does)."""
 
-    def __init__(self, exc):
+    def __init__(self, exc: BaseException) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self.exc, self.tb = exc, '\n"""\n%s"""' % tb
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[[BaseException, str], BaseException],
+                                  Tuple[BaseException, str]]:
         return _rebuild_exception, (self.exc, self.tb)
 
 
-def _failure_payload(exc):
+def _failure_payload(exc: BaseException) -> bytes:
     """Pickled exception with its traceback; if the exception itself cannot be
     pickled, a SerializationError that says so and carries its text."""
     try:
@@ -124,11 +145,11 @@ def _failure_payload(exc):
             % (type(exc).__name__, pickling_error, text)))
 
 
-def _apply_chunk(fn, chunk):
+def _apply_chunk(fn: Callable[..., _T], chunk: Iterable[Tuple[Any, ...]]) -> List[_T]:
     return [fn(*args) for args in chunk]
 
 
-def _describe_exit(exitcode):
+def _describe_exit(exitcode: Optional[int]) -> str:
     if exitcode is not None and exitcode < 0:
         try:
             return "signal %s" % signal.Signals(-exitcode).name
@@ -142,8 +163,10 @@ def _describe_exit(exitcode):
 class _Config:
     """What a worker needs to know; picklable, for spawn."""
 
-    def __init__(self, spec, queue, timeout, lease_seconds, max_retries,
-                 retry_backoff, retry_backoff_max, retry_on=(), hmac_key=None):
+    def __init__(self, spec: EngineSpec, queue: str, timeout: float, lease_seconds: float,
+                 max_retries: int, retry_backoff: float, retry_backoff_max: float,
+                 retry_on: Tuple[Type[BaseException], ...] = (),
+                 hmac_key: Optional[bytes] = None) -> None:
         # Read when the pool is made, so that a worker started by spawn or
         # forkserver sees what its pool's process has (tests change it).
         self.batch_seconds = _BATCH_SECONDS
@@ -167,12 +190,12 @@ class _Config:
     # rows for their queue, key and ok flag (Signer): a row that does not
     # match is never unpickled.  Without, the pickles are stored as they are.
 
-    def seal_task(self, key, data):
+    def seal_task(self, key: str, data: bytes) -> bytes:
         if self.signer is None:
             return data
         return self.signer.seal(Signer.task_context(self.queue, key), data)
 
-    def open_task(self, msg):
+    def open_task(self, msg: _Task) -> bytes:
         """The pickled call of a leased task; SerializationError if its
         signature does not match."""
         if self.signer is None:
@@ -185,12 +208,12 @@ class _Config:
                 "hmac_key, queue and task key (written without the key, or altered); it "
                 "was not unpickled" % (msg.key, self.queue)) from None
 
-    def seal_result(self, key, ok, data):
+    def seal_result(self, key: str, ok: bool, data: bytes) -> bytes:
         if self.signer is None:
             return data
         return self.signer.seal(Signer.result_context(self.queue, key, ok), data)
 
-    def open_result(self, key, ok, data):
+    def open_result(self, key: str, ok: bool, data: bytes) -> bytes:
         if self.signer is None:
             return data
         try:
@@ -202,16 +225,18 @@ class _Config:
                 "or altered); it was not unpickled"
                 % ("result" if ok else "exception", key, self.queue)) from None
 
-    def backoff(self, attempts):
+    def backoff(self, attempts: int) -> float:
         if not self.retry_backoff:
             return 0.0
-        return min(self.retry_backoff * 2 ** (attempts - 1), self.retry_backoff_max)
+        delay: float = min(self.retry_backoff * 2 ** (attempts - 1), self.retry_backoff_max)
+        return delay
 
-    def open_engine(self):
+    def open_engine(self) -> Engine:
         return self.spec.open()
 
 
-def _patiently(cfg, what, fn, *args, **kwargs):
+def _patiently(cfg: _Config, what: str, fn: Callable[_P, _T], *args: _P.args,
+               **kwargs: _P.kwargs) -> _T:
     """Return ``fn(*args, **kwargs)``, a storage call, trying it again after
     a backoff while it fails, for at most ``cfg.fault_seconds``; then raise
     StorageFault, which names the file, what failed and why.  Safe for any
@@ -245,10 +270,10 @@ class _Patient:
     """An engine whose every call waits out a passing storage fault
     (:func:`_patiently`); ``raw`` is the engine itself."""
 
-    def __init__(self, engine, cfg):
+    def __init__(self, engine: Engine, cfg: _Config) -> None:
         self.raw, self._cfg = engine, cfg
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         method = getattr(self.raw, name)
         if not callable(method) or name in ("waiter", "wake"):  # not storage
             return method

@@ -1,6 +1,8 @@
 """A worker of either pool: it leases tasks, runs them and stores their
 outcomes (see _worker_loop), with an overseer thread beside it."""
 
+from __future__ import annotations
+
 import contextlib
 import ctypes
 import multiprocessing
@@ -12,6 +14,8 @@ import sys
 import threading
 import time
 import traceback
+from typing import (TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar,
+                    Union)
 
 from .._policy import describe_exception, out_of_retries, seconds_until
 from ..exceptions import DatabaseBusy, LiteQueueError, SerializationError, StorageFault, WorkerDied
@@ -19,8 +23,27 @@ from ._shared import (_BATCH_MAX, _BUG, _DROPPED, _failure_payload, _futures_log
                       _IDLE_CHECK, _INIT_FAILED, _Patient, _patiently, _PROMPT_SWITCH, _STARTED,
                       _STORAGE_ERRORS, _UP, _WAITING, _WATCH_EVERY, _WORKER_SWITCH, logger)
 
+if TYPE_CHECKING:
+    import ctypes as _ctypes
+    import multiprocessing.context
+    import multiprocessing.synchronize
+    from typing import Any, Protocol
 
-def _complete_batch(engine, cfg, batch, outcomes, want):
+    from ..engine import Engine, Outcome
+    from ._shared import _Config, _Task
+
+    _T = TypeVar("_T")
+
+    class _Cells(Protocol[_T]):
+        """A list, or a ctypes array in shared memory: _Slot's fields."""
+
+        def __getitem__(self, i: int, /) -> _T: ...
+
+        def __setitem__(self, i: int, value: _T, /) -> None: ...
+
+
+def _complete_batch(engine: Engine, cfg: _Config, batch: List[_Task],
+                    outcomes: List[Outcome], want: int) -> List[_Task]:
     """Store the ``outcomes`` of ``batch`` and lease up to ``want`` more
     tasks, in one transaction, waiting out a passing fault (``engine`` is a
     _Patient).  If the file refuses the transaction for another reason than
@@ -29,11 +52,14 @@ def _complete_batch(engine, cfg, batch, outcomes, want):
     counted as an attempt, as if the task had raised StorageFault, so it is
     retried up to max_retries, then dead-lettered, never run forever."""
     attempts = {msg.id: msg.attempts for msg in batch}
-    raw = engine.raw
+    raw: Engine = engine.raw  # type: ignore[attr-defined]  # a _Patient, as said above
 
-    def attempt():
+    def attempt():  # type: () -> List[_Task]
+        # (A type comment: an annotation would be made at every call.)
         try:
-            return raw.complete_many(cfg.queue, outcomes, want, cfg.lease_seconds)
+            # A pool's queue holds tasks only.
+            return raw.complete_many(  # type: ignore[return-value]
+                cfg.queue, outcomes, want, cfg.lease_seconds)
         except DatabaseBusy:
             raise
         except _STORAGE_ERRORS:
@@ -42,12 +68,13 @@ def _complete_batch(engine, cfg, batch, outcomes, want):
         while outcomes:  # stored ones leave the list: a retry stores no result twice
             _store_result(raw, cfg, outcomes[0], attempts[outcomes[0][0]])
             del outcomes[0]
-        return raw.complete_many(cfg.queue, [], want, cfg.lease_seconds)
+        return raw.complete_many(  # type: ignore[return-value]  # tasks, as above
+            cfg.queue, [], want, cfg.lease_seconds)
 
     return _patiently(cfg, "storing results", attempt)
 
 
-def _store_result(engine, cfg, outcome, attempts):
+def _store_result(engine: Engine, cfg: _Config, outcome: Outcome, attempts: int) -> None:
     msg_id, lease, key, ok, data = outcome[:5]
     try:
         engine.complete_many(cfg.queue, [outcome])  # a success, or a failure for good
@@ -65,7 +92,8 @@ def _store_result(engine, cfg, outcome, attempts):
         _settle_failure(engine, cfg, msg_id, lease, key, attempts, error, str(error))
 
 
-def _settle_failure(engine, cfg, task_id, lease, key, attempts, exc, reason):
+def _settle_failure(engine: Engine, cfg: _Config, task_id: int, lease: Optional[int], key: str,
+                    attempts: int, exc: BaseException, reason: str) -> None:
     """A worker died or timed out on a task: retry it later, or store the
     failure for good."""
     if attempts > cfg.max_retries:
@@ -76,7 +104,8 @@ def _settle_failure(engine, cfg, task_id, lease, key, attempts, exc, reason):
         engine.release(task_id, lease, cfg.backoff(attempts), error=reason)
 
 
-def _failed(cfg, msg, error, reason, text=None):
+def _failed(cfg: _Config, msg: _Task, error: BaseException, reason: str,
+            text: Optional[str] = None) -> Outcome:
     """The outcome of a task that failed for good: its exception, stored
     with the task dead-lettered for ``reason``, ``text`` its last error."""
     return (msg.id, msg.lease, msg.key, False,
@@ -84,7 +113,7 @@ def _failed(cfg, msg, error, reason, text=None):
             reason if text is None else text)
 
 
-def _raised(engine, cfg, msg, exc):
+def _raised(engine: Engine, cfg: _Config, msg: _Task, exc: BaseException) -> Optional[Outcome]:
     """The task raised ``exc``: its outcome, as with the stdlib's pools,
     unless it is one of ``retry_on`` and retries are left (then it is
     released for a later attempt and there is no outcome yet: None)."""
@@ -101,7 +130,8 @@ def _raised(engine, cfg, msg, exc):
     return _failed(cfg, msg, exc, reason, text)
 
 
-def _run_one(engine, cfg, msg, slot):
+def _run_one(engine: Engine, cfg: _Config, msg: _Task,
+             slot: _Slot) -> Tuple[bool, Optional[Outcome]]:
     """Run one leased task; return ``(ran, outcome)``: the outcome to store
     (a result or a failure for good), or None if the task was released for a
     retry.  ``ran`` is False if the task was not run (delivered too often
@@ -134,25 +164,25 @@ class _Idle:
     shared memory for process workers, ``ctx``), so that a worker holding
     unstarted tasks behind a slow one hands them back when another is idle."""
 
-    def __init__(self, ctx=None):
+    def __init__(self, ctx: Optional[multiprocessing.context.BaseContext] = None) -> None:
         self._value = None if ctx is None else ctx.Value(ctypes.c_int, 0)
         self._lock = threading.Lock() if ctx is None else None
         self._count = 0
 
-    def add(self, n):
+    def add(self, n: int) -> None:
         if self._value is None:
-            with self._lock:
+            with self._lock:  # type: ignore[union-attr]  # made when _value is None
                 self._count += n
         else:
             with self._value.get_lock():
                 self._value.value += n
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return (self._count if self._value is None else self._value.value) > 0
 
 
 @contextlib.contextmanager
-def _prompt_switching():
+def _prompt_switching() -> Iterator[None]:
     """While the overseer works: a task that runs Python code holds the GIL,
     and would give it back only every switch interval (5 ms) each time the
     overseer's storing lets go of it; ask for it back sooner meanwhile."""
@@ -188,44 +218,44 @@ class _Overseer:
     logged once, with its traceback, and the overseer stores and hands back
     nothing more (the worker does it all, or meets the bug itself and ends)."""
 
-    def __init__(self, engine, cfg, slot, idle):
+    def __init__(self, engine: Engine, cfg: _Config, slot: _Slot, idle: _Idle) -> None:
         self.engine, self.cfg, self.slot, self.idle = engine, cfg, slot, idle
         self.lock = threading.Lock()
-        self.outcomes = []
+        self.outcomes: List[Outcome] = []
         self.oldest = 0.0  # when the oldest outcome not stored was added
         self.started = 0  # how many tasks the worker started: a new one changes it
         self.busy = threading.Event()  # the worker holds a batch
         self.done = False
-        self.failure = None  # the bug it met, if it met one
+        self.failure: Optional[Exception] = None  # the bug it met, if it met one
         self._thread = threading.Thread(target=self._watch, daemon=True,
                                         name="persistqueue_liteq overseer")
         self._thread.start()
 
-    def add(self, outcome):
+    def add(self, outcome: Outcome) -> None:
         with self.lock:
             if not self.outcomes:
                 self.oldest = time.monotonic()
             self.outcomes.append(outcome)
 
-    def store_old(self):
+    def store_old(self) -> None:
         """Between two tasks, in the worker's thread: store the outcomes if
         the oldest has waited ``cfg.flush_age``."""
         if (self.outcomes and self.failure is None
                 and time.monotonic() - self.oldest >= self.cfg.flush_age):
             self._store()
 
-    def take(self):
+    def take(self) -> List[Outcome]:
         """The outcomes to store (call with ``lock`` held)."""
         outcomes, self.outcomes = self.outcomes, []
         return outcomes
 
-    def stop(self):
+    def stop(self) -> None:
         self.done = True
         self.busy.set()
         self._thread.join()
 
-    def _watch(self):
-        told = None  # the task the pool was told about
+    def _watch(self) -> None:
+        told: Optional[int] = None  # the task the pool was told about
         while True:
             self.busy.wait()
             if self.done:
@@ -251,7 +281,7 @@ class _Overseer:
                 if hand_back:
                     self._hand_back()
 
-    def _store(self):
+    def _store(self) -> None:
         try:
             with self.lock:
                 if self.outcomes:
@@ -262,7 +292,7 @@ class _Overseer:
         except Exception as exc:
             self._failed("storing the outcomes of finished tasks", exc)
 
-    def _hand_back(self):
+    def _hand_back(self) -> None:
         lease, ids = self.slot.take_back_waiting()
         for task_id in ids:
             try:
@@ -273,13 +303,14 @@ class _Overseer:
                 self._failed("handing back task %d" % task_id, exc)
                 return  # the others' leases run out: they are delivered again
 
-    def _failed(self, what, exc):
+    def _failed(self, what: str, exc: Exception) -> None:
         self.failure = exc
         logger.error("%s: the overseer of a worker failed %s (a bug, not a storage fault); "
                      "the worker does without it", self.cfg.path, what, exc_info=True)
 
 
-def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None, idle=None):
+def _worker_loop(engine: Engine, cfg: _Config, slot: _Slot, should_stop: Callable[[], bool],
+                 max_tasks: Optional[int] = None, idle: Optional[_Idle] = None) -> None:
     """Lease tasks, run them and store their outcomes, until told to stop.
 
     A worker leases as many ready tasks at once as it runs in about
@@ -291,10 +322,13 @@ def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None, idle=None):
     the leases, and hand them back if the worker dies."""
     idle = _Idle() if idle is None else idle
     overseer = _Overseer(engine, cfg, slot, idle)  # never waits out a fault: leaves it to us
-    engine = _Patient(engine, cfg)  # a fault that lasts raises StorageFault: the worker ends
+    # A fault that lasts raises StorageFault: the worker ends.  (A _Patient
+    # has the engine's methods, so it is typed as one here.)
+    engine = _Patient(engine, cfg)  # type: ignore[assignment]
     is_idle = False
     try:
         with engine.waiter("put", cfg.queue) as waiter:
+            batch: List[_Task]
             done, size, batch = 0, 1, []
             while True:
                 stopping = should_stop() or (max_tasks is not None and done >= max_tasks)
@@ -331,7 +365,9 @@ def _worker_loop(engine, cfg, slot, should_stop, max_tasks=None, idle=None):
         overseer.stop()
 
 
-def _run_batch(engine, cfg, slot, batch, overseer, should_stop, max_tasks, done):
+def _run_batch(engine: Engine, cfg: _Config, slot: _Slot, batch: List[_Task],
+               overseer: _Overseer, should_stop: Callable[[], bool], max_tasks: Optional[int],
+               done: int) -> Tuple[Optional[Tuple[int, float]], int]:
     """Run the tasks of ``batch`` that were not cancelled or handed back;
     return ((how many ran, seconds), tasks done in all) or (None, done)."""
     began, ran = time.monotonic(), 0
@@ -357,7 +393,9 @@ def _run_batch(engine, cfg, slot, batch, overseer, should_stop, max_tasks, done)
     return ((ran, time.monotonic() - began) if ran else None), done
 
 
-def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks, idle):
+def _process_worker(cfg: _Config, slot: _Slot, stop: multiprocessing.synchronize.Event,
+                    initializer: Optional[Callable[..., object]], initargs: Tuple[Any, ...],
+                    max_tasks: Optional[int], idle: _Idle) -> None:
     _follow_parent()
     # The task holds the GIL while it runs Python code; the overseer, which
     # stores the outcomes that wait behind it, would get the GIL only every
@@ -387,11 +425,11 @@ def _process_worker(cfg, slot, stop, initializer, initargs, max_tasks, idle):
         sys.exit(1)
 
 
-def _exception_line(exc):
+def _exception_line(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
-def _follow_parent():
+def _follow_parent() -> None:
     """Die at once, with the task running, when the pool's process dies.
 
     Its tasks come back after their lease, and a rerun of the script takes
@@ -406,7 +444,7 @@ def _follow_parent():
     if parent is None:
         return
 
-    def watch():
+    def watch() -> None:
         multiprocessing.connection.wait([parent.sentinel])
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -424,7 +462,14 @@ class _Slot:
     run or cancelled, never both.
     """
 
-    def __init__(self, ctx=None):
+    _lock: Union[threading.Lock, multiprocessing.synchronize.Lock]
+    _ids: _Cells[int]
+    _states: _Cells[int]
+    _ints: _Cells[int]
+    _started: _Cells[float]
+    _failure: Union[List[bytes], _ctypes.Array[_ctypes.c_char]]
+
+    def __init__(self, ctx: Optional[multiprocessing.context.BaseContext] = None) -> None:
         if ctx is None:
             self._lock = threading.Lock()
             self._ids, self._states = [0] * _BATCH_MAX, [_WAITING] * _BATCH_MAX
@@ -439,7 +484,7 @@ class _Slot:
             self._started = ctx.RawArray(ctypes.c_double, 2)  # and when it gave up
             self._failure = ctx.RawArray(ctypes.c_char, 256)
 
-    def publish(self, messages):
+    def publish(self, messages: Sequence[_Task]) -> None:
         """The worker leased ``messages`` (one lease): they wait their turn."""
         with self._lock:
             for i in range(_BATCH_MAX):
@@ -447,7 +492,7 @@ class _Slot:
                 self._states[i] = _WAITING
             self._ints[1] = messages[0].lease if messages else 0
 
-    def claim(self, i):
+    def claim(self, i: int) -> bool:
         """The worker is about to start task ``i``: False if it was cancelled."""
         with self._lock:
             if self._states[i] != _WAITING:
@@ -457,7 +502,7 @@ class _Slot:
             self._ints[0] = self._ids[i]
             return True
 
-    def take_back(self, i):
+    def take_back(self, i: int) -> bool:
         """The worker hands back task ``i`` unstarted: False if it was cancelled."""
         with self._lock:
             if self._states[i] != _WAITING:
@@ -465,22 +510,22 @@ class _Slot:
             self._states[i] = _DROPPED
             return True
 
-    def has_waiting(self):
+    def has_waiting(self) -> bool:
         """Whether a task of the batch still waits its turn."""
         with self._lock:
             return any(self._ids[i] and self._states[i] == _WAITING for i in range(_BATCH_MAX))
 
-    def take_back_waiting(self):
+    def take_back_waiting(self) -> Tuple[int, List[int]]:
         """The worker hands back every task still waiting: (lease, their ids)."""
         with self._lock:
-            ids = []
+            ids: List[int] = []
             for i in range(_BATCH_MAX):
                 if self._ids[i] and self._states[i] == _WAITING:
                     self._states[i] = _DROPPED
                     ids.append(self._ids[i])
             return self._ints[1], ids
 
-    def cancel(self, task_id):
+    def cancel(self, task_id: int) -> bool:
         """The pool cancels ``task_id`` if it waits here; True if it did."""
         with self._lock:
             for i in range(_BATCH_MAX):
@@ -491,14 +536,14 @@ class _Slot:
                     return True
         return False
 
-    def held(self):
+    def held(self) -> Tuple[int, List[Tuple[int, bool]]]:
         """(lease, [(task id, started?)]) of the tasks not dropped."""
         with self._lock:
             return self._ints[1], [(self._ids[i], self._states[i] == _STARTED)
                                    for i in range(_BATCH_MAX)
                                    if self._ids[i] and self._states[i] != _DROPPED]
 
-    def running(self):
+    def running(self) -> None:
         # Monotonic, so that a step of the wall clock neither kills a healthy
         # task nor spares a hung one.  The pool's process compares it with its
         # own time.monotonic(): on Linux, macOS and Windows that clock is one
@@ -506,21 +551,21 @@ class _Slot:
         # QueryPerformanceCounter), not one per process.
         self._started[0] = time.monotonic()
 
-    def finish(self):
+    def finish(self) -> None:
         self._ints[0] = 0
 
-    def up(self):
+    def up(self) -> None:
         self._ints[2] = _UP
 
-    def fail_init(self, text):
+    def fail_init(self, text: str) -> None:
         """The initializer raised: ``text`` says what, for the pool's message."""
         self._fail(text, _INIT_FAILED)
 
-    def fail_bug(self, text):
+    def fail_bug(self, text: str) -> None:
         """A bug stopped the worker: ``text`` says what."""
         self._fail(text, _BUG)
 
-    def _fail(self, text, state):
+    def _fail(self, text: str, state: int) -> None:
         data = text.encode("utf-8", "replace")[:255]
         if isinstance(self._failure, list):
             self._failure[0] = data
@@ -529,11 +574,11 @@ class _Slot:
         self._ints[2] = state
 
     @property
-    def failure(self):
+    def failure(self) -> str:
         data = self._failure[0] if isinstance(self._failure, list) else self._failure.value
         return data.decode("utf-8", "replace")
 
-    def count_idle(self, idle, flag):
+    def count_idle(self, idle: _Idle, flag: bool) -> None:
         """The worker waits for work (``flag``) or has some: count it in
         ``idle`` (an _Idle), and note it here for the pool if it dies so."""
         idle.add(1 if flag else -1)
@@ -546,7 +591,7 @@ class _Slot:
     started = property(lambda self: self._started[0])
     gave_up_at = property(lambda self: self._started[1])
 
-    def give_up(self):
+    def give_up(self) -> None:
         """The worker ends on a storage fault that lasted (time.monotonic(),
         which the pool's process shares)."""
         self._started[1] = time.monotonic()

@@ -1,5 +1,7 @@
 """PersistentProcessPoolExecutor: the durable pool of worker processes."""
 
+from __future__ import annotations
+
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -7,6 +9,7 @@ import signal
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional
 
 from .. import _checks
 from ..exceptions import StorageFault, TaskTimeout, WorkerDied
@@ -14,6 +17,21 @@ from ._shared import (_BUG, _describe_exit, _FAILED_STARTS, _FAULT_LONGEST_RETRY
                       _INIT_FAILED, _STORAGE_ERRORS, _UP, logger)
 from ._worker import _exception_line, _Idle, _process_worker, _Slot
 from ._executor import _beat, _EXIT_REAP_SECONDS, _PersistentExecutor
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+    from multiprocessing.process import BaseProcess
+    from typing import Unpack
+
+    from ..backends import Location
+    from ._executor import _Options
+
+    class _Worker(BaseProcess):
+        """A worker process once started (for type checkers only): it has
+        its pid."""
+
+        @property
+        def pid(self) -> int: ...
 
 
 class PersistentProcessPoolExecutor(_PersistentExecutor):
@@ -64,8 +82,11 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
 
     _broken_error = BrokenProcessPool
 
-    def __init__(self, path, max_workers=None, mp_context=None, initializer=None,
-                 initargs=(), max_tasks_per_child=None, *, task_timeout=None, **options):
+    def __init__(self, path: Location, max_workers: Optional[int] = None,
+                 mp_context: Optional[BaseContext] = None,
+                 initializer: Optional[Callable[..., object]] = None,
+                 initargs: Iterable[object] = (), max_tasks_per_child: Optional[int] = None, *,
+                 task_timeout: Optional[float] = None, **options: Unpack[_Options]) -> None:
         if mp_context is None:
             # The pool has threads when it starts workers, and forking a
             # process with threads can deadlock the child: use forkserver
@@ -82,14 +103,14 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         super().__init__(path, max_workers, initializer, initargs, **options)
 
     @staticmethod
-    def _default_workers():
+    def _default_workers() -> int:
         return os.cpu_count() or 1
 
-    def _start_workers(self):
+    def _start_workers(self) -> None:
         self._stop = self._mp.Event()
         self._pid = os.getpid()
-        self._workers = {}  # process -> slot
-        self._killed = {}  # pid -> why the manager killed it
+        self._workers: Dict[_Worker, _Slot] = {}  # process -> slot
+        self._killed: Dict[int, str] = {}  # pid -> why the manager killed it
         self._wake_reader, self._wake_writer = multiprocessing.Pipe(duplex=False)
         self._idle = _Idle(self._mp)
         self._failed_starts = 0  # workers in a row that died before they were up
@@ -99,9 +120,9 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
                                          name="persistqueue_liteq manager")
         self._manager.start()
 
-    def _spawn(self):
+    def _spawn(self) -> None:
         slot = _Slot(self._mp)
-        proc = self._mp.Process(
+        proc: _Worker = self._mp.Process(  # type: ignore[attr-defined]  # every context has it
             target=_process_worker,
             args=(self._cfg, slot, self._stop, self._initializer,
                   self._initargs, self._max_tasks_per_child, self._idle),
@@ -112,7 +133,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
         proc.start()
         self._workers[proc] = slot
 
-    def _manage(self):
+    def _manage(self) -> None:
         """The manager thread: never ends before the pool.  What the OS or
         the file refuses for a moment (starting a process, a storage call
         not waited out) is logged and tried again; anything else is a bug,
@@ -132,7 +153,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
                 self._break("its manager thread failed: %s" % _exception_line(exc), cause=exc)
                 time.sleep(_FAULT_LONGEST_RETRY)  # then reaps the workers it stopped
 
-    def _manage_workers(self):
+    def _manage_workers(self) -> None:
         heartbeat_every = self._cfg.lease_seconds / 3
         next_heartbeat = time.monotonic() + heartbeat_every
         while True:
@@ -145,7 +166,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
                 if handle is self._wake_reader:
                     self._wake_reader.recv()
                 else:
-                    self._reap(sentinels[handle])
+                    self._reap(sentinels[handle])  # type: ignore[index]  # a sentinel
             if self._stop.is_set() and not self._workers:
                 return
             if self._broken is None and not self._stop.is_set():
@@ -158,7 +179,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
             if self._task_timeout is not None:
                 self._enforce_timeout()
 
-    def _reap(self, proc):
+    def _reap(self, proc: _Worker) -> None:
         slot = self._workers.pop(proc)
         proc.join()
         if slot.counted_idle:  # killed while it waited for work
@@ -169,7 +190,7 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
                                "logger)" % slot.failure)
         if slot.state == _IDLE and not self._stop.is_set():
             self._failed_starts += 1
-            why = "worker process %d died with %s before it could start" % (
+            why: Optional[str] = "worker process %d died with %s before it could start" % (
                 proc.pid, _describe_exit(proc.exitcode))
             if self._failed_starts >= _FAILED_STARTS:
                 return self._break("%d worker processes in a row could not start; the last: "
@@ -189,36 +210,36 @@ class PersistentProcessPoolExecutor(_PersistentExecutor):
                 "(lease_seconds, or twice timeout_seconds); its log says why"
                 % (self._engine.location, proc.pid, self._cfg.fault_seconds)), slot.gave_up_at)
 
-    def _break(self, reason, cause=None):
+    def _break(self, reason: str, cause: Optional[BaseException] = None) -> None:
         """Workers cannot run: fail every future, stop the others."""
         self._mark_broken(reason, cause)
         self._stop.set()
         for other in list(self._workers):
             other.terminate()
 
-    def _slots_of_workers(self):
+    def _slots_of_workers(self) -> List[_Slot]:
         return list(self._workers.values()) if self._run_workers else []
 
-    def _heartbeat(self):
+    def _heartbeat(self) -> None:
         _beat(self, self._slots_of_workers())
 
-    def _enforce_timeout(self):
+    def _enforce_timeout(self) -> None:
         now = time.monotonic()  # as slot.running(): see there
         for proc, slot in self._workers.items():
             started = slot.started
             if (slot.task_id and started and now - started > self._task_timeout
                     and proc.pid not in self._killed):
                 self._killed[proc.pid] = "task exceeded task_timeout=%gs; its worker was killed" % (
-                    self._task_timeout)
+                    self._task_timeout)  # type: ignore[str-format]  # set: see _manage_workers
                 os.kill(proc.pid, signal.SIGKILL)
 
-    def _stop_workers(self):
+    def _stop_workers(self) -> None:
         self._stop.set()
         self._engine.wake("put", self._cfg.queue)
         self._wake_writer.send(None)
         self._manager.join()
 
-    def _end_workers_at_exit(self):
+    def _end_workers_at_exit(self) -> None:
         # A worker forked from this process inherits this pool, and its
         # exit runs the same handlers: only the pool's own process may act.
         if self._run_workers and os.getpid() == self._pid:

@@ -1,10 +1,13 @@
 """PersistentThreadPoolExecutor: the durable pool of worker threads."""
 
+from __future__ import annotations
+
 import itertools
 import os
 import threading
 import time
 from concurrent.futures.thread import BrokenThreadPool
+from typing import List, Optional
 
 from ..exceptions import StorageFault, WorkerDied
 from ._shared import _futures_logger, logger
@@ -21,24 +24,24 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
     _broken_error = BrokenThreadPool
 
     @staticmethod
-    def _default_workers():
+    def _default_workers() -> int:
         return min(32, (os.cpu_count() or 1) + 4)
 
-    def _start_workers(self):
+    def _start_workers(self) -> None:
         self._stop_event = threading.Event()
         self._slots = [_Slot() for _ in range(self._max_workers)]
         self._idle = _Idle()
         # _threads_lock guards _threads and the setting of _stop_event: no
         # thread is added once it is set, so that _stop_workers joins them all.
         self._threads_lock = threading.Lock()
-        self._threads = []
+        self._threads: List[threading.Thread] = []
         self._thread_names = itertools.count()
         for slot in self._slots:
             self._start_thread(slot)
         self._heart = threading.Thread(target=self._heartbeat_loop, daemon=True)
         self._heart.start()
 
-    def _start_thread(self, slot):
+    def _start_thread(self, slot: _Slot) -> None:
         with self._threads_lock:
             if self._stop_event.is_set():
                 return
@@ -48,7 +51,7 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
             self._threads.append(thread)
             thread.start()
 
-    def _thread_worker(self, slot):
+    def _thread_worker(self, slot: _Slot) -> None:
         if self._initializer is not None:
             try:
                 self._initializer(*self._initargs)
@@ -79,22 +82,22 @@ class PersistentThreadPoolExecutor(_PersistentExecutor):
                     logger.info("a new thread replaces %s", name)
                     self._start_thread(slot)
 
-    def _break(self, reason, cause=None):
+    def _break(self, reason: str, cause: Optional[BaseException] = None) -> None:
         """Workers cannot run: fail every future, stop the threads."""
         self._mark_broken(reason, cause)
         self._stop_event.set()
 
-    def _slots_of_workers(self):
+    def _slots_of_workers(self) -> List[_Slot]:
         return self._slots if self._run_workers else []
 
-    def _heartbeat_loop(self):
+    def _heartbeat_loop(self) -> None:
         while not self._stop_event.wait(self._cfg.lease_seconds / 3):
             _beat(self, self._slots)
 
-    def _end_workers_at_exit(self):
+    def _end_workers_at_exit(self) -> None:
         pass  # daemon threads
 
-    def _stop_workers(self):
+    def _stop_workers(self) -> None:
         with self._threads_lock:
             self._stop_event.set()
         self._engine.wake("put", self._cfg.queue)

@@ -14,24 +14,38 @@ roll back and are run again, whole, a few times.  A lock held longer than
 :class:`~persistqueue_liteq.exceptions.DatabaseBusy`.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import random
 import threading
 import time
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple,
+                    TypeVar)
 
 import psycopg
 import psycopg_pool
 from psycopg import errors
 
 from .. import _fork
-from ..exceptions import (DatabaseBusy, DiskFull, IncompatibleDatabase, PayloadTooLarge,
-                          ReadOnlyDatabase, StorageError)
+from ..exceptions import (DatabaseBusy, DiskFull, IncompatibleDatabase, LiteQueueError,
+                          PayloadTooLarge, ReadOnlyDatabase, StorageError)
+
+if TYPE_CHECKING:
+    from psycopg.abc import Params
+    from psycopg.rows import TupleRow
+
+    #: A connection of ours: rows are tuples.
+    Conn = psycopg.Connection[TupleRow]
+
+    T = TypeVar("T")
 
 _RETRIED = (errors.DeadlockDetected, errors.SerializationFailure)
 _ATTEMPTS = 5
 
-_inherited = []  # pools of a parent process: kept, never used or closed
+# Pools of a parent process: kept, never used or closed.
+_inherited: List[psycopg_pool.ConnectionPool[Any]] = []
 
 #: libpq's TCP settings for every connection whose location does not set
 #: them.  Without them a peer that vanished (a cut link, a machine switched
@@ -52,7 +66,7 @@ _TCP_ENV = {"connect_timeout": "PGCONNECT_TIMEOUT"}
 APPLICATION_NAME = "persistqueue_liteq"
 
 
-def with_tcp_defaults(conninfo):
+def with_tcp_defaults(conninfo: str) -> str:
     """``conninfo`` with :data:`TCP_DEFAULTS` for what it does not say
     itself (its own values, or $PGCONNECT_TIMEOUT, win)."""
     try:
@@ -68,13 +82,14 @@ class Connections:
     """A process's pool of connections to ``conninfo`` (``shown``: it
     without the password, for messages)."""
 
-    def __init__(self, conninfo, shown, timeout, pool_size, readonly=False, prepared=True):
+    def __init__(self, conninfo: str, shown: str, timeout: float, pool_size: int,
+                 readonly: bool = False, prepared: bool = True) -> None:
         self.conninfo = conninfo
         self._dsn = with_tcp_defaults(conninfo)  # what is connected to
         self.readonly = readonly
         # Connection settings, none of them a SET that outlives a transaction
         # (see APPLICATION_NAME): what a transaction needs, it sets for itself.
-        self._kwargs = {"application_name": APPLICATION_NAME}
+        self._kwargs: Dict[str, Any] = {"application_name": APPLICATION_NAME}
         if not prepared:
             self._kwargs["prepare_threshold"] = None
         self._begin = ("BEGIN READ ONLY" if readonly else "BEGIN",
@@ -84,16 +99,16 @@ class Connections:
         self.pool_size = pool_size
         self.closed = False
         self._lock = threading.Lock()  # guards _pool and _pid
-        self._pool = None
-        self._pid = None
+        self._pool: Optional[psycopg_pool.ConnectionPool[Conn]] = None
+        self._pid: Optional[int] = None
         self._local = threading.local()
         self._generation = _fork.generation
         #: Called with a fresh connection, before it is used (the clock).
-        self.on_connect = None
+        self.on_connect: Optional[Callable[[Conn], object]] = None
 
     # -- the pool ---------------------------------------------------------------
 
-    def pool(self):
+    def pool(self) -> psycopg_pool.ConnectionPool[Conn]:
         if self.closed:
             raise ValueError("the queue engine on %s is closed" % self.shown)
         pool, pid = self._pool, self._pid
@@ -113,7 +128,7 @@ class Connections:
                 self._pid = os.getpid()
             return self._pool
 
-    def connect(self):
+    def connect(self) -> Conn:
         """A connection of its own (not pooled, autocommit: see
         :meth:`transaction_on`): the caller closes it."""
         try:
@@ -123,7 +138,7 @@ class Connections:
             raise self.error(exc) from None
 
     @contextlib.contextmanager
-    def transaction_on(self, conn):
+    def transaction_on(self, conn: Conn) -> Iterator[Conn]:
         """A transaction on ``conn`` (from :meth:`connect`) with this
         engine's settings, committed at the end of the block."""
         for statement in self._begin:  # read-only: every write is refused (ReadOnlyDatabase)
@@ -135,7 +150,7 @@ class Connections:
             raise
         conn.execute("COMMIT")
 
-    def close(self):
+    def close(self) -> None:
         with self._lock:
             self.closed = True
             pool, self._pool = self._pool, None
@@ -148,7 +163,7 @@ class Connections:
 
     # -- transactions -------------------------------------------------------------
 
-    def _current(self):
+    def _current(self) -> Optional[Tx]:
         """This thread's transaction, to join, unless it is in the middle of
         a statement or of its COMMIT (a put from a ``__del__`` that the
         garbage collector ran there): that call gets a transaction of its
@@ -156,10 +171,11 @@ class Connections:
         if self._generation != _fork.generation:
             self._local = threading.local()
             self._generation = _fork.generation
-        tx = getattr(self._local, "tx", None)
+        tx: Optional[Tx] = getattr(self._local, "tx", None)
         return None if tx is None or tx.busy else tx
 
-    def _getconn(self, checked):
+    # (The last attempt returns or raises: the loop never ends.)
+    def _getconn(self, checked: bool) -> Conn:  # type: ignore[return]
         """A connection of the pool, ``on_connect`` called with it; with
         ``checked``, one that answered a first statement.  A connection
         found dead there (the server ended it while it was idle) is put
@@ -190,7 +206,7 @@ class Connections:
                     raise self.error(exc) from exc
 
     @contextlib.contextmanager
-    def transaction(self, checked=False):
+    def transaction(self, checked: bool = False) -> Iterator[Tx]:
         """A transaction on a pooled connection: yields a :class:`Tx`;
         committed at the end of the block, rolled back if it raises.  The
         notifications the block asked for are sent in it (delivered at
@@ -225,7 +241,8 @@ class Connections:
         for callback in tx.after:
             callback()
 
-    def run(self, work):
+    # (The last attempt returns or raises: the loop never ends.)
+    def run(self, work: Callable[[Tx], T]) -> T:  # type: ignore[return]
         """``work(tx)`` in a transaction of its own, run again (whole) after a
         deadlock or a serialization failure, or a connection lost before
         its COMMIT was sent (the server rolled it back: nothing happened;
@@ -238,7 +255,7 @@ class Connections:
             return work(outer)
         began = time.monotonic()
         for attempt in range(_ATTEMPTS):
-            tx = None
+            tx: Optional[Tx] = None
             try:
                 with self.transaction() as tx:
                     return work(tx)
@@ -251,17 +268,17 @@ class Connections:
                     raise
             time.sleep(0.01 * attempt * (0.5 + random.random()))
 
-    def execute(self, statement, params=None):
+    def execute(self, statement: str, params: Optional[Params] = None) -> List[TupleRow]:
         """Run one statement; return all its rows."""
         return self.run(lambda tx: tx.rows(statement, params))
 
-    def changes(self, statement, params=None):
+    def changes(self, statement: str, params: Optional[Params] = None) -> int:
         """Run one statement; return how many rows it changed."""
         return self.run(lambda tx: tx.rowcount(statement, params))
 
     # -- errors ---------------------------------------------------------------------
 
-    def error(self, exc):
+    def error(self, exc: psycopg.Error) -> LiteQueueError:
         """The exception of ours that says what psycopg's ``exc`` means."""
         text = _scrub(str(exc).strip(), self.conninfo)
         if isinstance(exc, (errors.LockNotAvailable, errors.QueryCanceled)):
@@ -285,7 +302,7 @@ class Connections:
         return StorageError("%s: PostgreSQL failed: %s" % (self.shown, text))
 
 
-def _scrub(text, conninfo):
+def _scrub(text: str, conninfo: str) -> str:
     """``text`` without the password of ``conninfo``, if it is there."""
     try:
         password = psycopg.conninfo.conninfo_to_dict(conninfo).get("password")
@@ -306,17 +323,18 @@ class Tx:
 
     __slots__ = ("conn", "notifications", "after", "committing", "busy", "begun", "_begin")
 
-    def __init__(self, conn, begin):
+    def __init__(self, conn: Conn, begin: Tuple[str, ...]) -> None:
         self.conn = conn
         self._begin = begin  # the BEGIN, and the SET LOCALs that go with it
-        self.notifications = {}  # (channel, payload): None, in order
-        self.after = []
+        self.notifications: Dict[Tuple[str, str], None] = {}  # (channel, payload): None, in order
+        self.after: List[Callable[[], object]] = []
         self.committing = False
         #: In a statement or the COMMIT: a reentrant call must not join.
         self.busy = False
         self.begun = False
 
-    def _execute(self, statement, params):
+    def _execute(self, statement: str, params: Optional[Params]
+                 ) -> psycopg.Cursor[TupleRow]:
         self.busy = True
         try:
             if self.begun:
@@ -328,23 +346,23 @@ class Tx:
         finally:
             self.busy = False
 
-    def _start(self):
+    def _start(self) -> None:
         for statement in self._begin:
             self.conn.execute(statement)
         self.begun = True
 
-    def rows(self, statement, params=None):
+    def rows(self, statement: str, params: Optional[Params] = None) -> List[TupleRow]:
         cur = self._execute(statement, params)
         return cur.fetchall() if cur.description is not None else []
 
-    def one(self, statement, params=None):
+    def one(self, statement: str, params: Optional[Params] = None) -> Optional[TupleRow]:
         return self._execute(statement, params).fetchone()
 
-    def rowcount(self, statement, params=None):
+    def rowcount(self, statement: str, params: Optional[Params] = None) -> int:
         return self._execute(statement, params).rowcount
 
     @contextlib.contextmanager
-    def direct(self):
+    def direct(self) -> Iterator[Conn]:
         """The connection, in the transaction, for statements of the
         caller's own (``executemany``, a helper that takes a connection)."""
         if not self.begun:
@@ -356,12 +374,13 @@ class Tx:
         finally:
             self.busy = False
 
-    def notify(self, channel, payload, callback=None):
+    def notify(self, channel: str, payload: str,
+               callback: Optional[Callable[[], object]] = None) -> None:
         self.notifications[channel, payload] = None
         if callback is not None:
             self.after.append(callback)
 
-    def commit(self):
+    def commit(self) -> None:
         """Send the notifications (delivered at commit) and COMMIT, in one
         round trip."""
         if not self.begun:

@@ -34,6 +34,8 @@ create in the database (or the schema).  ``meta`` records the layout's
 version; a database of a newer version is refused.
 """
 
+from __future__ import annotations
+
 import atexit
 import json
 import logging
@@ -41,6 +43,8 @@ import threading
 import time
 import uuid
 import weakref
+from typing import (TYPE_CHECKING, Any, Callable, ContextManager, Dict, Iterable, List,
+                    Mapping, Optional, Sequence, Tuple, TypeVar, Union, overload)
 
 import psycopg
 
@@ -53,6 +57,23 @@ from . import notify as _notify
 from . import sql as _sql
 from .connections import Connections
 
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Unpack
+
+    from psycopg.abc import Params
+    from psycopg.rows import TupleRow
+
+    from ..engine import CountKind, KeyedStatus, Order, Outcome, QueueStats, Sealer, WakeKind
+    from .connections import Conn, Tx
+    from .notify import _Waiter
+
+    #: What complete_many's transaction returns: acks, dead-lettered, the
+    #: rows leased, their token and lease's end.
+    _Completed = Tuple[int, int, List[TupleRow], Optional[int], Optional[float]]
+
+    T = TypeVar("T")
+
 __all__ = ["PostgresEngine"]
 
 logger = logging.getLogger("persistqueue_liteq")
@@ -62,11 +83,11 @@ CLOCK_RESYNC = 10.0
 
 _local_clock = _clock.local_boottime or time.monotonic
 
-_open_engines = weakref.WeakSet()
+_open_engines: weakref.WeakSet[PostgresEngine] = weakref.WeakSet()
 
 
 @atexit.register
-def _flush_at_exit():
+def _flush_at_exit() -> None:
     for engine in list(_open_engines):
         try:
             engine.flush_metrics()
@@ -74,7 +95,7 @@ def _flush_at_exit():
             pass
 
 
-def _namespace_key(schema, prefix):
+def _namespace_key(schema: str, prefix: str) -> int:
     """The second key of the namespace's advisory locks (an int4)."""
     return int(_notify.digest("%s.%s" % (schema, prefix), 4), 16) - (1 << 31)
 
@@ -118,7 +139,7 @@ class PostgresEngine(SQLEngine):
     IGNORED_DEFAULTS = {"synchronous": "NORMAL", "journal_mode": None}
 
     @staticmethod
-    def check_location(url):
+    def check_location(url: object) -> str:
         """``url`` if it is a postgresql:// URL; else ValueError."""
         if not isinstance(url, str) or not url.lower().startswith(("postgresql://",
                                                                    "postgres://")):
@@ -126,8 +147,13 @@ class PostgresEngine(SQLEngine):
                              % (redact(url),))
         return url
 
-    def __init__(self, url, timeout=5.0, table_prefix=_sql.DEFAULT_PREFIX, schema=None,
-                 pool_size=10, readonly=False, prepared=True, listen_url=None):
+    # Set when the tables are opened (see _open).
+    _lock_key: int
+    _instance: Optional[str]
+
+    def __init__(self, url: str, timeout: float = 5.0, table_prefix: str = _sql.DEFAULT_PREFIX,
+                 schema: Optional[str] = None, pool_size: int = 10, readonly: bool = False,
+                 prepared: bool = True, listen_url: Optional[str] = None) -> None:
         url = self.check_location(url)
         if listen_url is not None:
             try:
@@ -150,7 +176,8 @@ class PostgresEngine(SQLEngine):
         self._conns = Connections(url, self.location, self.timeout, pool_size, self.readonly,
                                   bool(prepared))
         self._clock_lock = threading.Lock()
-        self._offset = None
+        # Set by _open's first _sync, before now() is ever called.
+        self._offset: float = None  # type: ignore[assignment]
         self._synced_at = -CLOCK_RESYNC
         self._last_now = 0.0
         self._open(schema, table_prefix)
@@ -169,13 +196,14 @@ class PostgresEngine(SQLEngine):
 
     # -- schema -----------------------------------------------------------------
 
-    def _open(self, schema, prefix):
+    def _open(self, schema: Optional[str], prefix: str) -> None:
         conn = self._conns.connect()
         try:
             try:
                 self._sync(conn)
                 if schema is None:
-                    schema = conn.execute(_sql.CURRENT_SCHEMA).fetchone()[0]
+                    # (current_schema(): one row.)
+                    schema = conn.execute(_sql.CURRENT_SCHEMA).fetchone()[0]  # type: ignore[index]
                     if schema is None:
                         raise ValueError(
                             "%s: the connection has no current schema (search_path is "
@@ -194,7 +222,7 @@ class PostgresEngine(SQLEngine):
         finally:
             conn.close()
 
-    def _create_schema(self, conn):
+    def _create_schema(self, conn: Conn) -> None:
         s = self.sql
         conn.execute(s.LOCK_NAMESPACE, (_sql.LOCK_CLASS, self._lock_key))
         if self._check_schema(conn):  # made meanwhile by another process
@@ -212,17 +240,18 @@ class PostgresEngine(SQLEngine):
                 ("instance", self._instance)])
         logger.info("created queue tables %s.%s* in %s", s.SCHEMA, s.PREFIX, self.location)
 
-    def _check_schema(self, conn):
+    def _check_schema(self, conn: Conn) -> bool:
         """True if the tables exist and are ours; False if they must be made."""
         s = self.sql
         where = "%s (schema %s, table prefix %r)" % (self.location, s.SCHEMA, s.PREFIX)
-        if not conn.execute(s.META_EXISTS).fetchone()[0]:
-            if conn.execute(s.MESSAGES_EXISTS).fetchone()[0]:
+        # (Each SELECT of these returns one row.)
+        if not conn.execute(s.META_EXISTS).fetchone()[0]:  # type: ignore[index]
+            if conn.execute(s.MESSAGES_EXISTS).fetchone()[0]:  # type: ignore[index]
                 raise IncompatibleDatabase(
                     "%s has a table %smessages that persistqueue_liteq did not create; use "
                     "another table_prefix or schema" % (where, s.PREFIX))
             return False
-        meta = dict(conn.execute(s.READ_META).fetchall())
+        meta: Dict[str, str] = dict(conn.execute(s.READ_META).fetchall())
         if meta.get("format") != _sql.FORMAT_NAME:
             raise IncompatibleDatabase("%s has a table %smeta that is not persistqueue_liteq's; "
                                        "use another table_prefix or schema" % (where, s.PREFIX))
@@ -236,7 +265,7 @@ class PostgresEngine(SQLEngine):
                 "%s was written by a newer persistqueue_liteq (schema version %d; this "
                 "version reads up to %d): upgrade persistqueue_liteq"
                 % (where, version, _sql.SCHEMA_VERSION))
-        if not conn.execute(s.MESSAGES_EXISTS).fetchone()[0]:
+        if not conn.execute(s.MESSAGES_EXISTS).fetchone()[0]:  # type: ignore[index]  # one row
             raise IncompatibleDatabase("%s has persistqueue_liteq's meta table but no "
                                        "%smessages: was it dropped?" % (where, s.PREFIX))
         self._instance = meta.get("instance")
@@ -244,12 +273,13 @@ class PostgresEngine(SQLEngine):
             self._upgrade(conn)  # a read-only engine reads the older tables as they are
         return True
 
-    def _upgrade(self, conn):
+    def _upgrade(self, conn: Conn) -> None:
         """Take the tables to this version, in the transaction that opens
         them, once whoever else opens them at the same time."""
         s = self.sql
         conn.execute(s.LOCK_NAMESPACE, (_sql.LOCK_CLASS, self._lock_key))
-        old = int(dict(conn.execute(s.READ_META).fetchall())["schema_version"])
+        meta: Dict[str, str] = dict(conn.execute(s.READ_META).fetchall())
+        old = int(meta["schema_version"])
         for version in range(old + 1, _sql.SCHEMA_VERSION + 1):
             for statement in s.MIGRATIONS.get(version, ()):
                 conn.execute(statement)
@@ -260,19 +290,19 @@ class PostgresEngine(SQLEngine):
 
     # -- the clock --------------------------------------------------------------------
 
-    def _sync(self, conn):
+    def _sync(self, conn: Conn) -> None:
         """Read the server's clock through ``conn`` and keep its offset."""
-        server = conn.execute(_sql.SERVER_TIME).fetchone()[0]
+        server = conn.execute(_sql.SERVER_TIME).fetchone()[0]  # type: ignore[index]  # one row
         local = _local_clock()  # after the round trip: now() lags, never leads
         with self._clock_lock:
             self._offset = server - local
             self._synced_at = local
 
-    def _maybe_sync(self, conn):
+    def _maybe_sync(self, conn: Conn) -> None:
         if _local_clock() - self._synced_at >= CLOCK_RESYNC:
             self._sync(conn)
 
-    def now(self):
+    def now(self) -> float:
         t = self._offset + _local_clock()
         if t < self._last_now:  # a new reading put us back a little
             return self._last_now
@@ -281,24 +311,27 @@ class PostgresEngine(SQLEngine):
 
     # -- plumbing ---------------------------------------------------------------------
 
-    def _tx(self):
+    def _tx(self) -> ContextManager[Tx]:
         return self._conns.transaction()
 
-    def _run(self, work):
+    def _run(self, work: Callable[[Tx], T]) -> T:
         return self._conns.run(work)
 
-    def _rows(self, statement, params=None):
+    def _rows(self, statement: str, params: Optional[Params] = None) -> List[TupleRow]:
         return self._conns.execute(statement, params)
 
-    def _notify(self, tx, kind, queue):
+    def _notify(self, tx: Tx, kind: WakeKind, queue: str) -> None:
         """Wake the (kind, queue) waiters of every process when ``tx`` commits."""
         tx.notify(self._channel, _notify.payload_of(kind, queue),
                   lambda: self._listener.wake_local(self._channel, kind, queue))
 
     # -- producing --------------------------------------------------------------------
 
-    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None, key=None):
-        def work(tx):
+    def put(self, queue: str, data: bytes, delay: float = 0.0, ttl: Optional[float] = None,
+            priority: Optional[bytes] = None, seal: Optional[Sealer] = None,
+            key: Optional[str] = None) -> int:
+        # (A type comment: an annotation would cost the hot path a constant.)
+        def work(tx):  # type: (Tx) -> Tuple[int, bool]
             if key is not None:
                 return self._insert_with_key(tx, queue, data, delay, ttl, priority, seal, key)
             return self._insert_one(tx, queue, data, delay, ttl, priority, seal), True
@@ -308,27 +341,31 @@ class PostgresEngine(SQLEngine):
             self._count(queue, "puts")
         return msg_id
 
-    def _insert_one(self, tx, queue, data, delay, ttl, priority, seal):
+    def _insert_one(self, tx: Tx, queue: str, data: bytes, delay: float, ttl: Optional[float],
+                    priority: Optional[bytes], seal: Optional[Sealer]) -> int:
         now = self.now()
         expires = None if ttl is None else now + ttl
         if seal is None:
-            msg_id = tx.one(self.sql.INSERT, (queue, data, priority, now + delay, now,
-                                              expires))[0]
+            # (INSERT ... RETURNING and nextval: one row each.)
+            msg_id: int = tx.one(self.sql.INSERT, (queue, data, priority, now + delay, now,
+                                                   expires))[0]  # type: ignore[index]
         else:
-            msg_id = tx.one(self.sql.NEXT_ID)[0]
+            msg_id = tx.one(self.sql.NEXT_ID)[0]  # type: ignore[index]
             tx.rows(self.sql.INSERT_WITH_ID, (msg_id, queue, seal(msg_id, data), priority,
                                               now + delay, now, expires))
         self._notify(tx, "put", queue)
         return msg_id
 
-    def _insert_with_key(self, tx, queue, data, delay, ttl, priority, seal, key):
+    def _insert_with_key(self, tx: Tx, queue: str, data: bytes, delay: float,
+                         ttl: Optional[float], priority: Optional[bytes], seal: Optional[Sealer],
+                         key: str) -> Tuple[int, bool]:
         s = self.sql
         while True:
             now = self.now()
             msg_id = None
             stored = data
             if seal is not None:
-                msg_id = tx.one(s.NEXT_ID)[0]
+                msg_id = tx.one(s.NEXT_ID)[0]  # type: ignore[index]  # one row
                 stored = seal(msg_id, data)
             row = tx.one(s.INSERT_WITH_KEY, (
                 msg_id, queue, stored, priority, now + delay, now,
@@ -341,13 +378,15 @@ class PostgresEngine(SQLEngine):
                 return row[0], False
             # Acknowledged between the two statements: the key is free again.
 
-    def put_many(self, queue, payloads, delay=0.0, ttl=None, seal=None):
+    def put_many(self, queue: str, payloads: Iterable[bytes], delay: float = 0.0,
+                 ttl: Optional[float] = None, seal: Optional[Sealer] = None) -> List[int]:
         ids = self._run(lambda tx: self._insert_many(tx, queue, payloads, delay, ttl, seal))
         if ids:
             self._count(queue, "puts", len(ids))
         return ids
 
-    def _insert_many(self, tx, queue, payloads, delay, ttl, seal=None):
+    def _insert_many(self, tx: Tx, queue: str, payloads: Iterable[bytes], delay: float,
+                     ttl: Optional[float], seal: Optional[Sealer] = None) -> List[int]:
         payloads = list(payloads)
         if not payloads:
             return []
@@ -360,11 +399,22 @@ class PostgresEngine(SQLEngine):
         self._notify(tx, "put", queue)
         return ids
 
-    def transaction(self):
+    def transaction(self) -> _Transaction:
         return _Transaction(self)
 
-    def put_on(self, conn, queue, data, delay=0.0, ttl=None, seal=None, codec=None,
-               priority=None):
+    @overload
+    def put_on(self, conn: object, queue: str, data: bytes, delay: float = ...,
+               ttl: Optional[float] = ..., seal: Optional[Sealer] = ..., codec: None = ...,
+               priority: Optional[bytes] = ...) -> int: ...
+    @overload
+    def put_on(self, conn: object, queue: str, data: bytes, delay: float = ...,
+               ttl: Optional[float] = ..., seal: Optional[Sealer] = ..., *, codec: str,
+               priority: Optional[bytes] = ...) -> Tuple[Optional[int], str]: ...
+
+    def put_on(self, conn: object, queue: str, data: bytes, delay: float = 0.0,
+               ttl: Optional[float] = None, seal: Optional[Sealer] = None,
+               codec: Optional[str] = None, priority: Optional[bytes] = None
+               ) -> Union[int, Tuple[Optional[int], str]]:
         if not isinstance(conn, psycopg.Connection):
             raise TypeError("put_on needs the application's psycopg.Connection, not %s"
                             % type(conn).__name__)
@@ -379,22 +429,24 @@ class PostgresEngine(SQLEngine):
             now = self.now()
             expires = None if ttl is None else now + ttl
             if seal is None:
+                # (INSERT ... RETURNING and nextval: one row each.)
                 msg_id = conn.execute(s.INSERT, (queue, data, priority, now + delay, now,
-                                                 expires)).fetchone()[0]
+                                                 expires)).fetchone()[0]  # type: ignore[index]
             else:
-                msg_id = conn.execute(s.NEXT_ID).fetchone()[0]
+                msg_id = conn.execute(s.NEXT_ID).fetchone()[0]  # type: ignore[index]
                 conn.execute(s.INSERT_WITH_ID, (msg_id, queue, seal(msg_id, data), priority,
                                                 now + delay, now, expires))
             # Delivered if and when the application commits.
             conn.execute(s.NOTIFY, (self._channel, _notify.payload_of("put", queue)))
         except psycopg.Error as exc:
             raise self._conns.error(exc) from exc
-        return msg_id if codec is None else (msg_id, held)
+        # (With a codec, held is a str.)
+        return msg_id if codec is None else (msg_id, held)  # type: ignore[return-value]
 
-    def _check_same_database(self, conn):
+    def _check_same_database(self, conn: Conn) -> None:
         s = self.sql
         theirs = None
-        if conn.execute(s.META_EXISTS).fetchone()[0]:
+        if conn.execute(s.META_EXISTS).fetchone()[0]:  # type: ignore[index]  # one row
             row = conn.execute(s.READ_INSTANCE).fetchone()
             theirs = row and row[0]
         if theirs is None or theirs != self._instance:
@@ -403,39 +455,42 @@ class PostgresEngine(SQLEngine):
 
     # -- what a queue was written with ------------------------------------------------
 
-    def codec_of(self, queue):
+    def codec_of(self, queue: str) -> Optional[str]:
         rows = self._rows(self.sql.READ_CODEC, (queue,))
         return rows[0][0] if rows else None
 
-    def _claim_codec_in(self, conn, queue, fingerprint):
+    def _claim_codec_in(self, conn: Conn, queue: str, fingerprint: str) -> str:
         s = self.sql
         # Serialised per queue: the row lock of its codec, or (none yet) the
         # namespace's lock, so that two first writers agree.
-        row = conn.execute(s.READ_CODEC_FOR_UPDATE, (queue,)).fetchone()
+        row: Optional[Tuple[str]] = conn.execute(s.READ_CODEC_FOR_UPDATE, (queue,)).fetchone()
         if row is None:
             conn.execute(s.LOCK_NAMESPACE, (_sql.LOCK_CLASS + 1, self._lock_key))
             row = conn.execute(s.READ_CODEC_FOR_UPDATE, (queue,)).fetchone()
         if row is not None and (row[0] == fingerprint
-                                or conn.execute(s.ANY_MESSAGE, (queue,)).fetchone()[0]):
+                                # (SELECT EXISTS: one row.)
+                                or conn.execute(s.ANY_MESSAGE,
+                                                (queue,)).fetchone()[0]):  # type: ignore[index]
             return row[0]
         conn.execute(s.WRITE_CODEC, (queue, fingerprint))
         return fingerprint
 
-    def claim_codec(self, queue, fingerprint):
-        def work(tx):
+    def claim_codec(self, queue: str, fingerprint: str) -> str:
+        def work(tx: Tx) -> str:
             with tx.direct() as conn:
                 return self._claim_codec_in(conn, queue, fingerprint)
 
         return self._run(work)
 
-    def replace_data(self, msg_id, old, new):
+    def replace_data(self, msg_id: int, old: bytes, new: bytes) -> bool:
         return bool(self._conns.changes(self.sql.REPLACE_DATA, (new, msg_id, old)))
 
-    def put_keyed(self, queue, items):
+    def put_keyed(self, queue: str, items: Iterable[Tuple[str, bytes]]
+                  ) -> List[Tuple[KeyedStatus, Optional[int]]]:
         s = self.sql
 
-        def work(tx):
-            out = []
+        def work(tx: Tx) -> List[Tuple[KeyedStatus, Optional[int]]]:
+            out: List[Tuple[KeyedStatus, Optional[int]]] = []
             now = self.now()
             for key, data in items:
                 if tx.one(s.RESULT, (queue, key)) is not None:
@@ -466,7 +521,8 @@ class PostgresEngine(SQLEngine):
 
     # -- results of keyed messages ------------------------------------------------------
 
-    def complete(self, msg_id, lease, key, ok, data, dead_reason=None):
+    def complete(self, msg_id: int, lease: Optional[int], key: str, ok: bool, data: bytes,
+                 dead_reason: Optional[str] = None) -> bool:
         queue, held = self._run(
             lambda tx: self._complete_in(tx, msg_id, lease, key, ok, data, dead_reason))
         if queue is not None and held:
@@ -474,10 +530,12 @@ class PostgresEngine(SQLEngine):
                         lasting=dead_reason is not None)
         return held
 
-    def complete_many(self, queue, outcomes, lease=0, seconds=0.0):
+    def complete_many(self, queue: str, outcomes: Sequence[Outcome], lease: int = 0,
+                      seconds: float = 0.0) -> List[Message]:
         outcomes = list(outcomes)
 
-        def work(tx):
+        # (A type comment: an annotation would cost the worker's loop a constant.)
+        def work(tx):  # type: (Tx) -> _Completed
             acks = dead = 0
             for msg_id, token, key, ok, data, *failure in outcomes:
                 dead_reason, error = failure or (None, None)
@@ -486,6 +544,8 @@ class PostgresEngine(SQLEngine):
                         acks += 1
                     else:
                         dead += 1
+            rows: List[TupleRow]
+            until: Optional[float]
             rows, token, until = [], None, None
             if lease:
                 now = self.now()
@@ -508,7 +568,9 @@ class PostgresEngine(SQLEngine):
                                until, row[5], row[6], row[7], None, None, row[8])
                        for row in rows), key=lambda m: m.id)
 
-    def _complete_in(self, tx, msg_id, lease, key, ok, data, dead_reason, error=None):
+    def _complete_in(self, tx: Tx, msg_id: int, lease: Optional[int], key: str, ok: bool,
+                     data: bytes, dead_reason: Optional[str], error: Optional[str] = None
+                     ) -> Tuple[Optional[str], bool]:
         s = self.sql
         now = self.now()
         row = tx.one(s.GET, (msg_id,))
@@ -526,32 +588,37 @@ class PostgresEngine(SQLEngine):
             logger.warning("task %s of queue %r dead-lettered: %s", key, queue, dead_reason)
         return queue, held
 
-    def result(self, queue, key):
+    def result(self, queue: str, key: str) -> Optional[Tuple[bool, bytes]]:
         rows = self._rows(self.sql.RESULT, (queue, key))
         return (bool(rows[0][0]), rows[0][1]) if rows else None
 
-    def results_since(self, queue, seq, limit=1000):
+    def results_since(self, queue: str, seq: int, limit: int = 1000
+                      ) -> List[Tuple[int, str, bool, bytes]]:
         return [(row[0], row[1], bool(row[2]), row[3])
                 for row in self._rows(self.sql.RESULTS_SINCE, (queue, seq, limit))]
 
-    def last_result_seq(self):
-        return self._rows(self.sql.LAST_RESULT_SEQ)[0][0]
+    def last_result_seq(self) -> int:
+        return self._rows(  # type: ignore[no-any-return]  # a row's value
+            self.sql.LAST_RESULT_SEQ)[0][0]
 
-    def forget_results(self, queue, key=None):
+    def forget_results(self, queue: str, key: Optional[str] = None) -> int:
         if key is None:
             return self._conns.changes(self.sql.PURGE_RESULTS, (queue,))
         return self._conns.changes(self.sql.FORGET_RESULT, (queue, key))
 
-    def forget_results_matching(self, queue, pattern, up_to_seq=None, failed_only=False):
+    def forget_results_matching(self, queue: str, pattern: str, up_to_seq: Optional[int] = None,
+                                failed_only: bool = False) -> int:
         up_to = (1 << 63) - 1 if up_to_seq is None else up_to_seq
         return self._conns.changes(self.sql.FORGET_RESULTS_MATCHING, (
             queue, _sql.glob_to_regex(pattern), up_to, not failed_only))
 
     # -- consuming -------------------------------------------------------------------
 
-    def lease(self, queue, n, seconds, order="fifo", max_attempts=None, holder=None):
+    def lease(self, queue: str, n: int, seconds: float, order: Order = "fifo",
+              max_attempts: Optional[int] = None, holder: Optional[str] = None
+              ) -> List[Message]:
         statement = self._lease_sql[order]
-        leased = []
+        leased: List[Message] = []
         while len(leased) < n:
             now = self.now()
             token = new_token()
@@ -561,7 +628,7 @@ class PostgresEngine(SQLEngine):
                 "n": n - len(leased), "holder": holder})
             if not rows:
                 break
-            unfit = []
+            unfit: List[Message] = []
             for row in rows:
                 m = Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, until,
                             row[5], row[6], row[7], None, None, row[8], holder)
@@ -586,20 +653,22 @@ class PostgresEngine(SQLEngine):
             leased.sort(key=lambda m: m.id)
         return leased
 
-    def _drop_unfit(self, messages, now, max_attempts):
+    def _drop_unfit(self, messages: List[Message], now: float, max_attempts: Optional[int]
+                    ) -> None:
         """Drop the expired and dead-letter the exhausted, which we hold."""
         s = self.sql
 
-        def work(tx):
-            counted = []
+        def work(tx: Tx) -> List[Tuple[str, str]]:
+            counted: List[Tuple[str, str]] = []
             for m in messages:
                 if m.expires_at is not None and m.expires_at <= now:
                     if tx.rowcount(s.DELETE_LEASED, (m.id, m.lease)):
                         tx.rows(s.ADD_COUNTER, (m.queue_name, "expired", 1))
                         counted.append((m.queue_name, "expired"))
                     continue
+                # Not expired: so over max_attempts, which is not None.
                 reason = "not acknowledged after %d deliveries (max_retries=%d)" % (
-                    m.attempts - 1, max_attempts - 1)
+                    m.attempts - 1, max_attempts - 1)  # type: ignore[operator]
                 if tx.rows(s.DEAD_LETTER, (now, reason, None, m.id, m.lease)):
                     tx.rows(s.ADD_COUNTER, (m.queue_name, "dead_lettered", 1))
                     counted.append((m.queue_name, "dead_lettered"))
@@ -612,7 +681,7 @@ class PostgresEngine(SQLEngine):
         for queue, name in self._run(work):
             self._metrics.add(queue, name, lasting=True)
 
-    def lease_id(self, queue, msg_id, seconds):
+    def lease_id(self, queue: str, msg_id: int, seconds: float) -> Optional[Message]:
         now = self.now()
         token = new_token()
         until = now + seconds
@@ -625,12 +694,13 @@ class PostgresEngine(SQLEngine):
         return Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, until,
                        row[5], row[6], row[7], None, None, row[8])
 
-    def next_visible_at(self, queue):
-        return self._rows(self.sql.NEXT_VISIBLE_AT, (queue, self.now()))[0][0]
+    def next_visible_at(self, queue: str) -> Optional[float]:
+        return self._rows(  # type: ignore[no-any-return]  # a row's value
+            self.sql.NEXT_VISIBLE_AT, (queue, self.now()))[0][0]
 
-    def _settle(self, statement, params, kind):
+    def _settle(self, statement: str, params: Params, kind: WakeKind) -> List[TupleRow]:
         """Run one settling statement; wake ``kind`` waiters of its queue."""
-        def work(tx):
+        def work(tx):  # type: (Tx) -> List[TupleRow]
             rows = tx.rows(statement, params)
             if rows:
                 self._notify(tx, kind, rows[0][0])
@@ -638,14 +708,14 @@ class PostgresEngine(SQLEngine):
 
         return self._run(work)
 
-    def ack(self, msg_id, lease, queue=None):
+    def ack(self, msg_id: int, lease: Optional[int], queue: Optional[str] = None) -> bool:
         if queue is None:
             rows = self._settle(self.sql.ACK, (msg_id, lease), "done")
             if not rows:
                 return False
             queue = rows[0][0]
         else:
-            def work(tx):
+            def work(tx):  # type: (Tx) -> int
                 done = tx.rowcount(self.sql.ACK_IN_QUEUE, (msg_id, lease, queue))
                 if done:
                     self._notify(tx, "done", queue)
@@ -656,13 +726,13 @@ class PostgresEngine(SQLEngine):
         self._count(queue, "acks")
         return True
 
-    def delete(self, msg_id):
+    def delete(self, msg_id: int) -> bool:
         return bool(self._settle(self.sql.DELETE, (msg_id,), "done"))
 
-    def delete_unleased(self, msg_id):
+    def delete_unleased(self, msg_id: int) -> bool:
         return bool(self._settle(self.sql.DELETE_UNLEASED, (msg_id,), "done"))
 
-    def set_visibility(self, msg_id, lease, seconds):
+    def set_visibility(self, msg_id: int, lease: Optional[int], seconds: float) -> bool:
         # A lease ended now makes the message ready: wake consumers.  One
         # extended wakes nobody.
         params = (self.now() + seconds, msg_id, lease)
@@ -670,12 +740,14 @@ class PostgresEngine(SQLEngine):
             return bool(self._settle(self.sql.SET_VISIBILITY, params, "put"))
         return bool(self._rows(self.sql.SET_VISIBILITY, params))
 
-    def release(self, msg_id, lease, delay=0.0, error=None, attempted=True):
+    def release(self, msg_id: int, lease: Optional[int], delay: float = 0.0,
+                error: Optional[str] = None, attempted: bool = True) -> bool:
         statement = self.sql.RELEASE if attempted else self.sql.RELEASE_UNATTEMPTED
         return bool(self._settle(statement, (self.now() + delay, error, msg_id, lease), "put"))
 
-    def dead_letter(self, msg_id, lease, reason, error=None):
-        def work(tx):
+    def dead_letter(self, msg_id: int, lease: Optional[int], reason: str,
+                    error: Optional[str] = None) -> bool:
+        def work(tx: Tx) -> Optional[TupleRow]:
             row = tx.one(self.sql.DEAD_LETTER, (self.now(), reason, error, msg_id, lease))
             if row:
                 tx.rows(self.sql.ADD_COUNTER, (row[0], "dead_lettered", 1))
@@ -688,12 +760,13 @@ class PostgresEngine(SQLEngine):
             self._metrics.add(row[0], "dead_lettered", lasting=True)
         return row is not None
 
-    def dead_letter_ids(self, ids, reason, queue=None):
+    def dead_letter_ids(self, ids: Iterable[int], reason: str, queue: Optional[str] = None
+                        ) -> int:
         ids = list(ids)
 
-        def work(tx):
+        def work(tx: Tx) -> Dict[str, int]:
             now = self.now()
-            moved = {}
+            moved: Dict[str, int] = {}
             for msg_id in ids:
                 row = tx.one(self.sql.DEAD_LETTER_ID, {
                     "now": now, "reason": reason, "id": msg_id, "queue": queue})
@@ -710,13 +783,15 @@ class PostgresEngine(SQLEngine):
             self._metrics.add(name, "dead_lettered", n, lasting=True)
         return sum(moved.values())
 
-    def ack_many(self, items):
+    def ack_many(self, items: Iterable[Tuple[int, Optional[int]]]) -> int:
         items = list(items)
 
         leased = [(msg_id, lease) for msg_id, lease in items if lease is not None]
         any_lease = [msg_id for msg_id, lease in items if lease is None]
 
-        def work(tx):
+        def work(tx: Tx) -> Tuple[Dict[str, int], Dict[str, int]]:
+            removed: Dict[str, int]
+            acks: Dict[str, int]
             removed, acks = {}, {}
             if leased:  # one round trip for all of them, not one each
                 for (name,) in tx.rows(self.sql.ACK_MANY, ([i for i, _ in leased],
@@ -735,8 +810,8 @@ class PostgresEngine(SQLEngine):
             self._count(name, "acks", n)
         return sum(removed.values())
 
-    def recover_leases(self, queue=None):
-        def work(tx):
+    def recover_leases(self, queue: Optional[str] = None) -> int:
+        def work(tx: Tx) -> int:
             now = self.now()
             if queue is None:
                 rows = tx.rows(self.sql.RECOVER_ALL_LEASES, {"now": now})
@@ -750,30 +825,31 @@ class PostgresEngine(SQLEngine):
 
     # -- inspecting -------------------------------------------------------------------
 
-    def peek(self, queue):
+    def peek(self, queue: str) -> Optional[Message]:
         found = self.peek_many(queue, 1)
         return found[0] if found else None
 
-    def count(self, queue, what="live"):
+    def count(self, queue: str, what: CountKind = "live") -> int:
         statement = self._count_sql.get(what)
         if statement is None:
             raise ValueError("count() what must be live, waiting, ready or dead; got %r"
                              % (what,))
-        return self._rows(statement, {"queue": queue, "now": self.now()})[0][0]
+        return self._rows(  # type: ignore[no-any-return]  # a row's value
+            statement, {"queue": queue, "now": self.now()})[0][0]
 
-    def queues(self):
+    def queues(self) -> List[QueueStats]:
         now = self.now()
 
-        def work(tx):  # one snapshot for both
+        def work(tx: Tx) -> Tuple[List[TupleRow], List[TupleRow]]:  # one snapshot for both
             return (tx.rows(self.sql.QUEUE_STATS, {"now": now}),
                     tx.rows(self.sql.HOLDERS, {"now": now}))
 
         return self._queue_stats(*self._run(work))
 
-    def create_queue(self, queue, settings=None):
+    def create_queue(self, queue: str, settings: Optional[Mapping[str, Any]] = None) -> bool:
         text = None if settings is None else json.dumps(settings, sort_keys=True)
 
-        def work(tx):
+        def work(tx: Tx) -> bool:
             if tx.one(self.sql.CREATE_QUEUE, (queue, self.now(), text)) is not None:
                 return True
             if text is not None:
@@ -784,14 +860,14 @@ class PostgresEngine(SQLEngine):
 
     # -- metrics ---------------------------------------------------------------------
 
-    def flush_metrics(self):
+    def flush_metrics(self) -> None:
         pending = self._metrics.take()
         if not pending:
             return
         bucket = int(self.now() // _sql.ACTIVITY_BUCKET * _sql.ACTIVITY_BUCKET)
         items = sorted(pending.items())  # one order for every process: no deadlock
 
-        def work(tx):
+        def work(tx: Tx) -> None:
             with tx.direct() as conn, conn.cursor() as cur:
                 cur.executemany(self.sql.ADD_COUNTER,
                                 [(queue, name, n) for (queue, name), n in items])
@@ -807,10 +883,10 @@ class PostgresEngine(SQLEngine):
 
     # -- operating ---------------------------------------------------------------------
 
-    def restore(self, queue, messages):
+    def restore(self, queue: str, messages: Iterable[Message]) -> List[int]:
         messages = list(messages)
 
-        def row(msg, now):
+        def row(msg: Message, now: float) -> Tuple[object, ...]:
             dead = msg.dead_at is not None
             if dead:
                 visible = None
@@ -822,12 +898,14 @@ class PostgresEngine(SQLEngine):
                     msg.attempts, msg.last_error, msg.dead_at if dead else None,
                     msg.dead_reason if dead else None, msg.key)
 
-        def work(tx):
+        def work(tx: Tx) -> List[int]:
             now = self.now()
-            ids = []
+            ids: List[int] = []
             try:
                 for msg in messages:
-                    ids.append(tx.one(self.sql.INSERT_RESTORED, row(msg, now))[0])
+                    # (INSERT ... RETURNING: one row.)
+                    ids.append(tx.one(self.sql.INSERT_RESTORED,
+                                      row(msg, now))[0])  # type: ignore[index]
             except psycopg.errors.UniqueViolation as exc:
                 raise ValueError(
                     "cannot restore into queue %r of %s: %s (a message with that key is "
@@ -839,8 +917,8 @@ class PostgresEngine(SQLEngine):
 
         return self._run(work)
 
-    def redrive(self, queue, ids=None):
-        def work(tx):
+    def redrive(self, queue: str, ids: Optional[Iterable[int]] = None) -> int:
+        def work(tx: Tx) -> int:
             now = self.now()
             if ids is None:
                 moved = tx.rowcount(self.sql.REDRIVE_ALL, (now, queue))
@@ -853,14 +931,14 @@ class PostgresEngine(SQLEngine):
 
         return self._run(work)
 
-    def expire(self, queue=None):
-        def work(tx):
+    def expire(self, queue: Optional[str] = None) -> int:
+        def work(tx: Tx) -> Dict[str, int]:
             now = self.now()
             if queue is None:
                 rows = tx.rows(self.sql.EXPIRE_ALL, {"now": now})
             else:
                 rows = tx.rows(self.sql.EXPIRE, {"queue": queue, "now": now})
-            expired = {}
+            expired: Dict[str, int] = {}
             for (name,) in rows:
                 expired[name] = expired.get(name, 0) + 1
             for name, n in sorted(expired.items()):
@@ -873,10 +951,10 @@ class PostgresEngine(SQLEngine):
             self._metrics.add(name, "expired", n, lasting=True)
         return sum(expired.values())
 
-    def purge(self, queue, dead=False):
+    def purge(self, queue: str, dead: bool = False) -> int:
         statement = self.sql.PURGE_DEAD if dead else self.sql.PURGE_LIVE
 
-        def work(tx):
+        def work(tx: Tx) -> int:
             removed = tx.rowcount(statement, (queue,))
             if removed:
                 self._notify(tx, "done", queue)
@@ -884,10 +962,10 @@ class PostgresEngine(SQLEngine):
 
         return self._run(work)
 
-    def delete_queue(self, queue):
+    def delete_queue(self, queue: str) -> int:
         s = self.sql
 
-        def work(tx):
+        def work(tx: Tx) -> int:
             removed = tx.rowcount(s.DELETE_QUEUE, (queue,))
             for statement in (s.DELETE_QUEUE_COUNTERS, s.DELETE_QUEUE_ACTIVITY,
                               s.DELETE_QUEUE_RESULTS, s.DELETE_QUEUE_CODEC,
@@ -899,24 +977,24 @@ class PostgresEngine(SQLEngine):
 
         return self._run(work)
 
-    def waiter(self, kind, queue):
+    def waiter(self, kind: WakeKind, queue: str) -> _Waiter:
         return self._listener.waiter(self._channel, kind, queue)
 
-    def wake(self, kind, queue):
+    def wake(self, kind: WakeKind, queue: str) -> None:
         self._listener.wake_local(self._channel, kind, queue)
         try:
             self._rows(self.sql.NOTIFY, (self._channel, _notify.payload_of(kind, queue)))
         except Exception as exc:  # waiters look again within a second anyway
             logger.debug("wake-up of %s not sent to other processes: %s", self.location, exc)
 
-    def close(self):
+    def close(self) -> None:
         if self._conns.closed:
             return
         self.flush_metrics()
         _open_engines.discard(self)
         self._conns.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "PostgresEngine(%r, schema=%r, table_prefix=%r)" % (
             self.location, self.sql.SCHEMA, self.sql.PREFIX)
 
@@ -924,31 +1002,36 @@ class PostgresEngine(SQLEngine):
 class _Transaction:
     """Puts to any queues, committed together."""
 
-    def __init__(self, engine):
+    def __init__(self, engine: PostgresEngine) -> None:
         self._engine = engine
-        self._context = None
-        self._tx = None
-        self._queues = {}
+        # Set by __enter__: used only inside the block.
+        self._context: ContextManager[Tx] = None  # type: ignore[assignment]
+        self._tx: Tx = None  # type: ignore[assignment]
+        self._queues: Dict[str, int] = {}
 
-    def __enter__(self):
+    def __enter__(self) -> _Transaction:
         # Checked: a pooled connection found dead cannot be run again here.
         self._context = self._engine._conns.transaction(checked=True)
         self._tx = self._context.__enter__()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: Unpack[Tuple[Optional[type[BaseException]],
+                                                 Optional[BaseException],
+                                                 Optional[TracebackType]]]) -> Optional[bool]:
         result = self._context.__exit__(*exc_info)
         if exc_info[0] is None:
             for queue, n in self._queues.items():
                 self._engine._count(queue, "puts", n)
         return result
 
-    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None):
+    def put(self, queue: str, data: bytes, delay: float = 0.0, ttl: Optional[float] = None,
+            priority: Optional[bytes] = None, seal: Optional[Sealer] = None) -> int:
         msg_id = self._engine._insert_one(self._tx, queue, data, delay, ttl, priority, seal)
         self._queues[queue] = self._queues.get(queue, 0) + 1
         return msg_id
 
-    def put_many(self, queue, payloads, delay=0.0, ttl=None, seal=None):
+    def put_many(self, queue: str, payloads: Iterable[bytes], delay: float = 0.0,
+                 ttl: Optional[float] = None, seal: Optional[Sealer] = None) -> List[int]:
         ids = self._engine._insert_many(self._tx, queue, payloads, delay, ttl, seal)
         self._queues[queue] = self._queues.get(queue, 0) + len(ids)
         return ids

@@ -31,12 +31,19 @@ Each waiter holds a pipe, readable when woken: ``fileno()`` and ``drain()``
 let an event loop watch it (:mod:`persistqueue_liteq.aio` does).
 """
 
+from __future__ import annotations
+
 import hashlib
 import logging
 import os
 import select
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Set, Tuple
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg.pq.abc import PGconn
 
 logger = logging.getLogger("persistqueue_liteq")
 
@@ -46,26 +53,26 @@ SAFETY_INTERVAL = 1.0
 LISTEN_WAIT = 2.0
 
 
-def digest(text, size=8):
+def digest(text: str, size: int = 8) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).hexdigest()
 
 
-def channel_of(schema, prefix):
+def channel_of(schema: str, prefix: str) -> str:
     """The NOTIFY channel of a namespace (an identifier under 63 bytes)."""
     return "pqlq_" + digest("%s.%s" % (schema, prefix), 10)
 
 
-def payload_of(kind, queue):
+def payload_of(kind: str, queue: str) -> str:
     return "%s:%s" % (kind, digest(queue))
 
 
-_listeners = {}  # conninfo -> Listener, of this process
+_listeners: Dict[str, Listener] = {}  # conninfo -> Listener, of this process
 _listeners_lock = threading.Lock()
 _listeners_pid = os.getpid()
-_parents = []  # a forked child's inherited listeners: kept, never closed
+_parents: List[Dict[str, Listener]] = []  # a forked child's inherited listeners: kept, never closed
 
 
-def listener_for(conninfo, shown):
+def listener_for(conninfo: str, shown: str) -> Listener:
     """This process's listener of the database ``conninfo`` (``shown``:
     the same without its password, for messages)."""
     global _listeners_pid, _listeners
@@ -85,14 +92,15 @@ class Listener:
     it wakes.  ``_lock`` guards ``_waiters``, ``_wanted`` and ``_listening``;
     it is never held while talking to the server."""
 
-    def __init__(self, conninfo, shown):
+    def __init__(self, conninfo: str, shown: str) -> None:
         self._conninfo = conninfo
         self._shown = shown
         self._lock = threading.Condition(threading.Lock())
-        self._waiters = {}  # (channel, payload) -> set of _Waiter
-        self._wanted = set()  # channels some waiter asked for
-        self._listening = set()  # channels LISTENed on the current connection
-        self._thread = None
+        # (channel, payload) -> set of _Waiter
+        self._waiters: Dict[Tuple[str, str], Set[_Waiter]] = {}
+        self._wanted: Set[str] = set()  # channels some waiter asked for
+        self._listening: Set[str] = set()  # channels LISTENed on the current connection
+        self._thread: Optional[threading.Thread] = None
         #: Whether the last connection attempt failed: waiters then do not
         #: wait for a LISTEN that cannot come (their safety looks stand in).
         self._down = False
@@ -103,10 +111,10 @@ class Listener:
 
     # -- waiters' side ------------------------------------------------------------
 
-    def waiter(self, channel, kind, queue):
+    def waiter(self, channel: str, kind: str, queue: str) -> _Waiter:
         return _Waiter(self, channel, payload_of(kind, queue))
 
-    def _add(self, waiter):
+    def _add(self, waiter: _Waiter) -> None:
         with self._lock:
             self._waiters.setdefault(waiter.key, set()).add(waiter)
             if waiter.key[0] in self._listening:
@@ -124,26 +132,26 @@ class Listener:
                     return  # down: the waiter's safety looks stand in
                 self._lock.wait(remaining)
 
-    def _remove_locked(self, waiter):
+    def _remove_locked(self, waiter: _Waiter) -> None:
         group = self._waiters.get(waiter.key)
         if group is not None:
             group.discard(waiter)
             if not group:
                 del self._waiters[waiter.key]
 
-    def wake_local(self, channel, kind, queue):
+    def wake_local(self, channel: str, kind: str, queue: str) -> None:
         """Wake this process's waiters of (channel, kind, queue) now."""
         self._wake_key((channel, payload_of(kind, queue)))
 
     # Pokes are written with the lock held: a waiter leaves (and closes its
     # pipe) only under it, so no byte goes to a descriptor reused meanwhile.
 
-    def _wake_key(self, key):
+    def _wake_key(self, key: Tuple[str, str]) -> None:
         with self._lock:
             for waiter in self._waiters.get(key, ()):
                 waiter.poke()
 
-    def _wake_all(self):
+    def _wake_all(self) -> None:
         with self._lock:
             for group in self._waiters.values():
                 for waiter in group:
@@ -151,26 +159,26 @@ class Listener:
 
     # -- the listening thread -------------------------------------------------------
 
-    def _start(self):
+    def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, daemon=True,
                                             name="persistqueue_liteq listener %s" % self._shown)
             self._thread.start()
 
-    def _poke(self):
+    def _poke(self) -> None:
         try:
             os.write(self._poke_w, b"\0")
         except (BlockingIOError, InterruptedError):
             pass
 
-    def _run(self):
+    def _run(self) -> None:
         import psycopg
 
         from .connections import with_tcp_defaults
 
         pause = 0.1
         while True:
-            conn = None
+            conn: Optional[psycopg.Connection[Any]] = None
             try:
                 conn = psycopg.connect(with_tcp_defaults(self._conninfo), autocommit=True,
                                        application_name="persistqueue_liteq listener")
@@ -201,7 +209,7 @@ class Listener:
 
     _thread_started_before = False
 
-    def _serve(self, conn, reconnected):
+    def _serve(self, conn: psycopg.Connection[Any], reconnected: bool) -> NoReturn:
         fd = conn.fileno()
         pgconn = conn.pgconn
         if reconnected:
@@ -236,7 +244,7 @@ class Listener:
             elif not readable:
                 conn.execute("SELECT 1")  # notice a dead connection
 
-    def _dispatch(self, pgconn):
+    def _dispatch(self, pgconn: PGconn) -> None:
         while True:
             n = pgconn.notifies()
             if n is None:
@@ -248,12 +256,16 @@ class Listener:
 class _Waiter:
     """Registered (and its channel LISTENed) while entered."""
 
-    def __init__(self, listener, channel, payload):
+    # The pipe's ends, while entered.
+    _r: Optional[int]
+    _w: Optional[int]
+
+    def __init__(self, listener: Listener, channel: str, payload: str) -> None:
         self._listener = listener
         self.key = (channel, payload)
         self._r = self._w = None
 
-    def __enter__(self):
+    def __enter__(self) -> _Waiter:
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
@@ -264,7 +276,7 @@ class _Waiter:
             raise
         return self
 
-    def poke(self):
+    def poke(self) -> None:
         w = self._w
         if w is None:
             return
@@ -273,11 +285,12 @@ class _Waiter:
         except (BlockingIOError, InterruptedError, OSError):
             pass
 
-    def wait(self, timeout):
+    def wait(self, timeout: float) -> bool:
         """Sleep until woken or ``timeout`` seconds pass; True if woken."""
         timeout = max(min(timeout, SAFETY_INTERVAL), 0)
         try:
-            readable, _, _ = select.select([self._r], [], [], timeout)
+            # Entered: a descriptor.
+            readable, _, _ = select.select([self._r], [], [], timeout)  # type: ignore[type-var]
         except InterruptedError:
             return False
         if not readable:
@@ -285,28 +298,28 @@ class _Waiter:
         self.drain()
         return True
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The pipe's descriptor, readable when woken (for an event loop);
         call drain() when it is."""
-        return self._r
+        return self._r  # type: ignore[return-value]  # entered: a descriptor
 
     #: An event loop watching fileno() looks again at least this often.
     interval = SAFETY_INTERVAL
 
-    def drain(self):
+    def drain(self) -> None:
         try:
-            while os.read(self._r, 512):
+            while os.read(self._r, 512):  # type: ignore[arg-type]  # entered: a descriptor
                 pass
         except (BlockingIOError, InterruptedError):
             pass
 
-    def _close(self):
+    def _close(self) -> None:
         for fd in (self._r, self._w):
             if fd is not None:
                 os.close(fd)
         self._r = self._w = None
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         with self._listener._lock:
             self._listener._remove_locked(self)
             self._close()

@@ -21,8 +21,11 @@ Leasing is ``SELECT ... FOR UPDATE SKIP LOCKED`` in a CTE feeding an
 ``UPDATE``: concurrent consumers skip each other's rows instead of waiting.
 """
 
+from __future__ import annotations
+
 import re
 import types
+from typing import Dict, Tuple
 
 from .. import _sql_engine
 
@@ -156,7 +159,7 @@ CREATE_TABLES = (
 
 #: MIGRATIONS[v] takes tables of version v - 1 to v, in the transaction that
 #: opens them.
-MIGRATIONS = {
+MIGRATIONS: Dict[int, Tuple[str, ...]] = {
     # Version 1 registered a message's queue with a row trigger: a PL/pgSQL
     # call per row inserted (a third of a batch's time).  Each insert does
     # it now (see _registering).
@@ -189,7 +192,7 @@ NOTIFY = "SELECT pg_notify(%s, %s)"
 # -- producing --------------------------------------------------------------
 
 
-def _registering(insert):
+def _registering(insert: str) -> str:
     """``insert`` (of messages), making the queue of what it inserts exist
     in the same statement (the first message of a queue registers it,
     whoever inserts it); the statement returns the new ids."""
@@ -506,11 +509,11 @@ DELETE_QUEUE_RESULTS = "DELETE FROM {t:results} WHERE queue = %s"
 DELETE_QUEUE_ACTIVITY = "DELETE FROM {t:activity} WHERE queue = %s"
 
 
-def quote_ident(name):
+def quote_ident(name: str) -> str:
     return '"%s"' % name.replace('"', '""')
 
 
-def check_identifier(value, what, longest):
+def check_identifier(value: object, what: str, longest: int) -> str:
     """``value`` if it can be pasted into statements as a name; else ValueError."""
     if not isinstance(value, str) or not _IDENT_RE.match(value) or len(value) > longest:
         raise ValueError(
@@ -519,7 +522,7 @@ def check_identifier(value, what, longest):
     return value
 
 
-def render(schema, prefix):
+def render(schema: str, prefix: str) -> types.SimpleNamespace:
     """Every statement of this module with the schema and prefix filled in."""
     check_identifier(prefix, "table_prefix", MAX_PREFIX)
     check_identifier(schema, "schema", 63)
@@ -527,22 +530,22 @@ def render(schema, prefix):
         raise ValueError("schema must not start with 'pg_' (PostgreSQL reserves those "
                          "names); got %r" % (schema,))
 
-    def ident(match):
+    def ident(match: re.Match[str]) -> str:
         return "%s.%s" % (quote_ident(schema), quote_ident(prefix + match.group(1)))
 
-    def bare(match):
+    def bare(match: re.Match[str]) -> str:
         return quote_ident(prefix + match.group(1))
 
-    def literal(match):
+    def literal(match: re.Match[str]) -> str:
         return "'%s'" % ident(match).replace("'", "''")
 
-    def fill(statement):
+    def fill(statement: str) -> str:
         statement = re.sub(r"\{t:(\w+)\}", ident, statement)
         statement = re.sub(r"\{r:(\w+)\}", literal, statement)
         statement = re.sub(r"\{n:(\w+)\}", bare, statement)
         return statement.replace("{schema}", quote_ident(schema)).strip()
 
-    rendered = {}
+    rendered: Dict[str, object] = {}
     for name, value in globals().items():
         if name.isupper() and not name.startswith("_") and isinstance(value, str):
             rendered[name] = fill(value)
@@ -553,7 +556,7 @@ def render(schema, prefix):
     return types.SimpleNamespace(**rendered)
 
 
-def glob_to_regex(pattern):
+def glob_to_regex(pattern: str) -> str:
     """SQLite's GLOB ``pattern`` (``*``, ``?``, ``[...]``, case-sensitive) as
     an anchored PostgreSQL regular expression."""
     out, i, n = ["^"], 0, len(pattern)

@@ -55,14 +55,23 @@ with the schema at open, no statement more; the first open of a boot runs
 one transaction that scans the messages table once.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import time
 import weakref
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple, overload
 
 from .. import _clock
 from ..engine import clock
 from . import sql as _sql
+
+if TYPE_CHECKING:
+    import sqlite3
+    import types
+
+    from .connections import Connections
 
 logger = logging.getLogger("persistqueue_liteq")
 
@@ -70,18 +79,19 @@ _local_boottime = _clock.local_boottime
 
 # Engines whose clock is anchored: a forked child in another time namespace
 # (see _clock) reads CLOCK_BOOTTIME shifted, and shifts their clocks back.
-_anchored = weakref.WeakSet()
+_anchored: weakref.WeakSet[AnchoredClock] = weakref.WeakSet()
 
 
 _offset_applied = _clock.ns_offset()
 
 
-def _after_fork():
+def _after_fork() -> None:
     global _offset_applied
     if _clock.ns_offset() != _offset_applied:  # hardly ever: see _clock
         _offset_applied = _clock.ns_offset()
         for engine in list(_anchored):
-            engine._shift = engine._anchor_shift - _offset_applied
+            # Anchored: it has an _anchor_shift.
+            engine._shift = engine._anchor_shift - _offset_applied  # type: ignore[operator]
 
 
 if hasattr(os, "register_at_fork"):
@@ -92,7 +102,7 @@ if hasattr(os, "register_at_fork"):
 _SHOWN_OFFSET = 1.0
 
 
-def _read_anchor(meta):
+def _read_anchor(meta: Mapping[str, Any]) -> Tuple[Optional[float], Optional[float]]:
     """(shift, None) for an anchor made in this boot; (None, its wall time)
     for one made in another boot (0.0 if it is unreadable); (None, None) if
     the file has none (new, or written by a version before anchors)."""
@@ -118,12 +128,32 @@ class AnchoredClock:
     engine's ``_conns``, ``sql``, ``location`` and ``readonly``.
     """
 
-    def now(self):
+    _conns: Connections
+    sql: types.SimpleNamespace
+    location: str
+    readonly: bool
+    #: The meta table as read with the schema; None once the clock is set.
+    _meta: Optional[Dict[str, Any]]
+    #: The clock minus this process's CLOCK_BOOTTIME; None: the wall clock.
+    _shift: Optional[float]
+    #: The file's anchor (the clock minus the machine's CLOCK_BOOTTIME).
+    _anchor_shift: Optional[float]
+
+    def now(self) -> float:
         # The hot path: one C call and an addition.  Replaced by the wall
         # clock (engine.clock) where there is no anchor.
-        return self._shift + _local_boottime()
+        # Never called with _shift None: _open_clock replaces it by the wall
+        # clock then (and where _clock is not SUPPORTED, _local_boottime is None).
+        return self._shift + _local_boottime()  # type: ignore[operator, misc]
 
-    def wall_time(self, t):
+    @overload
+    def wall_time(self, t: float) -> float: ...
+    @overload
+    def wall_time(self, t: None) -> None: ...
+    @overload
+    def wall_time(self, t: Optional[float]) -> Optional[float]: ...
+
+    def wall_time(self, t: Optional[float]) -> Optional[float]:
         if t is None or self._shift is None:
             return t
         # Under a second apart, the two clocks differ by their rates (NTP's
@@ -131,12 +161,12 @@ class AnchoredClock:
         offset = time.time() - self.now()
         return t + offset if abs(offset) >= _SHOWN_OFFSET else t
 
-    def _open_clock(self):
+    def _open_clock(self) -> None:
         """Set the clock from the file's anchor, anchoring it first if the
         file was last anchored in another boot (or never)."""
         self._shift = None
         if _clock.SUPPORTED:
-            shift, _ = _read_anchor(self._meta)
+            shift, _ = _read_anchor(self._meta)  # type: ignore[arg-type]  # read by the schema
             if shift is None and not self.readonly:
                 try:
                     with self._conns.transaction() as conn:
@@ -149,10 +179,10 @@ class AnchoredClock:
                 self._shift = shift - _clock.ns_offset()
                 _anchored.add(self)
         if self._shift is None:  # nothing better here, or read-only and not anchored
-            self.now = clock
+            self.now = clock  # type: ignore[method-assign]  # per engine: a plain function
         self._meta = None
 
-    def _anchor(self, conn):
+    def _anchor(self, conn: sqlite3.Connection) -> float:
         """Anchor the file's clock in this boot, in a transaction; return its
         shift (the clock minus CLOCK_BOOTTIME)."""
         shift, old_wall = _read_anchor(dict(conn.execute(self.sql.READ_META).fetchall()))

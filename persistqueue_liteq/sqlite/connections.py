@@ -70,6 +70,8 @@ Rules kept here so that the engine need not think of them:
   the driver.
 """
 
+from __future__ import annotations
+
 import contextlib
 import errno
 import logging
@@ -83,11 +85,12 @@ import sys
 import threading
 import time
 import weakref
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
 
 try:
     import resource
 except ImportError:  # not on Windows
-    resource = None
+    resource = None  # type: ignore[assignment]  # tested for None where it is used
 
 from .. import _fork
 from ..exceptions import (
@@ -101,6 +104,13 @@ from ..exceptions import (
     StorageError,
     UnsafePath,
 )
+
+if TYPE_CHECKING:
+    from .._sql_engine import Params
+    from ..exceptions import LiteQueueError
+
+#: What a statement, a transaction's body or a write returns.
+_T = TypeVar("_T")
 
 logger = logging.getLogger("persistqueue_liteq")
 
@@ -137,7 +147,7 @@ _LOOK_INTERVAL = 0.001
 
 # Connections inherited through fork: referenced forever so that the garbage
 # collector never closes them in the child (see the module docstring).
-_inherited = []
+_inherited: List[sqlite3.Connection] = []
 
 # Descriptors of -shm files opened here to read their header, by (st_dev,
 # st_ino).  Closing any descriptor of a file drops every POSIX lock this
@@ -147,12 +157,12 @@ _inherited = []
 # the last connection to the database, in any process) and no Connections
 # that read it has a connection left (see _drop_kept).  _kept_users: the
 # Connections that took one.  Both guarded by _kept_lock.
-_kept = {}
-_kept_users = weakref.WeakSet()
+_kept: Dict[Tuple[int, int], int] = {}
+_kept_users: weakref.WeakSet[Connections] = weakref.WeakSet()
 _kept_lock = threading.Lock()
 
 
-def _new_kept_lock():
+def _new_kept_lock() -> None:
     global _kept_lock
     _kept_lock = threading.Lock()  # another thread may have held it at fork
 
@@ -160,7 +170,7 @@ def _new_kept_lock():
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_kept_lock)
 
-def check_sqlite_version(version=sqlite3.sqlite_version_info):
+def check_sqlite_version(version: Tuple[int, int, int] = sqlite3.sqlite_version_info) -> None:
     if version < MIN_SQLITE:
         raise RuntimeError(
             "persistqueue_liteq needs SQLite %s or newer; this Python uses %s"
@@ -168,7 +178,7 @@ def check_sqlite_version(version=sqlite3.sqlite_version_info):
         )
 
 
-def _is_busy(exc):
+def _is_busy(exc: sqlite3.Error) -> bool:
     text = str(exc)
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
@@ -186,7 +196,8 @@ class Connections:
     docstring); it is reentrant, for a write inside a transaction.
     """
 
-    def __init__(self, path, timeout, synchronous="NORMAL", readonly=False):
+    def __init__(self, path: str, timeout: float, synchronous: str = "NORMAL",
+                 readonly: bool = False) -> None:
         synchronous = str(synchronous).upper()
         if synchronous not in SYNCHRONOUS:
             raise ValueError(
@@ -213,25 +224,25 @@ class Connections:
         # when to look at the files next; the WAL length at our last
         # checkpoint; pages written since then where they must be estimated;
         # the WAL length that calls for a RESTART checkpoint.
-        self._shm = None
+        self._shm: Optional[int] = None
         self._look_at = 0.0
         self._checked_at = 0
         self._pages = 0
         self._restart_pages = _RESTART_PAGES
         # Guarded by _lock: (st_dev, st_ino) of the database file our
         # connections have open, and why every use raises DatabaseReplaced.
-        self._file = None
-        self._broken = None
-        self._all = {}
+        self._file: Optional[Tuple[int, int]] = None
+        self._broken: Optional[str] = None
+        self._all: Dict[sqlite3.Connection, threading.Thread] = {}
         self._generation = _fork.generation
         self.closed = False
 
     # -- connections ----------------------------------------------------------
 
-    def get(self):
+    def get(self) -> sqlite3.Connection:
         """Return this thread's connection, opening it if need be."""
         local = self._local
-        conn = getattr(local, "conn", None)
+        conn: Optional[sqlite3.Connection] = getattr(local, "conn", None)
         if self.closed:
             if conn is not None and local.generation == _fork.generation:
                 local.conn = local.end = None
@@ -248,7 +259,7 @@ class Connections:
         local.end = _ThreadEnd(self, conn)
         return conn
 
-    def _open(self):
+    def _open(self) -> sqlite3.Connection:
         with self._lock:
             if self._generation != _fork.generation:  # forked: the parent's are not ours
                 _inherited.extend(self._all)
@@ -286,7 +297,7 @@ class Connections:
             raise DatabaseReplaced(broken)
         return conn
 
-    def _forget(self, conn, blocking=True):
+    def _forget(self, conn: sqlite3.Connection, blocking: bool = True) -> None:
         """Close ``conn`` unless somebody else already took it out of
         ``_all`` (and so closes it); without ``blocking``, only if ``_lock``
         is free (else ``conn`` stays open, for the process's exit to close)."""
@@ -304,7 +315,7 @@ class Connections:
         except sqlite3.Error:
             pass
 
-    def _set_up(self, conn):
+    def _set_up(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA synchronous=%s" % self.synchronous)
         # After a checkpoint the WAL file is cut back to this size, so a burst
         # of traffic does not leave a large file behind.
@@ -313,7 +324,7 @@ class Connections:
 
     # -- running statements ---------------------------------------------------
 
-    def _acquire_writer(self):
+    def _acquire_writer(self) -> None:
         """Take this process's write lock, waiting up to ``timeout`` seconds."""
         if not self.writer.acquire(timeout=self.timeout if self.timeout > 0 else -1):
             raise DatabaseBusy(
@@ -322,7 +333,7 @@ class Connections:
             )
 
     @contextlib.contextmanager
-    def writing(self):
+    def writing(self) -> Iterator[None]:
         """Hold this process's write lock (up to ``timeout`` seconds)."""
         self._acquire_writer()
         try:
@@ -330,7 +341,7 @@ class Connections:
         finally:
             self.writer.release()
 
-    def write(self, work):
+    def write(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """:meth:`run` for a statement that writes (the hot path:
         :meth:`writing` without a generator)."""
         self._acquire_writer()
@@ -352,13 +363,14 @@ class Connections:
         finally:
             self.writer.release()
 
-    def write_transaction(self, work):
+    def write_transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """:meth:`transaction` around a short ``work(conn)`` without the
         context managers (a signed put's hot path): ``BEGIN IMMEDIATE``,
         ``work``, ``COMMIT``, retried whole while the lock is busy and rolled
         back on any exception.  Inside a transaction of this thread it joins
         it."""
-        def whole(conn):
+        # A type comment: annotations would cost this hot path a constant per call.
+        def whole(conn):  # type: (sqlite3.Connection) -> _T
             if conn.in_transaction:
                 return work(conn)
             conn.execute("BEGIN IMMEDIATE")
@@ -373,7 +385,7 @@ class Connections:
 
         return self.write(whole)
 
-    def _look(self):
+    def _look(self) -> bool:
         """Before a write, at most every ``_LOOK_INTERVAL`` seconds: check
         that the files are still ours (:meth:`_check_files`), and say that
         the WAL's length is to be read after the commit.  (Both on every
@@ -386,7 +398,7 @@ class Connections:
         self._check_files()
         return True
 
-    def _changed(self, conn, before, look):
+    def _changed(self, conn: sqlite3.Connection, before: int, look: bool) -> None:
         """After a commit (since ``before``, conn.total_changes) that wrote,
         checkpoint outside any transaction when enough pages wait in the
         WAL (read if ``look``).  Called with the write lock held."""
@@ -416,7 +428,7 @@ class Connections:
         except sqlite3.Error:
             pass  # the write it follows is committed; the next one tries again
 
-    def _restart(self, conn, frames):
+    def _restart(self, conn: sqlite3.Connection, frames: int) -> None:
         """Copy the whole WAL and have every connection let go of it, so
         that the next writer starts it from its beginning.  Tried for up to
         ``_RESTART_WAIT`` seconds, holding this process's writers back; a
@@ -445,7 +457,7 @@ class Connections:
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, _LONGEST_RETRY)
 
-    def _checkpoint_blind(self, conn):
+    def _checkpoint_blind(self, conn: sqlite3.Connection) -> None:
         """Where the WAL's length cannot be read: a PASSIVE checkpoint, and
         a RESTART one if the WAL is still long."""
         try:
@@ -465,7 +477,7 @@ class Connections:
         except sqlite3.Error:
             pass
 
-    def _wal_frames(self):
+    def _wal_frames(self) -> Optional[Tuple[int, int]]:
         """(frames in the WAL, frames of it checkpointed) from the -shm
         file's header, or None where it cannot be read."""
         if self._shm is None:
@@ -478,7 +490,7 @@ class Connections:
         except (OSError, struct.error):  # too short: not yet made
             return None
 
-    def _check_files(self):
+    def _check_files(self) -> None:
         """Before a write: raise DatabaseReplaced if the database file or
         the -shm index that this process's connections use was deleted or
         replaced (an fstat and a stat: 2 us).
@@ -507,7 +519,7 @@ class Connections:
             return
         raise DatabaseReplaced(self._broken)
 
-    def _break(self, reason):
+    def _break(self, reason: str) -> None:
         """From now on every use raises DatabaseReplaced(reason), and no
         connection of ours is ever closed (see _keep_forever)."""
         with self._lock:
@@ -516,7 +528,7 @@ class Connections:
                 for conn in self._all:
                     _keep_forever(conn)
 
-    def _check_same_file(self, opening):
+    def _check_same_file(self, opening: bool) -> Optional[str]:
         """Mark this queue broken (and say why) if the path now names
         another file than the one this process's connections have open."""
         try:
@@ -537,7 +549,7 @@ class Connections:
             )
         return self._broken
 
-    def run(self, work):
+    def run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Return ``work(conn)``: one autocommit statement, or reads, retried
         whole while another connection holds the lock."""
         conn = self.get()
@@ -548,7 +560,7 @@ class Connections:
                 raise _chained(self.error(exc), exc)
         return self._retry(work, conn)
 
-    def execute(self, sql, params=()):
+    def execute(self, sql: str, params: Params = ()) -> List[Any]:
         """Run one statement and return all its rows (which completes it)."""
         conn = self.get()
         try:
@@ -558,7 +570,7 @@ class Connections:
                 raise _chained(self.error(exc), exc)
         return self._retry(lambda c: c.execute(sql, params).fetchall(), conn)
 
-    def _retry(self, work, conn):
+    def _retry(self, work: Callable[[sqlite3.Connection], _T], conn: sqlite3.Connection) -> _T:
         deadline = time.monotonic() + self.timeout
         delay = _FIRST_RETRY
         while True:
@@ -576,7 +588,7 @@ class Connections:
                     raise _chained(self.error(exc), exc)
 
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back on any exception.
 
         Nested use on one thread joins the outer transaction.
@@ -603,7 +615,7 @@ class Connections:
                 raise
             self._changed(conn, before, look)
 
-    def error(self, exc):
+    def error(self, exc: sqlite3.Error) -> LiteQueueError:
         """The exception of ours that says what sqlite3's ``exc`` means,
         naming the file (sqlite3's own is chained as its cause)."""
         text = str(exc).lower()
@@ -660,7 +672,7 @@ class Connections:
         return StorageError("%s: SQLite failed with %s: %s; nothing of this operation was "
                             "done" % (self.path, type(exc).__name__, exc))
 
-    def close(self):
+    def close(self) -> None:
         """Close this thread's connection and those of threads that ended;
         every other thread closes its own at its next use (and gets a
         ValueError: the queue is closed)."""
@@ -694,13 +706,13 @@ class _ThreadEnd:
     _finalizing = staticmethod(sys.is_finalizing)
     _get_ident = staticmethod(threading.get_ident)
 
-    def __init__(self, conns, conn):
+    def __init__(self, conns: Connections, conn: sqlite3.Connection) -> None:
         self._conns = weakref.ref(conns)
         self._conn = conn
         self._pid = os.getpid()
         self._thread = threading.get_ident()
 
-    def __del__(self):
+    def __del__(self) -> None:
         # In a forked child the parent's other threads' slots are dropped
         # too: those connections are inherited, never closed here.
         if os.getpid() != self._pid:
@@ -722,7 +734,7 @@ class _ThreadEnd:
         # is left for the process's exit to close.
 
 
-def file_size(path):
+def file_size(path: str) -> Optional[int]:
     """Bytes of the file at ``path``, or None if there is none."""
     try:
         return os.stat(path).st_size
@@ -730,10 +742,10 @@ def file_size(path):
         return None
 
 
-def _out_of_descriptors():
+def _out_of_descriptors() -> Optional[str]:
     """What says that this process cannot open a file now (SQLite needs up
     to three: the database, its -wal and its -shm), or None."""
-    opened = []
+    opened: List[int] = []
     try:
         for _ in range(3):
             opened.append(os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
@@ -750,7 +762,7 @@ def _out_of_descriptors():
     return None
 
 
-def _free_space(path):
+def _free_space(path: str) -> str:
     try:
         st = os.statvfs(os.path.dirname(path))
     except OSError:
@@ -758,7 +770,7 @@ def _free_space(path):
     return "%d bytes free on its file system" % (st.f_bavail * st.f_frsize)
 
 
-def _length_limit(local):
+def _length_limit(local: threading.local) -> str:
     """SQLITE_LIMIT_LENGTH of the connection in ``local`` (the thread's)."""
     try:
         return "%d" % local.conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
@@ -766,7 +778,7 @@ def _length_limit(local):
         return "1,000,000,000 unless this SQLite was built otherwise"
 
 
-def _check_path(path, target):
+def _check_path(path: str, target: str) -> Optional[os.stat_result]:
     """Refuse what SQLite would follow or trust (see UnsafePath).
 
     SQLite follows a symlink at the database path (and creates the file
@@ -776,7 +788,7 @@ def _check_path(path, target):
     database file".  Called before every new connection (four lstat()s);
     what changes between this look and SQLite's open is not caught.
     """
-    sides = {}
+    sides: Dict[str, os.stat_result] = {}
     for suffix in ("-wal", "-shm"):
         try:
             sides[suffix] = os.lstat(target + suffix)
@@ -825,7 +837,7 @@ def _check_path(path, target):
     return main
 
 
-def _create(target):
+def _create(target: str) -> None:
     """Create the (empty) database file with mode 0666 less the umask, as
     open() would.  SQLite would make it 0644 less the umask, so a group's
     umask 002 still gave 0644; it gives the -wal and -shm the database
@@ -848,7 +860,7 @@ def _create(target):
         pass
 
 
-def _keep_forever(conn):
+def _keep_forever(conn: sqlite3.Connection) -> None:
     """Never close ``conn``, not even as the interpreter exits: it is a
     connection to a database whose -shm or file was replaced, and closing it
     would checkpoint its stale view of the WAL and then delete the WAL, with
@@ -862,7 +874,7 @@ def _keep_forever(conn):
         _inherited.append(conn)
 
 
-def _kept_open(path, user):
+def _kept_open(path: str, user: Connections) -> Optional[int]:
     """A read-only descriptor of ``path`` (never through a symlink), kept
     open while ``user`` (a Connections) or others may need it (see
     ``_kept``); None if it cannot be opened."""
@@ -885,7 +897,7 @@ def _kept_open(path, user):
         return _kept.setdefault((st.st_dev, st.st_ino), fd)
 
 
-def _drop_kept():
+def _drop_kept() -> None:
     """Close the kept descriptors of -shm files that were removed and that
     no connection of ours uses any more (see ``_kept``); called with
     ``_kept_lock`` held.  Without this, a process that opens and closes
@@ -902,14 +914,14 @@ def _drop_kept():
             os.close(fd)
 
 
-def _chained(error, cause):
+def _chained(error: LiteQueueError, cause: BaseException) -> LiteQueueError:
     """``error`` with ``cause`` as its cause, unless it is ``cause`` itself."""
     if error is not cause:
         error.__cause__ = cause
     return error
 
 
-def _pages_written(rows):
+def _pages_written(rows: int) -> int:
     """About how many pages a commit that changed ``rows`` rows writes: a
     message's row, its index entries and the id sequence take 3 pages for
     one row, and rows share pages (some 25 small messages to a page, with
@@ -917,5 +929,5 @@ def _pages_written(rows):
     return 3 + rows // 25 if rows else 0
 
 
-def _begin_immediate(conn):
+def _begin_immediate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")

@@ -12,6 +12,8 @@ same message while its lease holds, because the second one's statement starts
 after the first one's has committed and no longer finds the row ready.
 """
 
+from __future__ import annotations
+
 import atexit
 import functools
 import json
@@ -19,6 +21,8 @@ import logging
 import os
 import sqlite3
 import weakref
+from typing import (TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Mapping, Optional,
+                    Sequence, Tuple, Union, overload)
 
 from .._sql_engine import SQLEngine, new_token
 from ..engine import EngineSpec, Message, Metrics
@@ -30,6 +34,18 @@ from .maintenance import SQLiteMaintenance
 from .schema import JOURNAL_MODES, SchemaMixin, check_directory
 from .wakeup import Notifier
 
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from _typeshed import StrOrBytesPath
+
+    from .._sql_engine import Params
+    from ..engine import (CountKind, KeyedStatus, Order, Outcome, QueueStats, Sealer, WakeKind,
+                          Waiter)
+
+    #: An outcome of complete_many without a dead reason.
+    _PlainOutcome = Tuple[int, Optional[int], str, bool, bytes]
+
 __all__ = ["SQLiteEngine", "SQLiteMaintenance", "check_table_prefix"]
 
 logger = logging.getLogger("persistqueue_liteq")
@@ -38,7 +54,7 @@ logger = logging.getLogger("persistqueue_liteq")
 _NUMBER = (int, float)
 
 
-def _malformed(m):
+def _malformed(m: Message) -> Optional[str]:
     """What is wrong with leased message ``m``, whose row another program
     wrote or changed (SQLite stores any type in any column), or None."""
     if not isinstance(m.data, bytes):
@@ -52,7 +68,7 @@ def _malformed(m):
     return None
 
 
-def _wrong(column, value, expected):
+def _wrong(column: str, value: object, expected: str) -> str:
     shown = repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
@@ -63,17 +79,17 @@ def _wrong(column, value, expected):
 _MOST_OUTCOMES_BITS = 6
 
 # Engines not closed when the interpreter exits still flush their counts.
-_open_engines = weakref.WeakSet()
+_open_engines: weakref.WeakSet[SQLiteEngine] = weakref.WeakSet()
 
 
 @atexit.register
-def _flush_at_exit():
+def _flush_at_exit() -> None:
     for engine in list(_open_engines):
         engine.flush_metrics()
 
 
 @functools.lru_cache(maxsize=64)
-def _many_outcomes(store_results, ack_many, n):
+def _many_outcomes(store_results: str, ack_many: str, n: int) -> Tuple[str, str]:
     """STORE_RESULTS and ACK_MANY for ``n`` outcomes."""
     return (store_results.replace("{rows}", ", ".join("(%d, ?, ?, ?, ?)" % i for i in range(n))),
             ack_many.replace("{pairs}", ", ".join(["(?, ?)"] * n)))
@@ -115,12 +131,12 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
 
     #: The options of :mod:`.backends` that this engine takes, with their
     #: defaults.
-    DEFAULT_OPTIONS = {"timeout": 5.0, "synchronous": "NORMAL",
-                       "table_prefix": _sql.DEFAULT_PREFIX, "readonly": False,
-                       "journal_mode": None}
+    DEFAULT_OPTIONS: Dict[str, Any] = {"timeout": 5.0, "synchronous": "NORMAL",
+                                       "table_prefix": _sql.DEFAULT_PREFIX, "readonly": False,
+                                       "journal_mode": None}
 
     @staticmethod
-    def check_location(path):
+    def check_location(path: StrOrBytesPath) -> str:
         """``path`` as a str, if it can name a queue file; else ValueError."""
         path = os.fspath(path)
         if not isinstance(path, str):
@@ -132,8 +148,9 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             )
         return path
 
-    def __init__(self, path, timeout=5.0, synchronous="NORMAL", table_prefix=_sql.DEFAULT_PREFIX,
-                 readonly=False, journal_mode=None):
+    def __init__(self, path: StrOrBytesPath, timeout: float = 5.0, synchronous: str = "NORMAL",
+                 table_prefix: str = _sql.DEFAULT_PREFIX, readonly: bool = False,
+                 journal_mode: Optional[str] = None) -> None:
         check_sqlite_version()
         if journal_mode not in JOURNAL_MODES:
             raise ValueError("journal_mode must be None, 'wal' or 'keep'; got %r"
@@ -182,18 +199,20 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
         if not readonly:
             _open_engines.add(self)
 
-    def _rows(self, statement, params=()):
+    def _rows(self, statement: str, params: Params = ()) -> List[Any]:
         return self._conns.execute(statement, params)
 
-    def _changes(self, statement, params):
+    def _changes(self, statement: str, params: Params) -> int:
         return self._conns.write(lambda conn: conn.execute(statement, params).rowcount)
 
-    def _write(self, statement, params=()):
+    def _write(self, statement: str, params: Params = ()) -> List[Any]:
         return self._conns.write(lambda conn: conn.execute(statement, params).fetchall())
 
     # -- producing ------------------------------------------------------------
 
-    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None, key=None):
+    def put(self, queue: str, data: bytes, delay: float = 0.0, ttl: Optional[float] = None,
+            priority: Optional[bytes] = None, seal: Optional[Sealer] = None,
+            key: Optional[str] = None) -> int:
         if key is not None:
             msg_id, new = self._conns.write_transaction(
                 lambda conn: self._insert_with_key(conn, queue, data, delay, ttl, priority, seal,
@@ -207,54 +226,62 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             now = self.now()
             params = (queue, data, priority, now + delay, now, None if ttl is None else now + ttl)
             insert = self.sql.INSERT
-            msg_id = self._conns.write(lambda conn: conn.execute(insert, params).lastrowid)
+            # An INSERT's lastrowid is its row's id, never None.
+            msg_id = self._conns.write(
+                lambda conn: conn.execute(insert, params).lastrowid)  # type: ignore[assignment]
         self._notifier.notify("put", queue)
         self._count(queue, "puts")
         return msg_id
 
-    def _insert_with_key(self, conn, queue, data, delay, ttl, priority, seal, key):
+    def _insert_with_key(self, conn: sqlite3.Connection, queue: str, data: bytes, delay: float,
+                         ttl: Optional[float], priority: Optional[bytes], seal: Optional[Sealer],
+                         key: str) -> Tuple[int, bool]:
         """INSERT a message with the caller's id unless ``queue`` holds one
         with it; return (id, whether it was stored)."""
         row = conn.execute(self.sql.FIND_KEY, (queue, key)).fetchone()
         if row is not None:
             return row[0], False
         now = self.now()
-        msg_id = None
+        msg_id: Optional[int] = None
         if seal is not None:
             msg_id = conn.execute(self.sql.NEXT_ID).fetchone()[0]
             data = seal(msg_id, data)
         cursor = conn.execute(self.sql.INSERT_WITH_KEY, (
             msg_id, queue, data, priority, now + delay, now, None if ttl is None else now + ttl,
             key))
-        return cursor.lastrowid, True
+        return cursor.lastrowid, True  # type: ignore[return-value]  # an INSERT's: its id
 
-    def _insert_sealed(self, conn, queue, data, delay, ttl, priority, seal):
+    def _insert_sealed(self, conn: sqlite3.Connection, queue: str, data: bytes, delay: float,
+                       ttl: Optional[float], priority: Optional[bytes], seal: Sealer) -> int:
         """INSERT one message whose stored payload is ``seal(id, data)``:
         the id is chosen first, as AUTOINCREMENT would, under the write lock
         that the transaction holds."""
         now = self.now()
-        msg_id = conn.execute(self.sql.NEXT_ID).fetchone()[0]
+        msg_id: int = conn.execute(self.sql.NEXT_ID).fetchone()[0]
         conn.execute(self.sql.INSERT_WITH_ID, (
             msg_id, queue, seal(msg_id, data), priority, now + delay, now,
             None if ttl is None else now + ttl))
         return msg_id
 
-    def put_many(self, queue, payloads, delay=0.0, ttl=None, seal=None):
+    def put_many(self, queue: str, payloads: Iterable[bytes], delay: float = 0.0,
+                 ttl: Optional[float] = None, seal: Optional[Sealer] = None) -> List[int]:
         with self._conns.transaction() as conn:
             ids = self._insert_many(conn, queue, payloads, delay, ttl, seal)
         self._notifier.notify("put", queue)
         self._count(queue, "puts", len(ids))
         return ids
 
-    def _insert_many(self, conn, queue, payloads, delay, ttl, seal=None):
+    def _insert_many(self, conn: sqlite3.Connection, queue: str, payloads: Iterable[bytes],
+                     delay: float, ttl: Optional[float], seal: Optional[Sealer] = None
+                     ) -> List[int]:
         now = self.now()
         visible = now + delay
         expires = None if ttl is None else now + ttl
         count = 0
         if seal is not None:
-            first = conn.execute(self.sql.NEXT_ID).fetchone()[0]
+            first: int = conn.execute(self.sql.NEXT_ID).fetchone()[0]
 
-            def sealed_rows():
+            def sealed_rows() -> Iterator[Tuple[object, ...]]:
                 nonlocal count
                 for msg_id, data in enumerate(payloads, first):
                     count += 1
@@ -263,7 +290,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             conn.executemany(self.sql.INSERT_WITH_ID, sealed_rows())
             return list(range(first, first + count))
 
-        def rows():
+        def rows() -> Iterator[Tuple[object, ...]]:
             nonlocal count
             for data in payloads:
                 count += 1
@@ -273,14 +300,25 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
         if not count:
             return []
         # AUTOINCREMENT under the write lock hands out consecutive ids.
-        last = conn.execute(self.sql.LAST_ID).fetchone()[0]
+        last: int = conn.execute(self.sql.LAST_ID).fetchone()[0]
         return list(range(last - count + 1, last + 1))
 
-    def transaction(self):
+    def transaction(self) -> AbstractContextManager[_Transaction]:
         return _Transaction(self)
 
-    def put_on(self, conn, queue, data, delay=0.0, ttl=None, seal=None, codec=None,
-               priority=None):
+    @overload
+    def put_on(self, conn: object, queue: str, data: bytes, delay: float = ...,
+               ttl: Optional[float] = ..., seal: Optional[Sealer] = ..., codec: None = ...,
+               priority: Optional[bytes] = ...) -> int: ...
+    @overload
+    def put_on(self, conn: object, queue: str, data: bytes, delay: float = ...,
+               ttl: Optional[float] = ..., seal: Optional[Sealer] = ..., *, codec: str,
+               priority: Optional[bytes] = ...) -> Tuple[Optional[int], str]: ...
+
+    def put_on(self, conn: object, queue: str, data: bytes, delay: float = 0.0,
+               ttl: Optional[float] = None, seal: Optional[Sealer] = None,
+               codec: Optional[str] = None, priority: Optional[bytes] = None
+               ) -> Union[int, Tuple[Optional[int], str]]:
         if not isinstance(conn, sqlite3.Connection):
             raise TypeError("put_on needs the application's sqlite3.Connection, not %s"
                             % type(conn).__name__)
@@ -290,9 +328,11 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
         except sqlite3.Error as exc:  # on the application's connection: ours all the same
             raise self._conns.error(exc) from exc
 
-    def _put_on(self, conn, queue, data, delay, ttl, seal, codec, priority):
+    def _put_on(self, conn: sqlite3.Connection, queue: str, data: bytes, delay: float,
+                ttl: Optional[float], seal: Optional[Sealer], codec: Optional[str],
+                priority: Optional[bytes]) -> Union[int, Tuple[Optional[int], str]]:
         s = self.sql
-        held = None
+        held: Optional[str] = None
         if codec is not None:
             row = conn.execute(s.READ_CODEC, (queue,)).fetchone()
             if row is not None and (row[0] == codec
@@ -312,9 +352,10 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             msg_id = conn.execute(s.NEXT_ID).fetchone()[0]
             conn.execute(s.INSERT_WITH_ID, (msg_id, queue, seal(msg_id, data), priority,
                                             now + delay, now, expires))
-        return msg_id if codec is None else (msg_id, held)
+        # An INSERT's lastrowid is its id; held is the codec that holds (set with codec).
+        return msg_id if codec is None else (msg_id, held)  # type: ignore[return-value]
 
-    def _check_same_file(self, conn):
+    def _check_same_file(self, conn: sqlite3.Connection) -> None:
         try:
             (where,) = conn.execute(self.sql.MAIN_FILE).fetchone()
         except sqlite3.Error as exc:
@@ -326,26 +367,27 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
 
     # -- what a queue was written with ----------------------------------------------
 
-    def codec_of(self, queue):
+    def codec_of(self, queue: str) -> Optional[str]:
         rows = self._rows(self.sql.READ_CODEC, (queue,))
         return rows[0][0] if rows else None
 
-    def claim_codec(self, queue, fingerprint):
+    def claim_codec(self, queue: str, fingerprint: str) -> str:
         s = self.sql
         with self._conns.transaction() as conn:
-            row = conn.execute(s.READ_CODEC, (queue,)).fetchone()
+            row: Optional[Tuple[str]] = conn.execute(s.READ_CODEC, (queue,)).fetchone()
             if row is not None and (row[0] == fingerprint
                                     or conn.execute(s.ANY_MESSAGE, (queue,)).fetchone()[0]):
                 return row[0]
             conn.execute(s.WRITE_CODEC, (queue, fingerprint))
             return fingerprint
 
-    def replace_data(self, msg_id, old, new):
+    def replace_data(self, msg_id: int, old: bytes, new: bytes) -> bool:
         return bool(self._changes(self.sql.REPLACE_DATA, (new, msg_id, old)))
 
-    def put_keyed(self, queue, items):
+    def put_keyed(self, queue: str, items: Iterable[Tuple[str, bytes]]
+                  ) -> List[Tuple[KeyedStatus, Optional[int]]]:
         s = self.sql
-        out = []
+        out: List[Tuple[KeyedStatus, Optional[int]]] = []
         with self._conns.transaction() as conn:
             now = self.now()
             for key, data in items:
@@ -370,7 +412,8 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
 
     # -- results of keyed messages ------------------------------------------------
 
-    def complete(self, msg_id, lease, key, ok, data, dead_reason=None):
+    def complete(self, msg_id: int, lease: Optional[int], key: str, ok: bool, data: bytes,
+                 dead_reason: Optional[str] = None) -> bool:
         with self._conns.transaction() as conn:
             queue, held = self._complete_in(conn, msg_id, lease, key, ok, data, dead_reason)
         if queue is not None:
@@ -380,10 +423,12 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
                             lasting=dead_reason is not None)
         return held
 
-    def complete_many(self, queue, outcomes, lease=0, seconds=0.0):
+    def complete_many(self, queue: str, outcomes: Sequence[Outcome], lease: int = 0,
+                      seconds: float = 0.0) -> List[Message]:
         acks = dead = 0
         with self._conns.transaction() as conn:
-            plain = []  # successive outcomes without a dead reason, stored together
+            # Successive outcomes without a dead reason, stored together.
+            plain: List[_PlainOutcome] = []
             for outcome in outcomes:
                 if len(outcome) == 5:
                     plain.append(outcome)
@@ -393,7 +438,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
                 dead += self._complete_in(conn, msg_id, token, key, ok, data, dead_reason,
                                           error)[1]
             acks += self._complete_plain(conn, plain)
-            rows = []
+            rows: List[Any] = []
             if lease:
                 now = self.now()
                 token = new_token()
@@ -414,7 +459,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
                                now + seconds, row[5], row[6], row[7], None, None, row[8])
                        for row in rows), key=lambda m: m.id)
 
-    def _complete_plain(self, conn, outcomes):
+    def _complete_plain(self, conn: sqlite3.Connection, outcomes: List[_PlainOutcome]) -> int:
         """Store and ack ``outcomes`` (emptied), in statements of 2**k of
         them (few statement texts, for SQLite's statement cache); return how
         many were acked."""
@@ -428,7 +473,9 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             acked += conn.execute(pairs, [x for o in chunk for x in o[:2]]).rowcount
         return acked
 
-    def _complete_in(self, conn, msg_id, lease, key, ok, data, dead_reason, error=None):
+    def _complete_in(self, conn: sqlite3.Connection, msg_id: int, lease: Optional[int], key: str,
+                     ok: bool, data: bytes, dead_reason: Optional[str],
+                     error: Optional[str] = None) -> Tuple[Optional[str], bool]:
         s = self.sql
         now = self.now()
         row = conn.execute(s.GET, (msg_id,)).fetchone()
@@ -444,34 +491,38 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             logger.warning("task %s of queue %r dead-lettered: %s", key, queue, dead_reason)
         return queue, held
 
-    def result(self, queue, key):
+    def result(self, queue: str, key: str) -> Optional[Tuple[bool, bytes]]:
         rows = self._rows(self.sql.RESULT, (queue, key))
         return (bool(rows[0][0]), rows[0][1]) if rows else None
 
-    def results_since(self, queue, seq, limit=1000):
+    def results_since(self, queue: str, seq: int, limit: int = 1000
+                      ) -> List[Tuple[int, str, bool, bytes]]:
         return [
             (row[0], row[1], bool(row[2]), row[3])
             for row in self._rows(self.sql.RESULTS_SINCE, (queue, seq, limit))
         ]
 
-    def last_result_seq(self):
-        return self._rows(self.sql.LAST_RESULT_SEQ)[0][0]
+    def last_result_seq(self) -> int:
+        return self._rows(self.sql.LAST_RESULT_SEQ)[0][0]  # type: ignore[no-any-return]  # an int
 
-    def forget_results(self, queue, key=None):
+    def forget_results(self, queue: str, key: Optional[str] = None) -> int:
         if key is None:
             return self._changes(self.sql.PURGE_RESULTS, (queue,))
         return self._changes(self.sql.FORGET_RESULT, (queue, key))
 
-    def forget_results_matching(self, queue, pattern, up_to_seq=None, failed_only=False):
+    def forget_results_matching(self, queue: str, pattern: str, up_to_seq: Optional[int] = None,
+                                failed_only: bool = False) -> int:
         up_to = (1 << 63) - 1 if up_to_seq is None else up_to_seq
         return self._changes(self.sql.FORGET_RESULTS_MATCHING,
                              (queue, pattern, up_to, int(not failed_only)))
 
     # -- consuming ------------------------------------------------------------
 
-    def lease(self, queue, n, seconds, order="fifo", max_attempts=None, holder=None):
+    def lease(self, queue: str, n: int, seconds: float, order: Order = "fifo",
+              max_attempts: Optional[int] = None, holder: Optional[str] = None
+              ) -> List[Message]:
         many, one = self._lease_sql[order], self._lease_one_sql[order]
-        leased = []
+        leased: List[Message] = []
         while len(leased) < n:
             now = self.now()
             token = new_token()
@@ -484,7 +535,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             )
             if not rows:
                 break
-            unfit = []
+            unfit: List[Message] = []
             for row in rows:  # a plain loop: most leases are of one message
                 m = Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, until,
                             row[5], row[6], row[7], None, None, row[8], holder)
@@ -513,11 +564,12 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             leased.sort(key=lambda m: m.id)
         return leased
 
-    def _drop_unfit(self, messages, now, max_attempts):
+    def _drop_unfit(self, messages: List[Message], now: float, max_attempts: Optional[int]
+                    ) -> None:
         """Drop the expired and dead-letter the exhausted and the malformed,
         which we hold leased."""
         s = self.sql
-        counted = []
+        counted: List[Tuple[str, str]] = []
         with self._conns.transaction() as conn:
             for m in messages:
                 reason = _malformed(m)
@@ -527,8 +579,9 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
                         counted.append((m.queue_name, "expired"))
                     continue
                 if reason is None:
+                    # Neither malformed nor expired: exhausted, so max_attempts is set.
                     reason = "not acknowledged after %d deliveries (max_retries=%d)" % (
-                        m.attempts - 1, max_attempts - 1,
+                        m.attempts - 1, max_attempts - 1,  # type: ignore[operator]
                     )
                 if conn.execute(s.DEAD_LETTER, (now, reason, None, m.id, m.lease)).fetchall():
                     conn.execute(s.ADD_COUNTER, (m.queue_name, "dead_lettered", 1))
@@ -539,7 +592,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
         for queue, name in counted:
             self._metrics.add(queue, name, lasting=True)
 
-    def lease_id(self, queue, msg_id, seconds):
+    def lease_id(self, queue: str, msg_id: int, seconds: float) -> Optional[Message]:
         now = self.now()
         token = new_token()
         until = now + seconds
@@ -552,7 +605,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
         return Message(row[0], row[1], row[2], row[3] - 1, row[4], row[3], token, until,
                        row[5], row[6], row[7], None, None, row[8])
 
-    def next_visible_at(self, queue):
+    def next_visible_at(self, queue: str) -> Optional[float]:
         now = self.now()
         due = self._rows(self.sql.NEXT_VISIBLE_AT, (queue, now))[0][0]
         if due is None or isinstance(due, _NUMBER):
@@ -561,9 +614,10 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
         # every number, so it is never leased; it would stop every waiting
         # consumer here.  Dead-letter it, saying what it was.
         self._dead_letter_bad_visible(queue, now)
-        return self._rows(self.sql.NEXT_VISIBLE_AT, (queue, now))[0][0]
+        return self._rows(  # type: ignore[no-any-return]  # a time, or NULL: none
+            self.sql.NEXT_VISIBLE_AT, (queue, now))[0][0]
 
-    def _dead_letter_bad_visible(self, queue, now):
+    def _dead_letter_bad_visible(self, queue: str, now: float) -> None:
         with self._conns.transaction() as conn:
             rows = conn.execute(self.sql.DEAD_LETTER_BAD_VISIBLE, (now, queue, now)).fetchall()
             if rows:
@@ -574,14 +628,14 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             self._notifier.notify("done", queue)
             self._metrics.add(queue, "dead_lettered", len(rows), lasting=True)
 
-    def _settle(self, statement, params, kind):
+    def _settle(self, statement: str, params: Params, kind: WakeKind) -> bool:
         """Run one settling statement; wake ``kind`` waiters of its queue."""
         rows = self._write(statement, params)
         if rows:
             self._notifier.notify(kind, rows[0][0])
         return bool(rows)
 
-    def ack(self, msg_id, lease, queue=None):
+    def ack(self, msg_id: int, lease: Optional[int], queue: Optional[str] = None) -> bool:
         if queue is None:
             rows = self._write(self.sql.ACK, (msg_id, lease))
             if not rows:
@@ -593,13 +647,13 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
         self._count(queue, "acks")
         return True
 
-    def delete(self, msg_id):
+    def delete(self, msg_id: int) -> bool:
         return self._settle(self.sql.DELETE, (msg_id,), "done")
 
-    def delete_unleased(self, msg_id):
+    def delete_unleased(self, msg_id: int) -> bool:
         return self._settle(self.sql.DELETE_UNLEASED, (msg_id,), "done")
 
-    def set_visibility(self, msg_id, lease, seconds):
+    def set_visibility(self, msg_id: int, lease: Optional[int], seconds: float) -> bool:
         # A lease ended now makes the message ready: wake consumers.  A lease
         # extended (a heartbeat) or merely cut short wakes nobody: a waiter
         # looks again within wakeup.SAFETY_INTERVAL anyway.
@@ -608,13 +662,15 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             self._notifier.notify("put", rows[0][0])
         return bool(rows)
 
-    def release(self, msg_id, lease, delay=0.0, error=None, attempted=True):
+    def release(self, msg_id: int, lease: Optional[int], delay: float = 0.0,
+                error: Optional[str] = None, attempted: bool = True) -> bool:
         statement = self.sql.RELEASE if attempted else self.sql.RELEASE_UNATTEMPTED
         return self._settle(statement, (self.now() + delay, error, msg_id, lease), "put")
 
-    def dead_letter_ids(self, ids, reason, queue=None):
+    def dead_letter_ids(self, ids: Iterable[int], reason: str,
+                        queue: Optional[str] = None) -> int:
         now = self.now()
-        moved = {}
+        moved: Dict[str, int] = {}
         with self._conns.transaction() as conn:
             for msg_id in ids:
                 row = conn.execute(self.sql.DEAD_LETTER_ID, {
@@ -629,7 +685,9 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             self._metrics.add(name, "dead_lettered", n, lasting=True)
         return sum(moved.values())
 
-    def ack_many(self, items):
+    def ack_many(self, items: Iterable[Tuple[int, Optional[int]]]) -> int:
+        removed: Dict[str, int]
+        acks: Dict[str, int]
         removed, acks = {}, {}
         with self._conns.transaction() as conn:
             for msg_id, lease in items:
@@ -647,7 +705,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             self._count(name, "acks", n)
         return sum(removed.values())
 
-    def recover_leases(self, queue=None):
+    def recover_leases(self, queue: Optional[str] = None) -> int:
         now = self.now()
         if queue is None:
             rows = self._write(self.sql.RECOVER_ALL_LEASES, {"now": now})
@@ -657,7 +715,8 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             self._notifier.notify("put", name)
         return len(rows)
 
-    def dead_letter(self, msg_id, lease, reason, error=None):
+    def dead_letter(self, msg_id: int, lease: Optional[int], reason: str,
+                    error: Optional[str] = None) -> bool:
         with self._conns.transaction() as conn:
             row = conn.execute(
                 self.sql.DEAD_LETTER, (self.now(), reason, error, msg_id, lease)
@@ -672,26 +731,27 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
 
     # -- inspecting -------------------------------------------------------------
 
-    def peek(self, queue):
+    def peek(self, queue: str) -> Optional[Message]:
         now = self.now()
         rows = self._rows(self.sql.PEEK, (queue, now, now))
         return self._stored(rows[0]) if rows else None
 
-    def count(self, queue, what="live"):
+    def count(self, queue: str, what: CountKind = "live") -> int:
         statement = self._count_sql.get(what)
         if statement is None:
             raise ValueError("count() what must be live, waiting, ready or dead; got %r"
                              % (what,))
         if self._sizes_kept:
             statement = self._kept_sql.get(what, statement)
-        return self._rows(statement, {"queue": queue, "now": self.now()})[0][0]
+        return self._rows(  # type: ignore[no-any-return]  # a COUNT: an int
+            statement, {"queue": queue, "now": self.now()})[0][0]
 
-    def queues(self):
+    def queues(self) -> List[QueueStats]:
         now = self.now()
         return self._queue_stats(self._rows(self.sql.QUEUE_STATS, {"now": now}),
                                  self._rows(self.sql.HOLDERS, {"now": now}))
 
-    def create_queue(self, queue, settings=None):
+    def create_queue(self, queue: str, settings: Optional[Mapping[str, Any]] = None) -> bool:
         text = None if settings is None else json.dumps(settings, sort_keys=True)
         with self._conns.transaction() as conn:
             row = conn.execute(self.sql.QUEUE_EXISTS, (queue,)).fetchone()
@@ -704,7 +764,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
 
     # -- metrics ------------------------------------------------------------------
 
-    def flush_metrics(self):
+    def flush_metrics(self) -> None:
         pending = self._metrics.take()
         if not pending or self.readonly:
             return
@@ -726,10 +786,10 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
 
     # -- operating --------------------------------------------------------------
 
-    def restore(self, queue, messages):
+    def restore(self, queue: str, messages: Iterable[Message]) -> List[int]:
         now = self.now()
 
-        def row(msg):
+        def row(msg: Message) -> Tuple[object, ...]:
             dead = msg.dead_at is not None
             if dead:
                 visible = None
@@ -741,11 +801,12 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
                     msg.attempts, msg.last_error, msg.dead_at if dead else None,
                     msg.dead_reason if dead else None, msg.key)
 
-        ids = []
+        ids: List[int] = []
         try:
             with self._conns.transaction() as conn:
                 for msg in messages:
-                    ids.append(conn.execute(self.sql.INSERT_RESTORED, row(msg)).lastrowid)
+                    ids.append(conn.execute(  # type: ignore[arg-type]  # an INSERT's: its id
+                        self.sql.INSERT_RESTORED, row(msg)).lastrowid)
         except StorageError as exc:  # the driver's error comes as ours, with it as the cause
             if not isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise
@@ -756,7 +817,7 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             self._notifier.notify("put", queue)
         return ids
 
-    def redrive(self, queue, ids=None):
+    def redrive(self, queue: str, ids: Optional[Iterable[int]] = None) -> int:
         now = self.now()
         with self._conns.transaction() as conn:
             if ids is None:
@@ -770,14 +831,14 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             self._notifier.notify("put", queue)
         return moved
 
-    def expire(self, queue=None):
+    def expire(self, queue: Optional[str] = None) -> int:
         now = self.now()
         with self._conns.transaction() as conn:
             if queue is None:
                 rows = conn.execute(self.sql.EXPIRE_ALL, {"now": now}).fetchall()
             else:
                 rows = conn.execute(self.sql.EXPIRE, {"queue": queue, "now": now}).fetchall()
-            expired = {}
+            expired: Dict[str, int] = {}
             for (name,) in rows:
                 expired[name] = expired.get(name, 0) + 1
             conn.executemany(self.sql.ADD_COUNTER,
@@ -787,14 +848,14 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             self._metrics.add(name, "expired", n, lasting=True)
         return sum(expired.values())
 
-    def purge(self, queue, dead=False):
+    def purge(self, queue: str, dead: bool = False) -> int:
         statement = self.sql.PURGE_DEAD if dead else self.sql.PURGE_LIVE
         removed = self._changes(statement, (queue,))
         if removed:
             self._notifier.notify("done", queue)
         return removed
 
-    def delete_queue(self, queue):
+    def delete_queue(self, queue: str) -> int:
         with self._conns.transaction() as conn:
             removed = conn.execute(self.sql.DELETE_QUEUE, (queue,)).rowcount
             conn.execute(self.sql.DELETE_QUEUE_COUNTERS, (queue,))
@@ -806,22 +867,22 @@ class SQLiteEngine(SchemaMixin, AnchoredClock, SQLEngine):
             self._notifier.notify("done", queue)
         return removed
 
-    def maintenance(self):
+    def maintenance(self) -> SQLiteMaintenance:
         return SQLiteMaintenance(self)
 
-    def waiter(self, kind, queue):
+    def waiter(self, kind: WakeKind, queue: str) -> AbstractContextManager[Waiter]:
         return self._notifier.waiter(kind, queue)
 
-    def wake(self, kind, queue):
+    def wake(self, kind: WakeKind, queue: str) -> None:
         self._notifier.notify(kind, queue)
 
-    def close(self):
+    def close(self) -> None:
         self.flush_metrics()
         _open_engines.discard(self)
         self._conns.close()
 
 
-def check_table_prefix(prefix):
+def check_table_prefix(prefix: str) -> str:
     """Return ``prefix`` if the SQLite engine takes it as ``table_prefix``;
     else ValueError saying why (for checking a user's input early)."""
     _sql.render(prefix)
@@ -831,18 +892,22 @@ def check_table_prefix(prefix):
 class _Transaction:
     """Puts to any queues, committed together; wake-ups sent after COMMIT."""
 
-    def __init__(self, engine):
-        self._engine = engine
-        self._conn = None
-        self._queues = {}  # queue -> messages put
-        self._context = None
+    # Set by __enter__: a transaction is used only inside its ``with``.
+    _conn: sqlite3.Connection
+    _context: AbstractContextManager[sqlite3.Connection]
 
-    def __enter__(self):
+    def __init__(self, engine: SQLiteEngine) -> None:
+        self._engine = engine
+        self._conn = None  # type: ignore[assignment]  # until entered
+        self._queues: Dict[str, int] = {}  # queue -> messages put
+        self._context = None  # type: ignore[assignment]  # until entered
+
+    def __enter__(self) -> _Transaction:
         self._context = self._engine._conns.transaction()
         self._conn = self._context.__enter__()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: Any) -> Optional[bool]:
         try:
             return self._context.__exit__(*exc_info)
         finally:
@@ -851,20 +916,22 @@ class _Transaction:
                     self._engine._notifier.notify("put", queue)
                     self._engine._count(queue, "puts", n)
 
-    def put(self, queue, data, delay=0.0, ttl=None, priority=None, seal=None):
+    def put(self, queue: str, data: bytes, delay: float = 0.0, ttl: Optional[float] = None,
+            priority: Optional[bytes] = None, seal: Optional[Sealer] = None) -> int:
         if seal is not None:
             msg_id = self._engine._insert_sealed(self._conn, queue, data, delay, ttl, priority,
                                                  seal)
         else:
             now = self._engine.now()
             expires = None if ttl is None else now + ttl
-            msg_id = self._conn.execute(
+            msg_id = self._conn.execute(  # type: ignore[assignment]  # an INSERT's: its id
                 self._engine.sql.INSERT, (queue, data, priority, now + delay, now, expires)
             ).lastrowid
         self._queues[queue] = self._queues.get(queue, 0) + 1
         return msg_id
 
-    def put_many(self, queue, payloads, delay=0.0, ttl=None, seal=None):
+    def put_many(self, queue: str, payloads: Iterable[bytes], delay: float = 0.0,
+                 ttl: Optional[float] = None, seal: Optional[Sealer] = None) -> List[int]:
         ids = self._engine._insert_many(self._conn, queue, payloads, delay, ttl, seal)
         self._queues[queue] = self._queues.get(queue, 0) + len(ids)
         return ids

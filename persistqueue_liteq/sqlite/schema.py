@@ -7,12 +7,21 @@ Mixed into :class:`~.engine.SQLiteEngine`, whose ``__init__`` calls
 the clock to read), ``_schema_version`` and ``_sizes_kept``.
 """
 
+from __future__ import annotations
+
 import logging
 import os
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from .. import _clock
 from ..exceptions import IncompatibleDatabase, ReadOnlyDatabase
 from . import sql as _sql
+
+if TYPE_CHECKING:
+    import sqlite3
+    import types
+
+    from .connections import Connections
 
 logger = logging.getLogger("persistqueue_liteq")
 
@@ -21,7 +30,7 @@ logger = logging.getLogger("persistqueue_liteq")
 JOURNAL_MODES = (None, "wal", "keep")
 
 
-def check_directory(path):
+def check_directory(path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.stat(directory)
@@ -40,7 +49,22 @@ def check_directory(path):
 class SchemaMixin:
     """The tables of an engine's prefix in its file."""
 
-    def _open_schema(self):
+    _conns: Connections
+    sql: types.SimpleNamespace
+    location: str
+    readonly: bool
+    _journal_mode: Optional[str]
+    #: The meta table as read with the schema (None once the clock has it).
+    _meta: Optional[Dict[str, Any]]
+    _schema_version: int
+    #: Whether the file keeps its queues' sizes (triggers), for counts.
+    _sizes_kept: bool
+
+    if TYPE_CHECKING:
+        def _anchor(self, conn: sqlite3.Connection) -> float:
+            """The clock's (see :class:`~.anchor.AnchoredClock`)."""
+
+    def _open_schema(self) -> None:
         if self.readonly:
             try:
                 ours = self._conns.run(self._check_schema)
@@ -86,7 +110,7 @@ class SchemaMixin:
         # version, without kept sizes).
         self._add_missing_schema()
 
-    def _add_missing_schema(self):
+    def _add_missing_schema(self) -> None:
         """Add to a file made by an older version the index and the kept
         sizes it lacks (a read of the schema when it has them).  Both only
         make queries faster: a file we may not write to keeps working
@@ -112,10 +136,10 @@ class SchemaMixin:
             self._sizes_kept = True
             logger.info("added kept sizes and indexes to %s", self.location)
 
-    def _has(self, statement, name):
+    def _has(self, statement: str, name: str) -> bool:
         return bool(self._conns.execute(statement, (name,)))
 
-    def _wal_and_schema_ready(self, conn):
+    def _wal_and_schema_ready(self, conn: sqlite3.Connection) -> bool:
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0].lower()
         if mode != "wal" and self._journal_mode != "keep":
             if self._journal_mode is None:
@@ -123,7 +147,7 @@ class SchemaMixin:
             conn.execute("PRAGMA journal_mode=WAL")
         return self._check_schema(conn)
 
-    def _refuse_foreign_wal(self, conn, mode):
+    def _refuse_foreign_wal(self, conn: sqlite3.Connection, mode: str) -> None:
         """An application's database (tables that are not ours) is not moved
         to WAL mode unless ``journal_mode="wal"`` says so: WAL changes how
         every connection of the application works (the -wal and -shm files,
@@ -138,10 +162,11 @@ class SchemaMixin:
                 "allow the switch, or journal_mode='keep' to keep mode %s (readers then "
                 "wait for writers)" % (self.location, mode, ", ".join(theirs), mode))
 
-    def _check_schema(self, conn):
+    def _check_schema(self, conn: sqlite3.Connection) -> bool:
         """True if the tables exist and are ours; False if they must be made."""
         prefix = self.sql.PREFIX
-        exists = lambda table: conn.execute(self.sql.TABLE_EXISTS, (prefix + table,)).fetchone()
+        exists: Callable[[str], Any] = lambda table: conn.execute(
+            self.sql.TABLE_EXISTS, (prefix + table,)).fetchone()
         if not exists("meta"):
             if exists("messages"):
                 raise IncompatibleDatabase(
@@ -176,7 +201,7 @@ class SchemaMixin:
             )
         return True
 
-    def _migrate(self, conn):
+    def _migrate(self, conn: sqlite3.Connection) -> None:
         """Take the file from its schema version to ours, in the caller's
         transaction (so that a crash leaves the old version whole)."""
         old = self._schema_version

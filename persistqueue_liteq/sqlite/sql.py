@@ -31,7 +31,10 @@ Upgrades.  ``SCHEMA_VERSION`` numbers the layout; ``MIGRATIONS[v]`` takes a
 file from version ``v - 1`` to ``v``, in the transaction that opens it.
 """
 
+from __future__ import annotations
+
 import types
+from typing import Dict
 
 from .. import _checks
 from .. import engine as _engine
@@ -672,7 +675,7 @@ DELETE_QUEUE_RESULTS = "DELETE FROM {p}results WHERE queue = ?"
 DELETE_QUEUE_ACTIVITY = "DELETE FROM {p}activity WHERE queue = ?"
 
 
-def render(prefix):
+def render(prefix: str) -> types.SimpleNamespace:
     """Return every statement of this module with the table prefix filled in.
 
     Raises ValueError for a prefix that is not a plain SQL identifier (it is
@@ -680,7 +683,7 @@ def render(prefix):
     reserves for itself ("sqlite_", in any case).
     """
     _checks.table_prefix(prefix)
-    rendered = {}
+    rendered: Dict[str, object] = {}
     for name, value in globals().items():
         if name.isupper() and not name.startswith("_") and isinstance(value, str):
             rendered[name] = value.replace("{p}", prefix).strip()

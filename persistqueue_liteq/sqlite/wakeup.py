@@ -89,6 +89,8 @@ Where Unix datagram sockets do not exist (Windows) waiting falls back to
 polling every ``POLL_INTERVAL`` seconds.
 """
 
+from __future__ import annotations
+
 import atexit
 import collections
 import hashlib
@@ -101,6 +103,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import TYPE_CHECKING, Dict, List, Optional, Set, Tuple, Union
 
 from .. import engine as _engine
 
@@ -115,6 +118,12 @@ POLL_INTERVAL = 0.005
 DEGRADED_POLL_INTERVAL = 0.05
 
 logger = logging.getLogger("persistqueue_liteq")
+
+if TYPE_CHECKING:
+    #: What _checked keeps of a directory: device, inode, owner, mode.
+    _Identity = Tuple[int, int, int, int]
+    #: Why wake-ups are unusable, for one warning each: an errno or a name.
+    _Cause = Union[int, str]
 
 # A directory's mtime has the resolution of the kernel's coarse clock (a few
 # milliseconds); a listing taken less than this long after the last change may
@@ -133,28 +142,28 @@ _swept = False
 _KEEP = 64
 
 _counter = itertools.count()
-_sender = None
-_sender_pid = None
+_sender: Optional[socket.socket] = None
+_sender_pid: Optional[int] = None
 
 
-def _get_sender():
+def _get_sender() -> socket.socket:
     global _sender, _sender_pid
     if _sender_pid != os.getpid():
         _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         _sender.setblocking(False)
         _sender_pid = os.getpid()
-    return _sender
+    return _sender  # type: ignore[return-value]  # made above on this process's first use
 
 
-def _euid():
+def _euid() -> int:
     return os.geteuid() if hasattr(os, "geteuid") else 0
 
 
-def _base_dir():
+def _base_dir() -> str:
     return os.path.join(tempfile.gettempdir(), "pqlq-%d" % _euid())
 
 
-def _digest(text, size):
+def _digest(text: str, size: int) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=size).hexdigest()
 
 
@@ -167,14 +176,14 @@ class _Unusable(Exception):
 
 # base directory -> identity it had when it passed its checks.  Replaced
 # whole per key (a dict store is atomic): threads need no lock.
-_checked = {}
+_checked: Dict[str, _Identity] = {}
 
 
-def _identity(st):
+def _identity(st: os.stat_result) -> _Identity:
     return st.st_dev, st.st_ino, st.st_uid, st.st_mode
 
 
-def _what(st):
+def _what(st: os.stat_result) -> str:
     for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISREG, "a file"),
                        (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket")):
         if test(st.st_mode):
@@ -182,7 +191,7 @@ def _what(st):
     return "not a directory"
 
 
-def _checked_base(base, create):
+def _checked_base(base: str, create: bool) -> Optional[str]:
     """``base`` once it is known to be ours, or None if it does not exist
     (and ``create`` is false).  Raises _Unusable saying why it is not."""
     try:
@@ -202,7 +211,7 @@ def _checked_base(base, create):
     return base
 
 
-def _check_parent(base):
+def _check_parent(base: str) -> None:
     parent = os.path.dirname(base)
     st = os.stat(parent)  # followed: /tmp may be a link (macOS), its target counts
     if st.st_uid not in (0, _euid()):
@@ -212,7 +221,7 @@ def _check_parent(base):
                         "replace %s" % (parent, base))
 
 
-def _check_base(base):
+def _check_base(base: str) -> None:
     _check_parent(base)
     try:
         fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -237,7 +246,7 @@ def _check_base(base):
     _checked[base] = _identity(st)
 
 
-def _check_ours(path, st=None):
+def _check_ours(path: str, st: Optional[os.stat_result] = None) -> None:
     """Raise _Unusable unless ``path`` (below a checked base) is a real
     directory of ours.  FileNotFoundError if it is gone."""
     st = os.lstat(path) if st is None else st
@@ -246,14 +255,14 @@ def _check_ours(path, st=None):
                         % (path, _what(st), st.st_uid))
 
 
-def _may_be_socket(entry):
+def _may_be_socket(entry: os.DirEntry[str]) -> bool:
     """False for what cannot be a waiter: directories, files and links
     (by the type the listing gave, without following anything)."""
     return not (entry.is_symlink() or entry.is_dir(follow_symlinks=False)
                 or entry.is_file(follow_symlinks=False))
 
 
-def _unlink_socket(path):
+def _unlink_socket(path: str) -> bool:
     """Unlink ``path`` if it is a socket of ours; True if it was."""
     try:
         st = os.lstat(path)
@@ -266,10 +275,10 @@ def _unlink_socket(path):
 
 
 # One warning per (base directory, cause) per process; later ones are debug.
-_warned = set()
+_warned: Set[Tuple[str, _Cause]] = set()
 
 
-def _degraded(base, cause, message):
+def _degraded(base: str, cause: _Cause, message: str) -> None:
     """Say, once per ``base`` and ``cause``, that wake-ups do not work."""
     key = (base, cause)
     if key in _warned:
@@ -280,14 +289,14 @@ def _degraded(base, cause, message):
     logger.warning("wake-ups unusable: %s", message)
 
 
-def _polling(base, cause, problem):
+def _polling(base: str, cause: _Cause, problem: str) -> _PollingWaiter:
     """What a waiter that cannot bind gives instead (and says so)."""
     _degraded(base, cause, "%s; blocking waits of this process poll instead (every %g s "
               "at most)" % (problem, DEGRADED_POLL_INTERVAL))
     return _PollingWaiter(DEGRADED_POLL_INTERVAL)
 
 
-def _cause(exc):
+def _cause(exc: BaseException) -> _Cause:
     if isinstance(exc, OSError) and exc.errno is not None:
         return exc.errno
     return type(exc).__name__
@@ -297,11 +306,11 @@ def _cause(exc):
 
 # Keys are the directories, in order of last use.  The lock guards the order
 # only (the directories themselves are shared with other processes anyway).
-_kept = collections.OrderedDict()
+_kept: collections.OrderedDict[str, None] = collections.OrderedDict()
 _kept_lock = threading.Lock()
 
 
-def _keep(directory):
+def _keep(directory: str) -> None:
     """Note a use of ``directory``; remove the one forgotten to make room."""
     with _kept_lock:
         _kept[directory] = None
@@ -312,7 +321,7 @@ def _keep(directory):
 
 
 @atexit.register
-def _remove_kept():
+def _remove_kept() -> None:
     with _kept_lock:
         directories = list(_kept)
         _kept.clear()
@@ -320,7 +329,7 @@ def _remove_kept():
         _remove_if_empty(directory)
 
 
-def _after_fork():
+def _after_fork() -> None:
     global _kept_lock
     _kept_lock = threading.Lock()  # a thread of the parent may have held it
 
@@ -341,16 +350,17 @@ class Notifier:
     costs at most one extra listing.
     """
 
-    def __init__(self, path, prefix):
+    def __init__(self, path: str, prefix: str) -> None:
         st = os.stat(path)
         key = "%d:%d:%s" % (st.st_dev, st.st_ino, prefix)
         self._base = _base_dir()
         self._root = os.path.join(self._base, _digest(key, 8))
         _sweep_once(self._base)
-        self._cache = {}  # directory -> ((inode, mtime_ns), trusted, targets)
-        self._directories = {}  # (kind, queue) -> directory
+        # directory -> ((inode, mtime_ns), trusted, targets)
+        self._cache: Dict[str, Tuple[Tuple[int, int], bool, List[str]]] = {}
+        self._directories: Dict[Tuple[str, str], str] = {}  # (kind, queue) -> directory
 
-    def _directory(self, kind, queue):
+    def _directory(self, kind: str, queue: str) -> str:
         """The channel's directory (made by its first waiter)."""
         try:
             return self._directories[kind, queue]
@@ -360,7 +370,7 @@ class Notifier:
                 self._directories[kind, queue] = directory
             return directory
 
-    def notify(self, kind, queue):
+    def notify(self, kind: str, queue: str) -> None:
         """Wake every thread waiting on (kind, queue), in any process.
 
         Never raises: it runs after a commit, and a wake-up that cannot be
@@ -374,7 +384,7 @@ class Notifier:
             _degraded(self._base, cause, "%s; wake-ups for queue %r not sent (waiters look again "
                       "within %g s anyway)" % (exc, queue, SAFETY_INTERVAL))
 
-    def _notify(self, directory):
+    def _notify(self, directory: str) -> None:
         # No channel directory, no waiter: its first waiter makes it before
         # its last look at the queue, so that look sees what we committed.
         # One access() and no exception: the cost of most notifications.
@@ -414,7 +424,7 @@ class Notifier:
             except OSError:
                 pass
 
-    def waiter(self, kind, queue):
+    def waiter(self, kind: str, queue: str) -> Union[_PollingWaiter, _SocketWaiter]:
         """A context manager whose ``wait(timeout)`` sleeps until notified."""
         directory = self._directory(kind, queue)
         if not HAVE_SOCKETS:
@@ -433,13 +443,13 @@ class _SocketWaiter:
     """Bound in the channel's directory while entered.  ``__enter__`` gives
     a polling waiter instead where wake-ups cannot be used (and says so)."""
 
-    def __init__(self, base, directory):
+    def __init__(self, base: str, directory: str) -> None:
         self._base = base
         self._directory = directory
-        self._sock = None
-        self._name = None
+        self._sock: Optional[socket.socket] = None
+        self._name: Optional[str] = None
 
-    def __enter__(self):
+    def __enter__(self) -> Union[_SocketWaiter, _PollingWaiter]:
         try:
             self._sock, self._name = _bind(self._base, self._directory)
         except _Unusable as exc:
@@ -449,9 +459,9 @@ class _SocketWaiter:
                             % (self._directory, exc))
         return self
 
-    def wait(self, timeout):
+    def wait(self, timeout: float) -> bool:
         """Sleep until notified or ``timeout`` seconds pass; True if notified."""
-        sock = self._sock
+        sock: socket.socket = self._sock  # type: ignore[assignment]  # bound: entered
         sock.settimeout(max(min(timeout, SAFETY_INTERVAL), 1e-6))
         try:
             sock.recv(1)
@@ -460,31 +470,31 @@ class _SocketWaiter:
         self.drain()  # one look at the queue answers every wake-up queued so far
         return True
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The socket's descriptor, readable when notified: for an event
         loop to watch (``loop.add_reader``) instead of calling wait(); call
         drain() when it is readable."""
-        return self._sock.fileno()
+        return self._sock.fileno()  # type: ignore[union-attr]  # bound: entered
 
-    def drain(self):
+    def drain(self) -> None:
         """Consume every wake-up received so far, without blocking."""
-        self._sock.setblocking(False)
+        self._sock.setblocking(False)  # type: ignore[union-attr]  # bound: entered
         try:
             while True:
-                self._sock.recv(1)
+                self._sock.recv(1)  # type: ignore[union-attr]  # bound: entered
         except (BlockingIOError, InterruptedError):
             pass
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         if self._sock is None:
             return
         self._sock.close()
-        _unlink_socket(self._name)
+        _unlink_socket(self._name)  # type: ignore[arg-type]  # bound with _sock
         self._sock = self._name = None
         _keep(self._directory)
 
 
-def _bind(base, directory):
+def _bind(base: str, directory: str) -> Tuple[socket.socket, str]:
     """A datagram socket bound in ``directory``, made if need be, and its name.
 
     Raises _Unusable (or OSError) if the directories are not ours."""
@@ -518,7 +528,7 @@ def _bind(base, directory):
     return sock, name
 
 
-def _sweep_once(base):
+def _sweep_once(base: str) -> None:
     """Remove the empty directories of queue files, once per process, if
     there are many."""
     global _swept
@@ -550,7 +560,7 @@ def _sweep_once(base):
         logger.debug("wake-up directories not swept: %s", exc)
 
 
-def _remove_if_empty(directory):
+def _remove_if_empty(directory: str) -> None:
     """Remove a channel's directory, and its file's, unless waiters are there."""
     for path in (directory, os.path.dirname(directory)):
         try:
@@ -563,24 +573,24 @@ class _PollingWaiter:
     """Looks again every ``POLL_INTERVAL`` seconds, then less often, up to
     every ``longest`` seconds."""
 
-    def __init__(self, longest=POLL_INTERVAL):
+    def __init__(self, longest: float = POLL_INTERVAL) -> None:
         self._longest = longest
         self._interval = POLL_INTERVAL
 
-    def __enter__(self):
+    def __enter__(self) -> _PollingWaiter:
         return self
 
     #: Nothing to watch: an event loop looks again every ``interval``.
     fileno = None
 
     @property
-    def interval(self):
+    def interval(self) -> float:
         return self._longest
 
-    def wait(self, timeout):
+    def wait(self, timeout: float) -> bool:
         time.sleep(max(min(timeout, self._interval), 0))
         self._interval = min(self._interval * 2, self._longest)
         return False
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         pass
