@@ -60,6 +60,19 @@ logger = logging.getLogger("persistqueue_liteq")
 #: Seconds after which the engine reads the server's clock again.
 CLOCK_RESYNC = 10.0
 
+# FIFO leases from a floor.  Every message taken leaves index entries
+# behind (its versions before the lease and before the ack) that only a
+# vacuum removes, and a vacuum cannot while a transaction elsewhere in the
+# database is open that may still see them: a lease that scanned the queue
+# from its start would step over all of them, ever slower.  So a FIFO lease
+# scans from the visible_at of the latest message this engine leased from
+# that queue, less FIFO_SLACK seconds (times of two hosts' clocks, commits
+# a little out of order), and once every FIFO_FULL_SCAN seconds from the
+# start: a message made visible behind that floor (a transaction that put
+# it and committed late, a clock stepped back) is leased within that time.
+FIFO_SLACK = 0.05
+FIFO_FULL_SCAN = 1.0
+
 _local_clock = _clock.local_boottime or time.monotonic
 
 _open_engines = weakref.WeakSet()
@@ -157,6 +170,7 @@ class PostgresEngine(SQLEngine):
         self._conns.on_connect = self._maybe_sync
         self._lease_sql = {"fifo": self.sql.LEASE_FIFO, "lifo": self.sql.LEASE_LIFO,
                            "priority": self.sql.LEASE_PRIORITY}
+        self._fifo_floors = {}  # queue: (floor, monotonic time of the next full scan)
         self._count_sql = {"live": self.sql.COUNT_LIVE, "waiting": self.sql.COUNT_WAITING,
                            "ready": self.sql.COUNT_READY, "dead": self.sql.COUNT_DEAD}
         self._channel = _notify.channel_of(self.sql.SCHEMA, table_prefix)
@@ -486,17 +500,20 @@ class PostgresEngine(SQLEngine):
                         acks += 1
                     else:
                         dead += 1
-            rows, token, until = [], None, None
+            rows, token, until, now, floor = [], None, None, None, None
             if lease:
                 now = self.now()
                 token = new_token()
                 until = now + seconds
-                rows = tx.rows(self.sql.LEASE_FIFO, {
+                statement, floor = self._fifo_statement(queue)
+                rows = tx.rows(statement, {
                     "queue": queue, "now": now, "until": until, "lease": token,
-                    "n": lease, "holder": None})
-            return acks, dead, rows, token, until
+                    "n": lease, "holder": None, "floor": floor})
+            return acks, dead, rows, token, until, now, floor
 
-        acks, dead, rows, token, until = self._run(work)
+        acks, dead, rows, token, until, now, floor = self._run(work)
+        if lease:  # committed: what it leased is taken
+            self._fifo_leased(queue, floor, rows, now)
         if acks:
             self._count(queue, "acks", acks)
         if dead:
@@ -549,6 +566,26 @@ class PostgresEngine(SQLEngine):
 
     # -- consuming -------------------------------------------------------------------
 
+    def _fifo_statement(self, queue):
+        """The FIFO lease statement and its floor (None: from the start)."""
+        floor = self._fifo_floors.get(queue)
+        if floor is None or time.monotonic() >= floor[1]:
+            return self.sql.LEASE_FIFO, None
+        return self.sql.LEASE_FIFO_FROM, floor[0] - FIFO_SLACK
+
+    def _fifo_leased(self, queue, floor, rows, now):
+        """Move ``queue``'s floor to what a FIFO lease from ``floor`` found:
+        the latest visible_at among ``rows``, or ``now`` if a scan from the
+        start found nothing ready."""
+        if floor is None:
+            top = max(row[9] for row in rows) if rows else now
+            self._fifo_floors[queue] = (top, time.monotonic() + FIFO_FULL_SCAN)
+        elif rows:
+            top = max(row[9] for row in rows)
+            old = self._fifo_floors.get(queue)
+            if old is not None and top > old[0]:
+                self._fifo_floors[queue] = (top, old[1])
+
     def lease(self, queue, n, seconds, order="fifo", max_attempts=None, holder=None):
         statement = self._lease_sql[order]
         leased = []
@@ -556,9 +593,13 @@ class PostgresEngine(SQLEngine):
             now = self.now()
             token = new_token()
             until = now + seconds
-            rows = self._rows(statement, {
-                "queue": queue, "now": now, "until": until, "lease": token,
-                "n": n - len(leased), "holder": holder})
+            params = {"queue": queue, "now": now, "until": until, "lease": token,
+                      "n": n - len(leased), "holder": holder}
+            if order == "fifo":
+                statement, params["floor"] = self._fifo_statement(queue)
+            rows = self._rows(statement, params)
+            if order == "fifo":
+                self._fifo_leased(queue, params["floor"], rows, now)
             if not rows:
                 break
             unfit = []
@@ -898,6 +939,11 @@ class PostgresEngine(SQLEngine):
             return removed
 
         return self._run(work)
+
+    def maintenance(self):
+        from .maintenance import PostgresMaintenance
+
+        return PostgresMaintenance(self)
 
     def waiter(self, kind, queue):
         return self._listener.waiter(self._channel, kind, queue)
