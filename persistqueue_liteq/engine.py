@@ -341,7 +341,8 @@ class Maintenance(abc.ABC):
         :data:`CHECKPOINT_MODES`; "TRUNCATE" also cuts the log back to
         nothing); return ``(busy, pages in the log, pages copied)``, busy
         true when a reader kept part of the log.  ValueError for another
-        mode."""
+        mode; Unsupported where the server manages its log itself
+        (PostgreSQL)."""
 
     @abc.abstractmethod
     def vacuum(self) -> None:
@@ -374,7 +375,14 @@ class Maintenance(abc.ABC):
     @abc.abstractmethod
     def set_auto_vacuum(self, free_pages: Optional[int]) -> None:
         """Store in the database that an engine finding more than
-        ``free_pages`` free pages vacuums it; None turns it off."""
+        ``free_pages`` free pages vacuums it; None turns it off.
+        Unsupported where the server vacuums by itself (PostgreSQL)."""
+
+    def health(self) -> List[Tuple[str, str]]:
+        """What an operator should know of the storage beside its integrity
+        (the command line's ``check`` prints it): ``(label, text)`` pairs,
+        none by default."""
+        return []
 
 
 def maintenance_of(engine: Engine, operation: str) -> Maintenance:

@@ -8,6 +8,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..engine import maintenance_of
+from ..exceptions import Unsupported
 from ._common import CLIError, _reading, _writing
 
 if TYPE_CHECKING:
@@ -41,7 +42,10 @@ def _cmd_vacuum(args: argparse.Namespace) -> int:
         upkeep = maintenance_of(q.engine, "vacuum")
         before = upkeep.sizes_at_open.total
         upkeep.vacuum()
-        upkeep.checkpoint("TRUNCATE")  # so that the smaller file shows now
+        try:
+            upkeep.checkpoint("TRUNCATE")  # so that the smaller file shows now
+        except Unsupported:
+            pass  # no log of ours to copy (PostgreSQL)
     after = upkeep.sizes().total
     print("vacuumed %s: %d bytes before, %d after" % (args.db, before, after))
     return 0
@@ -55,9 +59,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
         wal = upkeep.sizes_at_open.log
         problems = upkeep.integrity_check()
         size = upkeep.sizes().database
+        health = upkeep.health()
+        sqlite = engine.spec.scheme == "sqlite"
+        location = engine.location
     ok = problems == ["ok"]
-    print("file:       %s (%d bytes)" % (os.path.abspath(args.db), size or 0))
-    print("WAL file:   %s" % ("none" if wal is None else "%d bytes" % wal))
+    if sqlite:
+        print("file:       %s (%d bytes)" % (os.path.abspath(args.db), size or 0))
+        print("WAL file:   %s" % ("none" if wal is None else "%d bytes" % wal))
+    else:
+        print("database:   %s (%d bytes of queue tables)" % (location, size or 0))
+    for label, text in health:
+        print("%-11s %s" % (label + ":", text))
     print("integrity:  %s" % ("ok" if ok else "%d problem(s)" % len(problems)))
     if ok:
         return 0

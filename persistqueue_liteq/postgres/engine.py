@@ -66,11 +66,13 @@ if TYPE_CHECKING:
 
     from ..engine import CountKind, KeyedStatus, Order, Outcome, QueueStats, Sealer, WakeKind
     from .connections import Conn, Tx
+    from .maintenance import PostgresMaintenance
     from .notify import _Waiter
 
     #: What complete_many's transaction returns: acks, dead-lettered, the
-    #: rows leased, their token and lease's end.
-    _Completed = Tuple[int, int, List[TupleRow], Optional[int], Optional[float]]
+    #: rows leased, their token and lease's end, the time and floor it leased at.
+    _Completed = Tuple[int, int, List[TupleRow], Optional[int], Optional[float],
+                       Optional[float], Optional[float]]
 
     T = TypeVar("T")
 
@@ -80,6 +82,19 @@ logger = logging.getLogger("persistqueue_liteq")
 
 #: Seconds after which the engine reads the server's clock again.
 CLOCK_RESYNC = 10.0
+
+# FIFO leases from a floor.  Every message taken leaves index entries
+# behind (its versions before the lease and before the ack) that only a
+# vacuum removes, and a vacuum cannot while a transaction elsewhere in the
+# database is open that may still see them: a lease that scanned the queue
+# from its start would step over all of them, ever slower.  So a FIFO lease
+# scans from the visible_at of the latest message this engine leased from
+# that queue, less FIFO_SLACK seconds (times of two hosts' clocks, commits
+# a little out of order), and once every FIFO_FULL_SCAN seconds from the
+# start: a message made visible behind that floor (a transaction that put
+# it and committed late, a clock stepped back) is leased within that time.
+FIFO_SLACK = 0.05
+FIFO_FULL_SCAN = 1.0
 
 _local_clock = _clock.local_boottime or time.monotonic
 
@@ -184,6 +199,8 @@ class PostgresEngine(SQLEngine):
         self._conns.on_connect = self._maybe_sync
         self._lease_sql = {"fifo": self.sql.LEASE_FIFO, "lifo": self.sql.LEASE_LIFO,
                            "priority": self.sql.LEASE_PRIORITY}
+        # queue: (floor, monotonic time of the next scan from the start)
+        self._fifo_floors: Dict[str, Tuple[float, float]] = {}
         self._count_sql = {"live": self.sql.COUNT_LIVE, "waiting": self.sql.COUNT_WAITING,
                            "ready": self.sql.COUNT_READY, "dead": self.sql.COUNT_DEAD}
         self._channel = _notify.channel_of(self.sql.SCHEMA, table_prefix)
@@ -546,17 +563,22 @@ class PostgresEngine(SQLEngine):
                         dead += 1
             rows: List[TupleRow]
             until: Optional[float]
-            rows, token, until = [], None, None
+            now: Optional[float]
+            floor: Optional[float]
+            rows, token, until, now, floor = [], None, None, None, None
             if lease:
                 now = self.now()
                 token = new_token()
                 until = now + seconds
-                rows = tx.rows(self.sql.LEASE_FIFO, {
+                statement, floor = self._fifo_statement(queue)
+                rows = tx.rows(statement, {
                     "queue": queue, "now": now, "until": until, "lease": token,
-                    "n": lease, "holder": None})
-            return acks, dead, rows, token, until
+                    "n": lease, "holder": None, "floor": floor})
+            return acks, dead, rows, token, until, now, floor
 
-        acks, dead, rows, token, until = self._run(work)
+        acks, dead, rows, token, until, now, floor = self._run(work)
+        if now is not None:  # it leased, and committed: what it leased is taken
+            self._fifo_leased(queue, floor, rows, now)
         if acks:
             self._count(queue, "acks", acks)
         if dead:
@@ -614,6 +636,27 @@ class PostgresEngine(SQLEngine):
 
     # -- consuming -------------------------------------------------------------------
 
+    def _fifo_statement(self, queue: str) -> Tuple[str, Optional[float]]:
+        """The FIFO lease statement and its floor (None: from the start)."""
+        floor = self._fifo_floors.get(queue)
+        if floor is None or time.monotonic() >= floor[1]:
+            return self.sql.LEASE_FIFO, None
+        return self.sql.LEASE_FIFO_FROM, floor[0] - FIFO_SLACK
+
+    def _fifo_leased(self, queue: str, floor: Optional[float], rows: Sequence[TupleRow],
+                     now: float) -> None:
+        """Move ``queue``'s floor to what a FIFO lease from ``floor`` found:
+        the latest visible_at among ``rows``, or ``now`` if a scan from the
+        start found nothing ready."""
+        if floor is None:
+            top = max(row[9] for row in rows) if rows else now
+            self._fifo_floors[queue] = (top, time.monotonic() + FIFO_FULL_SCAN)
+        elif rows:
+            top = max(row[9] for row in rows)
+            old = self._fifo_floors.get(queue)
+            if old is not None and top > old[0]:
+                self._fifo_floors[queue] = (top, old[1])
+
     def lease(self, queue: str, n: int, seconds: float, order: Order = "fifo",
               max_attempts: Optional[int] = None, holder: Optional[str] = None
               ) -> List[Message]:
@@ -623,9 +666,14 @@ class PostgresEngine(SQLEngine):
             now = self.now()
             token = new_token()
             until = now + seconds
-            rows = self._rows(statement, {
-                "queue": queue, "now": now, "until": until, "lease": token,
-                "n": n - len(leased), "holder": holder})
+            params = {"queue": queue, "now": now, "until": until, "lease": token,
+                      "n": n - len(leased), "holder": holder}
+            if order == "fifo":
+                statement, floor = self._fifo_statement(queue)
+                params["floor"] = floor
+            rows = self._rows(statement, params)
+            if order == "fifo":
+                self._fifo_leased(queue, floor, rows, now)
             if not rows:
                 break
             unfit: List[Message] = []
@@ -976,6 +1024,11 @@ class PostgresEngine(SQLEngine):
             return removed
 
         return self._run(work)
+
+    def maintenance(self) -> PostgresMaintenance:
+        from .maintenance import PostgresMaintenance
+
+        return PostgresMaintenance(self)
 
     def waiter(self, kind: WakeKind, queue: str) -> _Waiter:
         return self._listener.waiter(self._channel, kind, queue)

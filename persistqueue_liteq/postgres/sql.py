@@ -31,7 +31,7 @@ from .. import _sql_engine
 
 #: Version of the table layout below.  A database written by a newer
 #: version is refused rather than misread.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: What ``meta`` says about tables that are ours.
 FORMAT_NAME = "persistqueue_liteq/postgresql"
@@ -139,7 +139,7 @@ ACTIVITY_BUCKET, ACTIVITY_KEPT = _sql_engine.ACTIVITY_BUCKET, _sql_engine.ACTIVI
 CREATE_ACTIVITY_INDEX = "CREATE INDEX {n:activity_bucket} ON {t:activity} (bucket)"
 
 
-CREATE_TABLES = (
+CREATE_TABLES: Tuple[str, ...] = (
     CREATE_META,
     CREATE_MESSAGES_SEQ,
     CREATE_MESSAGES,
@@ -157,6 +157,28 @@ CREATE_TABLES = (
     CREATE_ACTIVITY_INDEX,
 )
 
+# How the tables are stored (version 3).  Every message is inserted, then
+# updated at each lease and deleted: the messages table makes dead rows as
+# fast as it moves messages, and the scans of leases and counts step over
+# them until a vacuum removes them.  PostgreSQL's default waits for 20% of
+# a table's rows to be dead; autovacuum is asked to come at 2% (or 1,000
+# rows, for a table of few).  The counters and activity rows are updated
+# in place: room left on each page keeps the new version of a row on its
+# page (a HOT update: no new index entry), and the pages stay few.
+TABLE_SETTINGS: Tuple[str, ...] = (
+    """ALTER TABLE {t:messages} SET (
+        autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
+        autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000)""",
+    """ALTER TABLE {t:results} SET (
+        autovacuum_vacuum_scale_factor = 0.05, autovacuum_analyze_scale_factor = 0.05)""",
+    """ALTER TABLE {t:counters} SET (fillfactor = 50, autovacuum_vacuum_scale_factor = 0.05,
+        autovacuum_vacuum_threshold = 200)""",
+    """ALTER TABLE {t:activity} SET (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.05,
+        autovacuum_vacuum_threshold = 200)""",
+)
+
+CREATE_TABLES += TABLE_SETTINGS
+
 #: MIGRATIONS[v] takes tables of version v - 1 to v, in the transaction that
 #: opens them.
 MIGRATIONS: Dict[int, Tuple[str, ...]] = {
@@ -167,6 +189,7 @@ MIGRATIONS: Dict[int, Tuple[str, ...]] = {
         "DROP TRIGGER IF EXISTS {n:messages_register_queue} ON {t:messages}",
         "DROP FUNCTION IF EXISTS {t:messages_register_queue}()",
     ),
+    3: TABLE_SETTINGS,
 }
 
 # -- schema bookkeeping -----------------------------------------------------
@@ -286,9 +309,11 @@ _UNEXPIRED = """(expires_at IS NULL OR expires_at > %(now)s
 
 # -- leasing ----------------------------------------------------------------
 
+# The last column is the message's visible_at before the lease (see
+# LEASE_FIFO_FROM).
 _LEASE = """
 WITH picked AS (
-    SELECT id FROM {{t:messages}}
+    SELECT id, visible_at FROM {{t:messages}}
      WHERE queue = %(queue)s AND {where}visible_at <= %(now)s
      ORDER BY {order} LIMIT %(n)s
      FOR UPDATE SKIP LOCKED)
@@ -297,9 +322,13 @@ UPDATE {{t:messages}} AS m
        holder = %(holder)s
   FROM picked WHERE m.id = picked.id
 RETURNING m.id, m.data, m.queue, m.attempts, m.created_at, m.expires_at, m.last_error,
-          m.priority, m.key"""
+          m.priority, m.key, picked.visible_at"""
 
 LEASE_FIFO = _LEASE.format(where="", order="visible_at, id")
+# From a floor of visible_at on (engine.py, _fifo_statement): the index
+# entries of the messages already taken, which stay until a vacuum removes
+# them, are not stepped over again.
+LEASE_FIFO_FROM = _LEASE.format(where="visible_at >= %(floor)s AND ", order="visible_at, id")
 LEASE_LIFO = _LEASE.format(where="", order="visible_at DESC, id DESC")
 LEASE_PRIORITY = _LEASE.format(where="priority IS NOT NULL AND ", order="priority, id")
 
@@ -585,3 +614,51 @@ def glob_to_regex(pattern: str) -> str:
             out.append(re.sub(r"([\\.^$|()\[\]{}*+?])", r"\\\1", c))
     out.append("$")
     return "".join(out)
+
+
+# -- maintenance (maintenance.py; each takes the list of the engine's tables) -----------
+
+TABLES_EXIST = "SELECT t, to_regclass(t) IS NOT NULL FROM unnest(%s::text[]) AS t"
+
+INVALID_INDEXES = """
+SELECT i.indexrelid::regclass::text FROM pg_index i
+ WHERE i.indrelid IN (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)
+   AND NOT (i.indisvalid AND i.indisready)"""
+
+BTREE_INDEXES = """
+SELECT i.indexrelid::regclass::text FROM pg_index i
+  JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+ WHERE a.amname = 'btree'
+   AND i.indrelid IN (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)"""
+
+# amcheck's checks, schema-qualified, where the extension is installed and
+# this role may run them (by default only superusers may).
+AMCHECK_FUNCTIONS = """
+SELECT p.proname, quote_ident(n.nspname) || '.' || quote_ident(p.proname)
+  FROM pg_extension e
+  JOIN pg_depend d ON d.refobjid = e.oid AND d.deptype = 'e'
+       AND d.classid = 'pg_proc'::regclass
+  JOIN pg_proc p ON p.oid = d.objid JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE e.extname = 'amcheck' AND has_function_privilege(p.oid, 'EXECUTE')
+   AND ((p.proname = 'bt_index_check' AND p.pronargs = 2) OR p.proname = 'verify_heapam')"""
+
+TABLES_SIZE = """
+SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0)::bigint
+  FROM unnest(%s::text[]) AS t"""
+
+TABLE_OPTIONS = """
+SELECT t, c.reloptions FROM unnest(%s::text[]) AS t JOIN pg_class c ON c.oid = to_regclass(t)"""
+
+TABLE_ROWS = """
+SELECT t, s.n_live_tup, s.n_dead_tup,
+       extract(epoch FROM greatest(s.last_vacuum, s.last_autovacuum))::float8
+  FROM unnest(%s::text[]) AS t JOIN pg_stat_all_tables s ON s.relid = to_regclass(t)"""
+
+# The transaction of the database that holds back, the longest, what a
+# vacuum may remove (its snapshot may still see the dead rows).
+OLDEST_TRANSACTION = """
+SELECT extract(epoch FROM clock_timestamp() - xact_start)::float8, pid, state
+  FROM pg_stat_activity
+ WHERE datname = current_database() AND backend_xmin IS NOT NULL
+   AND pid <> pg_backend_pid()
+ ORDER BY age(backend_xmin) DESC LIMIT 1"""

@@ -1,0 +1,290 @@
+"""The PostgreSQL engine's maintenance interface (VACUUM, ANALYZE, the
+integrity check, sizes, what autovacuum is told and sees), the storage
+settings its tables get (schema version 3) and the command line's
+``vacuum``, ``check`` and ``checkpoint`` on a postgresql:// URL.
+
+Runs when $PERSISTQUEUE_LITEQ_TEST_POSTGRES names a server (conftest's
+``postgres_location``: a fresh schema per test).
+"""
+
+import os
+import time
+import subprocess
+import sys
+import urllib.parse
+
+import pytest
+
+from persistqueue_liteq import LiteQueue
+from persistqueue_liteq.backends import open_engine
+from persistqueue_liteq.exceptions import DatabaseBusy, Unsupported
+
+from .conftest import postgres_location
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def pg(request):
+    return postgres_location(request)
+
+
+@pytest.fixture
+def engine(pg):
+    engine = open_engine(pg)
+    yield engine
+    engine.close()
+
+
+def _schema(pg):
+    return urllib.parse.parse_qs(urllib.parse.urlsplit(pg).query)["schema"][0]
+
+
+def _server(pg):
+    """A psycopg connection of the test's own (autocommit), on the server of ``pg``."""
+    import psycopg
+
+    return psycopg.connect(os.environ["PERSISTQUEUE_LITEQ_TEST_POSTGRES"], autocommit=True)
+
+
+def _table(pg, name):
+    return '"%s"."liteq_%s"' % (_schema(pg), name)
+
+
+def test_new_tables_get_their_autovacuum_and_fillfactor_settings(engine, pg):
+    settings = engine.maintenance().vacuum_settings()
+    assert settings[_table(pg, "messages")] == {
+        "autovacuum_vacuum_scale_factor": "0.02", "autovacuum_vacuum_threshold": "1000",
+        "autovacuum_analyze_scale_factor": "0.02", "autovacuum_analyze_threshold": "1000"}
+    assert settings[_table(pg, "counters")]["fillfactor"] == "50"
+    assert settings[_table(pg, "activity")]["fillfactor"] == "70"
+    assert settings[_table(pg, "results")]["autovacuum_vacuum_scale_factor"] == "0.05"
+
+
+def test_tables_of_schema_version_2_get_the_settings_when_opened_read_write(pg):
+    open_engine(pg).close()
+    with _server(pg) as conn:  # as version 2 left them
+        for name in ("messages", "results", "counters", "activity"):
+            conn.execute("ALTER TABLE %s RESET (fillfactor, autovacuum_vacuum_scale_factor, "
+                         "autovacuum_vacuum_threshold, autovacuum_analyze_scale_factor, "
+                         "autovacuum_analyze_threshold)" % _table(pg, name))
+        conn.execute("UPDATE %s SET value = '2' WHERE key = 'schema_version'"
+                     % _table(pg, "meta"))
+    reader = open_engine(pg, readonly=True)  # reads version 2 as it is
+    try:
+        assert reader.maintenance().vacuum_settings()[_table(pg, "messages")] == {}
+    finally:
+        reader.close()
+    writer = open_engine(pg)
+    try:
+        assert writer.maintenance().vacuum_settings()[_table(pg, "messages")][
+            "autovacuum_vacuum_scale_factor"] == "0.02"
+        with _server(pg) as conn:
+            assert conn.execute("SELECT value FROM %s WHERE key = 'schema_version'"
+                                % _table(pg, "meta")).fetchone()[0] == "3"
+    finally:
+        writer.close()
+
+
+def test_vacuum_gives_back_the_space_of_deleted_messages_and_keeps_the_rest(engine):
+    payload = os.urandom(1000)  # kept in the table's own pages (not TOASTed)
+    engine.put_many("jobs", [payload] * 4000)
+    kept = engine.put("kept", b"still here")  # on the last page: no plain vacuum cuts it
+    engine.purge("jobs")
+    upkeep = engine.maintenance()
+    before = upkeep.sizes().database
+    upkeep.vacuum()
+    after = upkeep.sizes().database
+    assert after < before - 4000 * 1000 // 2, (before, after)
+    assert upkeep.sizes().log is None  # the server's WAL is not the engine's
+    [message] = engine.lease("kept", 1, 30)
+    assert (message.id, message.data) == (kept, b"still here")
+    upkeep.vacuum(full=False)  # and a plain one, as autovacuum runs it
+    upkeep.analyze()
+    assert engine.count("kept") == 1
+
+
+def test_vacuum_full_waits_for_a_table_lock_no_longer_than_the_timeout(pg):
+    engine = open_engine(pg, timeout=0.5)
+    try:
+        engine.put("jobs", b"x")
+        with _server(pg) as conn:
+            with conn.transaction():  # a reader of the table, in a long transaction
+                conn.execute("SELECT count(*) FROM %s" % _table(pg, "messages")).fetchall()
+                with pytest.raises(DatabaseBusy, match="timeout_seconds=0.5"):
+                    engine.maintenance().vacuum()
+        assert engine.count("jobs") == 1
+    finally:
+        engine.close()
+
+
+def test_the_integrity_check_finds_an_invalid_index_and_a_missing_table(engine, pg):
+    upkeep = engine.maintenance()
+    assert upkeep.integrity_check() == ["ok"]
+    engine.put("jobs", b"a")
+    engine.put("jobs", b"b")
+    with _server(pg) as conn:  # a CREATE INDEX CONCURRENTLY that failed leaves it invalid
+        with pytest.raises(Exception, match="could not create unique index"):
+            conn.execute('CREATE UNIQUE INDEX CONCURRENTLY broken ON %s (queue)'
+                         % _table(pg, "messages"))
+    [problem] = upkeep.integrity_check()
+    assert problem == ("index %s.broken is invalid: rebuild it with REINDEX INDEX %s.broken"
+                       % (_schema(pg), _schema(pg)))
+    with _server(pg) as conn:
+        conn.execute("DROP INDEX %s" % ('"%s".broken' % _schema(pg)))
+        conn.execute("DROP TABLE %s" % _table(pg, "activity"))
+    assert upkeep.integrity_check() == ["table %s is missing" % _table(pg, "activity")]
+
+
+def test_the_integrity_check_runs_amcheck_where_it_is_installed(engine, pg):
+    with _server(pg) as conn:
+        superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+                                 ).fetchone()[0]
+        available = conn.execute("SELECT 1 FROM pg_available_extensions "
+                                 "WHERE name = 'amcheck'").fetchone()
+        if not (superuser and available):
+            pytest.skip("amcheck needs a superuser to install it and the contrib package")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    engine.put_many("jobs", [b"x"] * 100)
+    upkeep = engine.maintenance()
+    assert dict(engine._rows(engine.sql.AMCHECK_FUNCTIONS)).keys() == {
+        "bt_index_check", "verify_heapam"}
+    assert upkeep.integrity_check() == ["ok"]
+
+
+def test_checkpoint_and_the_automatic_vacuum_are_postgresqls_own(engine):
+    upkeep = engine.maintenance()
+    with pytest.raises(Unsupported, match="manages its write-ahead log itself"):
+        upkeep.checkpoint()
+    with pytest.raises(Unsupported, match="autovacuum vacuums the queue tables"):
+        upkeep.set_auto_vacuum(100)
+    assert upkeep.auto_vacuum_free_pages is None
+
+
+def test_health_names_the_transaction_that_holds_back_vacuums(engine, pg):
+    upkeep = engine.maintenance()
+    assert [label for label, _ in upkeep.health()] == ["rows", "autovacuum"]
+    with _server(pg) as conn:
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.execute("SELECT 1").fetchall()
+            pid = conn.info.backend_pid
+            seconds, holder, state = upkeep.oldest_transaction()
+            assert holder == pid and seconds >= 0 and state == "idle in transaction"
+            health = dict(upkeep.health())
+            assert "(pid %d, idle in transaction)" % pid in health["oldest tx"]
+    assert "autovacuum_vacuum_scale_factor=0.02" in health["autovacuum"]
+    rows = upkeep.dead_rows()[_table(pg, "messages")]
+    assert len(rows) == 3
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "persistqueue_liteq"] + list(args),
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def test_the_command_line_checks_and_vacuums_a_postgres_queue(pg):
+    q = LiteQueue(pg)
+    try:
+        for _ in range(50):
+            q.put(b"x" * 1000)
+        q.purge()
+    finally:
+        q.close()
+    done = cli("check", pg)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("database:   postgresql://") and "bytes of queue tables" in lines[0]
+    assert lines[1].startswith("rows:") and lines[-1] == "integrity:  ok", done.stdout
+    done = cli("vacuum", pg)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("vacuumed %s: " % pg), done.stdout
+    done = cli("checkpoint", pg)
+    assert done.returncode == 1 and "manages its write-ahead log itself" in done.stderr
+    done = cli("vacuum", "--auto", "100", pg)
+    assert done.returncode == 1 and "autovacuum vacuums the queue tables" in done.stderr
+
+
+# -- leases while a long transaction holds back vacuums -------------------------------
+
+
+def _plan_blocks(conn, statement, params):
+    """The shared buffers that running ``statement`` touches (EXPLAIN
+    ANALYZE, rolled back: nothing is leased)."""
+    import json
+
+    with conn.transaction(force_rollback=True):
+        [[plan]] = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement,
+                                params).fetchall()
+    plan = plan if isinstance(plan, list) else json.loads(plan)
+    top = plan[0]["Plan"]
+    return top["Shared Hit Blocks"] + top["Shared Read Blocks"]
+
+
+def test_fifo_leases_do_not_step_over_taken_messages_that_no_vacuum_can_remove(
+        engine, pg, monkeypatch):
+    """A transaction open elsewhere keeps every version of every message
+    taken since it began (no vacuum may remove them); a FIFO lease that
+    scanned the queue from its start would read all of their index entries
+    and pages, ever slower.  The engine's leases scan from a floor, which
+    reads about as many as on a fresh table."""
+    with _server(pg) as holder, _server(pg) as probe:
+        with holder.transaction():
+            holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            holder.execute("SELECT 1").fetchall()  # its snapshot: from now on
+            for i in range(1000):
+                engine.put("jobs", b"%d" % i)
+                [m] = engine.lease("jobs", 1, 30)
+                assert m.data == b"%d" % i  # in order, every one
+                engine.ack(m.id, m.lease, "jobs")
+            engine.put("jobs", b"next")
+            ran = []
+            rows = engine._rows
+            monkeypatch.setattr(engine, "_rows", lambda statement, params=None: (
+                ran.append((statement, dict(params))), rows(statement, params))[1])
+            [m] = engine.lease("jobs", 1, 30)
+            assert m.data == b"next"
+            [(statement, params)] = ran
+            assert statement == engine.sql.LEASE_FIFO_FROM  # what it ran: from its floor
+            params["lease"] += 1  # as another lease would run it
+            from_floor = _plan_blocks(probe, statement, params)
+            from_start = _plan_blocks(probe, engine.sql.LEASE_FIFO, params)
+            assert from_floor * 20 < from_start, (from_floor, from_start)
+            assert from_floor < 30, from_floor
+
+
+def test_a_message_committed_behind_the_fifo_floor_is_leased_at_the_next_full_scan(
+        engine, pg, monkeypatch):
+    """A producer's transaction that commits late makes its message visible
+    with a visible_at behind what the consumer already leased: below its
+    floor.  The consumer's next scan from the start (every FIFO_FULL_SCAN
+    seconds) finds it."""
+    import threading
+
+    from persistqueue_liteq.postgres import engine as pg_engine
+
+    monkeypatch.setattr(pg_engine, "FIFO_SLACK", 0.0)
+    monkeypatch.setattr(pg_engine, "FIFO_FULL_SCAN", 0.2)
+    producer = open_engine(pg)
+    try:
+        producer.put("jobs", b"first")  # the queue exists (the transaction adds no row)
+        [first] = engine.lease("jobs", 1, 30)
+        engine.ack(first.id, first.lease, "jobs")
+        with producer.transaction() as tx:
+            tx.put("jobs", b"late")  # its visible_at: now
+            other = threading.Thread(target=producer.put, args=("jobs", b"early"))
+            other.start()
+            other.join()  # committed at once
+            [early] = engine.lease("jobs", 1, 30)
+            assert early.data == b"early"
+        [(late_visible_at,)] = producer._rows(
+            "SELECT visible_at FROM %s WHERE data = 'late'" % _table(pg, "messages"))
+        assert engine._fifo_floors["jobs"][0] > late_visible_at  # behind the floor
+        deadline = time.monotonic() + 30
+        leased = []
+        while not leased and time.monotonic() < deadline:
+            leased = engine.lease("jobs", 1, 30)
+        assert [(m.data, m.attempts) for m in leased] == [(b"late", 1)]
+    finally:
+        producer.close()
