@@ -657,7 +657,8 @@ class QueueHandle:
         return (isinstance(other, QueueHandle) and other.name == self.name
                 and other.liteq is self.liteq)
 
-    __hash__ = object.__hash__
+    def __hash__(self) -> int:  # equal handles, one entry in a set or dict
+        return hash((self.name, id(self.liteq)))
 
     @property
     def dead_letter_queue(self) -> DeadLetterQueue:

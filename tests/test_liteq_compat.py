@@ -400,9 +400,13 @@ def test_leanmq_queue_pair_and_lookup(q):
     main, dlq = q.create_queue_pair("notifications")
     assert main.name == "notifications" and dlq.queue == main
     assert q.get_queue("notifications") == main
+    # Equal handles are one key: a set or dict of handles holds each queue once.
+    assert len({main, q.get_queue("notifications"), q.queue("notifications")}) == 1
+    assert {main: 1}[q.get_queue("notifications")] == 1
     assert q.get_queue("missing") is None and q.get_dead_letter_queue("missing") is None
     assert q.get_dead_letter_queue("notifications").queue == main
     assert [s.name for s in q.list_queues()] == ["notifications"]
+    assert len({main, q.queue("other")}) == 2
     main.delete()
     assert q.get_queue("notifications") is None
 
