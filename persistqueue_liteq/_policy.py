@@ -9,7 +9,7 @@ other; these use nothing but the engine interface.
 from __future__ import annotations
 
 import traceback
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -44,13 +44,14 @@ def seconds_until(engine: Engine, due: Optional[float], at_most: float = float("
     return min(at_most, max(due - engine.now(), 0.001))
 
 
-def redrive_tasks(engine: Engine, queue: str, ids: Optional[Sequence[int]] = None) -> int:
+def redrive_tasks(engine: Engine, queue: str, ids: Optional[Iterable[int]] = None) -> int:
     """Return dead letters of ``queue`` (all, or those ids) to it, as
     ``engine.redrive`` does, first forgetting the failures stored as their
     tasks' results: else a pool would answer a resubmission with the stored
     failure instead of running the task.  Returns how many were redriven."""
-    wanted = None if ids is None else set(ids)
+    chosen = None if ids is None else list(ids)  # read once: ids may be an iterator
+    wanted = None if chosen is None else set(chosen)
     for msg in engine.dead_letters(queue):
         if msg.key is not None and (wanted is None or msg.id in wanted):
             engine.forget_results(queue, msg.key)
-    return engine.redrive(queue, ids)
+    return engine.redrive(queue, chosen)

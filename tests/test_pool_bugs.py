@@ -16,7 +16,7 @@ from persistqueue_liteq.pool import _shared, _worker
 from persistqueue_liteq.pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
 from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
-from .test_pool import block_until, square
+from .test_pool import block_until, fail, square
 
 POOLS = {"threads": PersistentThreadPoolExecutor, "processes": PersistentProcessPoolExecutor}
 
@@ -271,3 +271,17 @@ def test_a_passing_fault_in_the_workers_storage_calls_is_waited_out(db):
         futures = [ex.submit(square, i) for i in range(20)]
         assert [f.result(timeout=40) for f in futures] == [i * i for i in range(20)]
         assert ex.submit(square, 21).result(timeout=40) == 441
+
+
+def test_redrive_takes_ids_from_a_generator(db):
+    """The ids are read once: a generator redrives what it names (it used
+    to be used up by the forgetting of the stored failures, and nothing was
+    redriven)."""
+    with PersistentThreadPoolExecutor(db, max_workers=1, max_retries=0) as ex:
+        with pytest.raises(ValueError, match="poison"):
+            ex.submit_keyed("job-1", fail, "poison").result(60)
+        assert ex.redrive(m.id for m in ex.dead_letters()) == 1
+        assert ex.dead_letters() == []
+        with pytest.raises(ValueError, match="poison"):  # run again, not answered from the file
+            ex.submit_keyed("job-1", fail, "poison").result(60)
+        assert [m.attempts for m in ex.dead_letters()] == [1]
