@@ -162,6 +162,27 @@ class _Compat(PersistentQueue[Any]):
             max_retries=_NO_LIMIT if max_retries is None else max_retries,
             serializer=serializer, timeout_seconds=timeout, **options)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        """PersistentQueue's state and persist-queue's options: a process
+        that unpickles the queue opens the same file (``:memory:`` too: the
+        sender's temporary file, which the sender removes at its close)."""
+        return dict(super().__getstate__(), compat=(
+            self.path_dir, self.db_file_name, self.multithreading, self.auto_commit,
+            self.timeout, getattr(self, "auto_resume", None)))
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        state = dict(state)
+        (self.path_dir, self.db_file_name, self.multithreading, auto_commit,
+         self.timeout, auto_resume) = state.pop("compat")
+        self._serializer = state["serializer"]
+        self._cache_lock = threading.Lock()
+        self._unack_cache = {}
+        self._memory_dir = None
+        super().__setstate__(state)
+        self.auto_commit = auto_commit
+        if auto_resume is not None:
+            self.auto_resume = auto_resume
+
     # -- putting --------------------------------------------------------------------
 
     # persist-queue's put returns the id (None: refused by a unique queue)

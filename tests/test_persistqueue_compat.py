@@ -22,6 +22,8 @@ from persistqueue_liteq.persistqueue_compat import (
     Empty, FILOSQLiteAckQueue, FILOSQLiteQueue, FIFOSQLiteQueue, SQLiteAckQueue, SQLiteQueue,
     UniqueAckQ, UniqueQ)
 
+from .conftest import run_child
+
 
 @pytest.fixture
 def path(tmp_path):
@@ -353,3 +355,29 @@ def test_protocol_is_persist_queues(path, opened):
     finally:
         conn.close()
     assert data[:2] == b"\x80\x04" and pickle.loads(data) == "job"  # PROTO 4
+
+
+@pytest.mark.parametrize("cls", [SQLiteQueue, SQLiteAckQueue])
+def test_a_queue_pickled_to_another_process_opens_the_same_file(tmp_path, fork, cls):
+    """The copy is a whole queue (it was one without persist-queue's parts:
+    its get and close raised AttributeError)."""
+    q = cls(str(tmp_path / "q"), auto_commit=True)
+    try:
+        q.put("job")
+        assert run_child(fork, _get_and_settle, pickle.dumps(q)) == 0
+        assert q.qsize() == 0  # taken and settled by the copy
+    finally:
+        q.close()
+
+
+def _get_and_settle(data):
+    copy = pickle.loads(data)
+    try:
+        item = copy.get(block=False)
+        assert item == "job"  # else the child exits 1
+        if isinstance(copy, SQLiteAckQueue):
+            copy.ack(item)
+        else:
+            copy.task_done()
+    finally:
+        copy.close()
