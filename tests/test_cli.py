@@ -604,6 +604,14 @@ def test_import_jsonl_stores_json_as_its_text_and_other_lines_as_text(db, tmp_pa
     assert json.loads(stored[0]) == {"user": "caf\u00e9", "n": 1}
 
 
+def test_import_jsonl_without_a_file_is_a_usage_error(tmp_path):
+    result = cli(tmp_path, "import-jsonl", "q.db")  # no FILE, no $PERSISTQUEUE_LITEQ_DB
+    assert result.rc == 2, result.err
+    assert "give FILE, the file to import, or - for standard input" in result.err
+    assert "TypeError" not in result.err
+    assert not (tmp_path / "q.db").exists()  # nothing made
+
+
 def test_export_and_import_of_dead_letters_round_trip(dead, tmp_path):
     with LiteQueue(dead, max_retries=0) as q:
         dead_letter(q, b'{"json": [1, 2]}', "json")

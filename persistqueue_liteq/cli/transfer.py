@@ -73,6 +73,8 @@ def _import_items(lines: Iterable[bytes], args: argparse.Namespace
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    if args.file is None:  # FILE is optional only so that DB can come from the environment
+        args.parser.error("give FILE, the file to import, or - for standard input")
     if args.exported:
         args.format = "exported"
     source = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")
