@@ -37,7 +37,7 @@ def run(url, n, full_scan):
     import psycopg
 
     from persistqueue_liteq.backends import open_engine
-    from persistqueue_liteq.postgres import engine as pg_engine
+    from persistqueue_liteq.postgres import lease as pg_engine
 
     schema = "bench_lt_%s" % uuid.uuid4().hex[:8]
     kept = pg_engine.FIFO_FULL_SCAN

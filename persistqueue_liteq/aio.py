@@ -42,6 +42,13 @@ before it returned is handed back at once (its delivery not counted as an
 attempt), and an item whose task was cancelled between ``get`` and
 ``task_done`` is no longer kept alive by the heartbeat: it comes back after
 ``visibility_timeout``.
+
+This module holds the public classes; their machinery is in private
+modules: ``_aio_offload`` (the storage threads, running a call off the
+loop), ``_aio_channels`` (waiters and the wake-up channels watched by the
+loop), ``_aio_sync`` (what the sync queues inside the asyncio.Queue
+drop-ins do differently: per-task leases, the group commit) and
+``_aio_acks`` (task_done's acknowledgements on the storage thread).
 """
 
 from __future__ import annotations
@@ -50,50 +57,36 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import functools
-import itertools
-import logging
 import math
-import os
 import threading
 from queue import Empty, Full
 from types import GenericAlias
 from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
 
 from . import _checks
-from .exceptions import CodecMismatch
-from ._policy import describe_exception, seconds_until
+from ._policy import describe_exception
 from .liteq import LiteQueue
-from .queues import (
-    PersistentLifoQueue,
-    PersistentPriorityQueue,
-    PersistentQueue,
-    ShutDown,
-    _FULL_RECHECK,
-)
-from .engine import SAFETY_INTERVAL
+from .queues import (PersistentLifoQueue, PersistentPriorityQueue, PersistentQueue, ShutDown,
+                     _FULL_RECHECK)
+from ._aio_channels import _Channels, _wait_turn, _wake_one
+from ._aio_offload import STORAGE_THREADS, _Offloader
+from ._aio_acks import _Acknowledging
+from ._aio_sync import _PutGroups, _seconds_until, _TaskLeases
 
 if TYPE_CHECKING:
     import sys
-    from typing import (AsyncIterator, Awaitable, ClassVar, Deque, Dict, Hashable, Iterable,
-                        Iterator, List, ParamSpec, Self, Set, Tuple, Type, TypeVarTuple,
-                        Union, Unpack)
+    from typing import (AsyncIterator, Awaitable, ClassVar, Dict, Iterable, List, ParamSpec,
+                        Self, Set, Tuple, Type, Union)
 
     from .backends import Location
-    from .engine import Engine, Message, QueueStats, WakeKind
+    from .engine import Engine, Message, QueueStats
     from .liteq import MessageId, Payload
-    from .queues import _Lease
+    from ._leases import _Lease
     from .serializers import Serializer
+    from ._aio_channels import Waiters
 
     R = TypeVar("R")
     P = ParamSpec("P")
-    Ts = TypeVarTuple("Ts")
-    #: Waiting getters, putters or joiners: resolved to wake one.
-    Waiters = Deque[asyncio.Future[None]]
-    #: A put waiting for its group's commit: (item, outcome, over).
-    PendingPut = Tuple[object, asyncio.Future[None], asyncio.Future[None]]
-    #: What a look of a get leased: (item, its lease; None with auto_ack).
-    Taken = Tuple[Any, Optional[_Lease]]
     #: What a look of a pop leased, and else the seconds until one is due.
     Looked = Tuple[List[Message], Optional[float]]
 
@@ -107,8 +100,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-logger = logging.getLogger("persistqueue_liteq")
 
 if TYPE_CHECKING:
     # What the try below makes, as type checkers see it.
@@ -128,485 +119,10 @@ else:
             (on 3.13 and later this name *is* ``asyncio.QueueShutDown``)."""
 
 
-#: Threads per process that run the storage calls of every async queue.  Each
-#: queue object uses one of them, so that its calls run in the order made
-#: (they would take turns on the sync queue's lock anyway); queues on
-#: different threads run in parallel.
-STORAGE_THREADS = 4
-
-_lanes: List[Optional[concurrent.futures.ThreadPoolExecutor]] = []
-_lanes_pid: Optional[int] = None
-_lanes_lock = threading.Lock()
-_next_lane = itertools.count()
-
-
-def storage_thread(index: int) -> concurrent.futures.ThreadPoolExecutor:
-    """The executor (one thread) of storage lane ``index``: made on first
-    use, and again in a forked child."""
-    global _lanes, _lanes_pid
-    with _lanes_lock:
-        if _lanes_pid != os.getpid():
-            _lanes = [None] * STORAGE_THREADS
-            _lanes_pid = os.getpid()
-        lane = _lanes[index]
-        if lane is None:
-            lane = _lanes[index] = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="persistqueue_liteq storage %d" % index)
-        return lane
-
-
-def _after_fork() -> None:
-    global _lanes_lock
-    _lanes_lock = threading.Lock()  # a thread of the parent may have held it
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
-
-
-def _seconds_until(engine: Engine, due: Optional[float]) -> Optional[float]:
-    """_policy.seconds_until, but None (wait for a wake-up) if nothing is
-    due.  The one place this module reads the engine's clock."""
-    return None if due is None else seconds_until(engine, due)
-
-
-# -- running off the loop ----------------------------------------------------------
-
-
-class _Offloader:
-    """Runs one queue object's storage calls, in order, on its storage
-    thread, and counts those in flight."""
-
-    def __init__(self) -> None:
-        self.in_flight = 0
-        self._lane = next(_next_lane) % STORAGE_THREADS
-
-    def submit(self, fn: Callable[[Unpack[Ts]], R],
-               *args: Unpack[Ts]) -> concurrent.futures.Future[R]:
-        """``fn(*args)`` on the storage thread: a concurrent Future."""
-        return storage_thread(self._lane).submit(fn, *args)
-
-    async def run(self, fn: Callable[[Unpack[Ts]], R], *args: Unpack[Ts],
-                  undo: Optional[Callable[[R], object]] = None) -> R:
-        """``fn(*args)`` on the storage thread.
-
-        A cancelled caller does not leave the call behind: if it has not
-        started it never runs; if it is running, the cancellation waits for
-        it to end and passes its result to ``undo`` (on the storage thread:
-        what it leased goes back), so that when CancelledError is raised
-        nothing is left half done."""
-        cf = self.submit(fn, *args)
-        self.in_flight += 1
-        try:
-            return await asyncio.wrap_future(cf)
-        except asyncio.CancelledError:
-            if not cf.cancel():
-                await _uncancellable(self._undo(cf, undo))
-            raise
-        finally:
-            self.in_flight -= 1
-
-    async def _undo(self, cf: concurrent.futures.Future[R],
-                    undo: Optional[Callable[[R], object]]) -> None:
-        try:
-            result = await asyncio.wrap_future(cf)
-        except Exception:
-            return  # it took nothing
-        if undo is not None:
-            await asyncio.wrap_future(self.submit(undo, result))
-
-
-async def _uncancellable(coro: Awaitable[R]) -> R:
-    """Await ``coro`` to its end, whatever cancellations come meanwhile."""
-    task = asyncio.ensure_future(coro)
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            pass
-    return task.result()
-
-
-def _wake_one(waiters: Waiters) -> bool:
-    """asyncio.Queue's _wakeup_next: wake the first waiter still waiting;
-    False if there was none."""
-    while waiters:
-        waiter = waiters.popleft()
-        if not waiter.done():
-            waiter.set_result(None)
-            return True
-    return False
-
-
-async def _wait_turn(waiters: Waiters, waiter: asyncio.Future[None],
-                     pass_on: Optional[Callable[[], object]]) -> None:
-    """Await ``waiter``, one of ``waiters``.  Cancelled, it leaves them; if
-    it had been woken already, ``pass_on()`` wakes another in its place (as
-    asyncio.Queue does), so that no wake-up is lost with it."""
-    try:
-        await waiter
-    except BaseException:
-        woken = waiter.done() and not waiter.cancelled()
-        waiter.cancel()
-        with contextlib.suppress(ValueError):
-            waiters.remove(waiter)
-        if woken and pass_on is not None:
-            pass_on()
-        raise
-
-
-class _Channel:
-    """One wake-up channel of a queue, watched by the event loop.
-
-    The engine's waiter is entered (bound) when the channel is made and left
-    at close, so a change committed after any look that follows is never
-    missed: its wake-up makes the socket readable.  ``waiters`` are futures;
-    ``wake_all`` says whether a wake-up resolves all of them (join) or the
-    first (get: each getter that finds an item wakes the next).
-
-    A wake-up can come while a look is under way, too late for that look
-    and with nobody waiting yet.  Joiners compare ``version`` (bumped by
-    every wake-up) from before their look.  Getters share one flag,
-    ``_missed``: the first that would wait looks again instead.  One is
-    enough, however many wake-ups were missed: a getter that finds an item
-    wakes the next, so the others follow while items remain, and the
-    looks stay one per item plus one, not one per getter and wake-up.
-    """
-
-    def __init__(self, engine: Engine, kind: WakeKind, queue: str,
-                 loop: asyncio.AbstractEventLoop, waiters: Waiters, wake_all: bool) -> None:
-        self._loop = loop
-        self.waiters = waiters
-        self._wake_all = wake_all
-        self.version = 0
-        self._missed = False
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._context = engine.waiter(kind, queue)
-        self._waiter = self._context.__enter__()
-        fileno = getattr(self._waiter, "fileno", None)
-        self._fd: Optional[int] = fileno() if fileno is not None else None
-        if self._fd is not None:
-            loop.add_reader(self._fd, self._readable)
-            self._relook: float = SAFETY_INTERVAL  # wake-ups can be lost: a safety net
-        else:  # no sockets here, or unsafe: look again often
-            self._relook = getattr(self._waiter, "interval", 0.005)
-
-    def _readable(self) -> None:
-        self._waiter.drain()  # type: ignore[attr-defined]  # a waiter with fileno() has it
-        self.wake()
-
-    def wake(self) -> None:
-        """Something may have changed: let the waiters look again."""
-        self.version += 1
-        if self._wake_all:
-            while self.waiters:
-                waiter = self.waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
-        elif not _wake_one(self.waiters):
-            self._missed = True
-
-    def arm(self, seconds: Optional[float] = None) -> None:
-        """Make sure a waiter looks again within ``seconds`` (and within the
-        safety interval) even if no wake-up comes."""
-        delay = self._relook if seconds is None else min(seconds, self._relook)
-        when = self._loop.time() + delay
-        if self._timer is not None:
-            if self._timer.when() <= when:
-                return
-            self._timer.cancel()
-        self._timer = self._loop.call_at(when, self._timed_out)
-
-    def _timed_out(self) -> None:
-        self._timer = None
-        self.wake()
-
-    async def wait(self, seen: int, seconds: Optional[float] = None) -> None:
-        """Wait until woken, unless a wake-up came since the look: for a
-        joiner, ``version`` moved on from ``seen``; for a getter, one was
-        missed."""
-        if self._wake_all:
-            if self.version != seen:
-                return
-        elif self._missed:
-            self._missed = False
-            return
-        waiter = self._loop.create_future()
-        self.waiters.append(waiter)
-        self.arm(seconds)
-        await _wait_turn(self.waiters, waiter, None if self._wake_all else self.wake)
-
-    def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._fd is not None:
-            with contextlib.suppress(Exception):  # the loop may be closed already
-                self._loop.remove_reader(self._fd)
-            self._fd = None
-        self._context.__exit__(None, None, None)
-
-
-class _Channels:
-    """The channels of one queue object, bound to one event loop (as
-    asyncio's queues are bound to the loop of their first use)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._by_key: Dict[Tuple[WakeKind, str], _Channel] = {}
-        # key -> joins using the channel
-        self._holders: collections.Counter[Tuple[WakeKind, str]] = collections.Counter()
-
-    def loop(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
-        elif self._loop is not loop:
-            raise RuntimeError("%r is bound to a different event loop" % (self,))
-        return loop
-
-    def find(self, kind: WakeKind, queue: str) -> Optional[_Channel]:
-        """The channel if some waiter made it, else None."""
-        return self._by_key.get((kind, queue))
-
-    def get(self, kind: WakeKind, queue: str, waiters: Optional[Waiters] = None,
-            wake_all: bool = False) -> _Channel:
-        loop = self.loop()
-        key = (kind, queue)
-        channel = self._by_key.get(key)
-        if channel is None:
-            waiters = collections.deque() if waiters is None else waiters
-            channel = self._by_key[key] = _Channel(
-                self._engine, kind, queue, loop, waiters, wake_all)
-        return channel
-
-    @contextlib.contextmanager
-    def held(self, kind: WakeKind, queue: str) -> Iterator[_Channel]:
-        """A wake-all channel for the ``with`` block, left when its last
-        holder leaves: joins are rare, and a bound socket costs every
-        acknowledgement of any process a datagram (the getters' channel,
-        used all the time, stays)."""
-        key = (kind, queue)
-        channel = self.get(kind, queue, wake_all=True)
-        self._holders[key] += 1
-        try:
-            yield channel
-        finally:
-            self._holders[key] -= 1
-            if not self._holders[key]:
-                del self._holders[key]
-                if self._by_key.get(key) is channel:
-                    del self._by_key[key]
-                    channel.close()
-
-    def wake(self) -> None:
-        for channel in list(self._by_key.values()):
-            channel.wake()
-
-    def close(self) -> None:
-        channels, self._by_key = list(self._by_key.values()), {}
-        for channel in channels:
-            channel.close()
-
-
 # -- the asyncio.Queue drop-ins -------------------------------------------------
 
 
-class _PutGroups:
-    """Group commit: the puts awaited while a commit of the queue is under
-    way are stored together, in the next transaction (one commit and one
-    wake-up for all of them instead of one each).
-
-    ``_lock`` guards ``_waiting`` (the (item, outcome, over) not yet taken by a
-    storage thread) and ``_scheduled``; the loop appends, the storage thread
-    takes the whole list.
-    """
-
-    def __init__(self, sync: _TaskLeases, offload: _Offloader,
-                 stored: Callable[[], None]) -> None:
-        self._sync = sync
-        self._offload = offload
-        self._stored = stored
-        self._lock = threading.Lock()
-        self._waiting: List[PendingPut] = []
-        self._scheduled = False
-
-    async def put(self, item: object) -> None:
-        loop = asyncio.get_running_loop()
-        # ``outcome`` is what the caller awaits; ``over`` is set with it but
-        # never cancelled: a cancelled put waits on it for its commit.  The
-        # caller awaits ``outcome`` itself, not a shield of it, so that it
-        # resumes in the same turn of the loop as a get of this queue that
-        # leased the item (its look ran after this commit, on the same
-        # storage thread): when that get returns, this put is done.
-        outcome: asyncio.Future[None]
-        over: asyncio.Future[None]
-        outcome, over = loop.create_future(), loop.create_future()
-        with self._lock:
-            self._waiting.append((item, outcome, over))
-            start, self._scheduled = not self._scheduled, True
-        if start:
-            self._offload.submit(self._store, loop)
-        self._offload.in_flight += 1
-        try:
-            await outcome
-        except asyncio.CancelledError:
-            if not self._withdraw(over):  # taken: wait for its commit
-                await _uncancellable(over)
-            raise
-        finally:
-            self._offload.in_flight -= 1
-
-    def _withdraw(self, over: asyncio.Future[None]) -> bool:
-        """Take back a put that no storage thread took yet; True if done."""
-        with self._lock:
-            for i, waiting in enumerate(self._waiting):
-                if waiting[2] is over:
-                    del self._waiting[i]
-                    return True
-        return False
-
-    def _store(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._lock:
-            group, self._waiting, self._scheduled = self._waiting, [], False
-        if not group:
-            return
-        outcomes: List[Optional[BaseException]]
-        try:
-            outcomes = self._sync._store_group([item for item, _, _ in group])
-        except BaseException as exc:  # DatabaseBusy: none of them stored
-            outcomes = [exc] * len(group)
-        with contextlib.suppress(RuntimeError):  # the loop was closed
-            loop.call_soon_threadsafe(self._settle, group, outcomes)
-
-    def _settle(self, group: List[PendingPut], outcomes: List[Optional[BaseException]]) -> None:
-        for (_, future, over), outcome in zip(group, outcomes):
-            over.set_result(None)
-            if future.done():  # cancelled
-                continue
-            if outcome is None:
-                future.set_result(None)
-            else:
-                future.set_exception(outcome)
-        if any(outcome is None for outcome in outcomes):
-            self._stored()
-
-
-_owning = threading.local()
-
-
-def _current_task() -> Optional[asyncio.Task[Any]]:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:  # no running loop in this thread
-        return None
-
-
-def _abandoned(owner: Hashable) -> bool:
-    """True for a task that was cancelled: what it got and did not finish is
-    not kept alive any more.  (A task that failed is not asked: exception()
-    would silence asyncio's "exception was never retrieved"; its items stay
-    leased while the process lives, as a sync thread's do.)"""
-    return isinstance(owner, asyncio.Task) and owner.cancelled()
-
-
-if TYPE_CHECKING:
-    # To the type checker the mixin is what it is mixed into.
-    _Mixed = PersistentQueue[Any]
-else:
-    _Mixed = object
-
-
-class _TaskLeases(_Mixed):
-    """What the sync queues inside the async ones do differently: a lease is
-    held by the asyncio task that got it (task_done settles the oldest of the
-    calling task's first), and the heartbeat stops renewing those of a task
-    that was cancelled."""
-
-    def _owner(self) -> Hashable:
-        owner = getattr(_owning, "task", None)
-        if owner is None:
-            owner = _current_task()
-        return owner if owner is not None else threading.get_ident()
-
-    def _extend_leases(self) -> None:
-        with self._leases_lock:
-            for lease in [lease for lease in self._held.values()
-                          if not lease.settling and _abandoned(lease.thread)]:
-                self._forget(lease)
-        super()._extend_leases()
-
-    def _look(self, task: Optional[asyncio.Task[Any]]) -> Taken:
-        """One look for a get awaited by ``task``, on a storage thread:
-        (item, lease) or raise queue.Empty with the seconds until the earliest
-        item is due as its argument, or ShutDown."""
-        _owning.task = task
-        try:
-            item = self._get_ready()
-            with self._leases_lock:
-                mine = self._held_by_thread.get(task)
-                lease = mine[-1] if mine else None
-            return item, lease
-        except Empty:
-            with self.mutex:
-                due = self._engine.next_visible_at(self.name)
-            raise Empty(_seconds_until(self._engine, due)) from None
-        finally:
-            _owning.task = None
-
-    def _give_back(self, taken: Taken) -> None:
-        """Hand back at once an item leased for a get that was cancelled."""
-        lease = taken[1]
-        if lease is None:
-            return
-        with self._leases_lock:
-            if self._held.get(lease.token) is not lease:
-                return
-            self._forget(lease)
-        with self.mutex:
-            self._engine.release(lease.id, lease.token, attempted=False)
-
-    def _has_live(self) -> bool:
-        with self.mutex:
-            return self._engine.has_live(self.name)
-
-    def _store_group(self, items: List[object]) -> List[Optional[BaseException]]:
-        """Store what fits of ``items`` in one transaction, on a storage
-        thread; for each, None (stored) or the exception it gets: Full,
-        ShutDown, or what serializing it raised (nothing of it stored)."""
-        order_key = getattr(self, "_order_key", None)
-        with self.mutex:
-            if self.is_shutdown:
-                return [ShutDown()] * len(items)
-            free = len(items) if self.maxsize <= 0 else self.maxsize - self._qsize()
-            codec = self._codec
-            outcomes: List[Optional[BaseException]]
-            rows: List[Tuple[bytes, Optional[bytes]]]
-            outcomes, rows = [], []
-            for item in items:
-                if len(rows) >= free:
-                    outcomes.append(Full())
-                    continue
-                try:
-                    rows.append((codec.dumps(item),
-                                 None if order_key is None else order_key(item)))
-                except Exception as exc:
-                    outcomes.append(exc)
-                else:
-                    outcomes.append(None)
-            if rows:
-                if not self._codec_ok:
-                    try:
-                        self._claim_codec()  # as PersistentQueue._store does
-                    except CodecMismatch as exc:
-                        return [exc if outcome is None else outcome for outcome in outcomes]
-                with self._engine.transaction() as tx:
-                    for data, priority in rows:
-                        # The signature binds the id, which the engine chooses.
-                        tx.put(self.name, data, priority=priority, seal=codec.sealer)
-            return outcomes
-
-
+# The sync queues inside them (their objects pickle as persistqueue_liteq.aio's).
 class _SyncQueue(_TaskLeases, PersistentQueue[Any]):
     pass
 
@@ -619,7 +135,7 @@ class _SyncPriorityQueue(_TaskLeases, PersistentPriorityQueue[Any]):
     pass
 
 
-class AsyncPersistentQueue(Generic[T]):
+class AsyncPersistentQueue(_Acknowledging, Generic[T]):
     """An asyncio.Queue (FIFO) whose items live in an SQLite file until done.
 
     Args:
@@ -854,51 +370,6 @@ class AsyncPersistentQueue(Generic[T]):
         lease = self._sync._pick_finished()
         if lease is not None:
             self._acknowledge(lease)
-
-    def _acknowledge(self, lease: _Lease) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # called outside the loop: acknowledge here
-            self._sync._acknowledge(lease)
-            return
-        # The acknowledgement ends on the storage thread, and wakes the loop
-        # only if a join() waits for it: one cross-thread wake-up per
-        # task_done() instead of two.
-        future = self._offload.submit(self._sync._acknowledge, lease)
-        with self._acks_lock:
-            self._acks.add(future)
-        future.add_done_callback(functools.partial(self._acknowledged, loop))
-
-    def _acknowledged(self, loop: asyncio.AbstractEventLoop,
-                      future: concurrent.futures.Future[None]) -> None:
-        """On the storage thread (or here, if it ended already)."""
-        try:
-            if not future.cancelled() and future.exception() is not None:
-                # Still held: the heartbeat keeps it; close() hands it back.
-                logger.warning("task_done() of queue %r in %s: the acknowledgement "
-                               "failed (%s); the item will be delivered again",
-                               self._sync.name, self._sync.path, future.exception())
-            channel = self._channels.find("done", self._sync.name)
-            if channel is not None:  # a join() is under way
-                with contextlib.suppress(RuntimeError):  # the loop was closed
-                    loop.call_soon_threadsafe(channel.wake)
-        finally:
-            # Only now: whoever sees no acknowledgement under way finds its
-            # wake-up already queued on the loop.
-            with self._acks_lock:
-                self._acks.discard(future)
-
-    async def _acknowledgements(self) -> bool:
-        """Wait for the acknowledgements under way; False if there were none."""
-        with self._acks_lock:
-            acks = [asyncio.wrap_future(future) for future in self._acks]
-        if acks:
-            self._offload.in_flight += 1  # until the caller goes on
-            try:
-                await asyncio.wait(acks)
-            finally:
-                self._offload.in_flight -= 1
-        return bool(acks)
 
     async def join(self) -> None:
         """Wait until every item put by any process is got and done (or

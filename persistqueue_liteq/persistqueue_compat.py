@@ -76,7 +76,8 @@ from queue import Empty
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .engine import maintenance_of
-from .queues import PersistentQueue, _deadline
+from ._queue_base import _deadline
+from .queues import PersistentQueue
 from .serializers import PickleSerializer
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ if TYPE_CHECKING:
     from _typeshed import StrPath
 
     from .engine import Message
-    from .queues import _Lease
+    from ._leases import _Lease
     from .serializers import SerializerArg
 
     #: How :meth:`_Compat._settle` settles an item.

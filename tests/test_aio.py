@@ -157,9 +157,9 @@ def test_a_put_of_another_process_wakes_an_awaiting_get(location, fork, monkeypa
     """On every backend (a socket's datagram on SQLite, LISTEN/NOTIFY on
     PostgreSQL), delivered into the loop: with the safety relook an hour
     away, only the wake-up can end the wait."""
-    from persistqueue_liteq import aio
+    from persistqueue_liteq import _aio_channels
 
-    monkeypatch.setattr(aio, "SAFETY_INTERVAL", 3600.0)
+    monkeypatch.setattr(_aio_channels, "SAFETY_INTERVAL", 3600.0)
     ready_r, ready_w = os.pipe()
     child = fork.Process(target=_put_later, args=(location, ["from child"], ready_r))
     child.start()

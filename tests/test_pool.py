@@ -13,7 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-from persistqueue_liteq.pool import _executor, _shared, _worker
+from persistqueue_liteq.pool import _collector, _shared, _storer, _worker
 from persistqueue_liteq.sqlite import wakeup
 from persistqueue_liteq.exceptions import SerializationError, TaskTimeout, WorkerDied
 from persistqueue_liteq.pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
@@ -330,7 +330,7 @@ def test_a_poison_task_lands_in_the_dead_letter_queue_and_can_be_redriven(make_p
 def test_a_retry_runs_when_its_backoff_ends(db, tmp_path, monkeypatch):
     """No idle look-around (an hour): the worker wakes for the retry itself."""
     monkeypatch.setattr(_worker, "_IDLE_CHECK", 3600.0)
-    monkeypatch.setattr(_executor, "_IDLE_CHECK", 3600.0)
+    monkeypatch.setattr(_collector, "_IDLE_CHECK", 3600.0)
     monkeypatch.setattr(wakeup, "SAFETY_INTERVAL", 3600.0)
     with PersistentThreadPoolExecutor(db, max_workers=1, max_retries=1, retry_on=RuntimeError,
                                       retry_backoff=0.05) as ex:
@@ -813,7 +813,7 @@ def test_a_run_that_did_not_end_cleanly_resumes_and_reruns_its_failures(db, tmp_
 def test_the_occurrence_counts_do_not_grow_in_memory(make_pool, tmp_path, monkeypatch):
     """Identical calls stay distinct tasks with the same keys in every run,
     though only 4 calls' counts are kept in memory."""
-    monkeypatch.setattr(_executor, "_OCCURRENCES_IN_MEMORY", 4)
+    monkeypatch.setattr(_storer, "_OCCURRENCES_IN_MEMORY", 4)
     log = str(tmp_path / "log")
     calls = [(None, record, (log, i % 10), {}) for i in range(30)]
     runs = []

@@ -262,7 +262,7 @@ def test_a_message_committed_behind_the_fifo_floor_is_leased_at_the_next_full_sc
     seconds) finds it."""
     import threading
 
-    from persistqueue_liteq.postgres import engine as pg_engine
+    from persistqueue_liteq.postgres import lease as pg_engine
 
     monkeypatch.setattr(pg_engine, "FIFO_SLACK", 0.0)
     monkeypatch.setattr(pg_engine, "FIFO_FULL_SCAN", 0.2)

@@ -51,7 +51,7 @@ def test_the_engine_leases_one_message_with_the_statement_of_one(tmp_path, monke
 
 
 def test_a_batch_of_outcomes_finds_each_message_by_its_id():
-    from persistqueue_liteq.sqlite.engine import _many_outcomes
+    from persistqueue_liteq.sqlite.keyed import _many_outcomes
 
     store, ack = _many_outcomes(S.STORE_RESULTS, S.ACK_MANY, 4)
     for statement, params in ((store, [1] * 17), (ack, [1] * 8)):

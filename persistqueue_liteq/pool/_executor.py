@@ -1,45 +1,39 @@
-"""What both durable pools are made of: the calls stored, their futures, the
-collector that resolves them and the heartbeat (see _PersistentExecutor)."""
+"""What both durable pools are made of: _PersistentExecutor, the base of
+PersistentProcessPoolExecutor and PersistentThreadPoolExecutor (its options,
+the heartbeat, the workers that end, breaking, shutting down), built on the
+storer (_storer.py: submitting, the calls' futures), the collector
+(_collector.py: reading outcomes back, resolving futures) and the exit
+handlers (_atexit.py)."""
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
-import hashlib
-import itertools
 import os
-import pickle
 import threading
-import time
-import weakref
-from concurrent.futures import BrokenExecutor, Future
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Set,
-                    Tuple, TypeVar)
+from concurrent.futures import BrokenExecutor
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .. import _checks
 from .._policy import redrive_tasks
-from .._spill import SpilledCounts
 from ..backends import describe, front_end_engine
 from ..engine import DEFAULT_PREFIX, Engine, EngineSpec
-from ..exceptions import SerializationError, StorageFault
+from ..exceptions import StorageFault
 from ..serializers import _check_key
-from ._shared import (_apply_chunk, _BUGS_IN_A_ROW, _CALL_KEYS, _Config, _dumps,
-                      _FAULT_LONGEST_RETRY, _IDLE_CHECK, _OCCURRENCES_IN_MEMORY, _Patient,
-                      _STORAGE_ERRORS, _STORE_BATCH, logger)
+from ._shared import _BUGS_IN_A_ROW, _CALL_KEYS, _Config, _Patient, _STORAGE_ERRORS, logger
 from ._worker import _settle_failure
-
-_T = TypeVar("_T")
+from ._atexit import _live_executors, _shutting_down
+from ._collector import _Collector
+from ._storer import _Occurrences, _Storer, _TaskFuture
 
 if TYPE_CHECKING:
     from types import TracebackType
-    from typing import Literal, ParamSpec, Sequence, Type, TypedDict, Union
+    from typing import Literal, Sequence, Type, TypedDict, Union
 
     from ..backends import Location
     from ..engine import Message
     from ..serializers import BytesLike
     from ._worker import _Slot
 
-    _P = ParamSpec("_P")
 
     #: What ``retry_on`` takes: an exception class, or an iterable of them.
     _RetryOn = Union[Type[BaseException], Iterable[Type[BaseException]]]
@@ -59,10 +53,6 @@ if TYPE_CHECKING:
         run_workers: bool
         hmac_key: Optional[BytesLike]
         journal_mode: Optional[str]
-
-    # A call as the storer takes it: the caller's key (None: a digest), the
-    # function, its arguments.
-    _Call = Tuple[Optional[str], Callable[..., _T], Tuple[Any, ...], Dict[str, Any]]
 
 
 def _extend_leases(engine: Engine, cfg: _Config, slots: Iterable[_Slot]) -> None:
@@ -107,139 +97,7 @@ def _exception_types(retry_on: _RetryOn) -> Tuple[Type[BaseException], ...]:
     return types
 
 
-class _Occurrences:
-    """How many identical calls (by digest) a pool was given so far, so that
-    the n-th identical call gets the same key in every run of a script.  The
-    first _OCCURRENCES_IN_MEMORY digests are counted in a dict, any more in
-    a private temporary SQLite database (on disk, deleted when closed), so
-    that the pool's memory does not grow with the number of distinct calls.
-    Used under the pool's lock."""
-
-    def __init__(self) -> None:
-        self._counts: Dict[str, int] = {}
-        self._spill: Optional[SpilledCounts] = None
-        self._cap = _OCCURRENCES_IN_MEMORY
-
-    def next(self, digest: str) -> int:
-        """How many calls with ``digest`` came before this one."""
-        n = self._counts.get(digest)
-        if n is not None:
-            self._counts[digest] = n + 1
-            return n
-        if len(self._counts) < self._cap:
-            self._counts[digest] = 1
-            return 0
-        if self._spill is None:
-            self._spill = SpilledCounts()
-        return self._spill.next(digest)
-
-    def close(self) -> None:
-        if self._spill is not None:
-            self._spill.close()
-            self._spill = None
-
-# -- the executors ------------------------------------------------------------------
-
-# Pools not shut down when the interpreter exits still store what was submitted.
-_live_executors: weakref.WeakSet[_PersistentExecutor] = weakref.WeakSet()
-
-
-@atexit.register
-def _store_at_exit() -> None:
-    for executor in list(_live_executors):
-        if os.getpid() == executor._owner_pid:  # not in a forked worker
-            executor._flush()
-
-
-def _end_workers_at_exit() -> None:
-    """Before the interpreter joins its threads and children: terminate the
-    workers of pools not shut down, as it did when they were daemonic (the
-    tasks they ran come back after their lease)."""
-    for executor in list(_live_executors):
-        executor._end_workers_at_exit()
-
-
-def _before_threads_join(fn: Callable[[], object]) -> None:
-    """Run fn at exit before the interpreter joins its threads, and so before
-    multiprocessing's own exit handler, which would wait for the
-    (non-daemonic) workers forever; the standard library's pools register
-    the same way."""
-    if hasattr(threading, "_register_atexit"):
-        threading._register_atexit(fn)
-    else:  # pragma: no cover (not CPython)
-        atexit.register(fn)
-
-
-_before_threads_join(_end_workers_at_exit)
-
-# How long an exiting interpreter waits for a pool's manager to reap the workers
-# it ended.
-_EXIT_REAP_SECONDS = 5.0
-
-# The threads of pools told shutdown(wait=False).
-_shutting_down: Set[threading.Thread] = set()
-# The interpreter is exiting: no more submissions.
-_exiting = False
-
-
-def _finish_at_exit() -> None:
-    """As the stdlib's pools do when the interpreter exits: no more
-    submissions, and the pending tasks of the pools still open (or shut down
-    without waiting) run first.  Runs before _end_workers_at_exit (these run
-    last registered first)."""
-    global _exiting
-    _exiting = True
-    for thread in list(_shutting_down):
-        if thread.is_alive():  # not a forked worker's copy of the pool's thread
-            thread.join()
-    for executor in list(_live_executors):
-        executor._finish_pending()
-
-
-_before_threads_join(_finish_at_exit)
-
-
-class _TaskFuture(Future[_T]):
-    """A Future whose ``cancel()`` also removes its task from the file, which
-    succeeds while no worker has leased it."""
-
-    def __init__(self, executor: _PersistentExecutor, key: str) -> None:
-        super().__init__()
-        self._executor, self._key = executor, key
-        self._task_id: Optional[int] = None  # set once stored
-        self._stored_at: Optional[float] = None  # and when (time.monotonic())
-
-    def _start(self) -> bool:
-        """Enter RUNNING (if not there yet); False if it was cancelled (the
-        stdlib's set_running_or_notify_cancel, which may be called twice)."""
-        with self._condition:
-            if self._state == "RUNNING":
-                return True
-        return self.set_running_or_notify_cancel()
-
-    def cancel(self) -> bool:
-        with self._condition:
-            if self._state != "PENDING":
-                return super().cancel()
-        executor = self._executor
-        with executor._storing:  # not while its batch is being written
-            with executor._lock:
-                unstored = executor._outbox.pop(self, None) is not None
-                if not executor._outbox:
-                    executor._stored.notify_all()
-            if not unstored and not executor._cancel_stored(self._task_id):
-                return False
-        executor._forget(self._key, self)
-        if not super().cancel():
-            return False
-        executor._cancelled = True  # the run is not complete: keep its results
-        # No worker will ever dequeue it, which is where the stdlib's pools
-        # notify wait() and as_completed(): do it now.
-        self.set_running_or_notify_cancel()
-        return True
-
-
-class _PersistentExecutor(concurrent.futures.Executor):
+class _PersistentExecutor(_Storer, _Collector, concurrent.futures.Executor):
     _broken_error = BrokenExecutor
 
     if TYPE_CHECKING:
@@ -333,296 +191,7 @@ class _PersistentExecutor(concurrent.futures.Executor):
         self._collector = threading.Thread(target=self._collect, daemon=True,
                                            name="persistqueue_liteq collector")
         self._collector.start()
-
-    # -- submitting -------------------------------------------------------------
-
-    def submit(self, fn: Callable[_P, _T], /, *args: _P.args,
-               **kwargs: _P.kwargs) -> Future[_T]:
-        """Schedule the call ``fn(*args, **kwargs)`` and return its Future.
-
-        The call is pickled now and stored by a background thread, many
-        calls to a transaction, within milliseconds; no worker can run it
-        before it is stored, and ``shutdown()`` (or the end of a ``with``
-        block, or of the interpreter) returns only once every call is.  Its
-        key is a digest of the pickled call plus how many identical calls
-        this executor saw before, so the same script run again finds the same
-        keys.  Raises SerializationError, storing nothing, if the call cannot
-        be pickled."""
-        return self._submit_many([(None, fn, args, kwargs)])[0]
-
-    def submit_keyed(self, key: str, fn: Callable[_P, _T], /, *args: _P.args,
-                     **kwargs: _P.kwargs) -> Future[_T]:
-        """Like :meth:`submit`, with the task's identity given by the caller:
-        a task whose key already has a stored result is not run again."""
-        if not isinstance(key, str) or not key:
-            raise TypeError("a task key must be a non-empty str, not %r" % (key,))
-        return self._submit_many([(key, fn, args, kwargs)])[0]
-
-    def _submit_many(self, calls: Iterable[_Call[_T]]) -> List[_TaskFuture[_T]]:
-        items: List[Tuple[Optional[str], bytes]] = []
-        for key, fn, args, kwargs in calls:
-            if not callable(fn):
-                raise TypeError("%r is not callable" % (fn,))
-            data = _dumps((fn, args, kwargs), "task %s" % getattr(fn, "__qualname__", fn))
-            items.append([key, data])  # type: ignore[arg-type]  # (a list: read as a pair)
-        with self._lock:
-            if self._broken:
-                raise self._broken_error(self._broken)
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _exiting:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            futures: List[_TaskFuture[_T]] = []
-            for key, data in items:
-                if key is None:
-                    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-                    key = "%s#%d" % (digest, self._occurrences.next(digest))
-                    self._made_call_keys = True
-                future: _TaskFuture[_T] = _TaskFuture(self, key)
-                futures.append(future)
-                self._pending.setdefault(key, []).append(future)
-                self._outbox[future] = (key, self._cfg.seal_task(key, data))
-            self._outbox_filled.notify()
-        return futures
-
-    def _store(self) -> None:
-        """The storer thread: write what was submitted, in batches, and answer
-        at once the calls whose results the file already has."""
-        while True:
-            with self._lock:
-                while not self._outbox and not self._shutdown:
-                    self._outbox_filled.wait()
-                if not self._outbox:
-                    return  # shut down, and everything is stored
-            with self._storing:
-                with self._lock:
-                    batch = list(itertools.islice(self._outbox.items(), _STORE_BATCH))
-                    for future, _ in batch:
-                        del self._outbox[future]
-                    self._in_flight = bool(batch)
-                try:
-                    self._store_batch(batch)
-                finally:
-                    with self._lock:
-                        self._in_flight = False
-                        if not self._outbox:
-                            self._stored.notify_all()
-
-    def _store_batch(self, batch: List[Tuple[_TaskFuture[Any], Tuple[str, bytes]]]) -> None:
-        engine, queue = self._engine, self._cfg.queue
-        if not batch:
-            return  # cancelled meanwhile
-        try:
-            if self._made_call_keys and not self._failures_forgotten:
-                # A run that did not end cleanly left these: run them again.
-                self._patient.forget_results_matching(queue, _CALL_KEYS, self._start_seq,
-                                               failed_only=True)
-                self._failures_forgotten = True
-            statuses = self._patient.put_keyed(queue, [call for _, call in batch])
-            answers = {key: self._patient.result(queue, key)
-                       for (_, (key, _)), (status, _) in zip(batch, statuses)
-                       if status == "done"}
-        except Exception as exc:
-            # A storage fault that lasted (StorageFault) or a bug: either way
-            # these calls are not stored, and their callers are told.
-            logger.error("could not store %d tasks in %s: %s", len(batch), engine.location, exc,
-                         exc_info=not isinstance(exc, StorageFault))
-            for future, (key, _) in batch:
-                if self._forget(key, future) and future._start():
-                    future.set_exception(exc)
-            return
-        for (future, (key, _)), (_, task_id) in zip(batch, statuses):
-            future._task_id, future._stored_at = task_id, time.monotonic()
-            answer = answers.get(key)
-            if answer is not None:
-                if self._forget(key, future):
-                    self._resolve_future(future, *answer)
-            elif task_id is not None:
-                with self._lock:
-                    if key in self._pending:
-                        self._keys[task_id] = key
-
-    def _finish_pending(self) -> None:
-        """Store what was submitted; if our workers run it, wait for it.
-        Only in the pool's own process: a worker forked from it inherits
-        the pool, but none of its threads."""
-        if os.getpid() != self._owner_pid:
-            return
-        self._flush()
-        if self._run_workers:
-            with self._lock:
-                pending = [f for futures in self._pending.values() for f in futures]
-            concurrent.futures.wait(pending)
-
-    def _flush(self) -> None:
-        """Wait until everything submitted so far is stored (or cancelled)."""
-        with self._lock:
-            while self._outbox or self._in_flight:
-                self._stored.wait()
-
-    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
-            timeout: Optional[float] = None, chunksize: int = 1,
-            buffersize: Optional[int] = None) -> Iterator[_T]:
-        """Like Executor.map; at most ``buffersize`` tasks (chunks) are stored
-        ahead of the caller's iteration (default: 4 per worker, at least 64),
-        so a map over millions of inputs keeps memory bounded."""
-        chunksize = _checks.count(chunksize, "chunksize", minimum=1)
-        if buffersize is None:
-            buffersize = max(64, 4 * self._max_workers)
-        buffersize = _checks.count(buffersize, "buffersize", minimum=1)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        calls = zip(*iterables)
-        chunks = iter(lambda: list(itertools.islice(calls, chunksize)), [])
-        window: List[Tuple[_TaskFuture[List[_T]], List[Tuple[Any, ...]]]] = []
-
-        def refill() -> None:
-            batch = list(itertools.islice(chunks, buffersize - len(window)))
-            if batch:
-                window.extend(zip(self._submit_many(
-                    [(None, _apply_chunk, (fn, chunk), {}) for chunk in batch]), batch))
-
-        def results() -> Iterator[_T]:
-            try:
-                while window:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    chunk_results = window[0][0].result(remaining)
-                    del window[0]
-                    if len(window) <= buffersize // 2:  # one transaction per half window
-                        refill()
-                    # Popped as yielded: no result stays alive here (nor in
-                    # the future, which holds the same list) once yielded.
-                    chunk_results.reverse()
-                    while chunk_results:
-                        yield chunk_results.pop()
-            finally:
-                for future, _ in window:
-                    future.cancel()
-
-        refill()  # the first window is stored now, as the stdlib submits at once
-        return results()
-
-    # -- results ----------------------------------------------------------------
-
-    def _collect(self) -> None:
-        """The collector thread: never ends before the pool, whatever fails.
-
-        :meth:`_collect_results` waits storage faults out; what it raises is
-        a bug, which fails the futures of every stored task (the collector
-        was to resolve them) and is logged; then the collector starts
-        again, and fails the futures stored meanwhile if it fails again."""
-        while True:
-            try:
-                self._collect_results()
-                return
-            except Exception as exc:
-                logger.error("the collector of the pool on %s failed; the futures of the "
-                             "tasks stored so far fail with it, and it goes on",
-                             self._engine.location, exc_info=True)
-                self._fail_stored(exc)
-                with self._lock:
-                    if self._shutdown and not self._pending and not self._outbox:
-                        return
-                time.sleep(_FAULT_LONGEST_RETRY)
-
-    def _collect_results(self) -> None:
-        """Follow the results table and resolve the futures waiting for them.
-
-        While the table cannot be read, look again after a wait; if that
-        lasts longer than the pool waits out a storage fault, fail every
-        future of a stored task with StorageFault (and so on, each time it
-        lasts that long again)."""
-        engine, queue = self._engine, self._cfg.queue
-        failing_since: Optional[float] = None
-        with engine.waiter("done", queue) as waiter:
-            while True:
-                try:
-                    rows = engine.results_since(queue, self._seq)
-                except _STORAGE_ERRORS as exc:
-                    rows = []
-                    failing_since = self._collect_failed(exc, failing_since)
-                else:
-                    if failing_since is not None:
-                        logger.info("%s: results can be read again", engine.location)
-                        failing_since = None
-                if rows:
-                    self._bugs_in_a_row = 0  # the workers make progress
-                for seq, key, ok, data in rows:
-                    self._seq = seq
-                    with self._lock:
-                        futures = self._pending.pop(key, ())
-                        for future in futures:
-                            # (No id, None, until stored, or if answered at once.)
-                            self._keys.pop(future._task_id, None)  # type: ignore[arg-type]
-                    for future in futures:
-                        self._resolve_future(future, ok, data)
-                if rows:
-                    continue
-                self._mark_running()
-                with self._lock:
-                    if self._shutdown and not self._pending and not self._outbox:
-                        return
-                waiter.wait(_IDLE_CHECK)
-
-    def _mark_running(self) -> None:
-        """The futures of the tasks our workers run enter RUNNING (their
-        overseers wake us once a task has run for a moment)."""
-        for slot in self._slots_of_workers():
-            task_id = slot.task_id
-            if task_id and slot.started:
-                with self._lock:
-                    futures = list(self._pending.get(  # no key (None) finds none
-                        self._keys.get(task_id), ()))  # type: ignore[arg-type]
-                for future in futures:
-                    future._start()
-
-    def _collect_failed(self, exc: BaseException, failing_since: Optional[float]) -> float:
-        """The collector could not read the results: say so, and fail the
-        futures waiting for them once it lasts; return when the failures
-        that count began."""
-        now = time.monotonic()
-        if failing_since is None:
-            logger.warning("%s: cannot read the results of the pool's tasks; retrying: %s",
-                           self._engine.location, exc, exc_info=True)
-            return now
-        if now - failing_since < self._cfg.fault_seconds:
-            return failing_since
-        error = StorageFault(
-            "%s: the results of the pool's tasks could not be read for more than %gs "
-            "(lease_seconds, or twice timeout_seconds): %s"
-            % (self._engine.location, self._cfg.fault_seconds, exc))
-        error.__cause__ = exc
-        self._storage_lost(error, now)
-        return now
-
-    def _storage_lost(self, error: StorageFault, when: float) -> None:
-        """A storage fault lasted until ``when`` (``error``, a StorageFault):
-        fail the future of every task stored before, which would otherwise
-        wait for as long as the fault lasts.  The tasks stay in the file and
-        run once it works again; their results answer a rerun of the script.
-        (Those stored since waited out no fault.)"""
-        logger.error("%s; the futures of the tasks stored before fail with it", error)
-        with self._lock:
-            stored = [f for futures in self._pending.values() for f in futures
-                      if f._stored_at is not None and f._stored_at < when]
-        self._fail_futures(stored, error)
-
-    def _fail_stored(self, error: BaseException) -> None:
-        """Fail the future of every stored task with ``error``."""
-        with self._lock:
-            stored = [f for fs in self._pending.values() for f in fs if f._stored_at is not None]
-        self._fail_futures(stored, error)
-
-    def _fail_tasks(self, task_ids: Iterable[int], error: BaseException) -> None:
-        """Fail the futures of these stored tasks with ``error``."""
-        ids = set(task_ids)
-        with self._lock:
-            futures = [f for fs in self._pending.values() for f in fs if f._task_id in ids]
-        self._fail_futures(futures, error)
-
-    def _fail_futures(self, futures: Iterable[_TaskFuture[Any]], error: BaseException) -> None:
-        for future in futures:
-            if self._forget(future._key, future) and future._start():
-                future.set_exception(error)
+    # -- workers that end, and breaking ------------------------------------------
 
     def _hand_back(self, slot: _Slot, reason: str, error_type: Callable[[str], Exception]) -> None:
         """A worker ended (``reason``): hand back the tasks it held; the one
@@ -653,47 +222,6 @@ class _PersistentExecutor(concurrent.futures.Executor):
             logger.error("cannot hand back the tasks of a worker that ended; their futures "
                          "fail with the error", exc_info=True)
             self._fail_tasks([task_id] + [other for other, _ in held], exc)
-
-    def _resolve_future(self, future: _TaskFuture[Any], ok: bool, data: bytes) -> None:
-        try:
-            value = pickle.loads(self._cfg.open_result(future._key, ok, data))
-        except SerializationError as exc:  # a signature that does not match
-            value, ok = exc, False
-        except BaseException as exc:
-            value, ok = SerializationError("the task's %s cannot be unpickled: %r" % (
-                "result" if ok else "exception", exc)), False
-        if not future._start():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    def _cancel_stored(self, task_id: Optional[int]) -> bool:
-        """Delete a stored task that has not started: unleased, or waiting
-        in the batch of one of this pool's workers.  False if it started (or
-        another pool's worker holds it)."""
-        if task_id is None:  # answered from the stored results
-            return False
-        if self._engine.delete_unleased(task_id):
-            return True
-        if any(slot.cancel(task_id) for slot in self._slots_of_workers()):
-            self._engine.delete(task_id)
-            return True
-        return False
-
-    def _forget(self, key: str, future: _TaskFuture[Any]) -> bool:
-        """Stop waiting for ``future``'s result; False if nobody was."""
-        with self._lock:
-            futures = self._pending.get(key, [])
-            found = future in futures
-            if found:
-                futures.remove(future)
-            if not futures:
-                self._pending.pop(key, None)
-                # (No id, None, until stored, or if answered at once.)
-                self._keys.pop(future._task_id, None)  # type: ignore[arg-type]
-            return found
 
     def _worker_stopped_by_bug(self, who: str, bug: str,
                                cause: Optional[BaseException] = None) -> bool:

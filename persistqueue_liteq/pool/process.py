@@ -16,7 +16,8 @@ from ..exceptions import StorageFault, TaskTimeout, WorkerDied
 from ._shared import (_BUG, _describe_exit, _FAILED_STARTS, _FAULT_LONGEST_RETRY, _IDLE,
                       _INIT_FAILED, _STORAGE_ERRORS, _UP, logger)
 from ._worker import _exception_line, _Idle, _process_worker, _Slot
-from ._executor import _beat, _EXIT_REAP_SECONDS, _PersistentExecutor
+from ._atexit import _EXIT_REAP_SECONDS
+from ._executor import _beat, _PersistentExecutor
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext

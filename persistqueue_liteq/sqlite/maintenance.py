@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from ..engine import Maintenance, StorageSizes
 from . import sql as _sql
-from .connections import file_size
+from .files import file_size
 
 if TYPE_CHECKING:
     from .engine import SQLiteEngine
