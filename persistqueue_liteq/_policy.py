@@ -9,7 +9,7 @@ other; these use nothing but the engine interface.
 from __future__ import annotations
 
 import traceback
-from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional
 
 if TYPE_CHECKING:
     from .engine import Engine

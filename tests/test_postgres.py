@@ -580,3 +580,46 @@ def test_the_command_line_reads_a_postgres_queue(pg, tmp_path):
     assert re.search(r"^jobs +1 ", done.stdout, re.M), done.stdout
     done = cli("checkpoint", pg)
     assert done.returncode == 1 and "manages its write-ahead log itself" in done.stderr
+
+
+@pytest.mark.parametrize("operation", ["put_many", "put_keyed", "redrive"])
+def test_a_transaction_retried_after_a_deadlock_reads_a_generator_argument_again(
+        engine, monkeypatch, operation):
+    """A deadlock makes the transaction run again, whole; an argument that
+    is a generator (used up by the first attempt) must not make the second
+    store or move nothing."""
+    import psycopg
+
+    from persistqueue_liteq.postgres import connections
+
+    if operation == "redrive":
+        ids = engine.put_many("q", [b"a", b"b"])
+        for m in engine.lease("q", 2, 30):
+            engine.dead_letter(m.id, m.lease, "r")
+    failed = []
+
+    def fail_first_write(name, writes):
+        method = getattr(connections.Tx, name)
+
+        def run(tx, statement, params=None):
+            value = method(tx, statement, params)
+            if not failed and writes in statement:  # the whole transaction fails, once
+                failed.append(statement)
+                raise psycopg.errors.DeadlockDetected("deadlock detected (the test's)")
+            return value
+        monkeypatch.setattr(connections.Tx, name, run)
+
+    if operation == "put_many":
+        fail_first_write("rows", "INSERT")
+        assert len(engine.put_many("q", (b"x" for _ in range(3)))) == 3
+        assert engine.count("q") == 3
+    elif operation == "put_keyed":
+        fail_first_write("one", "INSERT")
+        statuses = engine.put_keyed("q", ((key, b"x") for key in ("k1", "k2")))
+        assert [status for status, _ in statuses] == ["new", "new"]
+        assert engine.count("q") == 2
+    else:
+        fail_first_write("rowcount", "UPDATE")
+        assert engine.redrive("q", (i for i in ids)) == 2
+        assert engine.count("q", "dead") == 0 and engine.count("q") == 2
+    assert failed  # the first attempt did fail

@@ -324,6 +324,6 @@ class _PersistentExecutor(_Storer, _Collector, concurrent.futures.Executor):
         queue) once a batch is over; return how many."""
         return self._engine.forget_results(self._cfg.queue, key)
 
-    def redrive(self, ids: Optional[Sequence[int]] = None) -> int:
+    def redrive(self, ids: Optional[Iterable[int]] = None) -> int:
         """Run dead tasks again (their stored failures are forgotten)."""
         return redrive_tasks(self._engine, self._cfg.queue, ids)

@@ -116,13 +116,15 @@ class AdminMixin:
         return self._run(work)
 
     def redrive(self, queue: str, ids: Optional[Iterable[int]] = None) -> int:
+        chosen = None if ids is None else list(ids)  # read once: a retry reads them again
+
         def work(tx: Tx) -> int:
             now = self.now()
-            if ids is None:
+            if chosen is None:
                 moved = tx.rowcount(self.sql.REDRIVE_ALL, (now, queue))
             else:
                 moved = sum(tx.rowcount(self.sql.REDRIVE_ONE, (now, queue, msg_id))
-                            for msg_id in ids)
+                            for msg_id in chosen)
             if moved:
                 self._notify(tx, "put", queue)
             return moved

@@ -247,6 +247,7 @@ class PostgresEngine(SchemaMixin, ServerClock, LeaseMixin, KeyedMixin, AdminMixi
 
     def put_many(self, queue: str, payloads: Iterable[bytes], delay: float = 0.0,
                  ttl: Optional[float] = None, seal: Optional[Sealer] = None) -> List[int]:
+        payloads = list(payloads)  # read once: a transaction retried whole reads it again
         ids = self._run(lambda tx: self._insert_many(tx, queue, payloads, delay, ttl, seal))
         if ids:
             self._count(queue, "puts", len(ids))

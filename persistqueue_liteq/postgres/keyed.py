@@ -60,6 +60,7 @@ class KeyedMixin:
     def put_keyed(self, queue: str, items: Iterable[Tuple[str, bytes]]
                   ) -> List[Tuple[KeyedStatus, Optional[int]]]:
         s = self.sql
+        items = list(items)  # read once: a transaction retried whole reads it again
 
         def work(tx: Tx) -> List[Tuple[KeyedStatus, Optional[int]]]:
             out: List[Tuple[KeyedStatus, Optional[int]]] = []
