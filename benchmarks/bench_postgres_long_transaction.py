@@ -37,11 +37,11 @@ def run(url, n, full_scan):
     import psycopg
 
     from persistqueue_liteq.backends import open_engine
-    from persistqueue_liteq.postgres import lease as pg_engine
+    from persistqueue_liteq.postgres import lease as pg_lease
 
     schema = "bench_lt_%s" % uuid.uuid4().hex[:8]
-    kept = pg_engine.FIFO_FULL_SCAN
-    pg_engine.FIFO_FULL_SCAN = full_scan
+    kept = pg_lease.FIFO_FULL_SCAN
+    pg_lease.FIFO_FULL_SCAN = full_scan
     engine = open_engine(url + ("&" if "?" in url else "?") + "schema=" + schema)
     holder = psycopg.connect(url)
     rows = []
@@ -68,7 +68,7 @@ def run(url, n, full_scan):
         holder.rollback()
         holder.close()
         engine.close()
-        pg_engine.FIFO_FULL_SCAN = kept
+        pg_lease.FIFO_FULL_SCAN = kept
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute('DROP SCHEMA IF EXISTS "%s" CASCADE' % schema)
     return rows

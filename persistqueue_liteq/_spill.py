@@ -1,7 +1,7 @@
 """Counts by key in a private temporary SQLite database (on disk, deleted
 when closed), not in any queue file: where a pool's count of identical calls
 goes once it has seen more distinct calls than it counts in memory (see
-``pool._executor._Occurrences``)."""
+``pool._storer._Occurrences``)."""
 
 from __future__ import annotations
 

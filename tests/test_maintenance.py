@@ -15,7 +15,9 @@ from persistqueue_liteq.sqlite.engine import SQLiteEngine, SQLiteMaintenance
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "persistqueue_liteq")
-FRONT_ENDS = ["liteq.py", "queues.py", "aio.py", "persistqueue_compat.py"] + [
+FRONT_ENDS = ["liteq.py", "queues.py", "_queue_base.py", "_leases.py", "_codec_checks.py",
+              "aio.py", "persistqueue_compat.py", "_policy.py"] + sorted(
+    name for name in os.listdir(PACKAGE) if name.startswith("_aio_")) + [
     os.path.join(package, name) for package in ("cli", "pool")
     for name in sorted(os.listdir(os.path.join(PACKAGE, package))) if name.endswith(".py")]
 #: The backends' own packages, which front ends never import.

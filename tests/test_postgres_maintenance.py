@@ -18,6 +18,7 @@ import pytest
 from persistqueue_liteq import LiteQueue
 from persistqueue_liteq.backends import open_engine
 from persistqueue_liteq.exceptions import DatabaseBusy, Unsupported
+from persistqueue_liteq.postgres import maintenance as pg_maintenance
 
 from .conftest import postgres_location
 
@@ -147,7 +148,7 @@ def test_the_integrity_check_runs_amcheck_where_it_is_installed(engine, pg):
         conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
     engine.put_many("jobs", [b"x"] * 100)
     upkeep = engine.maintenance()
-    assert dict(engine._rows(engine.sql.AMCHECK_FUNCTIONS)).keys() == {
+    assert dict(engine._rows(pg_maintenance.AMCHECK_FUNCTIONS)).keys() == {
         "bt_index_check", "verify_heapam"}
     assert upkeep.integrity_check() == ["ok"]
 
@@ -262,10 +263,10 @@ def test_a_message_committed_behind_the_fifo_floor_is_leased_at_the_next_full_sc
     seconds) finds it."""
     import threading
 
-    from persistqueue_liteq.postgres import lease as pg_engine
+    from persistqueue_liteq.postgres import lease as pg_lease
 
-    monkeypatch.setattr(pg_engine, "FIFO_SLACK", 0.0)
-    monkeypatch.setattr(pg_engine, "FIFO_FULL_SCAN", 0.2)
+    monkeypatch.setattr(pg_lease, "FIFO_SLACK", 0.0)
+    monkeypatch.setattr(pg_lease, "FIFO_FULL_SCAN", 0.2)
     producer = open_engine(pg)
     try:
         producer.put("jobs", b"first")  # the queue exists (the transaction adds no row)

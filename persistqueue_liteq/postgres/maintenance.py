@@ -34,6 +34,54 @@ if TYPE_CHECKING:
 #: and measured.
 TABLES = ("messages", "queues", "results", "counters", "activity", "meta")
 
+# -- the statements (catalog reads: nothing to render; most take the list of the
+# engine's tables) -------------------------------------------------------------------
+
+TABLES_EXIST = "SELECT t, to_regclass(t) IS NOT NULL FROM unnest(%s::text[]) AS t"
+
+INVALID_INDEXES = """
+SELECT i.indexrelid::regclass::text FROM pg_index i
+ WHERE i.indrelid IN (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)
+   AND NOT (i.indisvalid AND i.indisready)"""
+
+BTREE_INDEXES = """
+SELECT i.indexrelid::regclass::text FROM pg_index i
+  JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
+ WHERE a.amname = 'btree'
+   AND i.indrelid IN (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)"""
+
+# amcheck's checks, schema-qualified, where the extension is installed and
+# this role may run them (by default only superusers may).
+AMCHECK_FUNCTIONS = """
+SELECT p.proname, quote_ident(n.nspname) || '.' || quote_ident(p.proname)
+  FROM pg_extension e
+  JOIN pg_depend d ON d.refobjid = e.oid AND d.deptype = 'e'
+       AND d.classid = 'pg_proc'::regclass
+  JOIN pg_proc p ON p.oid = d.objid JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE e.extname = 'amcheck' AND has_function_privilege(p.oid, 'EXECUTE')
+   AND ((p.proname = 'bt_index_check' AND p.pronargs = 2) OR p.proname = 'verify_heapam')"""
+
+TABLES_SIZE = """
+SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0)::bigint
+  FROM unnest(%s::text[]) AS t"""
+
+TABLE_OPTIONS = """
+SELECT t, c.reloptions FROM unnest(%s::text[]) AS t JOIN pg_class c ON c.oid = to_regclass(t)"""
+
+TABLE_ROWS = """
+SELECT t, s.n_live_tup, s.n_dead_tup,
+       extract(epoch FROM greatest(s.last_vacuum, s.last_autovacuum))::float8
+  FROM unnest(%s::text[]) AS t JOIN pg_stat_all_tables s ON s.relid = to_regclass(t)"""
+
+# The transaction of the database that holds back, the longest, what a
+# vacuum may remove (its snapshot may still see the dead rows).
+OLDEST_TRANSACTION = """
+SELECT extract(epoch FROM clock_timestamp() - xact_start)::float8, pid, state
+  FROM pg_stat_activity
+ WHERE datname = current_database() AND backend_xmin IS NOT NULL
+   AND pid <> pg_backend_pid()
+ ORDER BY age(backend_xmin) DESC LIMIT 1"""
+
 
 class PostgresMaintenance(Maintenance):
     """The upkeep of a :class:`~persistqueue_liteq.postgres.engine.PostgresEngine`'s
@@ -113,10 +161,10 @@ class PostgresMaintenance(Maintenance):
         (PostgreSQL 14 and later) the tables, where that extension is
         installed in the database (the check reads every page)."""
         problems: List[str] = []
-        for table, exists in self._engine._rows(self._sql.TABLES_EXIST, (list(self._tables),)):
+        for table, exists in self._engine._rows(TABLES_EXIST, (list(self._tables),)):
             if not exists:
                 problems.append("table %s is missing" % table)
-        for (index,) in self._engine._rows(self._sql.INVALID_INDEXES, (list(self._tables),)):
+        for (index,) in self._engine._rows(INVALID_INDEXES, (list(self._tables),)):
             problems.append("index %s is invalid: rebuild it with REINDEX INDEX %s"
                             % (index, index))
         if not problems:
@@ -126,11 +174,11 @@ class PostgresMaintenance(Maintenance):
     def _amcheck(self) -> List[str]:
         """What amcheck's functions that this role may run find; nothing
         when the extension is not installed."""
-        functions: Dict[str, str] = dict(self._engine._rows(self._sql.AMCHECK_FUNCTIONS))
+        functions: Dict[str, str] = dict(self._engine._rows(AMCHECK_FUNCTIONS))
         problems: List[str] = []
         check_index = functions.get("bt_index_check")
         if check_index is not None:
-            for (index,) in self._engine._rows(self._sql.BTREE_INDEXES,
+            for (index,) in self._engine._rows(BTREE_INDEXES,
                                                (list(self._tables),)):
                 try:
                     self._engine._rows("SELECT %s(%%s::regclass, true)" % check_index,
@@ -154,7 +202,7 @@ class PostgresMaintenance(Maintenance):
         """The bytes of the engine's tables with their indexes and TOAST
         (``pg_total_relation_size``); ``log`` is None: the write-ahead log
         is the whole server's.  Works once the engine is closed too."""
-        return StorageSizes(self._autocommit(self._sql.TABLES_SIZE,
+        return StorageSizes(self._autocommit(TABLES_SIZE,
                                              (list(self._tables),))[0][0], None)
 
     @property
@@ -166,7 +214,7 @@ class PostgresMaintenance(Maintenance):
         """``{table: {setting: value}}``: the storage settings (reloptions:
         autovacuum thresholds, fillfactor) of each of the engine's tables."""
         settings: Dict[str, Dict[str, str]] = {}
-        for table, options in self._engine._rows(self._sql.TABLE_OPTIONS,
+        for table, options in self._engine._rows(TABLE_OPTIONS,
                                                  (list(self._tables),)):
             settings[table] = dict(option.split("=", 1) for option in options or ())
         return settings
@@ -179,12 +227,12 @@ class PostgresMaintenance(Maintenance):
         transaction open for long elsewhere in the database."""
         return {table: (live, dead, last)
                 for table, live, dead, last in self._engine._rows(
-                    self._sql.TABLE_ROWS, (list(self._tables),))}
+                    TABLE_ROWS, (list(self._tables),))}
 
     def oldest_transaction(self) -> Optional[Tuple[float, int, str]]:
         """``(seconds, pid, state)`` of the oldest transaction open in the
         database that holds back what vacuums may remove, or None."""
-        rows = self._engine._rows(self._sql.OLDEST_TRANSACTION)
+        rows = self._engine._rows(OLDEST_TRANSACTION)
         return tuple(rows[0]) if rows else None
 
     def health(self) -> List[Tuple[str, str]]:
