@@ -148,7 +148,7 @@ _DAEMON_HOLDS_THE_LOCK = """if 1:
     from persistqueue_liteq import LiteQueue
     q = LiteQueue(sys.argv[1])
     held = threading.Event()
-    def hold(conns=q._engine._conns):
+    def hold(conns=q.engine._conns):
         q.put(b"x")  # this thread's connection
         with conns._lock:  # where a daemon thread may be when the interpreter stops it
             held.set()
@@ -174,7 +174,7 @@ _DAEMON_IN_A_STATEMENT = """if 1:
     from persistqueue_liteq import LiteQueue
     q = LiteQueue(sys.argv[1])
     started = threading.Event()
-    def query(conns=q._engine._conns):
+    def query(conns=q.engine._conns):
         conn = conns.get()  # this thread's connection
         conn.create_function("started", 0, lambda: started.set() or 1)
         # Says it started from inside the statement, which never ends.
