@@ -1,7 +1,8 @@
 """Running the storage calls of the asyncio front ends off the event loop.
 
-:data:`STORAGE_THREADS` threads per process (made on first use, and again
-in a forked child) run the storage calls of every async queue; each queue
+:data:`persistqueue_liteq.aio.STORAGE_THREADS` threads per process (made on
+first use, and again in a forked child) run the storage calls of every async
+queue; each queue
 object's :class:`_Offloader` sends its calls, in order, to one of them, and
 turns a cancellation into "never ran" or "ran, and what it took was handed
 back" (:func:`_uncancellable`).  Used by :mod:`persistqueue_liteq.aio`.
@@ -23,25 +24,19 @@ if TYPE_CHECKING:
     Ts = TypeVarTuple("Ts")
 
 
-#: Threads per process that run the storage calls of every async queue.  Each
-#: queue object uses one of them, so that its calls run in the order made
-#: (they would take turns on the sync queue's lock anyway); queues on
-#: different threads run in parallel.
-STORAGE_THREADS = 4
-
 _lanes: List[Optional[concurrent.futures.ThreadPoolExecutor]] = []
 _lanes_pid: Optional[int] = None
 _lanes_lock = threading.Lock()
 _next_lane = itertools.count()
 
 
-def storage_thread(index: int) -> concurrent.futures.ThreadPoolExecutor:
-    """The executor (one thread) of storage lane ``index``: made on first
-    use, and again in a forked child."""
+def storage_thread(index: int, lanes: int) -> concurrent.futures.ThreadPoolExecutor:
+    """The executor (one thread) of storage lane ``index`` of ``lanes``: made
+    on first use, and again in a forked child."""
     global _lanes, _lanes_pid
     with _lanes_lock:
         if _lanes_pid != os.getpid():
-            _lanes = [None] * STORAGE_THREADS
+            _lanes = [None] * lanes
             _lanes_pid = os.getpid()
         lane = _lanes[index]
         if lane is None:
@@ -66,14 +61,15 @@ class _Offloader:
     """Runs one queue object's storage calls, in order, on its storage
     thread, and counts those in flight."""
 
-    def __init__(self) -> None:
+    def __init__(self, lanes: int) -> None:
         self.in_flight = 0
-        self._lane = next(_next_lane) % STORAGE_THREADS
+        self._lanes = lanes
+        self._lane = next(_next_lane) % lanes
 
     def submit(self, fn: Callable[[Unpack[Ts]], R],
                *args: Unpack[Ts]) -> concurrent.futures.Future[R]:
         """``fn(*args)`` on the storage thread: a concurrent Future."""
-        return storage_thread(self._lane).submit(fn, *args)
+        return storage_thread(self._lane, self._lanes).submit(fn, *args)
 
     async def run(self, fn: Callable[[Unpack[Ts]], R], *args: Unpack[Ts],
                   undo: Optional[Callable[[R], object]] = None) -> R:

@@ -69,7 +69,7 @@ from .liteq import LiteQueue
 from .queues import (PersistentLifoQueue, PersistentPriorityQueue, PersistentQueue, ShutDown,
                      _FULL_RECHECK)
 from ._aio_channels import _Channels, _wait_turn, _wake_one
-from ._aio_offload import STORAGE_THREADS, _Offloader
+from ._aio_offload import _Offloader
 from ._aio_acks import _Acknowledging
 from ._aio_sync import _PutGroups, _seconds_until, _TaskLeases
 
@@ -100,6 +100,13 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: Threads per process that run the storage calls of every async queue.  Each
+#: queue object uses one of them (chosen when it is made), so that its calls
+#: run in the order made (they would take turns on the sync queue's lock
+#: anyway); queues on different threads run in parallel.  Read when a queue
+#: is made and when the threads are first started in a process.
+STORAGE_THREADS = 4
 
 if TYPE_CHECKING:
     # What the try below makes, as type checkers see it.
@@ -192,7 +199,7 @@ class AsyncPersistentQueue(_Acknowledging, Generic[T]):
         self._getters: Waiters = collections.deque()
         self._putters: Waiters = collections.deque()
         self._channels = _Channels(self._sync.engine)
-        self._offload = _Offloader()
+        self._offload = _Offloader(STORAGE_THREADS)
         self._puts = _PutGroups(self._sync, self._offload, self._wake_getter)
         # concurrent futures of the acknowledgements under way
         self._acks: Set[concurrent.futures.Future[None]] = set()
@@ -495,7 +502,7 @@ class AsyncLiteQueue:
                  timeout_seconds: float = 5, **options: Any) -> None:
         self._sync = LiteQueue(filename, max_retries, timeout_seconds, **options)
         self._channels = _Channels(self._sync.engine)
-        self._offload = _Offloader()
+        self._offload = _Offloader(STORAGE_THREADS)
 
     @property
     def sync(self) -> LiteQueue:
