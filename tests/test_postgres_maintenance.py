@@ -289,3 +289,30 @@ def test_a_message_committed_behind_the_fifo_floor_is_leased_at_the_next_full_sc
         assert [(m.data, m.attempts) for m in leased] == [(b"late", 1)]
     finally:
         producer.close()
+
+
+def test_a_put_in_flight_across_an_empty_scan_is_leased_once_it_commits(engine, pg, monkeypatch):
+    """A slow link to the server: a put has taken its visible_at, a scan from
+    the start finds the queue empty, then the put commits.  The next lease,
+    from the floor, finds it (the floor moved up to FIFO_FULL_SCAN seconds
+    before the empty scan, not to its moment)."""
+    from persistqueue_liteq.postgres import lease as pg_lease
+
+    monkeypatch.setattr(pg_lease, "FIFO_FULL_SCAN", 30.0)  # no other scan from the start
+    monkeypatch.setattr(pg_lease, "FIFO_SLACK", 0.0)  # however short the flight
+    producer = open_engine(pg)
+    try:
+        producer.put("jobs", b"first")  # the queue exists; leased by another engine
+        [first] = producer.lease("jobs", 1, 30)
+        producer.ack(first.id, first.lease, "jobs")
+        with producer.transaction() as tx:
+            tx.put("jobs", b"in flight")
+            assert engine.lease("jobs", 1, 30) == []  # from the start: nothing committed
+        ran = []
+        rows = engine._rows
+        monkeypatch.setattr(engine, "_rows", lambda statement, params=None: (
+            ran.append(statement), rows(statement, params))[1])
+        [m] = engine.lease("jobs", 1, 30)
+        assert m.data == b"in flight" and ran == [engine.sql.LEASE_FIFO_FROM]
+    finally:
+        producer.close()

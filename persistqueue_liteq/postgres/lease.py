@@ -41,8 +41,13 @@ logger = logging.getLogger("persistqueue_liteq")
 # scans from the visible_at of the latest message this engine leased from
 # that queue, less FIFO_SLACK seconds (times of two hosts' clocks, commits
 # a little out of order), and once every FIFO_FULL_SCAN seconds from the
-# start: a message made visible behind that floor (a transaction that put
-# it and committed late, a clock stepped back) is leased within that time.
+# start.  A scan from the start that finds nothing moves the floor up to
+# FIFO_FULL_SCAN seconds before now, no further: a put in flight meanwhile
+# (its visible_at is its start) is found at once if it commits within that
+# time.  A message made visible further behind the floor (a transaction
+# that put it and committed later still, a clock stepped back, two
+# producers' puts committed out of order) is leased at the next scan from
+# the start, within FIFO_FULL_SCAN seconds.
 FIFO_SLACK = 0.05
 FIFO_FULL_SCAN = 1.0
 
@@ -75,15 +80,22 @@ class LeaseMixin:
 
     def _fifo_leased(self, queue: str, floor: Optional[float], rows: Sequence[TupleRow],
                      now: float) -> None:
-        """Move ``queue``'s floor to what a FIFO lease from ``floor`` found:
-        the latest visible_at among ``rows``, or ``now`` if a scan from the
-        start found nothing ready."""
+        """Move ``queue``'s floor after a FIFO lease from ``floor`` (None:
+        from the start) found ``rows``: up to the latest visible_at among
+        them; after a scan from the start that found nothing, up to
+        FIFO_FULL_SCAN seconds before ``now``.  Only a scan from the start
+        moves it down (to an older message it found) and restarts its timer."""
+        old = self._fifo_floors.get(queue)
         if floor is None:
-            top = max(row[9] for row in rows) if rows else now
+            if rows:
+                top = max(row[9] for row in rows)
+            else:
+                top = now - FIFO_FULL_SCAN
+                if old is not None and old[0] > top:
+                    top = old[0]
             self._fifo_floors[queue] = (top, time.monotonic() + FIFO_FULL_SCAN)
         elif rows:
             top = max(row[9] for row in rows)
-            old = self._fifo_floors.get(queue)
             if old is not None and top > old[0]:
                 self._fifo_floors[queue] = (top, old[1])
 
