@@ -1,6 +1,6 @@
 """The PostgreSQL engine's maintenance interface (VACUUM, ANALYZE, the
 integrity check, sizes, what autovacuum is told and sees), the storage
-settings its tables get (schema version 3) and the command line's
+settings its tables get and the command line's
 ``vacuum``, ``check`` and ``checkpoint`` on a postgresql:// URL.
 
 Runs when $PERSISTQUEUE_LITEQ_TEST_POSTGRES names a server (conftest's
@@ -17,7 +17,7 @@ import pytest
 
 from persistqueue_liteq import LiteQueue
 from persistqueue_liteq.backends import open_engine
-from persistqueue_liteq.exceptions import DatabaseBusy, Unsupported
+from persistqueue_liteq.exceptions import DatabaseBusy, ReadOnlyDatabase, Unsupported
 from persistqueue_liteq.postgres import maintenance as pg_maintenance
 
 from .conftest import postgres_location
@@ -62,29 +62,46 @@ def test_new_tables_get_their_autovacuum_and_fillfactor_settings(engine, pg):
     assert settings[_table(pg, "results")]["autovacuum_vacuum_scale_factor"] == "0.05"
 
 
-def test_tables_of_schema_version_2_get_the_settings_when_opened_read_write(pg):
+def test_tables_of_an_earlier_version_get_the_settings_from_their_owner(pg):
+    """Opening tables never changes their settings (an application's role
+    may own none of them); apply_table_settings() does, and a read-only
+    engine refuses it."""
     open_engine(pg).close()
-    with _server(pg) as conn:  # as version 2 left them
+    with _server(pg) as conn:  # as an earlier version left them
         for name in ("messages", "results", "counters", "activity"):
             conn.execute("ALTER TABLE %s RESET (fillfactor, autovacuum_vacuum_scale_factor, "
                          "autovacuum_vacuum_threshold, autovacuum_analyze_scale_factor, "
                          "autovacuum_analyze_threshold)" % _table(pg, name))
-        conn.execute("UPDATE %s SET value = '2' WHERE key = 'schema_version'"
-                     % _table(pg, "meta"))
-    reader = open_engine(pg, readonly=True)  # reads version 2 as it is
+    engine = open_engine(pg)
+    reader = open_engine(pg, readonly=True)
     try:
-        assert reader.maintenance().vacuum_settings()[_table(pg, "messages")] == {}
+        upkeep = engine.maintenance()
+        assert upkeep.vacuum_settings()[_table(pg, "messages")] == {}  # opened as they are
+        assert "apply_table_settings()" in dict(upkeep.health())["autovacuum"]
+        with pytest.raises(ReadOnlyDatabase, match="read-only: apply_table_settings"):
+            reader.maintenance().apply_table_settings()
+        upkeep.apply_table_settings()
+        settings = upkeep.vacuum_settings()
+        assert settings[_table(pg, "messages")]["autovacuum_vacuum_scale_factor"] == "0.02"
+        assert settings[_table(pg, "counters")]["fillfactor"] == "50"
+        upkeep.apply_table_settings()  # again: the same
+        assert upkeep.vacuum_settings() == settings
     finally:
         reader.close()
-    writer = open_engine(pg)
+        engine.close()
+
+
+def test_a_read_only_engine_neither_vacuums_nor_analyzes(pg):
+    open_engine(pg).close()
+    reader = open_engine(pg, readonly=True)
     try:
-        assert writer.maintenance().vacuum_settings()[_table(pg, "messages")][
-            "autovacuum_vacuum_scale_factor"] == "0.02"
-        with _server(pg) as conn:
-            assert conn.execute("SELECT value FROM %s WHERE key = 'schema_version'"
-                                % _table(pg, "meta")).fetchone()[0] == "3"
+        upkeep = reader.maintenance()
+        for operation in (upkeep.vacuum, upkeep.analyze):
+            with pytest.raises(ReadOnlyDatabase, match="read-only"):
+                operation()
+        assert upkeep.integrity_check() == ["ok"]  # looking is fine
     finally:
-        writer.close()
+        reader.close()
 
 
 def test_vacuum_gives_back_the_space_of_deleted_messages_and_keeps_the_rest(engine):

@@ -20,7 +20,7 @@ import psycopg
 from psycopg import errors
 
 from ..engine import Maintenance, StorageSizes
-from ..exceptions import StorageError, Unsupported
+from ..exceptions import ReadOnlyDatabase, StorageError, Unsupported
 from . import sql as _sql
 
 if TYPE_CHECKING:
@@ -91,9 +91,7 @@ class PostgresMaintenance(Maintenance):
         self._engine = engine
         self._sql = engine.sql
         self._tables = tuple(self._qualified(name) for name in TABLES)
-        # Opening an engine writes no file; the nearest moment before this
-        # caller's work is now.
-        self._at_open = self.sizes()
+        self._at_open: Optional[StorageSizes] = None
 
     def _qualified(self, name: str) -> str:
         s = self._sql
@@ -128,6 +126,7 @@ class PostgresMaintenance(Maintenance):
         (ANALYZE)``: no such lock, the space is only made reusable, as
         autovacuum does it.  Neither can remove rows that a transaction
         still open elsewhere in the database may see."""
+        self._writable("vacuum")
         options = "FULL, ANALYZE" if full else "ANALYZE"
         # VACUUM refuses to run in a transaction: on a connection of its own.
         self._autocommit("VACUUM (%s) %s" % (options, ", ".join(self._tables)))
@@ -135,7 +134,22 @@ class PostgresMaintenance(Maintenance):
     def analyze(self) -> None:
         """``ANALYZE`` of the engine's tables (fresh statistics for the
         planner; autovacuum also does it)."""
+        self._writable("analyze")
         self._autocommit("ANALYZE %s" % ", ".join(self._tables))
+
+    def apply_table_settings(self) -> None:
+        """Give the engine's tables the storage settings that new tables get
+        (``sql.TABLE_SETTINGS``: autovacuum at 2% of the messages table,
+        fillfactor for the counters): for tables made by an earlier version.
+        Needs the role that owns them (ReadOnlyDatabase otherwise)."""
+        self._writable("apply_table_settings")
+        for statement in self._sql.TABLE_SETTINGS:
+            self._autocommit(statement)
+
+    def _writable(self, operation: str) -> None:
+        if self._engine.readonly:
+            raise ReadOnlyDatabase("%s was opened read-only: %s changes it"
+                                   % (self._engine.location, operation))
 
     def _autocommit(self, statement: str, params: Optional[Params] = None) -> List[Any]:
         """Run ``statement`` on a connection of its own, outside any
@@ -207,7 +221,10 @@ class PostgresMaintenance(Maintenance):
 
     @property
     def sizes_at_open(self) -> StorageSizes:
-        """The sizes when this maintenance interface was first asked for."""
+        """The sizes when this was first read (opening an engine writes no
+        file: the nearest moment before the caller's work)."""
+        if self._at_open is None:
+            self._at_open = self.sizes()
         return self._at_open
 
     def vacuum_settings(self) -> Dict[str, Dict[str, str]]:
@@ -251,5 +268,6 @@ class PostgresMaintenance(Maintenance):
                           "that it may still see" % (seconds or 0, pid, state or "?")))
         options = self.vacuum_settings().get(messages, {})
         lines.append(("autovacuum", ", ".join("%s=%s" % item for item in sorted(options.items()))
-                      or "PostgreSQL's defaults"))
+                      or "PostgreSQL's defaults (made by an earlier version: "
+                         "apply_table_settings() gives this version's)"))
         return lines

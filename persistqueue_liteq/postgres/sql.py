@@ -31,7 +31,7 @@ from .. import _sql_engine
 
 #: Version of the table layout below.  A database written by a newer
 #: version is refused rather than misread.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 2
 
 #: What ``meta`` says about tables that are ours.
 FORMAT_NAME = "persistqueue_liteq/postgresql"
@@ -157,14 +157,17 @@ CREATE_TABLES: Tuple[str, ...] = (
     CREATE_ACTIVITY_INDEX,
 )
 
-# How the tables are stored (version 3).  Every message is inserted, then
+# How the tables are stored.  Every message is inserted, then
 # updated at each lease and deleted: the messages table makes dead rows as
 # fast as it moves messages, and the scans of leases and counts step over
 # them until a vacuum removes them.  PostgreSQL's default waits for 20% of
 # a table's rows to be dead; autovacuum is asked to come at 2% (or 1,000
 # rows, for a table of few).  The counters and activity rows are updated
 # in place: room left on each page keeps the new version of a row on its
-# page (a HOT update: no new index entry), and the pages stay few.
+# page (a HOT update: no new index entry), and the pages stay few.  New
+# tables get them; tables made by an earlier version get them from
+# maintenance's apply_table_settings(), which needs the tables' owner (so
+# opening tables never does: an application's role may own none of them).
 TABLE_SETTINGS: Tuple[str, ...] = (
     """ALTER TABLE {t:messages} SET (
         autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000,
@@ -189,7 +192,6 @@ MIGRATIONS: Dict[int, Tuple[str, ...]] = {
         "DROP TRIGGER IF EXISTS {n:messages_register_queue} ON {t:messages}",
         "DROP FUNCTION IF EXISTS {t:messages_register_queue}()",
     ),
-    3: TABLE_SETTINGS,
 }
 
 # -- schema bookkeeping -----------------------------------------------------
@@ -579,6 +581,7 @@ def render(schema: str, prefix: str) -> types.SimpleNamespace:
         if name.isupper() and not name.startswith("_") and isinstance(value, str):
             rendered[name] = fill(value)
     rendered["CREATE_TABLES"] = tuple(fill(s) for s in CREATE_TABLES)
+    rendered["TABLE_SETTINGS"] = tuple(fill(s) for s in TABLE_SETTINGS)
     rendered["MIGRATIONS"] = {v: tuple(fill(s) for s in ss) for v, ss in MIGRATIONS.items()}
     rendered["PREFIX"] = prefix
     rendered["SCHEMA"] = schema
