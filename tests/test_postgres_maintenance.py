@@ -333,3 +333,26 @@ def test_a_put_in_flight_across_an_empty_scan_is_leased_once_it_commits(engine, 
         assert m.data == b"in flight" and ran == [engine.sql.LEASE_FIFO_FROM]
     finally:
         producer.close()
+
+
+def test_the_command_line_never_shows_the_password_of_its_url(pg):
+    """The server trusts this test's connections whatever the password, so
+    a URL with one opens: nothing printed, logged or raised shows it."""
+    parts = urllib.parse.urlsplit(pg)
+    secret = "s3cr3t-pw"
+    url = parts._replace(netloc="%s:%s@%s" % (parts.username or "root", secret,
+                                               parts.hostname + ":%d" % (parts.port or 5432))
+                         ).geturl()
+    q = LiteQueue(url)
+    try:
+        q.put(b"x")
+    finally:
+        q.close()
+    runs = [cli("-vv", "stats", url), cli("stats", "--json", url), cli("check", url),
+            cli("vacuum", url), cli("-vv", "dlq", "show", url, "12345"),
+            cli("checkpoint", url), cli("dlq", "show", "12345", url)]  # the last: misordered
+    for done in runs:
+        assert secret not in done.stdout + done.stderr, done.args
+    assert [done.returncode for done in runs] == [0, 0, 0, 0, 1, 1, 2], [
+        r.stderr for r in runs]
+    assert "***" in runs[2].stdout  # the URL is shown, without its password

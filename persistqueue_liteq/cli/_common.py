@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional, Sequ
 
 from . import _jsonl
 from ._codec import QueueCodec, Unshowable
-from ..backends import open_engine
+from ..backends import open_engine, redact
 from ..liteq import LiteQueue
 
 if TYPE_CHECKING:
@@ -44,12 +44,23 @@ class CLIError(Exception):
 
 # -- opening a file ------------------------------------------------------------------
 
+def _shown(args: argparse.Namespace) -> str:
+    """``args.db`` as output and messages show it: a URL without its password."""
+    return redact(args.db)
+
+
+def _where(args: argparse.Namespace) -> str:
+    """``args.db`` for a report: a path made absolute, a URL without its
+    password."""
+    return redact(args.db) if "://" in args.db else os.path.abspath(args.db)
+
+
 @contextlib.contextmanager
 def _reading(args: argparse.Namespace) -> Iterator[Engine]:
     """The engine on ``args.db``, read-only (see the module docstring)."""
-    log.debug("opening %s read-only", args.db)
+    log.debug("opening %s read-only", _shown(args))
     if os.path.isdir(args.db):
-        raise CLIError("%s is a directory, not a queue file" % args.db)
+        raise CLIError("%s is a directory, not a queue file" % _shown(args))
     try:
         engine = open_engine(args.db, timeout=args.timeout, table_prefix=args.table_prefix,
                              readonly=True)
@@ -68,7 +79,7 @@ def _writing(args: argparse.Namespace, create: bool = False) -> Iterator[LiteQue
     if not create:
         with _reading(args):
             pass
-    log.debug("opening %s read-write", args.db)
+    log.debug("opening %s read-write", _shown(args))
     queue = LiteQueue(args.db, timeout_seconds=args.timeout, table_prefix=args.table_prefix,
                       journal_mode=args.journal_mode)
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from typing import TYPE_CHECKING, Any, Callable, List, Mapping, NoReturn, Optional, Sequence, Tuple
 from typing import TypeVar, Union
 
@@ -54,7 +55,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         command = self.prog[len(PROG):].strip()
         where = "%s: " % command if command else ""
+        message = _PASSWORD.sub(r"\1***@", message)  # a URL given where it does not go
         self.exit(2, "%s: error: %s%s (see %s --help)\n" % (PROG, where, message, self.prog))
+
+
+# The password of a URL ("scheme://user:password@"), wherever it is quoted.
+_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
 
 
 def _key_file(path: str) -> bytes:

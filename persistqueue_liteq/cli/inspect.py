@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 from ._common import (CLIError, _age, _codecs, _peek_many, _print_json, _queues_with, _reading,
-                      _shown_preview, _shown_record, _state, _table, _when)
+                      _shown, _shown_preview, _shown_record, _state, _table, _when)
 
 if TYPE_CHECKING:
     import argparse
@@ -69,7 +69,7 @@ def _cmd_dlq_show(args: argparse.Namespace) -> int:
         if msg is not None:
             record, preview = _shown_record(msg, engine, codecs), _shown_preview(msg, codecs, 200)
     if msg is None:
-        raise CLIError("no message with id %d in %s" % (args.id, args.db))
+        raise CLIError("no message with id %d in %s" % (args.id, _shown(args)))
     now, wall = engine.now(), engine.wall_time
     if args.json:
         _print_json(dict(record, state=_state(msg, now),

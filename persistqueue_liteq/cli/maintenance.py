@@ -4,12 +4,11 @@ without one gives Unsupported)."""
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from ..engine import maintenance_of
 from ..exceptions import Unsupported
-from ._common import CLIError, _reading, _writing
+from ._common import CLIError, _reading, _shown, _where, _writing
 
 if TYPE_CHECKING:
     import argparse
@@ -35,7 +34,7 @@ def _cmd_vacuum(args: argparse.Namespace) -> int:
         with _writing(args) as q:
             maintenance_of(q.engine, "vacuum --auto").set_auto_vacuum(
                 None if args.auto == "off" else args.auto)
-        print("%s: automatic vacuum: %s" % (args.db, "off" if args.auto == "off" else
+        print("%s: automatic vacuum: %s" % (_shown(args), "off" if args.auto == "off" else
                                             "past %d free pages" % args.auto))
         return 0
     with _writing(args) as q:
@@ -47,7 +46,7 @@ def _cmd_vacuum(args: argparse.Namespace) -> int:
         except Unsupported:
             pass  # no log of ours to copy (PostgreSQL)
     after = upkeep.sizes().total
-    print("vacuumed %s: %d bytes before, %d after" % (args.db, before, after))
+    print("vacuumed %s: %d bytes before, %d after" % (_shown(args), before, after))
     return 0
 
 
@@ -64,7 +63,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         location = engine.location
     ok = problems == ["ok"]
     if sqlite:
-        print("file:       %s (%d bytes)" % (os.path.abspath(args.db), size or 0))
+        print("file:       %s (%d bytes)" % (_where(args), size or 0))
         print("WAL file:   %s" % ("none" if wal is None else "%d bytes" % wal))
     else:
         print("database:   %s (%d bytes of queue tables)" % (location, size or 0))
@@ -76,4 +75,4 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for problem in problems:
         for line in problem.splitlines():
             print("  " + line)
-    raise CLIError("integrity check of %s failed: %s" % (args.db, " ".join(problems[0].split())))
+    raise CLIError("integrity check of %s failed: %s" % (_shown(args), " ".join(problems[0].split())))

@@ -3,7 +3,6 @@ once or every few seconds (``--watch``)."""
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 from ..engine import METRIC_NAMES
 from ..exceptions import LiteQueueError
-from ._common import CLEAR, PROG, _age, _print_json, _reading, _table
+from ._common import CLEAR, PROG, _age, _print_json, _reading, _shown, _table, _where
 
 if TYPE_CHECKING:
     import argparse
@@ -141,11 +140,11 @@ def _cmd_stats(args: argparse.Namespace) -> int:
             return _watch(args, engine)
         now, snapshot = _snapshot(engine)
     if args.json:
-        _print_json({"file": os.path.abspath(args.db), "time": now, "queues": snapshot})
+        _print_json({"file": _where(args), "time": now, "queues": snapshot})
     elif args.prometheus:
         print("\n".join(_prometheus(snapshot)))
     else:
-        print("\n".join(_stats_lines(args.db, snapshot)))
+        print("\n".join(_stats_lines(_shown(args), snapshot)))
     return 0
 
 
@@ -154,9 +153,9 @@ def _watch(args: argparse.Namespace, engine: Engine) -> int:
     try:
         while True:
             header = "%s stats %s  %s  (every %gs; Ctrl-C to stop)" % (
-                PROG, args.db, time.strftime("%H:%M:%S"), args.watch)
+                PROG, _shown(args), time.strftime("%H:%M:%S"), args.watch)
             try:
-                lines = _stats_lines(args.db, _snapshot(engine)[1])
+                lines = _stats_lines(_shown(args), _snapshot(engine)[1])
             except LiteQueueError as exc:  # busy for a moment: say so, go on
                 lines = ["error: %s" % exc]
             sys.stdout.write(CLEAR + "\n".join([header, ""] + lines) + "\n")

@@ -10,7 +10,7 @@ import threading
 from typing import TYPE_CHECKING, List, Optional
 
 from . import _consume
-from ._common import PROG, _configure_logging, _reading, _writing
+from ._common import PROG, _configure_logging, _reading, _where, _writing
 
 if TYPE_CHECKING:
     import argparse
@@ -54,7 +54,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         )
         print("%s: worker %d started: %d process%s running queue %r of %s" % (
             PROG, os.getpid(), args.workers, "" if args.workers == 1 else "es", args.queue,
-            os.path.abspath(args.db)), flush=True)
+            _where(args)), flush=True)
         signalled.wait()  # the handler runs in this thread and wakes it
         return _stop_worker(args, executor, signals)
     finally:
