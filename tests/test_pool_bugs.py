@@ -16,7 +16,7 @@ from persistqueue_liteq.pool import _shared, _worker
 from persistqueue_liteq.pool import PersistentProcessPoolExecutor, PersistentThreadPoolExecutor
 from persistqueue_liteq.sqlite.engine import SQLiteEngine
 
-from .test_pool import block_until, fail, square
+from .test_pool import block_until, fail_once, square
 
 POOLS = {"threads": PersistentThreadPoolExecutor, "processes": PersistentProcessPoolExecutor}
 
@@ -273,15 +273,15 @@ def test_a_passing_fault_in_the_workers_storage_calls_is_waited_out(db):
         assert ex.submit(square, 21).result(timeout=40) == 441
 
 
-def test_redrive_takes_ids_from_a_generator(db):
+def test_redrive_takes_ids_from_a_generator(db, tmp_path):
     """The ids are read once: a generator redrives what it names (it used
     to be used up by the forgetting of the stored failures, and nothing was
     redriven)."""
+    marker = str(tmp_path / "failed once")
     with PersistentThreadPoolExecutor(db, max_workers=1, max_retries=0) as ex:
-        with pytest.raises(ValueError, match="poison"):
-            ex.submit_keyed("job-1", fail, "poison").result(60)
+        with pytest.raises(RuntimeError, match="transient"):
+            ex.submit_keyed("job-1", fail_once, marker).result(60)
         assert ex.redrive(m.id for m in ex.dead_letters()) == 1
+        # Run again (not answered with the stored failure): it succeeds now.
+        assert ex.submit_keyed("job-1", fail_once, marker).result(60) == "recovered"
         assert ex.dead_letters() == []
-        with pytest.raises(ValueError, match="poison"):  # run again, not answered from the file
-            ex.submit_keyed("job-1", fail, "poison").result(60)
-        assert [m.attempts for m in ex.dead_letters()] == [1]
