@@ -1,5 +1,6 @@
 """What the engines that keep their queues in SQL tables share: messages
-made from rows, the looks that are one read, and the counts.
+made from rows, the looks that are one read (the pools' stored results
+among them), and the counts.
 
 A backend's engine subclasses :class:`SQLEngine` and gives it ``sql`` (its
 statements, under the same names in every backend, each with the columns
@@ -123,6 +124,20 @@ class SQLEngine(Engine):
                 msg.lease = row[-1]
             messages.append(msg)
         return messages
+
+    # -- the pools' stored results ---------------------------------------------------
+
+    def result(self, queue: str, key: str) -> Optional[Tuple[bool, bytes]]:
+        rows = self._rows(self.sql.RESULT, (queue, key))
+        return (bool(rows[0][0]), rows[0][1]) if rows else None
+
+    def results_since(self, queue: str, seq: int, limit: int = 1000
+                      ) -> List[Tuple[int, str, bool, bytes]]:
+        return [(row[0], row[1], bool(row[2]), row[3])
+                for row in self._rows(self.sql.RESULTS_SINCE, (queue, seq, limit))]
+
+    def last_result_seq(self) -> int:
+        return self._rows(self.sql.LAST_RESULT_SEQ)[0][0]  # type: ignore[no-any-return]  # an int
 
     # -- counts -------------------------------------------------------------------
 

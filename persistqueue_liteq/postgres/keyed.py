@@ -1,10 +1,10 @@
 """Keyed tasks and their results: putting by key, completing (a result
 stored and the message settled in one transaction), and reading and
-forgetting results.
+forgetting results (reading them is one read: ``_sql_engine.SQLEngine``).
 
 Writers of results hold an advisory lock of the namespace from their INSERT
 to their commit, so results are committed in the order of their ``seq`` and
-a reader following :meth:`KeyedMixin.results_since` never skips one.
+a reader following ``results_since`` never skips one.
 
 Mixed into :class:`~.engine.PostgresEngine`; it uses the engine's ``sql``,
 ``_conns``, ``_lock_key``, its plumbing (``_run``, ``_rows``, ``_notify``),
@@ -162,19 +162,6 @@ class KeyedMixin:
             tx.rows(s.ADD_COUNTER, (queue, "dead_lettered", 1))
             logger.warning("task %s of queue %r dead-lettered: %s", key, queue, dead_reason)
         return queue, held
-
-    def result(self, queue: str, key: str) -> Optional[Tuple[bool, bytes]]:
-        rows = self._rows(self.sql.RESULT, (queue, key))
-        return (bool(rows[0][0]), rows[0][1]) if rows else None
-
-    def results_since(self, queue: str, seq: int, limit: int = 1000
-                      ) -> List[Tuple[int, str, bool, bytes]]:
-        return [(row[0], row[1], bool(row[2]), row[3])
-                for row in self._rows(self.sql.RESULTS_SINCE, (queue, seq, limit))]
-
-    def last_result_seq(self) -> int:
-        return self._rows(  # type: ignore[no-any-return]  # a row's value
-            self.sql.LAST_RESULT_SEQ)[0][0]
 
     def forget_results(self, queue: str, key: Optional[str] = None) -> int:
         if key is None:

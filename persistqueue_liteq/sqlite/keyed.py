@@ -4,7 +4,8 @@ A pool's task is a message with a key (the pool's id for it): ``put_keyed``
 stores it unless the key is queued or done already, ``complete`` and
 ``complete_many`` store its outcome as the key's *result* and ack (or
 dead-letter) the message in the same transaction, and the pool reads the
-results back by key or in the order they were stored (``results_since``).
+results back by key or in the order they were stored (``results_since``,
+one read, in ``_sql_engine.SQLEngine``).
 
 Mixed into :class:`~.engine.SQLiteEngine`; it uses the engine's ``_conns``,
 ``sql``, ``_notifier``, ``now()``, ``_rows``, ``_changes`` and its counts.
@@ -173,20 +174,6 @@ class KeyedMixin:
             conn.execute(s.ADD_COUNTER, (queue, "dead_lettered", 1))
             logger.warning("task %s of queue %r dead-lettered: %s", key, queue, dead_reason)
         return queue, held
-
-    def result(self, queue: str, key: str) -> Optional[Tuple[bool, bytes]]:
-        rows = self._rows(self.sql.RESULT, (queue, key))
-        return (bool(rows[0][0]), rows[0][1]) if rows else None
-
-    def results_since(self, queue: str, seq: int, limit: int = 1000
-                      ) -> List[Tuple[int, str, bool, bytes]]:
-        return [
-            (row[0], row[1], bool(row[2]), row[3])
-            for row in self._rows(self.sql.RESULTS_SINCE, (queue, seq, limit))
-        ]
-
-    def last_result_seq(self) -> int:
-        return self._rows(self.sql.LAST_RESULT_SEQ)[0][0]  # type: ignore[no-any-return]  # an int
 
     def forget_results(self, queue: str, key: Optional[str] = None) -> int:
         if key is None:
