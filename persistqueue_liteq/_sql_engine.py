@@ -125,6 +125,22 @@ class SQLEngine(Engine):
             messages.append(msg)
         return messages
 
+    @staticmethod
+    def _restored(queue: str, msg: Message, now: float) -> Tuple[object, ...]:
+        """The INSERT_RESTORED values of ``msg`` (from a snapshot) in
+        ``queue``: a message that was leased, or had no time, is ready again
+        from ``now`` at the latest; a dead one stays dead."""
+        dead = msg.dead_at is not None
+        if dead:
+            visible = None
+        elif msg.lease is not None or msg.visible_at is None:
+            visible = now if msg.visible_at is None else min(msg.visible_at, now)
+        else:
+            visible = msg.visible_at
+        return (queue, msg.data, msg.priority, visible, msg.created_at, msg.expires_at,
+                msg.attempts, msg.last_error, msg.dead_at if dead else None,
+                msg.dead_reason if dead else None, msg.key)
+
     # -- the pools' stored results ---------------------------------------------------
 
     def result(self, queue: str, key: str) -> Optional[Tuple[bool, bytes]]:

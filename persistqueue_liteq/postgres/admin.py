@@ -48,6 +48,8 @@ class AdminMixin:
         @staticmethod
         def _queue_stats(rows: Iterable[Sequence[Any]], holders: Iterable[Sequence[Any]]
                          ) -> List[QueueStats]: ...
+        @staticmethod
+        def _restored(queue: str, msg: Message, now: float) -> Tuple[object, ...]: ...
 
     def peek(self, queue: str) -> Optional[Message]:
         found = self.peek_many(queue, 1)
@@ -81,20 +83,9 @@ class AdminMixin:
             return False
 
         return self._run(work)
+
     def restore(self, queue: str, messages: Iterable[Message]) -> List[int]:
         messages = list(messages)
-
-        def row(msg: Message, now: float) -> Tuple[object, ...]:
-            dead = msg.dead_at is not None
-            if dead:
-                visible = None
-            elif msg.lease is not None or msg.visible_at is None:
-                visible = now if msg.visible_at is None else min(msg.visible_at, now)
-            else:
-                visible = msg.visible_at
-            return (queue, msg.data, msg.priority, visible, msg.created_at, msg.expires_at,
-                    msg.attempts, msg.last_error, msg.dead_at if dead else None,
-                    msg.dead_reason if dead else None, msg.key)
 
         def work(tx: Tx) -> List[int]:
             now = self.now()
@@ -103,7 +94,7 @@ class AdminMixin:
                 for msg in messages:
                     # (INSERT ... RETURNING: one row.)
                     ids.append(tx.one(self.sql.INSERT_RESTORED,
-                                      row(msg, now))[0])  # type: ignore[index]
+                                      self._restored(queue, msg, now))[0])  # type: ignore[index]
             except psycopg.errors.UniqueViolation as exc:
                 raise ValueError(
                     "cannot restore into queue %r of %s: %s (a message with that key is "

@@ -342,6 +342,7 @@ class PostgresEngine(SchemaMixin, ServerClock, LeaseMixin, KeyedMixin, AdminMixi
 
     def replace_data(self, msg_id: int, old: bytes, new: bytes) -> bool:
         return bool(self._conns.changes(self.sql.REPLACE_DATA, (new, msg_id, old)))
+
     # -- metrics ---------------------------------------------------------------------
 
     def flush_metrics(self) -> None:
@@ -364,6 +365,9 @@ class PostgresEngine(SchemaMixin, ServerClock, LeaseMixin, KeyedMixin, AdminMixi
         except Exception as exc:  # counting never fails the operation counted
             logger.debug("metrics not flushed to %s: %s", self.location, exc)
             self._metrics.give_back(pending)
+
+    # -- upkeep and wake-ups -----------------------------------------------------------
+
     def maintenance(self) -> PostgresMaintenance:
         from .maintenance import PostgresMaintenance
 

@@ -91,6 +91,7 @@ class KeyedMixin:
         if new:
             self._count(queue, "puts", new)
         return out
+
     def complete(self, msg_id: int, lease: Optional[int], key: str, ok: bool, data: bytes,
                  dead_reason: Optional[str] = None) -> bool:
         queue, held = self._run(

@@ -43,6 +43,10 @@ class OperatingMixin:
         def _changes(self, statement: str, params: Params) -> int:
             """The engine's: the rows one write changed."""
 
+        @staticmethod
+        def _restored(queue: str, msg: Message, now: float) -> Tuple[object, ...]:
+            """The engine's: the INSERT_RESTORED values of a message."""
+
     # -- what a queue was written with ----------------------------------------------
 
     def codec_of(self, queue: str) -> Optional[str]:
@@ -77,25 +81,12 @@ class OperatingMixin:
 
     def restore(self, queue: str, messages: Iterable[Message]) -> List[int]:
         now = self.now()
-
-        def row(msg: Message) -> Tuple[object, ...]:
-            dead = msg.dead_at is not None
-            if dead:
-                visible = None
-            elif msg.lease is not None or msg.visible_at is None:
-                visible = now if msg.visible_at is None else min(msg.visible_at, now)
-            else:
-                visible = msg.visible_at
-            return (queue, msg.data, msg.priority, visible, msg.created_at, msg.expires_at,
-                    msg.attempts, msg.last_error, msg.dead_at if dead else None,
-                    msg.dead_reason if dead else None, msg.key)
-
         ids: List[int] = []
         try:
             with self._conns.transaction() as conn:
                 for msg in messages:
                     ids.append(conn.execute(  # type: ignore[arg-type]  # an INSERT's: its id
-                        self.sql.INSERT_RESTORED, row(msg)).lastrowid)
+                        self.sql.INSERT_RESTORED, self._restored(queue, msg, now)).lastrowid)
         except StorageError as exc:  # the driver's error comes as ours, with it as the cause
             if not isinstance(exc.__cause__, sqlite3.IntegrityError):
                 raise
