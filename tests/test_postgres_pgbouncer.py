@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 
@@ -92,9 +93,15 @@ def pgbouncer():
                 "logfile = %s/pgbouncer.log\n"
                 "pidfile = %s/pgbouncer.pid\n" % (target, target, port, home, home))
     os.chmod(config, 0o644)
-    proc = subprocess.Popen(command + [config], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Its output goes to a file, never to a pipe: it also logs every login
+    # and close to stderr, and once a pipe that nobody reads holds 64 KB
+    # (about 250 connections, as many as this module makes) its next line
+    # blocks it, and with it every client, until this process exits.
+    output = os.path.join(home, "pgbouncer.out")
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(command + [config], stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_until_it_answers(proc, port, home)
+        _wait_until_it_answers(proc, port, output)
         yield "127.0.0.1", port
     finally:
         proc.terminate()
@@ -102,14 +109,14 @@ def pgbouncer():
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _wait_until_it_answers(proc, port, home):
+def _wait_until_it_answers(proc, port, output):
     import psycopg
 
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:
-            raise AssertionError("pgbouncer exited (%s): %s" % (proc.returncode,
-                                                                proc.stdout.read()))
+            with open(output, errors="replace") as f:
+                raise AssertionError("pgbouncer exited (%s): %s" % (proc.returncode, f.read()))
         try:
             psycopg.connect("postgresql://root@127.0.0.1:%d/test" % port,
                             connect_timeout=2).close()
@@ -156,6 +163,17 @@ def _session_settings(pgbouncer, database):
                              "transaction_read_only", "application_name")}
 
 
+def test_the_pgbouncer_of_these_tests_outlasts_many_connections(pgbouncer):
+    # Its log lines once filled a pipe nobody read, after about 250
+    # connections: then it stopped answering anyone, and whichever test of
+    # this module came next failed 20 or 60 s later.
+    import psycopg
+
+    host, port = pgbouncer
+    for _ in range(600):
+        psycopg.connect("postgresql://root@%s:%d/test" % (host, port), connect_timeout=5).close()
+
+
 def test_no_setting_of_the_engine_stays_on_a_shared_server_session(direct, pgbouncer):
     before = _session_settings(pgbouncer, "single")
     writer = open_engine(_through(direct, pgbouncer, "single", timeout=7))
@@ -174,6 +192,122 @@ def test_no_setting_of_the_engine_stays_on_a_shared_server_session(direct, pgbou
     # The one server session of "single" ran all of it, and is as it was.
     assert _session_settings(pgbouncer, "single") == before
     assert before["lock_timeout"] != "7s"
+
+
+class _LateFlushes:
+    """A TCP proxy in front of PgBouncer that holds back each Flush message
+    sent right after a Sync until the Sync's answer has surely come back.
+
+    psycopg ends a pipeline with a Sync, and with a Flush too when its
+    results were not all in yet: whether that Flush reaches PgBouncer
+    before or after the Sync's ReadyForQuery depends on timing (on a loaded
+    machine, 1 module run in 60).  This makes it always after."""
+
+    HOLD = 0.05  # seconds; a Sync's answer comes back within a millisecond here
+
+    def __init__(self, upstream):
+        self._upstream = upstream
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.address = self._server.getsockname()
+        self._sockets = [self._server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(self._upstream)
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._forward, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._copy, args=(upstream, client), daemon=True).start()
+
+    @staticmethod
+    def _copy(source, sink):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _forward(self, client, upstream):
+        """Client to PgBouncer, message by message: the startup messages
+        (no type byte) until the StartupMessage, then typed ones."""
+        buffer, started, last = b"", False, None
+        try:
+            while True:
+                data = client.recv(65536)
+                if not data:
+                    break
+                buffer += data
+                while True:
+                    if not started:
+                        if len(buffer) < 8:
+                            break
+                        size = int.from_bytes(buffer[:4], "big")
+                        if len(buffer) < size:
+                            break
+                        message, buffer = buffer[:size], buffer[size:]
+                        code = int.from_bytes(message[4:8], "big")
+                        started = code == 196608  # protocol 3.0: typed messages follow
+                        upstream.sendall(message)
+                        continue
+                    if len(buffer) < 5:
+                        break
+                    size = 1 + int.from_bytes(buffer[1:5], "big")
+                    if len(buffer) < size:
+                        break
+                    message, buffer = buffer[:size], buffer[size:]
+                    kind = message[:1]
+                    if kind == b"H" and last == b"S":
+                        time.sleep(self.HOLD)
+                    upstream.sendall(message)
+                    last = kind
+        except OSError:
+            pass
+        finally:
+            for s in (client, upstream):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        for s in self._sockets:
+            s.close()
+
+
+def test_a_transaction_through_pgbouncer_gives_its_server_session_back(direct, pgbouncer):
+    # "single" has one server session.  A commit that ended its
+    # transaction in a pipeline, whose late Flush then took the session
+    # again, left it to an idle connection of the writer: the reader's
+    # count waited for it until PgBouncer's query_wait_timeout (20 s).
+    proxy = _LateFlushes(pgbouncer)
+    try:
+        writer = open_engine(_through(direct, proxy.address, "single"))
+        reader = open_engine(_through(direct, proxy.address, "single"), readonly=True)
+        try:
+            for i in range(3):
+                writer.put("q", b"x")  # a commit with a notification
+                assert reader.count("q") == i + 1
+            msg = writer.lease("q", 1, 30.0)[0]
+            assert writer.ack(msg.id, msg.lease)
+            assert reader.count("q") == 2
+        finally:
+            reader.close()
+            writer.close()
+    finally:
+        proxy.close()
 
 
 def _put_once(location):

@@ -26,7 +26,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional
 
 import psycopg
 import psycopg_pool
-from psycopg import errors
+from psycopg import errors, sql
 
 from .. import _fork
 from ..exceptions import (DatabaseBusy, DiskFull, IncompatibleDatabase, LiteQueueError,
@@ -382,14 +382,26 @@ class Tx:
 
     def commit(self) -> None:
         """Send the notifications (delivered at commit) and COMMIT, in one
-        round trip."""
+        round trip: one query of several statements, not a pipeline.
+
+        A pipeline ends with a Sync, and then with a Flush if its results
+        were not all in yet.  PgBouncer (1.18 at least) in transaction mode
+        gives the server session back at the Sync's ReadyForQuery that ends
+        the transaction; a Flush that comes after it takes a session again,
+        and since a Flush is never answered, keeps it until this connection
+        sends something else: idle in the pool, it starved every other
+        client of that session (the other connections of this process
+        too).  The pipeline that begins a transaction is safe: its Sync
+        leaves the transaction open, so the session stays ours anyway."""
         if not self.begun:
             return  # nothing was done (a notification goes with a change)
         self.busy = True
         if not self.notifications:
             self.conn.execute("COMMIT")
             return
-        with self.conn.pipeline():
-            for channel, payload in self.notifications:
-                self.conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
-            self.conn.execute("COMMIT")
+        notify = sql.SQL("SELECT pg_notify({}, {})")
+        statements: List[sql.Composable] = [
+            notify.format(sql.Literal(channel), sql.Literal(payload))
+            for channel, payload in self.notifications]
+        statements.append(sql.SQL("COMMIT"))
+        self.conn.execute(sql.SQL("; ").join(statements))
