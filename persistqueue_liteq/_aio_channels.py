@@ -85,9 +85,16 @@ class _Channel:
         fileno = getattr(self._waiter, "fileno", None)
         self._fd: Optional[int] = fileno() if fileno is not None else None
         if self._fd is not None:
-            loop.add_reader(self._fd, self._readable)
+            try:
+                loop.add_reader(self._fd, self._readable)
+            except NotImplementedError:  # a loop that watches no descriptors (a proactor)
+                self._fd = None
+            except BaseException:
+                self._context.__exit__(None, None, None)  # the waiter is not kept
+                raise
+        if self._fd is not None:
             self._relook: float = SAFETY_INTERVAL  # wake-ups can be lost: a safety net
-        else:  # no sockets here, or unsafe: look again often
+        else:  # no sockets here, unsafe, or not watched: look again often
             self._relook = getattr(self._waiter, "interval", 0.005)
 
     def _readable(self) -> None:

@@ -199,6 +199,62 @@ def test_waiting_falls_back_to_a_timer_without_sockets(db, monkeypatch):
     run(main())
 
 
+def _put_from_thread(path, item):
+    def put():
+        with PersistentQueue(path) as q:
+            q.put(item)
+
+    thread = threading.Thread(target=put)
+    thread.start()
+    return thread
+
+
+def test_a_loop_that_watches_no_descriptors_wakes_getters_by_timer(db, monkeypatch):
+    """asyncio's proactor loop (Windows) has no add_reader: the channel
+    looks again every few ms instead of failing the get."""
+    from persistqueue_liteq import _aio_channels
+
+    monkeypatch.setattr(_aio_channels, "SAFETY_INTERVAL", 3600.0)
+
+    def no_readers(*args):
+        raise NotImplementedError
+
+    async def main():
+        monkeypatch.setattr(asyncio.get_running_loop(), "add_reader", no_readers)
+        async with AsyncPersistentQueue(db) as q:
+            getter = asyncio.ensure_future(q.get())
+            await until(lambda: waiting(q) == 1)
+            thread = _put_from_thread(db, "polled")
+            assert await asyncio.wait_for(getter, 30) == "polled"
+            q.task_done()
+            thread.join(10)
+
+    run(main())
+
+
+def test_a_channel_whose_reader_cannot_be_added_keeps_no_waiter(db, monkeypatch):
+    def refused(*args):
+        raise OSError("refused by the test")
+
+    async def main():
+        async with AsyncPersistentQueue(db) as q:
+            loop = asyncio.get_running_loop()
+            added = loop.add_reader
+            monkeypatch.setattr(loop, "add_reader", refused)
+            with pytest.raises(OSError, match="refused by the test"):
+                await asyncio.wait_for(q.get(), 30)
+            # The engine's waiter was left again: its socket is gone.
+            directory = q._sync.engine._notifier._directory("put", q._sync.name)
+            assert not os.path.isdir(directory) or os.listdir(directory) == []
+            monkeypatch.setattr(loop, "add_reader", added)
+            thread = _put_from_thread(db, "after")
+            assert await asyncio.wait_for(q.get(), 30) == "after"
+            q.task_done()
+            thread.join(10)
+
+    run(main())
+
+
 def test_a_delayed_item_is_got_when_due_without_a_put(db):
     async def main():
         async with AsyncLiteQueue(db) as lq:
