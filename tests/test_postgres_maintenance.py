@@ -319,6 +319,23 @@ def test_a_message_committed_behind_the_fifo_floor_is_leased_at_the_next_full_sc
         producer.close()
 
 
+def test_the_fifo_floors_stay_bounded_whatever_the_number_of_queues(engine, monkeypatch):
+    """One floor per queue leased from: a deleted queue's goes with it, and
+    past FIFO_FLOORS_KEPT queues they are forgotten, not kept for the
+    engine's life (an application with a reply queue per job)."""
+    from persistqueue_liteq.postgres import lease as pg_lease
+
+    monkeypatch.setattr(pg_lease, "FIFO_FLOORS_KEPT", 3)
+    for i in range(10):
+        engine.put("reply-%d" % i, b"x")
+        [m] = engine.lease("reply-%d" % i, 1, 30)
+        assert engine.ack(m.id, m.lease)
+        assert len(engine._fifo_floors) <= 3
+    assert "reply-9" in engine._fifo_floors
+    engine.delete_queue("reply-9")
+    assert "reply-9" not in engine._fifo_floors
+
+
 def test_a_put_in_flight_across_an_empty_scan_is_leased_once_it_commits(engine, pg, monkeypatch):
     """A slow link to the server: a put has taken its visible_at, a scan from
     the start finds the queue empty, then the put commits.  The next lease,

@@ -38,6 +38,7 @@ class AdminMixin:
     _metrics: Metrics
     #: The count statement of each kind of count.
     _count_sql: Dict[str, str]
+    _fifo_floors: Dict[str, Tuple[float, float]]  # (lease.py's)
 
     if TYPE_CHECKING:
         def now(self) -> float: ...
@@ -166,4 +167,6 @@ class AdminMixin:
                 self._notify(tx, "done", queue)
             return removed
 
-        return self._run(work)
+        removed = self._run(work)
+        self._fifo_floors.pop(queue, None)  # (a queue made again later starts afresh)
+        return removed

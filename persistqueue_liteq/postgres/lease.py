@@ -50,6 +50,9 @@ logger = logging.getLogger("persistqueue_liteq")
 # the start, within FIFO_FULL_SCAN seconds.
 FIFO_SLACK = 0.05
 FIFO_FULL_SCAN = 1.0
+# Floors kept at most (one per queue leased from): past this many queues,
+# they are all forgotten, and each queue's next lease scans from the start.
+FIFO_FLOORS_KEPT = 10_000
 
 
 class LeaseMixin:
@@ -93,6 +96,8 @@ class LeaseMixin:
                 top = now - FIFO_FULL_SCAN
                 if old is not None and old[0] > top:
                     top = old[0]
+            if old is None and len(self._fifo_floors) >= FIFO_FLOORS_KEPT:
+                self._fifo_floors.clear()
             self._fifo_floors[queue] = (top, time.monotonic() + FIFO_FULL_SCAN)
         elif rows:
             top = max(row[9] for row in rows)
