@@ -10,6 +10,7 @@ import math
 import numbers
 import os
 import re
+import sys
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ def payload(data: object) -> bytes:
     )
 
 
+_LONGEST = sys.float_info.max
+
 if TYPE_CHECKING:
     # None only where allowed.
     @overload
@@ -73,7 +76,9 @@ def seconds(value: object, argument: str, allow_none: bool = False,
     if value is None and allow_none:
         return None
     if type(value) is int and value >= 0 and not (positive and value == 0):
-        return float(value)  # the common case, without the slower checks below
+        return float(value)  # the common cases, without the slower checks below
+    if type(value) is float and 0.0 <= value <= _LONGEST and not (positive and value == 0.0):
+        return value  # (NaN fails both comparisons; inf the second)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError("%s must be a number of seconds, not %r" % (argument, value))
     value = float(value)
@@ -87,6 +92,8 @@ def seconds(value: object, argument: str, allow_none: bool = False,
 
 
 def count(value: object, argument: str, minimum: int = 0) -> int:
+    if type(value) is int and value >= minimum:
+        return value  # the common case, without the slower checks below
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError("%s must be an int, not %r" % (argument, value))
     if value < minimum:

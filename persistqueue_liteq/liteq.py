@@ -151,6 +151,8 @@ class LiteQueue:
         ttl = _checks.seconds(ttl_seconds, "ttl_seconds", allow_none=True)
         retries, pause = _conflict_policy(retries_on_conflict, pause_on_conflict)
         key = _caller_id(message_id)
+        if not retries:  # the default: DatabaseBusy raised at once
+            return self._engine.put(qname, data, delay, ttl, key=key)
         return self._on_conflict(lambda: self._engine.put(qname, data, delay, ttl, key=key),
                                  retries, pause)
 

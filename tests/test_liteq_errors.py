@@ -274,3 +274,48 @@ def test_ids_must_be_ints(q):
             q.delete(bad)
     with pytest.raises(ValueError, match="message id"):
         q.delete("one")
+
+
+# Seconds and counts as every method checks them: the fast paths for a
+# plain int or float must accept and refuse exactly what the full checks do.
+@pytest.mark.parametrize("value, expected", [
+    (0, 0.0), (3, 3.0), (0.0, 0.0), (-0.0, 0.0), (0.05, 0.05), (1e300, 1e300),
+    (True, TypeError), ("1", TypeError), (None, TypeError), (-1, ValueError),
+    (-0.5, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+    (float("-inf"), ValueError),
+])
+def test_seconds_are_checked_the_same_on_every_path(value, expected):
+    from fractions import Fraction
+
+    from persistqueue_liteq import _checks
+
+    if isinstance(expected, type):
+        with pytest.raises(expected, match="wait_seconds"):
+            _checks.seconds(value, "wait_seconds")
+    else:
+        got = _checks.seconds(value, "wait_seconds")
+        assert got == expected and type(got) is float
+    assert _checks.seconds(Fraction(1, 4), "wait_seconds") == 0.25
+    for zero in (0, 0.0, -0.0):
+        with pytest.raises(ValueError, match="must be positive"):
+            _checks.seconds(zero, "pause_on_empty_fetch", positive=True)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (0, 0), (1, 1), (10**30, 10**30), (True, TypeError), (1.0, TypeError),
+    ("1", TypeError), (None, TypeError), (-1, ValueError),
+])
+def test_counts_are_checked_the_same_on_every_path(value, expected):
+    import enum
+
+    from persistqueue_liteq import _checks
+
+    if isinstance(expected, type):
+        with pytest.raises(expected, match="max_messages"):
+            _checks.count(value, "max_messages")
+    else:
+        got = _checks.count(value, "max_messages")
+        assert got == expected and type(got) is int
+    with pytest.raises(ValueError, match="at least 1"):
+        _checks.count(0, "max_messages", minimum=1)
+    assert type(_checks.count(enum.IntEnum("N", "one")(1), "max_messages")) is int
