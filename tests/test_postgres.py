@@ -623,3 +623,16 @@ def test_a_transaction_retried_after_a_deadlock_reads_a_generator_argument_again
         assert engine.redrive("q", (i for i in ids)) == 2
         assert engine.count("q", "dead") == 0 and engine.count("q") == 2
     assert failed  # the first attempt did fail
+
+
+def test_the_notifications_of_a_commit_are_quoted_whatever_they_hold(pg):
+    """A commit's notifications go as literals in its query: plain ones
+    (what channels and payloads are made of) as they are, any other
+    through psycopg's quoting."""
+    import psycopg
+
+    from persistqueue_liteq.postgres.connections import _literal
+
+    with psycopg.connect(pg.split("?")[0], autocommit=True) as conn:
+        for text in ("pqlq_0a1b", "put:0a1b", "", "it's", "a\\\\b", "ünï", "'; COMMIT; --"):
+            assert conn.execute("SELECT " + _literal(text)).fetchone()[0] == text
