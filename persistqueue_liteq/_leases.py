@@ -101,7 +101,10 @@ class _LeaseBook:
         lease = _Lease(msg.id, msg.lease, self._owner())  # type: ignore[arg-type]  # leased
         with self._leases_lock:
             self._held[lease.token] = lease
-            self._held_by_thread.setdefault(lease.thread, collections.deque()).append(lease)
+            mine = self._held_by_thread.get(lease.thread)
+            if mine is None:
+                mine = self._held_by_thread[lease.thread] = collections.deque()
+            mine.append(lease)
             if self._heartbeat is None:
                 self._start_heartbeat()
 

@@ -349,6 +349,8 @@ class Codec:
         """The serialized bytes of ``item``, unsigned; raises whatever the
         serializer raises for an item it cannot serialize."""
         data = self.serializer.dumps(item)
+        if type(data) is bytes:  # what most serializers return
+            return data
         if isinstance(data, str):
             data = data.encode("utf-8")
         elif isinstance(data, (bytearray, memoryview)):
