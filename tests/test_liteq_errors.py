@@ -276,6 +276,17 @@ def test_ids_must_be_ints(q):
         q.delete("one")
 
 
+def _check_gives(check, value, argument, expected, kind):
+    """``check(value, argument)`` raises ``expected`` (an exception class)
+    naming the argument, or returns ``expected``, of type ``kind``."""
+    if isinstance(expected, type):
+        with pytest.raises(expected, match=argument):
+            check(value, argument)
+    else:
+        got = check(value, argument)
+        assert got == expected and type(got) is kind
+
+
 # Seconds and counts as every method checks them: the fast paths for a
 # plain int or float must accept and refuse exactly what the full checks do.
 @pytest.mark.parametrize("value, expected", [
@@ -289,12 +300,7 @@ def test_seconds_are_checked_the_same_on_every_path(value, expected):
 
     from persistqueue_liteq import _checks
 
-    if isinstance(expected, type):
-        with pytest.raises(expected, match="wait_seconds"):
-            _checks.seconds(value, "wait_seconds")
-    else:
-        got = _checks.seconds(value, "wait_seconds")
-        assert got == expected and type(got) is float
+    _check_gives(_checks.seconds, value, "wait_seconds", expected, float)
     assert _checks.seconds(Fraction(1, 4), "wait_seconds") == 0.25
     for zero in (0, 0.0, -0.0):
         with pytest.raises(ValueError, match="must be positive"):
@@ -310,12 +316,7 @@ def test_counts_are_checked_the_same_on_every_path(value, expected):
 
     from persistqueue_liteq import _checks
 
-    if isinstance(expected, type):
-        with pytest.raises(expected, match="max_messages"):
-            _checks.count(value, "max_messages")
-    else:
-        got = _checks.count(value, "max_messages")
-        assert got == expected and type(got) is int
+    _check_gives(_checks.count, value, "max_messages", expected, int)
     with pytest.raises(ValueError, match="at least 1"):
         _checks.count(0, "max_messages", minimum=1)
     assert type(_checks.count(enum.IntEnum("N", "one")(1), "max_messages")) is int

@@ -194,6 +194,15 @@ def test_no_setting_of_the_engine_stays_on_a_shared_server_session(direct, pgbou
     assert before["lock_timeout"] != "7s"
 
 
+def _shut(*sockets):
+    """End both directions of each socket (the other thread's recv returns)."""
+    for s in sockets:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class _LateFlushes:
     """A TCP proxy in front of PgBouncer that holds back each Flush message
     sent right after a Sync until the Sync's answer has surely come back.
@@ -234,11 +243,7 @@ class _LateFlushes:
         except OSError:
             pass
         finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shut(source, sink)
 
     def _forward(self, client, upstream):
         """Client to PgBouncer, message by message: the startup messages
@@ -276,11 +281,7 @@ class _LateFlushes:
         except OSError:
             pass
         finally:
-            for s in (client, upstream):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shut(client, upstream)
 
     def close(self):
         for s in self._sockets:
