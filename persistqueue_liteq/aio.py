@@ -660,7 +660,7 @@ class AsyncLiteQueue:
             # Cancelled (or exiting): hand it back, even if cancelled again.
             await asyncio.shield(self._run(self._sync.engine.release, msg.id, msg.lease))
             raise
-        await self._run(self._sync.engine.ack, msg.id, msg.lease)
+        await self._run(self._sync.engine.ack, msg.id, msg.lease, msg.queue_name)
 
     async def listen(self, qname: str = "default", invisible_seconds: float = 60,
                      max_messages: int = 1) -> AsyncIterator[Message]:

@@ -349,7 +349,7 @@ class _Compat(PersistentQueue[Any]):
             token = lease.token
         try:
             if how == "ack":
-                done = self._engine.ack(msg_id, token)
+                done = self._engine.ack(msg_id, token, self.name)
             elif how == "nack":
                 done = self._engine.release(msg_id, token)
             else:

@@ -636,3 +636,223 @@ def test_the_notifications_of_a_commit_are_quoted_whatever_they_hold(pg):
     with psycopg.connect(pg.split("?")[0], autocommit=True) as conn:
         for text in ("pqlq_0a1b", "put:0a1b", "", "it's", "a\\\\b", "ünï", "'; COMMIT; --"):
             assert conn.execute("SELECT " + _literal(text)).fetchone()[0] == text
+
+
+# -- one round trip an operation -------------------------------------------------------
+
+
+def _queries(monkeypatch):
+    """The queries that every psycopg connection sends from now on, each a
+    round trip (none of these runs in a pipeline)."""
+    import psycopg
+
+    sent = []
+    execute = psycopg.Connection.execute
+
+    def recorded(conn, query, *args, **kwargs):
+        sent.append(query if isinstance(query, str) else repr(query))
+        return execute(conn, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", recorded)
+    return sent
+
+
+@pytest.fixture
+def engine1(pg):
+    """An engine of one connection: what was prepared on it is known."""
+    engine = open_engine(pg + ("&" if "?" in pg else "?") + "pool_size=1")
+    yield engine
+    engine.close()
+
+
+def test_a_put_a_lease_and_an_ack_are_one_round_trip_each(engine1, monkeypatch):
+    """Their transaction (BEGIN, the statement, COMMIT, the notification)
+    goes as one query, its statement prepared once per connection."""
+    engine = engine1
+    for _ in range(3):  # every statement prepared on the pool's connection
+        engine.put("q", b"warm")
+        [m] = engine.lease("q", 1, 30)
+        engine.ack(m.id, m.lease, "q")
+    sent = _queries(monkeypatch)
+    msg_id = engine.put("q", b"x")
+    assert len(sent) == 1 and "COMMIT; SELECT pg_catalog.pg_notify(" in sent[0], sent
+    [m] = engine.lease("q", 1, 30)
+    assert (m.id, m.data) == (msg_id, b"x")
+    assert len(sent) == 2 and "FOR UPDATE SKIP LOCKED" not in sent[1]  # EXECUTE, prepared
+    assert engine.ack(m.id, m.lease, "q") is True
+    assert len(sent) == 3
+    assert engine.ack(m.id, m.lease, "q") is False  # acknowledged once
+    assert engine.count("q") == 0
+
+
+def test_a_put_through_an_unprepared_engine_is_one_round_trip_too(pg, monkeypatch):
+    """prepared=False (PgBouncer in transaction mode): the statement goes
+    whole, its parameters bound by psycopg, in the same one query."""
+    unprepared = open_engine(pg + "&prepared=false" if "?" in pg else pg + "?prepared=false")
+    try:
+        unprepared.put("q", b"warm")
+        sent = _queries(monkeypatch)
+        unprepared.put("q", b"it's \x00 \\ binary")
+        [a, b] = unprepared.lease("q", 2, 30)
+        assert (a.data, b.data) == (b"warm", b"it's \x00 \\ binary")
+        assert len(sent) == 2 and not any("EXECUTE" in query for query in sent), sent
+        assert not any("PREPARE" in query for query in sent)
+    finally:
+        unprepared.close()
+
+
+def test_a_connection_the_server_ended_while_idle_is_not_used_for_a_put(engine, pg):
+    """A put sends its COMMIT with its statement: on a connection that
+    failed on the way it could not know whether it committed.  So a
+    connection that the server closed while it sat in the pool (a restart,
+    idle_session_timeout, an operator) is found so before anything is sent,
+    and another one used: each put stores its message, once."""
+    import psycopg
+
+    engine.put("q", b"first")
+    with psycopg.connect(pg.split("?")[0], autocommit=True) as admin:
+        pids = [pid for (pid,) in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'persistqueue_liteq' "
+            "AND pid <> pg_backend_pid() AND datname = current_database() "
+            "AND state = 'idle'").fetchall()]
+        assert pids
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
+    engine.put("q", b"second")
+    [a, b] = engine.lease("q", 2, 30)
+    assert (a.data, b.data) == (b"first", b"second")
+    assert engine.ack(a.id, a.lease, "q") and engine.ack(b.id, b.lease, "q")
+    assert engine.count("q") == 0
+
+
+def test_statements_deallocated_behind_the_engines_back_are_prepared_again(
+        engine1, monkeypatch):
+    """DISCARD ALL or DEALLOCATE ALL on the engine's connection (a
+    pooler's reset, an operator): the next operation prepares again, on the
+    same connection: its EXECUTE, refused, then the PREPARE and the EXECUTE."""
+    engine = engine1
+    engine.put("q", b"first")
+    [conn] = list(engine._conns._prepared_on)  # idle in the pool
+    conn.execute("DEALLOCATE ALL")
+    del conn
+    sent = _queries(monkeypatch)
+    msg_id = engine.put("q", b"second")
+    assert [query.split()[0] for query in sent] == ["BEGIN;", "PREPARE", "BEGIN;"], sent
+    [a, b] = engine.lease("q", 2, 30)
+    assert (a.data, b.id) == (b"first", msg_id)
+    assert engine.ack(b.id, b.lease, "q") and engine.count("q") == 1
+
+
+def test_behind_a_pooler_that_changes_server_sessions_statements_go_unprepared(
+        engine1, monkeypatch, caplog):
+    """PgBouncer in transaction mode keeps psycopg's prepared statements
+    (1.21 on) but not SQL's PREPARE: the EXECUTE that follows it may go to
+    another server session.  The engine sees its statement gone right
+    after preparing it, runs the operation again with the statement whole,
+    and prepares nothing from then on."""
+    import psycopg
+
+    engine = engine1
+    execute = psycopg.Connection.execute
+
+    def another_session_each_time(conn, query, *args, **kwargs):
+        result = execute(conn, query, *args, **kwargs)
+        if isinstance(query, str) and query.startswith("PREPARE "):
+            execute(conn, "DEALLOCATE ALL")  # as a session without it would be
+        return result
+
+    monkeypatch.setattr(psycopg.Connection, "execute", another_session_each_time)
+    with caplog.at_level(logging.INFO, logger="persistqueue_liteq"):
+        msg_id = engine.put("q", b"x")
+    assert "no longer prepared" in caplog.text
+    sent = _queries(monkeypatch)
+    [m] = engine.lease("q", 1, 30)
+    assert m.id == msg_id and engine.ack(m.id, m.lease, "q")
+    assert len(sent) == 2 and not any("PREPARE" in q or "EXECUTE" in q for q in sent), sent
+    assert engine.count("q") == 0
+
+
+def test_a_prepared_statement_is_named_by_its_text_and_takes_its_placeholders_in_order():
+    """The same name on any connection for the same statement only (two
+    engines on other tables behind one pooler share server sessions), and
+    every placeholder numbered: positional ones in turn, a named one
+    where it first appears."""
+    pytest.importorskip("psycopg")
+    from persistqueue_liteq.postgres.connections import _prepared
+
+    name, prepare, execute = _prepared("SELECT %s, %s FROM t WHERE a LIKE '5%%'")
+    assert prepare == "PREPARE %s AS SELECT $1, $2 FROM t WHERE a LIKE '5%%'" % name
+    assert execute == "EXECUTE %s (%%s, %%s)" % name
+    other, prepare, execute = _prepared("UPDATE t SET a = %(a)s WHERE b = %(b)s OR c = %(a)s")
+    assert prepare == "PREPARE %s AS UPDATE t SET a = $1 WHERE b = $2 OR c = $1" % other
+    assert execute == "EXECUTE %s (%%(a)s, %%(b)s)" % other
+    assert other != name and _prepared("SELECT 1")[0] not in (name, other)
+    assert _prepared("SELECT %s, %s FROM t WHERE a LIKE '5%%'")[0] == name
+    assert _prepared("SELECT 1")[1:] == ("PREPARE %s AS SELECT 1" % _prepared("SELECT 1")[0],
+                                         "EXECUTE " + _prepared("SELECT 1")[0])
+
+
+def test_a_deadlock_in_a_one_statement_transaction_runs_it_again(engine, monkeypatch):
+    """Its transaction rolled back (nothing committed): run again, whole."""
+    import psycopg
+
+    from persistqueue_liteq.postgres import connections
+
+    failed = []
+    run_once = connections.Connections._once
+
+    def deadlocked_once(conns, conn, statement, *args):
+        if not failed:
+            failed.append(statement)
+            conn.execute("BEGIN")  # as a statement that failed leaves it: in a transaction
+            raise psycopg.errors.DeadlockDetected("deadlock detected (the test's)")
+        return run_once(conns, conn, statement, *args)
+
+    monkeypatch.setattr(connections.Connections, "_once", deadlocked_once)
+    msg_id = engine.put("q", b"x")
+    assert failed and engine.count("q") == 1
+    with engine._conns.pool().connection() as conn:  # every connection is out of it
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    [m] = engine.lease("q", 1, 30)
+    assert m.id == msg_id
+
+
+def test_the_notifications_of_a_commit_follow_it_and_are_held_back_when_their_queue_fills(
+        engine, pg, monkeypatch):
+    """A notification goes after the COMMIT, in a transaction of its own
+    (it cannot undo the change, and PostgreSQL's lock on notifying commits
+    is not held through the change's WAL flush); above NOTIFY_QUEUE_LIMIT
+    of PostgreSQL's notification queue in use (a listener somewhere stopped
+    reading; a NOTIFY would fail at its commit) none is sent, and the
+    operation still commits and returns."""
+    import psycopg
+
+    from persistqueue_liteq.postgres import connections
+
+    channel = engine._channel
+    with psycopg.connect(pg.split("?")[0], autocommit=True) as listener:
+        listener.execute("LISTEN %s" % channel)
+
+        def heard_until(marker):
+            """What the listener heard, up to ``marker``, sent last."""
+            with psycopg.connect(pg.split("?")[0], autocommit=True) as other:
+                other.execute("SELECT pg_notify(%s, %s)", (channel, marker))
+            heard = []
+            for note in listener.notifies(timeout=30):
+                if note.payload == marker:
+                    return heard
+                heard.append(note.payload)
+            raise AssertionError("the marker %r never came" % marker)
+
+        engine.put("q", b"one")
+        with engine.transaction() as tx:
+            tx.put("q", b"one more")
+            tx.put("other", b"another")
+        assert [p.split(":")[0] for p in heard_until("marker 1")] == ["put"] * 3
+        monkeypatch.setattr(connections, "NOTIFY_QUEUE_LIMIT", 0.0)  # the queue "full"
+        engine.put("q", b"two")
+        with engine.transaction() as tx:
+            tx.put("q", b"three")
+            tx.put("other", b"four")
+        assert heard_until("marker 2") == []
+        assert engine.count("q") == 4 and engine.count("other") == 2

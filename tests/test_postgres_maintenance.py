@@ -251,6 +251,20 @@ def _plan_blocks(conn, statement, params):
     return top["Shared Hit Blocks"] + top["Shared Read Blocks"]
 
 
+def _statements_run(engine, monkeypatch):
+    """The (statement, parameters) that ``engine`` runs as transactions of
+    one statement (its leases), from now on."""
+    ran = []
+    once = engine._conns.once
+
+    def recorded(statement, params=None, *args, **kwargs):
+        ran.append((statement, dict(params)))
+        return once(statement, params, *args, **kwargs)
+
+    monkeypatch.setattr(engine._conns, "once", recorded)
+    return ran
+
+
 def test_fifo_leases_do_not_step_over_taken_messages_that_no_vacuum_can_remove(
         engine, pg, monkeypatch):
     """A transaction open elsewhere keeps every version of every message
@@ -274,10 +288,7 @@ def test_fifo_leases_do_not_step_over_taken_messages_that_no_vacuum_can_remove(
                 assert m.data == b"%d" % i  # in order, every one
                 engine.ack(m.id, m.lease, "jobs")
             engine.put("jobs", b"next")
-            ran = []
-            rows = engine._rows
-            monkeypatch.setattr(engine, "_rows", lambda statement, params=None: (
-                ran.append((statement, dict(params))), rows(statement, params))[1])
+            ran = _statements_run(engine, monkeypatch)
             [m] = engine.lease("jobs", 1, 30)
             assert m.data == b"next"
             [(statement, params)] = ran
@@ -359,12 +370,9 @@ def test_a_put_in_flight_across_an_empty_scan_is_leased_once_it_commits(engine, 
         with producer.transaction() as tx:
             tx.put("jobs", b"in flight")
             assert engine.lease("jobs", 1, 30) == []  # from the start: nothing committed
-        ran = []
-        rows = engine._rows
-        monkeypatch.setattr(engine, "_rows", lambda statement, params=None: (
-            ran.append(statement), rows(statement, params))[1])
+        ran = _statements_run(engine, monkeypatch)
         [m] = engine.lease("jobs", 1, 30)
-        assert m.data == b"in flight" and ran == [engine.sql.LEASE_FIFO_FROM]
+        assert m.data == b"in flight" and [s for s, _ in ran] == [engine.sql.LEASE_FIFO_FROM]
     finally:
         producer.close()
 

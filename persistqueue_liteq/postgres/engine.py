@@ -99,9 +99,11 @@ class PostgresEngine(SchemaMixin, ServerClock, LeaseMixin, KeyedMixin, AdminMixi
         pool_size: most connections this engine opens in one process.
         readonly: only look at existing queue tables: nothing is created or
             changed (the server refuses every write: ReadOnlyDatabase).
-        prepared: let psycopg prepare the statements it runs often (False
-            behind PgBouncer in transaction mode before 1.21, which cannot
-            keep a client's prepared statements).
+        prepared: prepare the statements run often (False behind
+            PgBouncer in transaction mode before 1.21, which cannot keep a
+            client's prepared statements; from 1.21 on, it keeps psycopg's
+            but not those of SQL's PREPARE, which the engine then stops
+            using when it sees them gone).
         listen_url: where the connection that LISTENs for wake-ups goes
             (None: ``url``).  Behind a pooler in transaction mode, give the
             server's own address here: LISTEN needs a session of its own.
@@ -189,14 +191,29 @@ class PostgresEngine(SchemaMixin, ServerClock, LeaseMixin, KeyedMixin, AdminMixi
 
     def _notify(self, tx: Tx, kind: WakeKind, queue: str) -> None:
         """Wake the (kind, queue) waiters of every process when ``tx`` commits."""
-        tx.notify(self._channel, _notify.payload_of(kind, queue),
-                  lambda: self._listener.wake_local(self._channel, kind, queue))
+        tx.notify(*self._notification(kind, queue))
+
+    def _notification(self, kind: WakeKind, queue: str
+                      ) -> Tuple[str, str, Callable[[], object]]:
+        """What wakes the (kind, queue) waiters of every process: channel,
+        payload, and the wake-up of this process's, called once committed."""
+        return (self._channel, _notify.payload_of(kind, queue),
+                lambda: self._listener.wake_local(self._channel, kind, queue))
 
     # -- producing --------------------------------------------------------------------
 
     def put(self, queue: str, data: bytes, delay: float = 0.0, ttl: Optional[float] = None,
             priority: Optional[bytes] = None, seal: Optional[Sealer] = None,
             key: Optional[str] = None) -> int:
+        if key is None and seal is None:  # one statement: one round trip
+            now = self.now()
+            rows, _ = self._conns.once(
+                self.sql.INSERT, (queue, data, priority, now + delay, now,
+                                  None if ttl is None else now + ttl),
+                self._notification("put", queue))
+            self._count(queue, "puts")
+            return rows[0][0]  # type: ignore[no-any-return]
+
         # (A type comment: an annotation would cost the hot path a constant.)
         def work(tx):  # type: (Tx) -> Tuple[int, bool]
             if key is not None:

@@ -7,7 +7,7 @@ message while its lease holds, and neither waits for the other.
 
 Mixed into :class:`~.engine.PostgresEngine`, whose ``__init__`` sets
 ``_lease_sql`` and ``_fifo_floors``; it uses the engine's ``sql``,
-``_metrics``, its plumbing (``_run``, ``_rows``, ``_notify``), ``now()``,
+``_metrics``, its plumbing (``_conns``, ``_run``, ``_rows``, ``_notify``), ``now()``,
 its counts and ``flush_metrics()``.
 """
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from psycopg.rows import TupleRow
 
     from ..engine import Metrics, Order, WakeKind
-    from .connections import Tx
+    from .connections import Connections, Tx
 
     T = TypeVar("T")
 
@@ -64,6 +64,7 @@ class LeaseMixin:
     _lease_sql: Dict[str, str]
     #: queue: (floor, monotonic time of the next scan from the start)
     _fifo_floors: Dict[str, Tuple[float, float]]
+    _conns: Connections
 
     if TYPE_CHECKING:
         def now(self) -> float: ...
@@ -71,6 +72,8 @@ class LeaseMixin:
         def _run(self, work: Callable[[Tx], T]) -> T: ...
         def _rows(self, statement: str, params: Optional[Params] = None) -> List[TupleRow]: ...
         def _notify(self, tx: Tx, kind: WakeKind, queue: str) -> None: ...
+        def _notification(self, kind: WakeKind, queue: str
+                          ) -> Tuple[str, str, Callable[[], object]]: ...
         def _count(self, queue: str, name: str, n: int = 1, lasting: bool = False) -> None: ...
         def _count_deliveries(self, queue: str, *attempts: int) -> None: ...
 
@@ -118,7 +121,7 @@ class LeaseMixin:
             if order == "fifo":
                 statement, floor = self._fifo_statement(queue)
                 params["floor"] = floor
-            rows = self._rows(statement, params)
+            rows, _ = self._conns.once(statement, params, lost_is_retried=True)
             if order == "fifo":
                 self._fifo_leased(queue, floor, rows, now)
             if not rows:
@@ -210,13 +213,11 @@ class LeaseMixin:
                 return False
             queue = rows[0][0]
         else:
-            def work(tx):  # type: (Tx) -> int
-                done = tx.rowcount(self.sql.ACK_IN_QUEUE, (msg_id, lease, queue))
-                if done:
-                    self._notify(tx, "done", queue)
-                return done
-
-            if not self._run(work):
+            # (One round trip: its waiters are told even if nothing was
+            # acknowledged, which is rare, and wakes them for nothing.)
+            _, done = self._conns.once(self.sql.ACK_IN_QUEUE, (msg_id, lease, queue),
+                                       self._notification("done", queue))
+            if not done:
                 return False
         self._count(queue, "acks")
         return True
