@@ -20,6 +20,14 @@ warm-up:
 
 It reports the median microseconds per iteration of each tree with the
 min-max, and the ratio of the medians (B / A).  It asserts nothing.
+
+``--location URL`` runs the loops on PostgreSQL instead of SQLite files
+(each child in a schema of its own, dropped at its end); with a server
+doing most of the work, ``--clock wall`` measures elapsed time instead of
+this process's CPU time::
+
+    python benchmarks/bench_ab.py /tmp/old . --clock wall \
+        --location postgresql://root@127.0.0.1:5432/test
 """
 
 import argparse
@@ -33,12 +41,20 @@ LOOPS = ("liteq", "persistent", "put_batch", "pool")
 
 _CHILD = r"""
 import os, sys, tempfile, time
-kind, n = sys.argv[1], int(sys.argv[2])
+kind, n, clock, url = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+clock = time.perf_counter if clock == "wall" else time.process_time
 d = tempfile.mkdtemp()
+schema = "bench_ab_%d" % os.getpid()
+
+def where(name):
+    if not url:
+        return os.path.join(d, name + ".db")
+    return "%s%sschema=%s&table_prefix=%s_" % (url, "&" if "?" in url else "?", schema, name)
+
 from persistqueue_liteq import LiteQueue, PersistentQueue, PersistentThreadPoolExecutor
 
 def liteq(count):
-    q = LiteQueue(os.path.join(d, "l.db"))
+    q = LiteQueue(where("l"))
     def run(count):
         for i in range(count):
             q.put(b"payload %d" % i)
@@ -46,7 +62,7 @@ def liteq(count):
     return run
 
 def persistent(count):
-    q = PersistentQueue(os.path.join(d, "p.db"))
+    q = PersistentQueue(where("p"))
     def run(count):
         for i in range(count):
             q.put({"i": i, "p": 0})
@@ -55,7 +71,7 @@ def persistent(count):
     return run
 
 def put_batch(count):
-    q = LiteQueue(os.path.join(d, "b.db"))
+    q = LiteQueue(where("b"))
     def run(count):
         size = min(count, 1000) // 10 * 10
         for _ in range(count // size):
@@ -66,7 +82,7 @@ def put_batch(count):
     return run
 
 def pool(count):
-    ex = PersistentThreadPoolExecutor(os.path.join(d, "t.db"), max_workers=2)
+    ex = PersistentThreadPoolExecutor(where("t"), max_workers=2)
     def run(count):
         futures = [ex.submit(abs, -i) for i in range(count)]
         for f in futures:
@@ -76,16 +92,21 @@ def pool(count):
 
 run = globals()[kind](n)
 run(max(n // 10, 100))
-start = time.process_time()
+start = clock()
 run(n)
-spent = time.process_time() - start
+spent = clock() - start
 getattr(run, "close", lambda: None)()
+if url:
+    import psycopg
+    with psycopg.connect(url.split("?")[0], autocommit=True) as conn:
+        conn.execute("DROP SCHEMA %s CASCADE" % schema)
 print(spent / n * 1e6)
 """
 
 
-def measure(tree, kind, n):
-    done = subprocess.run([sys.executable, "-c", _CHILD, kind, str(n)], capture_output=True,
+def measure(tree, kind, n, clock="cpu", location=""):
+    done = subprocess.run([sys.executable, "-c", _CHILD, kind, str(n), clock, location],
+                          capture_output=True,
                           text=True, timeout=600, cwd=tempfile.gettempdir(),
                           env=dict(os.environ, PYTHONPATH=os.path.abspath(tree)))
     if done.returncode != 0:
@@ -100,6 +121,10 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("-n", type=int, default=3000, help="iterations per loop (3000)")
     parser.add_argument("--loops", default=",".join(LOOPS))
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="this process's CPU time (the default) or elapsed time")
+    parser.add_argument("--location", default="", metavar="URL",
+                        help="a PostgreSQL URL to run the loops on (default: SQLite files)")
     args = parser.parse_args(argv)
     loops = args.loops.split(",")
     results = {(tree, kind): [] for tree in "ab" for kind in loops}
@@ -107,9 +132,11 @@ def main(argv=None):
         order = ("a", "b") if r % 2 == 0 else ("b", "a")
         for kind in loops:
             for tree in order:
-                results[tree, kind].append(measure(getattr(args, tree), kind, args.n))
-    print("CPU µs per iteration, median (min-max) of %d interleaved runs; A = %s, B = %s"
-          % (args.repeat, args.a, args.b))
+                results[tree, kind].append(measure(getattr(args, tree), kind, args.n,
+                                                   args.clock, args.location))
+    print("%s µs per iteration, median (min-max) of %d interleaved runs; A = %s, B = %s%s"
+          % ("CPU" if args.clock == "cpu" else "Elapsed", args.repeat, args.a, args.b,
+             "; on " + args.location if args.location else ""))
     print()
     print("| loop | A | B | B / A |")
     print("|---|---:|---:|---:|")
