@@ -701,6 +701,27 @@ def test_a_put_through_an_unprepared_engine_is_one_round_trip_too(pg, monkeypatc
         unprepared.close()
 
 
+@pytest.mark.parametrize("prepared", ["true", "false"])
+def test_what_a_one_query_operation_binds_arrives_whole_whatever_it_holds(pg, prepared):
+    """Its parameters are bound into the query's text (psycopg's quoting):
+    queue names and payloads made to break out of a literal arrive as they
+    were sent, and nothing else runs."""
+    engine = open_engine(pg + ("&" if "?" in pg else "?") + "prepared=" + prepared)
+    try:
+        names = ["it's", "a\\b", "'); DROP TABLE x; --", "$1 %s %(n)s", "ünï \u2028"]
+        payloads = [b"'; COMMIT; --", b"\x00\x01\\'\"", bytes(range(256)), b""]
+        for name in names:
+            for payload in payloads:
+                msg_id = engine.put(name, payload)
+                [m] = engine.lease(name, 1, 30)
+                assert (m.id, m.data, m.queue_name) == (msg_id, payload, name)
+                assert engine.ack(m.id, m.lease, name) is True
+            assert engine.count(name) == 0
+        assert sorted(stats.name for stats in engine.queues()) == sorted(names)
+    finally:
+        engine.close()
+
+
 def test_a_connection_the_server_ended_while_idle_is_not_used_for_a_put(engine, pg):
     """A put sends its COMMIT with its statement: on a connection that
     failed on the way it could not know whether it committed.  So a
