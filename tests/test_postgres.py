@@ -638,6 +638,31 @@ def test_the_notifications_of_a_commit_are_quoted_whatever_they_hold(pg):
             assert conn.execute("SELECT " + _literal(text)).fetchone()[0] == text
 
 
+def test_the_notify_statements_of_a_commit_reach_their_channel_whatever_it_is_named(pg):
+    """Channels go as identifiers: ours (lower case, ``pqlq_``) as they
+    are, any other quoted, so that its case is kept and a keyword or a
+    quote cannot end the statement; payloads as literals."""
+    import itertools
+
+    import psycopg
+    from psycopg import sql
+
+    from persistqueue_liteq.postgres.connections import _notifying
+
+    channels = ("pqlq_0a1b", "Pqlq_Upper", 'it\'s "odd"; LISTEN x', "select", "pqlq_é")
+    payloads = ("put:0a1b", "", "it's", "a\\b", "'; COMMIT; --")
+    sent = [(channel, payload) for channel in channels for payload in payloads]
+    url = pg.split("?")[0]
+    with psycopg.connect(url, autocommit=True) as listener, \
+            psycopg.connect(url, autocommit=True) as sender:
+        for channel in channels:
+            listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        sender.execute(_notifying(sent))
+        heard = [(note.channel, note.payload)
+                 for note in itertools.islice(listener.notifies(timeout=30), len(sent))]
+    assert heard == sent
+
+
 # -- one round trip an operation -------------------------------------------------------
 
 
@@ -673,9 +698,12 @@ def test_a_put_a_lease_and_an_ack_are_one_round_trip_each(engine1, monkeypatch):
         engine.put("q", b"warm")
         [m] = engine.lease("q", 1, 30)
         engine.ack(m.id, m.lease, "q")
+    from persistqueue_liteq.postgres import connections
+
+    monkeypatch.setattr(connections, "NOTIFY_CHECK_INTERVAL", float("inf"))  # (not now)
     sent = _queries(monkeypatch)
     msg_id = engine.put("q", b"x")
-    assert len(sent) == 1 and "COMMIT; SELECT pg_catalog.pg_notify(" in sent[0], sent
+    assert len(sent) == 1 and "; COMMIT; NOTIFY pqlq_" in sent[0], sent
     [m] = engine.lease("q", 1, 30)
     assert (m.id, m.data) == (msg_id, b"x")
     assert len(sent) == 2 and "FOR UPDATE SKIP LOCKED" not in sent[1]  # EXECUTE, prepared
@@ -839,17 +867,19 @@ def test_a_deadlock_in_a_one_statement_transaction_runs_it_again(engine, monkeyp
 
 
 def test_the_notifications_of_a_commit_follow_it_and_are_held_back_when_their_queue_fills(
-        engine, pg, monkeypatch):
+        engine, pg, monkeypatch, caplog):
     """A notification goes after the COMMIT, in a transaction of its own
     (it cannot undo the change, and PostgreSQL's lock on notifying commits
     is not held through the change's WAL flush); above NOTIFY_QUEUE_LIMIT
     of PostgreSQL's notification queue in use (a listener somewhere stopped
     reading; a NOTIFY would fail at its commit) none is sent, and the
-    operation still commits and returns."""
+    operation still commits and returns, with a warning.  How full it is
+    is read every NOTIFY_CHECK_INTERVAL seconds; then again, it is sent."""
     import psycopg
 
     from persistqueue_liteq.postgres import connections
 
+    monkeypatch.setattr(connections, "NOTIFY_CHECK_INTERVAL", 0.0)  # read at every operation
     channel = engine._channel
     with psycopg.connect(pg.split("?")[0], autocommit=True) as listener:
         listener.execute("LISTEN %s" % channel)
@@ -871,9 +901,17 @@ def test_the_notifications_of_a_commit_follow_it_and_are_held_back_when_their_qu
             tx.put("other", b"another")
         assert [p.split(":")[0] for p in heard_until("marker 1")] == ["put"] * 3
         monkeypatch.setattr(connections, "NOTIFY_QUEUE_LIMIT", 0.0)  # the queue "full"
-        engine.put("q", b"two")
+        with caplog.at_level(logging.WARNING, logger="persistqueue_liteq"):
+            engine.put("q", b"two")
+        assert "notification queue is 0% full: no wake-ups are sent" in caplog.text
         with engine.transaction() as tx:
             tx.put("q", b"three")
             tx.put("other", b"four")
+        [m] = engine.lease("other", 1, 30)
+        assert engine.ack(m.id, m.lease, "other")
         assert heard_until("marker 2") == []
-        assert engine.count("q") == 4 and engine.count("other") == 2
+        assert engine.count("q") == 4 and engine.count("other") == 1
+        monkeypatch.setattr(connections, "NOTIFY_QUEUE_LIMIT", 0.5)
+        engine.put("q", b"five")
+        assert "wake-ups are sent again" in caplog.text
+        assert [p.split(":")[0] for p in heard_until("marker 3")] == ["put"]

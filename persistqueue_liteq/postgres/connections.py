@@ -27,7 +27,7 @@ import select
 import threading
 import time
 import weakref
-from typing import (TYPE_CHECKING, Any, Callable, Collection, Dict, Iterator, List, Match,
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Match,
                     Optional, Set, Tuple, TypeVar)
 
 import psycopg
@@ -109,6 +109,11 @@ class Connections:
         #: PREPARE, EXECUTE's template); and the names prepared on each
         #: connection.
         self.prepares = prepared
+        #: Whether commits notify: not while PostgreSQL's notification
+        #: queue is more than NOTIFY_QUEUE_LIMIT full, as last read (every
+        #: NOTIFY_CHECK_INTERVAL seconds, on a connection taken).
+        self.notifying = True
+        self._notify_checked_at = -float("inf")
         self._statements: Dict[str, Tuple[str, str, str]] = {}
         self._prepared_on: weakref.WeakKeyDictionary[Conn, Set[str]] = (
             weakref.WeakKeyDictionary())
@@ -218,12 +223,29 @@ class Connections:
                     conn.execute("SELECT 1")
                 if self.on_connect is not None:
                     self.on_connect(conn)
+                if time.monotonic() - self._notify_checked_at >= NOTIFY_CHECK_INTERVAL:
+                    self._check_notify_queue(conn)
                 return conn
             except psycopg.Error as exc:
                 self.pool().putconn(conn)
                 if (not conn.broken or attempt == attempts - 1
                         or time.monotonic() - began >= self.timeout):
                     raise self.error(exc) from exc
+
+    def _check_notify_queue(self, conn: Conn) -> None:
+        row = conn.execute("SELECT pg_catalog.pg_notification_queue_usage()").fetchone()
+        usage = row[0] if row is not None else 0.0  # (one row)
+        notifying = usage < NOTIFY_QUEUE_LIMIT
+        if notifying != self.notifying:
+            logger.warning(
+                "%s: PostgreSQL's notification queue is %.0f%% full%s" % (
+                    self.shown, 100 * usage,
+                    ": no wake-ups are sent until it is below %.0f%% (a session that "
+                    "LISTENs does not read: see pg_stat_activity); waiters look every "
+                    "second" % (100 * NOTIFY_QUEUE_LIMIT) if not notifying
+                    else "; wake-ups are sent again"))
+        self.notifying = notifying
+        self._notify_checked_at = time.monotonic()
 
     @contextlib.contextmanager
     def transaction(self, checked: bool = False) -> Iterator[Tx]:
@@ -240,7 +262,7 @@ class Connections:
             yield outer
             return
         conn = self._getconn(checked)
-        tx = Tx(conn, self._begin)
+        tx = Tx(conn, self._begin, self.notifying)
         outer, self._local.tx = getattr(self._local, "tx", None), tx
         try:
             try:
@@ -362,7 +384,7 @@ class Connections:
         parts = list(self._begin)
         parts.append(psycopg.ClientCursor(conn).mogrify(statement, params))
         parts.append("COMMIT")
-        if notification is not None:
+        if notification is not None and self.notifying:
             parts.append(_notifying((notification,)))
         try:
             cursor = conn.execute("; ".join(parts), prepare=False)
@@ -442,30 +464,38 @@ def _literal(text: str) -> str:
 #: notified (waiters see a change at their next look, within a second).
 #: The queue fills when a listening session of any program stops reading
 #: (it sits in a transaction): a NOTIFY then fails at its commit, which
-#: here comes after ours, and would make a committed operation raise.
+#: here comes after ours, and would make a committed operation raise.  Read
+#: every NOTIFY_CHECK_INTERVAL seconds: the half left takes billions of
+#: notifications to fill.
 NOTIFY_QUEUE_LIMIT = 0.5
+NOTIFY_CHECK_INTERVAL = 10.0
 
 
-def _notifying(notifications: Collection[Tuple[str, str]]) -> str:
-    """The statement that sends ``notifications`` (channel, payload), to
+def _notifying(notifications: Iterable[Tuple[str, str]]) -> str:
+    """The statements that send ``notifications`` (channel, payload), to
     follow a COMMIT in the same query.
 
-    After the COMMIT, not before: it then runs in a transaction of its own
-    that writes nothing, whose commit waits for no WAL flush.  PostgreSQL
-    serialises the commits of notifying transactions on one lock, held
-    until the commit ends; before the COMMIT, that lock was held for each
-    transaction's WAL flush (4 processes inserting a row a transaction, in
-    one query each: 5,100 commits/s with the NOTIFY before the COMMIT,
-    9,700 after it, 10,400 with none).  A listener is woken once the change
-    is committed, as before."""
-    guard = "pg_catalog.pg_notification_queue_usage() < %r" % NOTIFY_QUEUE_LIMIT
-    if len(notifications) == 1:
-        (channel, payload), = notifications
-        return "SELECT pg_catalog.pg_notify(%s, %s) WHERE %s" % (
-            _literal(channel), _literal(payload), guard)
-    return "SELECT pg_catalog.pg_notify(c, p) FROM (VALUES %s) AS n (c, p) WHERE %s" % (
-        ", ".join("(%s, %s)" % (_literal(channel), _literal(payload))
-                  for channel, payload in notifications), guard)
+    After the COMMIT, not before: they then run in a transaction of their
+    own that writes nothing, whose commit waits for no WAL flush.
+    PostgreSQL serialises the commits of notifying transactions on one
+    lock, held until the commit ends; before the COMMIT, that lock was held
+    for each transaction's WAL flush (4 processes inserting a row a
+    transaction, in one query each: 5,100 commits/s with the NOTIFY before
+    the COMMIT, 9,700 after it, 10,400 with none).  A listener is woken
+    once the change is committed, as before.  NOTIFY, not pg_notify(): a
+    statement the server neither plans nor executes as a query."""
+    return "; ".join("NOTIFY %s, %s" % (_identifier(channel), _literal(payload))
+                     for channel, payload in notifications)
+
+
+# What channels are made of (notify.channel_of): an identifier as it is.
+_CHANNEL = re.compile(r"pqlq_[a-z0-9_]*\Z")
+
+
+def _identifier(name: str) -> str:
+    if _CHANNEL.match(name):
+        return name
+    return sql.Identifier(name).as_string()
 
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
@@ -529,11 +559,13 @@ class Tx:
     two round trips, this and the COMMIT, instead of three.  One of a
     single statement (a put, a lease, an ack) is one: Connections.once."""
 
-    __slots__ = ("conn", "notifications", "after", "committing", "busy", "begun", "_begin")
+    __slots__ = ("conn", "notifications", "after", "committing", "busy", "begun", "_begin",
+                 "_notifying")
 
-    def __init__(self, conn: Conn, begin: Tuple[str, ...]) -> None:
+    def __init__(self, conn: Conn, begin: Tuple[str, ...], notifying: bool = True) -> None:
         self.conn = conn
         self._begin = begin  # the BEGIN, and the SET LOCALs that go with it
+        self._notifying = notifying  # (Connections.notifying)
         self.notifications: Dict[Tuple[str, str], None] = {}  # (channel, payload): None, in order
         self.after: List[Callable[[], object]] = []
         self.committing = False
@@ -604,7 +636,7 @@ class Tx:
         if not self.begun:
             return  # nothing was done (a notification goes with a change)
         self.busy = True
-        if not self.notifications:
+        if not (self.notifications and self._notifying):
             self.conn.execute("COMMIT")
             return
         self.conn.execute("COMMIT; " + _notifying(self.notifications))
