@@ -668,9 +668,15 @@ def test_the_notify_statements_of_a_commit_reach_their_channel_whatever_it_is_na
 
 def _queries(monkeypatch):
     """The queries that every psycopg connection sends from now on, each a
-    round trip (none of these runs in a pipeline)."""
+    round trip (none of these runs in a pipeline); neither the server's
+    clock nor its notification queue is read again meanwhile (they are,
+    every few seconds)."""
     import psycopg
 
+    from persistqueue_liteq.postgres import clock, connections
+
+    monkeypatch.setattr(connections, "NOTIFY_CHECK_INTERVAL", float("inf"))
+    monkeypatch.setattr(clock, "CLOCK_RESYNC", float("inf"))
     sent = []
     execute = psycopg.Connection.execute
 
@@ -698,9 +704,6 @@ def test_a_put_a_lease_and_an_ack_are_one_round_trip_each(engine1, monkeypatch):
         engine.put("q", b"warm")
         [m] = engine.lease("q", 1, 30)
         engine.ack(m.id, m.lease, "q")
-    from persistqueue_liteq.postgres import connections
-
-    monkeypatch.setattr(connections, "NOTIFY_CHECK_INTERVAL", float("inf"))  # (not now)
     sent = _queries(monkeypatch)
     msg_id = engine.put("q", b"x")
     assert len(sent) == 1 and "; COMMIT; NOTIFY pqlq_" in sent[0], sent
