@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
     T = TypeVar("T")
 
+_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
 _RETRIED = (errors.DeadlockDetected, errors.SerializationFailure)
 # In once(), also a prepared statement gone (see Connections._once).
 _RETRIED_ONCE = _RETRIED + (errors.InvalidSqlStatementName,)
@@ -534,7 +535,15 @@ def _roll_back(conn: Conn) -> None:
 
 
 def _results(cursor: psycopg.Cursor[TupleRow]) -> Tuple[List[TupleRow], int]:
-    return (cursor.fetchall() if cursor.description is not None else []), cursor.rowcount
+    return _rows_of(cursor), cursor.rowcount
+
+
+def _rows_of(cursor: psycopg.Cursor[TupleRow]) -> List[TupleRow]:
+    """The rows of ``cursor``'s result ([]: a statement that returns none).
+    (Its ``description`` would say as much, but builds a Column for each
+    column first: a tenth of a lease's CPU.)"""
+    result = cursor.pgresult
+    return cursor.fetchall() if result is not None and result.status == _TUPLES_OK else []
 
 
 def _hung_up(conn: Conn) -> bool:
@@ -593,7 +602,7 @@ class Tx:
 
     def rows(self, statement: str, params: Optional[Params] = None) -> List[TupleRow]:
         cur = self._execute(statement, params)
-        return cur.fetchall() if cur.description is not None else []
+        return _rows_of(cur)
 
     def one(self, statement: str, params: Optional[Params] = None) -> Optional[TupleRow]:
         return self._execute(statement, params).fetchone()
