@@ -918,3 +918,17 @@ def test_the_notifications_of_a_commit_follow_it_and_are_held_back_when_their_qu
         engine.put("q", b"five")
         assert "wake-ups are sent again" in caplog.text
         assert [p.split(":")[0] for p in heard_until("marker 3")] == ["put"]
+
+
+def test_the_results_of_a_batch_take_the_namespace_lock_once(engine, monkeypatch):
+    """complete_many stores each result under the namespace's advisory
+    lock, held to the commit: taken by the first, a round trip, not again
+    by the others."""
+    engine.put_keyed("tasks", [("k%d" % i, b"x") for i in range(5)])
+    leased = engine.lease("tasks", 5, 30)
+    sent = _queries(monkeypatch)
+    engine.complete_many("tasks", [(m.id, m.lease, m.key, True, b"r") for m in leased])
+    assert sum("pg_advisory_xact_lock" in query for query in sent) == 1, sent
+    assert engine.count("tasks") == 0
+    assert [key for _, key, _, _ in engine.results_since("tasks", 0)] == [
+        m.key for m in leased]

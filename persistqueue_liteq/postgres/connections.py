@@ -569,12 +569,13 @@ class Tx:
     single statement (a put, a lease, an ack) is one: Connections.once."""
 
     __slots__ = ("conn", "notifications", "after", "committing", "busy", "begun", "_begin",
-                 "_notifying")
+                 "_notifying", "_locked")
 
     def __init__(self, conn: Conn, begin: Tuple[str, ...], notifying: bool = True) -> None:
         self.conn = conn
         self._begin = begin  # the BEGIN, and the SET LOCALs that go with it
         self._notifying = notifying  # (Connections.notifying)
+        self._locked: Set[Tuple[int, int]] = set()  # advisory locks held until the end
         self.notifications: Dict[Tuple[str, str], None] = {}  # (channel, payload): None, in order
         self.after: List[Callable[[], object]] = []
         self.committing = False
@@ -599,6 +600,14 @@ class Tx:
         for statement in self._begin:
             self.conn.execute(statement)
         self.begun = True
+
+    def lock(self, statement: str, key: Tuple[int, int]) -> None:
+        """Take the advisory lock ``key`` until the end of the transaction
+        with ``statement`` (pg_advisory_xact_lock), unless it is held: a
+        round trip the first time only."""
+        if key not in self._locked:
+            self.rows(statement, key)
+            self._locked.add(key)
 
     def rows(self, statement: str, params: Optional[Params] = None) -> List[TupleRow]:
         cur = self._execute(statement, params)

@@ -153,7 +153,7 @@ class KeyedMixin:
         if row is None:
             return None, False
         queue = row[2]
-        tx.rows(s.LOCK_NAMESPACE, (_sql.LOCK_CLASS, self._lock_key))  # see STORE_RESULT
+        tx.lock(s.LOCK_NAMESPACE, (_sql.LOCK_CLASS, self._lock_key))  # see STORE_RESULT
         tx.rows(s.STORE_RESULT, (queue, key, bool(ok), data, now))
         self._notify(tx, "done", queue)
         if dead_reason is None:
