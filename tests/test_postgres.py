@@ -698,11 +698,14 @@ def engine1(pg):
 
 def test_a_put_a_lease_and_an_ack_are_one_round_trip_each(engine1, monkeypatch):
     """Their transaction (BEGIN, the statement, COMMIT, the notification)
-    goes as one query, its statement prepared once per connection."""
+    goes as one query, its statement prepared once per connection; so do
+    a lease's extension and the look for the next message's time."""
     engine = engine1
     for _ in range(3):  # every statement prepared on the pool's connection
         engine.put("q", b"warm")
         [m] = engine.lease("q", 1, 30)
+        engine.set_visibility(m.id, m.lease, 30)
+        engine.next_visible_at("q")
         engine.ack(m.id, m.lease, "q")
     sent = _queries(monkeypatch)
     msg_id = engine.put("q", b"x")
@@ -710,9 +713,13 @@ def test_a_put_a_lease_and_an_ack_are_one_round_trip_each(engine1, monkeypatch):
     [m] = engine.lease("q", 1, 30)
     assert (m.id, m.data) == (msg_id, b"x")
     assert len(sent) == 2 and "FOR UPDATE SKIP LOCKED" not in sent[1]  # EXECUTE, prepared
+    assert engine.set_visibility(m.id, m.lease, 60) is True
+    assert engine.next_visible_at("q") > engine.now() + 50
+    assert len(sent) == 4
     assert engine.ack(m.id, m.lease, "q") is True
-    assert len(sent) == 3
+    assert len(sent) == 5
     assert engine.ack(m.id, m.lease, "q") is False  # acknowledged once
+    assert engine.set_visibility(m.id, m.lease, 60) is False
     assert engine.count("q") == 0
 
 

@@ -193,8 +193,9 @@ class LeaseMixin:
                        row[5], row[6], row[7], None, None, row[8])
 
     def next_visible_at(self, queue: str) -> Optional[float]:
-        return self._rows(  # type: ignore[no-any-return]  # a row's value
-            self.sql.NEXT_VISIBLE_AT, (queue, self.now()))[0][0]
+        rows, _ = self._conns.once(self.sql.NEXT_VISIBLE_AT, (queue, self.now()),
+                                   lost_is_retried=True)  # (a read)
+        return rows[0][0]  # type: ignore[no-any-return]  # a row's value
 
     def _settle(self, statement: str, params: Params, kind: WakeKind) -> List[TupleRow]:
         """Run one settling statement; wake ``kind`` waiters of its queue."""
@@ -234,7 +235,7 @@ class LeaseMixin:
         params = (self.now() + seconds, msg_id, lease)
         if seconds <= 0:
             return bool(self._settle(self.sql.SET_VISIBILITY, params, "put"))
-        return bool(self._rows(self.sql.SET_VISIBILITY, params))
+        return bool(self._conns.once(self.sql.SET_VISIBILITY, params)[1])
 
     def release(self, msg_id: int, lease: Optional[int], delay: float = 0.0,
                 error: Optional[str] = None, attempted: bool = True) -> bool:
