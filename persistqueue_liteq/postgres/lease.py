@@ -7,7 +7,8 @@ message while its lease holds, and neither waits for the other.
 
 Mixed into :class:`~.engine.PostgresEngine`, whose ``__init__`` sets
 ``_lease_sql`` and ``_fifo_floors``; it uses the engine's ``sql``,
-``_metrics``, its plumbing (``_conns``, ``_run``, ``_rows``, ``_notify``), ``now()``,
+``_metrics``, its plumbing (``_conns``, ``_run``, ``_rows``, ``_notify``,
+``_notification``), ``now()``,
 its counts and ``flush_metrics()``.
 """
 
