@@ -796,7 +796,8 @@ def test_statements_deallocated_behind_the_engines_back_are_prepared_again(
     del conn
     sent = _queries(monkeypatch)
     msg_id = engine.put("q", b"second")
-    assert [query.split()[0] for query in sent] == ["BEGIN;", "PREPARE", "BEGIN;"], sent
+    assert [("PREPARE pqlq_" in query, "EXECUTE pqlq_" in query) for query in sent] == [
+        (False, True), (True, False), (False, True)], sent
     [a, b] = engine.lease("q", 2, 30)
     assert (a.data, b.id) == (b"first", msg_id)
     assert engine.ack(b.id, b.lease, "q") and engine.count("q") == 1
@@ -816,7 +817,7 @@ def test_behind_a_pooler_that_changes_server_sessions_statements_go_unprepared(
 
     def another_session_each_time(conn, query, *args, **kwargs):
         result = execute(conn, query, *args, **kwargs)
-        if isinstance(query, str) and query.startswith("PREPARE "):
+        if isinstance(query, str) and "PREPARE pqlq_" in query:
             execute(conn, "DEALLOCATE ALL")  # as a session without it would be
         return result
 
@@ -939,3 +940,34 @@ def test_the_results_of_a_batch_take_the_namespace_lock_once(engine, monkeypatch
     assert engine.count("tasks") == 0
     assert [key for _, key, _, _ in engine.results_since("tasks", 0)] == [
         m.key for m in leased]
+
+
+def test_a_table_lock_held_by_another_tool_makes_one_query_operations_database_busy(pg):
+    """LOCK TABLE from a migration or a maintenance tool: a put, a lease,
+    an ack and a lease's extension (one query each, lock_timeout in it)
+    each raise DatabaseBusy after timeout_seconds instead of waiting for
+    the lock, change nothing, and work once it is gone."""
+    import psycopg
+
+    engine = open_engine(pg, timeout=0.2)
+    try:
+        engine.put("q", b"before")
+        [msg] = engine.lease("q", 1, 30.0)
+        table = '"%s"."%smessages"' % (engine.sql.SCHEMA, engine.sql.PREFIX)
+        with psycopg.connect(engine.spec.location) as tool:
+            tool.execute("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE" % table)
+            for operation in (lambda: engine.put("q", b"during"),
+                              lambda: engine.lease("q", 1, 30.0),
+                              lambda: engine.ack(msg.id, msg.lease, "q"),
+                              lambda: engine.set_visibility(msg.id, msg.lease, 60)):
+                with pytest.raises(DatabaseBusy, match="timeout_seconds=0.2"):
+                    operation()
+            tool.rollback()
+        assert engine.count("q") == 1  # nothing of "during" was stored
+        assert engine.set_visibility(msg.id, msg.lease, 60) is True
+        assert engine.ack(msg.id, msg.lease, "q") is True
+        engine.put("q", b"after")
+        [m] = engine.lease("q", 1, 30.0)
+        assert m.data == b"after" and engine.ack(m.id, m.lease, "q")
+    finally:
+        engine.close()

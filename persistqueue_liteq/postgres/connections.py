@@ -364,7 +364,7 @@ class Connections:
               notification: Optional[Tuple[str, str]]) -> Tuple[List[TupleRow], int]:
         """once() on ``conn``: the statement run as a prepared one unless
         prepared statements are off (PgBouncer), prepared first if need be
-        (a round trip of its own, once per connection)."""
+        (a round trip of its own, once per statement and connection)."""
         prepared_now = False
         if self.prepares:
             known = self._statements.get(statement)
@@ -375,10 +375,13 @@ class Connections:
             if here is None:
                 here = self._prepared_on[conn] = set()
             if name not in here:
+                # In a transaction with the lock_timeout: parsing the
+                # statement takes its tables' locks, and one held by another
+                # tool (LOCK TABLE) must be DatabaseBusy, not a wait.
                 try:
-                    conn.execute(prepare, prepare=False)
+                    conn.execute("; ".join(self._begin + (prepare, "COMMIT")), prepare=False)
                 except errors.DuplicatePreparedStatement:
-                    pass
+                    conn.rollback()
                 here.add(name)
                 prepared_now = True
             statement = execute
