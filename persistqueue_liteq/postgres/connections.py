@@ -110,14 +110,14 @@ class Connections:
         #: PREPARE, EXECUTE's template); and the names prepared on each
         #: connection.
         self.prepares = prepared
+        self._statements: Dict[str, Tuple[str, str, str]] = {}
+        self._prepared_on: weakref.WeakKeyDictionary[Conn, Set[str]] = (
+            weakref.WeakKeyDictionary())
         #: Whether commits notify: not while PostgreSQL's notification
         #: queue is more than NOTIFY_QUEUE_LIMIT full, as last read (every
         #: NOTIFY_CHECK_INTERVAL seconds, on a connection taken).
         self.notifying = True
         self._notify_checked_at = -float("inf")
-        self._statements: Dict[str, Tuple[str, str, str]] = {}
-        self._prepared_on: weakref.WeakKeyDictionary[Conn, Set[str]] = (
-            weakref.WeakKeyDictionary())
         self._begin = ("BEGIN READ ONLY" if readonly else "BEGIN",
                        "SET LOCAL lock_timeout = %d" % max(int(timeout * 1000), 1))
         self.shown = shown
@@ -237,14 +237,14 @@ class Connections:
         row = conn.execute("SELECT pg_catalog.pg_notification_queue_usage()").fetchone()
         usage = row[0] if row is not None else 0.0  # (one row)
         notifying = usage < NOTIFY_QUEUE_LIMIT
-        if notifying != self.notifying:
-            logger.warning(
-                "%s: PostgreSQL's notification queue is %.0f%% full%s" % (
-                    self.shown, 100 * usage,
-                    ": no wake-ups are sent until it is below %.0f%% (a session that "
-                    "LISTENs does not read: see pg_stat_activity); waiters look every "
-                    "second" % (100 * NOTIFY_QUEUE_LIMIT) if not notifying
-                    else "; wake-ups are sent again"))
+        if notifying and not self.notifying:
+            logger.warning("%s: PostgreSQL's notification queue is %.0f%% full; wake-ups "
+                           "are sent again", self.shown, 100 * usage)
+        elif not notifying and self.notifying:
+            logger.warning("%s: PostgreSQL's notification queue is %.0f%% full: no wake-ups "
+                           "are sent until it is below %.0f%% (a session that LISTENs does "
+                           "not read: see pg_stat_activity); waiters look every second",
+                           self.shown, 100 * usage, 100 * NOTIFY_QUEUE_LIMIT)
         self.notifying = notifying
         self._notify_checked_at = time.monotonic()
 
